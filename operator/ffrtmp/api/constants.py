@@ -1,0 +1,26 @@
+"""Names shared by the API, the operator and the worker."""
+
+from typing import Final
+
+GROUP: Final = "ffmpeg-rtmp.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+JOB_PLURAL: Final = "transcodejobs"
+POOL_PLURAL: Final = "workerpools"
+
+LABEL_POOL: Final = f"{GROUP}/pool"
+LABEL_WORKER: Final = f"{GROUP}/worker"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+APP_NAME: Final = "ffmpeg-rtmp"
+WORKER_COMPONENT: Final = "worker"
+
+# Annotations a worker sets on its own Pod, read by the operator for pool status.
+ANNOTATION_ENCODER: Final = f"{GROUP}/encoder-self-test"
+ANNOTATION_DRAINING: Final = f"{GROUP}/draining"
+# Set by the operator on a worker Pod chosen for scale-down: it takes no new job.
+ANNOTATION_RETIRING: Final = f"{GROUP}/retiring"
+
+LEASE_PREFIX: Final = "ffrtmp-worker-"

@@ -1,0 +1,505 @@
+"""TranscodeJob: one input, one or more renditions, run once by one worker."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from ffrtmp.api.base import ApiModel, rules
+from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, Timestamp
+
+Accelerator = Literal["auto", "nvenc", "qsv", "vaapi", "cpu"]
+HardwarePolicy = Literal["required", "preferred", "disabled"]
+Container = Literal["mp4", "mkv", "flv", "hls", "mpegts"]
+VideoCodec = Literal["h264", "hevc", "av1", "copy", "none"]
+AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+Preset = Literal[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+    "p1", "p2", "p3", "p4", "p5", "p6", "p7",
+]  # fmt: skip
+QSV_PRESETS = ("veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+VAAPI_PRESETS = ("fast", "medium", "slow")
+
+BITRATE_PATTERN = r"^[1-9][0-9]{0,5}(\.[0-9]{1,3})?[kM]?$"
+Bitrate = Annotated[
+    str,
+    Field(
+        max_length=12,
+        pattern=BITRATE_PATTERN,
+        description="Bits per second as ffmpeg writes it: `6M`, `2.5M`, `800k`, `128k`.",
+    ),
+]
+RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*){0,3}$"
+# Options that read or write files, or change how ffmpeg finds them: only the operator sets these.
+FORBIDDEN_EXTRA_OPTIONS = (
+    "-i", "-y", "-n", "-f", "-filter_script", "-filter_complex_script", "-attach",
+    "-dump_attachment", "-passlogfile", "-vstats_file", "-vstats", "-report", "-progress",
+    "-protocol_whitelist", "-protocol_blacklist", "-init_hw_device", "-hwaccel_device",
+    "-vaapi_device", "-filter_hw_device", "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
+    "-sdp_file", "-benchmark_all",
+)  # fmt: skip
+# Filters that open files by name.
+FORBIDDEN_FILTER_WORDS = ("movie", "amovie", "sendcmd", "asendcmd", "zmq", "azmq", "subtitles", "ass")
+SHELL_CHARACTERS = ";&|$`<>\\\n\r"
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+class LiveRestartPolicy(ApiModel):
+    """How a live job recovers when its input stream drops."""
+
+    max_restarts: int = Field(
+        default=10, ge=0, le=1000, description="Restarts after stream loss before the job fails."
+    )
+    backoff_seconds: int = Field(
+        default=2, ge=1, le=300, description="First wait before reconnecting; doubles each time."
+    )
+    max_backoff_seconds: int = Field(
+        default=60, ge=1, le=3600, description="Upper bound of the doubling wait."
+    )
+
+
+class InputSpec(ApiModel):
+    """What to transcode."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description=(
+            "Absolute file path under one of the pool's media roots, or an http(s):// or "
+            "rtmp(s):// URL. Other schemes (file:, concat:, data:, ...) are refused."
+        ),
+        json_schema_extra=rules(
+            (
+                "self.startsWith('/') || self.matches('^(https?|rtmps?)://[^/]')",
+                "input.uri must be an absolute file path or an http(s):// or rtmp(s):// URL",
+            ),
+            ("!self.contains('/../') && !self.endsWith('/..')", "input.uri must not contain '..'"),
+            ("!self.matches('[\\\\s\\\\x00]')", "input.uri must not contain whitespace"),
+        ),
+    )
+    start_seconds: int | None = Field(
+        default=None, ge=0, le=86400 * 7, description="Seek to this many seconds before reading."
+    )
+    duration_seconds: int | None = Field(
+        default=None, ge=1, le=86400 * 7, description="Transcode only this many seconds."
+    )
+    live: bool | None = Field(
+        default=None,
+        description=(
+            "The input is a live stream with no fixed duration (default: true for rtmp:// inputs). "
+            "Progress then reports stream time instead of percent."
+        ),
+    )
+    restart_policy: LiveRestartPolicy | None = Field(
+        default=None, description="For live inputs: reconnect with backoff when the stream drops."
+    )
+
+
+class VideoSpec(ApiModel):
+    """The video stream of one rendition."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            ("!(has(self.bitrate) && has(self.crf))", "bitrate and crf are mutually exclusive: set one"),
+            (
+                "self.codec != 'copy' || !(has(self.width) || has(self.height) || has(self.preset) || "
+                "has(self.bitrate) || has(self.crf) || has(self.fps) || has(self.gop) || has(self.maxrate))",
+                "codec copy re-uses the input stream: width, height, fps, gop, preset, bitrate, "
+                "maxrate and crf must not be set",
+            ),
+            ("!has(self.maxrate) || has(self.bitrate) || has(self.crf)", "maxrate needs bitrate or crf"),
+            ("!has(self.bufsize) || has(self.maxrate)", "bufsize needs maxrate"),
+            ("!(has(self.twoPass) && self.twoPass) || has(self.bitrate)", "twoPass needs a bitrate target"),
+            (
+                "!(has(self.twoPass) && self.twoPass) || self.codec in ['h264', 'hevc']",
+                "twoPass is supported for h264 and hevc",
+            ),
+        )
+    }
+
+    codec: VideoCodec = Field(
+        default="h264", description="h264, hevc, av1, copy (no re-encode) or none (drop video)."
+    )
+    bitrate: Bitrate | None = Field(default=None, description="Target average bitrate, e.g. `6M`.")
+    crf: int | None = Field(
+        default=None, ge=0, le=63, description="Constant quality (lower is better); excludes bitrate."
+    )
+    maxrate: Bitrate | None = Field(default=None, description="Peak bitrate cap (VBV), e.g. `8M`.")
+    bufsize: Bitrate | None = Field(default=None, description="VBV buffer size; default 2 x maxrate.")
+    preset: Preset | None = Field(
+        default=None,
+        description=(
+            "Speed/quality preset. x264 names (ultrafast..veryslow) map to every encoder; "
+            "p1..p7 are NVENC's own and need accelerator nvenc."
+        ),
+    )
+    width: int | None = Field(
+        default=None, ge=16, le=7680, description="Output width; with height unset, aspect is kept."
+    )
+    height: int | None = Field(
+        default=None, ge=16, le=4320, description="Output height; with width unset, aspect is kept."
+    )
+    fps: int | None = Field(default=None, ge=1, le=240, description="Output frame rate.")
+    gop: int | None = Field(default=None, ge=1, le=1200, description="Keyframe interval in frames.")
+    two_pass: bool | None = Field(
+        default=None, description="Two-pass encode for an exact bitrate target (CPU h264/hevc)."
+    )
+
+
+class AudioSpec(ApiModel):
+    """The audio stream of one rendition."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            (
+                "!(self.codec in ['copy', 'none']) || !(has(self.bitrate) || has(self.channels) || "
+                "has(self.sampleRate))",
+                "audio codec copy or none takes no bitrate, channels or sampleRate",
+            ),
+        )
+    }
+
+    codec: AudioCodec = Field(default="aac", description="aac, opus, mp3, copy or none (drop audio).")
+    bitrate: Bitrate | None = Field(default=None, description="e.g. `128k`.")
+    channels: int | None = Field(default=None, ge=1, le=8, description="1 mono, 2 stereo, 6 for 5.1.")
+    sample_rate: int | None = Field(default=None, ge=8000, le=192000, description="Samples per second.")
+
+
+class OutputSpec(ApiModel):
+    """One rendition: a file, an HLS variant, or an RTMP restream."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": rules(
+            ("!(has(self.path) && has(self.url))", "set path or url, not both"),
+            (
+                "!has(self.url) || self.container == 'flv'",
+                "an rtmp:// url output needs container flv",
+            ),
+            (
+                "self.container != 'hls' || !has(self.path)",
+                "hls outputs are written under the job's hls folder; path must not be set",
+            ),
+            (
+                "!has(self.video) || self.video.codec != 'av1' || self.container != 'flv'",
+                "container flv cannot carry av1",
+            ),
+            (
+                "!has(self.video) || self.video.codec != 'hevc' || self.container != 'flv'",
+                "container flv cannot carry hevc",
+            ),
+        )
+    }
+
+    name: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Unique name of the rendition, e.g. `1080p`; also the default file name.",
+    )
+    container: Container = Field(default="mp4", description="mp4, mkv, flv, mpegts or hls.")
+    path: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=RELATIVE_PATH_PATTERN,
+        description="File path relative to the job's output folder (default `<name>.<container>`).",
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^rtmps?://[^\s/]+/\S+$",
+        description="Publish to this rtmp(s):// URL instead of a file (restream).",
+    )
+    video: VideoSpec | None = Field(default=None, description="Video settings (default: h264).")
+    audio: AudioSpec | None = Field(default=None, description="Audio settings (default: aac).")
+
+
+class HlsSpec(ApiModel):
+    """How `hls` outputs are packaged: one master playlist over all of them."""
+
+    segment_seconds: int = Field(default=6, ge=1, le=60, description="Target segment duration.")
+    segment_type: Literal["ts", "fmp4"] = Field(default="ts", description="MPEG-TS or fragmented MP4.")
+    playlist_type: Literal["vod", "event", "live"] = Field(
+        default="vod", description="vod (complete list), event (grows) or live (rolling window)."
+    )
+    list_size: int = Field(
+        default=6, ge=1, le=100, description="Segments kept in a live (rolling) playlist."
+    )
+    master_playlist: str = Field(
+        default="master.m3u8",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*\.m3u8$",
+        description="File name of the master playlist.",
+    )
+
+
+class SpriteSpec(ApiModel):
+    """A grid of thumbnails in one image."""
+
+    columns: int = Field(default=5, ge=1, le=20, description="Thumbnails per row.")
+    rows: int = Field(default=5, ge=1, le=20, description="Rows per sprite sheet.")
+
+
+class ThumbnailSpec(ApiModel):
+    """Still images taken at a fixed interval."""
+
+    interval_seconds: int = Field(default=10, ge=1, le=3600, description="One thumbnail every N seconds.")
+    width: int = Field(default=320, ge=16, le=3840, description="Thumbnail width; height keeps aspect.")
+    format: Literal["jpg", "png"] = Field(default="jpg", description="jpg or png.")
+    sprite: SpriteSpec | None = Field(default=None, description="Also tile them into sprite sheets.")
+
+
+class JobResources(ApiModel):
+    """Limits the worker enforces on this job's ffmpeg."""
+
+    limits: ResourceList | None = Field(
+        default=None,
+        description="cpu caps ffmpeg's threads; memory caps its address space (exceeding it is OOMKilled).",
+    )
+
+
+_OUTPUTS_RULES = rules(
+    (
+        "self.filter(o, o.container == 'hls').size() == 0 || "
+        "self.filter(o, o.container == 'hls').all(o, !has(o.video) || o.video.codec != 'none')",
+        "every hls output needs a video stream",
+    ),
+)
+
+_SPEC_RULES = rules(
+    (
+        "self.accelerator != 'nvenc' || self.outputs.all(o, !has(o.video) || !has(o.video.preset) || "
+        f"o.video.preset in {_cel_list(NVENC_PRESETS + ('fast', 'medium', 'slow'))})",
+        "accelerator nvenc takes presets p1..p7 or fast, medium, slow",
+    ),
+    (
+        "self.accelerator != 'qsv' || self.outputs.all(o, !has(o.video) || !has(o.video.preset) || "
+        f"o.video.preset in {_cel_list(QSV_PRESETS)})",
+        f"accelerator qsv takes presets {', '.join(QSV_PRESETS)}",
+    ),
+    (
+        "self.accelerator != 'vaapi' || self.outputs.all(o, !has(o.video) || !has(o.video.preset) || "
+        f"o.video.preset in {_cel_list(VAAPI_PRESETS)})",
+        "accelerator vaapi takes presets fast, medium, slow",
+    ),
+    (
+        "!(self.accelerator in ['cpu', 'auto']) || self.outputs.all(o, !has(o.video) || "
+        f"!has(o.video.preset) || !(o.video.preset in {_cel_list(NVENC_PRESETS)}))",
+        "presets p1..p7 are NVENC's: set accelerator nvenc or use ultrafast..veryslow",
+    ),
+    (
+        "self.hardwarePolicy != 'disabled' || self.accelerator in ['auto', 'cpu']",
+        "hardwarePolicy disabled needs accelerator auto or cpu",
+    ),
+    (
+        "!has(self.hls) || self.outputs.exists(o, o.container == 'hls')",
+        "hls settings need at least one output with container hls",
+    ),
+    (
+        "!has(self.input.restartPolicy) || (has(self.input.live) && self.input.live) || "
+        "self.input.uri.startsWith('rtmp')",
+        "input.restartPolicy applies to live inputs only",
+    ),
+    ("self.input == oldSelf.input", "input is immutable"),
+    ("self.outputs == oldSelf.outputs", "outputs are immutable"),
+    ("self.accelerator == oldSelf.accelerator", "accelerator is immutable"),
+    ("self.hardwarePolicy == oldSelf.hardwarePolicy", "hardwarePolicy is immutable"),
+    (
+        "has(self.poolRef) == has(oldSelf.poolRef) && (!has(self.poolRef) || self.poolRef == oldSelf.poolRef)",
+        "poolRef is immutable",
+    ),
+    (
+        "has(self.extraArgs) == has(oldSelf.extraArgs) && (!has(self.extraArgs) || self.extraArgs == oldSelf.extraArgs)",
+        "extraArgs is immutable",
+    ),
+    (
+        "has(self.hls) == has(oldSelf.hls) && (!has(self.hls) || self.hls == oldSelf.hls)",
+        "hls is immutable",
+    ),
+    (
+        "has(self.thumbnails) == has(oldSelf.thumbnails) && (!has(self.thumbnails) || self.thumbnails == oldSelf.thumbnails)",
+        "thumbnails is immutable",
+    ),
+)
+# Transition rules (those naming oldSelf) only run on update; the server skips them on create.
+
+_EXTRA_ARGS_RULES = rules(
+    (
+        "self.all(a, !a.matches('[;&|$`<>\\\\\\\\\\\\n\\\\r]'))",
+        "extraArgs is an argv list, not a shell string: items must not contain ; & | $ ` < > \\ or newlines",
+    ),
+    ("self.all(a, !a.contains('/'))", "extraArgs must not name files or URLs (no '/'): outputs go in spec.outputs"),
+    (
+        f"self.all(a, !(a in {_cel_list(FORBIDDEN_EXTRA_OPTIONS)}))",
+        "extraArgs must not set inputs, outputs, formats, log files or devices "
+        "(-i, -y, -f, -progress, -report, -passlogfile, -init_hw_device, ...): the operator sets those",
+    ),
+    (
+        r"self.all(a, !a.matches('(^|[,:\\[\\]=])(" + "|".join(FORBIDDEN_FILTER_WORDS) + ")(=|$|,)'))",
+        "extraArgs must not use filters that open files (movie, amovie, sendcmd, zmq, subtitles, ass)",
+    ),
+)
+
+
+class TranscodeJobSpec(ApiModel):
+    """What to transcode, into what, where it may run and how hard to try."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": _SPEC_RULES}
+
+    input: InputSpec = Field(description="The source: a file under a media root or a stream URL.")
+    outputs: list[OutputSpec] = Field(
+        min_length=1,
+        max_length=10,
+        description="Renditions made from one decode in a single ffmpeg run; names are unique.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **_OUTPUTS_RULES,
+        },
+    )
+    hls: HlsSpec | None = Field(
+        default=None, description="Packaging of the `hls` outputs into one ABR ladder."
+    )
+    thumbnails: ThumbnailSpec | None = Field(default=None, description="Still images every N seconds.")
+    accelerator: Accelerator = Field(
+        default="auto",
+        description="Encoder family: auto (any pool), nvenc, qsv, vaapi or cpu.",
+    )
+    hardware_policy: HardwarePolicy = Field(
+        default="preferred",
+        description=(
+            "required: only a pool of the accelerator; preferred: fall back to a CPU pool "
+            "when no such pool exists or its encoder is unavailable; disabled: CPU only."
+        ),
+    )
+    pool_ref: LocalObjectReference | None = Field(
+        default=None, description="Run in this WorkerPool only (default: any matching pool)."
+    )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher runs first; FIFO within a priority. Mutable."
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=604800,
+        description="Fail with DeadlineExceeded when a run takes longer (like activeDeadlineSeconds).",
+    )
+    backoff_limit: int = Field(
+        default=3, ge=0, le=20, description="Retries of retryable failures before the job fails."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, le=31536000, description="Delete the job this long after it finished."
+    )
+    sla_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=604800,
+        description="Submit-to-finish target; counted in the SLA compliance metric.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Hold the job: not scheduled while true; a running attempt is stopped and requeued.",
+    )
+    extra_args: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Extra ffmpeg output options as an argv list (never a shell string), e.g. "
+            "[`-tune`, `film`]. Options naming files, devices or formats are refused."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "atomic", **_EXTRA_ARGS_RULES},
+    )
+    resources: JobResources | None = Field(default=None, description="Per-job limits the worker enforces.")
+
+
+Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled"]
+FailureReason = Literal[
+    "InputNotFound", "InputNotAllowed", "InvalidInput", "EncoderUnavailable", "DeadlineExceeded",
+    "WorkerLost", "OOMKilled", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
+    "BackoffLimitExceeded", "StreamEnded",
+]  # fmt: skip
+
+
+class Progress(ApiModel):
+    """How far the running attempt is."""
+
+    percent: float | None = Field(default=None, ge=0, le=100, description="0..100; unset for live.")
+    fps: float | None = Field(default=None, ge=0, description="Frames encoded per second.")
+    speed: float | None = Field(default=None, ge=0, description="Media seconds per wall second.")
+    out_time_seconds: float | None = Field(default=None, ge=0, description="Media time written so far.")
+    total_bytes: int | None = Field(default=None, ge=0, description="Bytes written so far.")
+
+
+class OutputResult(ApiModel):
+    """A written file, as ffprobe reports it."""
+
+    name: str = Field(max_length=64, description="Rendition name (or `master`, `thumbnails`).")
+    path: str = Field(max_length=1024, description="Where it was written.")
+    bytes: int = Field(ge=0, description="File size.")
+    duration_seconds: float | None = Field(default=None, description="Media duration.")
+    codec: str | None = Field(default=None, max_length=64, description="Video (else audio) codec.")
+    width: int | None = Field(default=None, description="Video width.")
+    height: int | None = Field(default=None, description="Video height.")
+    bitrate: int | None = Field(default=None, description="Overall bits per second.")
+    count: int | None = Field(default=None, description="For thumbnails: how many images.")
+
+
+class AttemptResult(ApiModel):
+    """What the worker reported for an attempt; the operator turns it into the job's phase."""
+
+    attempt: int = Field(ge=1, description="The attempt this result belongs to.")
+    worker: str = Field(max_length=253, description="Worker that ran it.")
+    outcome: Literal["Succeeded", "Failed", "HandedBack"] = Field(
+        description="Succeeded, Failed, or HandedBack (the worker drained before finishing)."
+    )
+    reason: str | None = Field(default=None, max_length=64, description="Why it failed.")
+    message: str | None = Field(default=None, max_length=1024, description="What went wrong.")
+    retryable: bool | None = Field(default=None, description="Whether another attempt may succeed.")
+    stderr_tail: str | None = Field(default=None, max_length=4096, description="ffmpeg's last stderr lines.")
+    finish_time: Timestamp | None = Field(default=None, description="When the attempt ended.")
+
+
+class TranscodeJobStatus(ApiModel):
+    """Observed state, written by the operator and by the worker running the current attempt."""
+
+    phase: Phase | None = Field(default=None, description="Display phase; conditions carry the detail.")
+    conditions: Conditions | None = None
+    observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
+    pool: str | None = Field(default=None, max_length=253, description="WorkerPool of the current attempt.")
+    worker: str | None = Field(default=None, max_length=253, description="Worker Pod of the current attempt.")
+    node: str | None = Field(default=None, max_length=253, description="Node of that worker.")
+    accelerator: str | None = Field(default=None, max_length=16, description="Encoder family used.")
+    attempt: int | None = Field(default=None, ge=0, description="Current attempt; 1 for the first run.")
+    failed: int | None = Field(default=None, ge=0, description="Failed attempts that counted against backoffLimit.")
+    progress: Progress | None = None
+    heartbeat_time: Timestamp | None = Field(default=None, description="Last progress write of the worker.")
+    queued_time: Timestamp | None = Field(default=None, description="When the job was first queued.")
+    not_before: Timestamp | None = Field(default=None, description="Retry backoff: not scheduled before this.")
+    scheduled_time: Timestamp | None = Field(default=None, description="When the current attempt was assigned.")
+    start_time: Timestamp | None = Field(default=None, description="When ffmpeg of the current attempt started.")
+    completion_time: Timestamp | None = Field(default=None, description="When the job finished.")
+    queue_seconds: float | None = Field(default=None, description="Submit to first start.")
+    outputs: list[OutputResult] | None = Field(
+        default=None, max_length=64, json_schema_extra={"x-kubernetes-list-type": "atomic"}
+    )
+    result: AttemptResult | None = None
+    restarts: int | None = Field(default=None, ge=0, description="Live restarts after stream loss.")
+    reason: str | None = Field(default=None, max_length=64, description="Why the job failed.")
+    message: str | None = Field(default=None, max_length=4096, description="Human-readable status.")
+
+
+class TranscodeJob(ApiModel):
+    """A transcode of one input into one or more renditions."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    api_version: str = Field(default="ffmpeg-rtmp.io/v1alpha1")
+    kind: str = Field(default="TranscodeJob")
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: TranscodeJobSpec
+    status: TranscodeJobStatus | None = None
