@@ -48,6 +48,9 @@ def _inline(node: Any, defs: dict[str, Schema]) -> Any:
         del node["anyOf"]
         node = {**_inline(variants[0], defs), **node}
     node.pop("title", None)
+    if node.get("additionalProperties") is False:
+        # extra="forbid" in the models; the API server already refuses unknown fields.
+        del node["additionalProperties"]
     if "default" in node and (node["default"] is None or isinstance(node["default"], (dict, list))):
         del node["default"]
     if "const" in node:

@@ -1,0 +1,343 @@
+"""Start and stop the local control plane: real etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and KWOK, on free loopback ports, every process tracked by PID."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from ffrtmp.dev.pki import KeyPair, Pki
+
+SERVICE_CIDR = "10.96.0.0/16"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started; the message names the failing component."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def default_bin_dir() -> Path:
+    """The cache folder hack/tools.sh builds into ($FFRTMP_TOOLS_BIN overrides)."""
+    if "FFRTMP_TOOLS_BIN" in os.environ:
+        return Path(os.environ["FFRTMP_TOOLS_BIN"])
+    cache = os.environ.get("FFRTMP_TOOLS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ffrtmp-tools"
+    )
+    return Path(cache) / "bin"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ClusterState:
+    """What `up` started, saved so `down` (maybe another process) can stop it."""
+
+    root: str
+    server: str = ""
+    etcd_url: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def _kubeconfig(server: str, ca: Path, client: KeyPair, user: str) -> str:
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "ffrtmp-local", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}}],
+        "contexts": [{"name": "ffrtmp-local", "context": {"cluster": "ffrtmp-local", "user": user}}],
+        "current-context": "ffrtmp-local",
+    }  # fmt: skip
+    return yaml.safe_dump(doc)
+
+
+def generate_nodes(count: int, prefix: str = "sim-cpu") -> list[dict[str, object]]:
+    """Extra simulated CPU nodes, for scale runs."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"{prefix}-{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "kubernetes.io/os": "linux", "ffmpeg-rtmp.io/accelerator": "cpu"},
+            },
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
+                "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
+            },
+        }
+        for i in range(count)
+    ]
+
+
+class LocalCluster:
+    """A control plane under `root`: pki/, etcd/, logs/, kubeconfig, state.json."""
+
+    def __init__(self, root: Path, bin_dir: Path | None = None) -> None:
+        self.root = root.resolve()
+        self.bin_dir = bin_dir or default_bin_dir()
+        self.pki = Pki(self.root / "pki")
+        self.kubeconfig = self.root / "kubeconfig"
+        self.logs = self.root / "logs"
+        self.state_file = self.root / "state.json"
+        self.state = ClusterState(root=str(self.root))
+
+    # -- files -------------------------------------------------------------------------------
+    def _bin(self, name: str) -> str:
+        path = self.bin_dir / name
+        if not path.exists():
+            raise ClusterError(f"{path} is missing: run `make tools` (hack/tools.sh) to build it")
+        return str(path)
+
+    def _save(self) -> None:
+        self.state_file.write_text(json.dumps(asdict(self.state), indent=2))
+
+    def load(self) -> ClusterState:
+        if self.state_file.exists():
+            self.state = ClusterState(**json.loads(self.state_file.read_text()))
+        return self.state
+
+    # -- processes ---------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.state.pids[name] = proc.pid
+        self._save()
+        return proc
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, what: str, proc: subprocess.Popen[bytes], check: object, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterError(f"{what} exited with {proc.returncode}:\n{self._log_tail(what)}")
+            if callable(check) and check():
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"{what} not ready after {timeout:.0f}s:\n{self._log_tail(what)}")
+
+    def _https_ok(self, path: str) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))
+        admin = self.pki.issue("admin", "ffrtmp-admin", organization="system:masters")
+        ctx.load_cert_chain(str(admin.cert), str(admin.key))
+        try:
+            with urllib.request.urlopen(self.state.server + path, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self._bin("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, text=True, capture_output=True, check=check, timeout=120,
+        )  # fmt: skip
+
+    # -- up / down ---------------------------------------------------------------------------
+    def up(self, *, extra_nodes: int = 0, timeout: float = 120.0) -> None:
+        """Start every component (fresh etcd data), create the nodes, wait until all are Ready."""
+        self.down()
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)
+        shutil.rmtree(self.logs, ignore_errors=True)
+        self.state = ClusterState(root=str(self.root))
+        self.pki.ensure()
+        started = time.monotonic()
+        try:
+            self._start_etcd(timeout)
+            self._start_apiserver(timeout)
+            self._start_controllers()
+            self._create_nodes(extra_nodes, timeout - (time.monotonic() - started))
+        except BaseException:
+            self.down()
+            raise
+
+    def _start_etcd(self, timeout: float) -> None:
+        client, peer = free_port(), free_port()
+        self.state.etcd_url = f"http://127.0.0.1:{client}"
+        proc = self._spawn("etcd", [
+            self._bin("etcd"), "--name", "ffrtmp", "--data-dir", str(self.root / "etcd"),
+            "--listen-client-urls", self.state.etcd_url, "--advertise-client-urls", self.state.etcd_url,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"ffrtmp=http://127.0.0.1:{peer}",
+            "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+            "--unsafe-no-fsync", "--quota-backend-bytes", str(4 << 30), "--log-level", "warn",
+        ])  # fmt: skip
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(self.state.etcd_url + "/health", timeout=1) as r:
+                    return b'"true"' in r.read()
+            except (urllib.error.URLError, OSError):
+                return False
+
+        self._wait("etcd", proc, healthy, timeout)
+
+    def _start_apiserver(self, timeout: float) -> None:
+        port = free_port()
+        self.state.server = f"https://127.0.0.1:{port}"
+        serving = self.pki.issue(
+            "apiserver", "kube-apiserver",
+            server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            server_ips=("127.0.0.1", "10.96.0.1"),
+        )  # fmt: skip
+        admin = self.pki.issue("admin", "ffrtmp-admin", organization="system:masters")
+        proc = self._spawn("kube-apiserver", [
+            self._bin("kube-apiserver"),
+            "--etcd-servers", self.state.etcd_url,
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(port),
+            "--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
+            "--client-ca-file", str(self.pki.ca.cert),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", SA_ISSUER,
+            "--service-account-key-file", str(self.pki.sa_pub),
+            "--service-account-signing-key-file", str(self.pki.sa_key),
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            "--endpoint-reconciler-type", "none",
+            "--allow-privileged=true",
+            "--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "500",
+            "--profiling=false", "--v", "1",
+        ])  # fmt: skip
+        self.kubeconfig.write_text(_kubeconfig(self.state.server, self.pki.ca.cert, admin, "ffrtmp-admin"))
+        self._wait("kube-apiserver", proc, lambda: self._https_ok("/readyz"), timeout)
+        self._save()
+
+    def _component_kubeconfig(self, name: str, common_name: str) -> Path:
+        pair = self.pki.issue(name, common_name)
+        path = self.root / f"{name}.kubeconfig"
+        path.write_text(_kubeconfig(self.state.server, self.pki.ca.cert, pair, common_name))
+        return path
+
+    def _start_controllers(self) -> None:
+        cm = self._component_kubeconfig("controller-manager", "system:kube-controller-manager")
+        self._spawn("kube-controller-manager", [
+            self._bin("kube-controller-manager"), "--kubeconfig", str(cm),
+            "--leader-elect=false", "--secure-port=0",
+            "--service-account-private-key-file", str(self.pki.sa_key),
+            "--root-ca-file", str(self.pki.ca.cert),
+            "--use-service-account-credentials=false",
+            "--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
+            "--concurrent-gc-syncs", "10", "--v", "1",
+        ])  # fmt: skip
+        sched = self._component_kubeconfig("scheduler", "system:kube-scheduler")
+        self._spawn("kube-scheduler", [
+            self._bin("kube-scheduler"), "--kubeconfig", str(sched),
+            "--leader-elect=false", "--secure-port=0", "--v", "1",
+        ])  # fmt: skip
+        config = resources.files("ffrtmp.dev").joinpath("kwok.yaml")
+        self._spawn("kwok", [
+            self._bin("kwok"), "--kubeconfig", str(self.kubeconfig),
+            "--config", str(config),
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds", "40",
+            "--cidr", "10.244.0.0/16", "--node-ip", "10.0.0.1",
+            "--server-address", f"127.0.0.1:{free_port()}",
+        ])  # fmt: skip
+
+    def node_manifests(self, extra_nodes: int = 0) -> list[dict[str, object]]:
+        doc = yaml.safe_load(resources.files("ffrtmp.dev").joinpath("nodes.yaml").read_text())
+        items: list[dict[str, object]] = doc["items"]
+        return items + generate_nodes(extra_nodes)
+
+    def _create_nodes(self, extra_nodes: int, timeout: float) -> None:
+        nodes = self.node_manifests(extra_nodes)
+        self.kubectl("create", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        deadline = time.monotonic() + max(timeout, 30)
+        while time.monotonic() < deadline:
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+                if not _alive(self.state.pids.get(name)):
+                    raise ClusterError(f"{name} exited:\n{self._log_tail(name)}")
+            out = self.kubectl(
+                "get", "nodes", "-o",
+                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
+                check=False,
+            )  # fmt: skip
+            ready = out.stdout.split().count("True")
+            if ready == len(nodes) and self._default_service_account_ready():
+                return
+            time.sleep(0.5)
+        raise ClusterError(f"nodes not Ready in time:\n{self._log_tail('kwok')}")
+
+    def _default_service_account_ready(self) -> bool:
+        out = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
+        return out.returncode == 0
+
+    def down(self) -> None:
+        """Stop every process `up` started (SIGTERM, then SIGKILL), in reverse order."""
+        state = self.load()
+        for name in reversed(list(state.pids)):
+            _stop(state.pids[name])
+        state.pids.clear()
+        if self.state_file.exists():
+            self._save()
+
+    def env(self) -> str:
+        return f"export KUBECONFIG={self.kubeconfig}\n"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(FileNotFoundError, IndexError):
+        # A zombie (exited, not yet reaped) is not alive.
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+            return False
+    return True
+
+
+def _stop(pid: int, grace: float = 5.0) -> None:
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -1,0 +1,247 @@
+"""Async REST calls to the API server: get, list, create, patch (fenced), delete, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from ffrtmp.kube.config import KubeConfig
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Obj | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def resource_path(
+    group: str,
+    version: str,
+    plural: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """`/api/v1/...` for the core group, `/apis/<group>/<version>/...` otherwise."""
+    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+class KubeClient:
+    """One aiohttp session to one API server. Use as an async context manager."""
+
+    def __init__(self, config: KubeConfig, *, max_connections: int = 64, timeout: float = 30.0) -> None:
+        self.config = config
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=self._max_connections)
+            self._session = aiohttp.ClientSession(base_url=self.config.server, connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        token = self.config.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Obj:
+        data = None if body is None else json.dumps(body)
+        async with self._get_session().request(
+            method,
+            path,
+            params={k: str(v) for k, v in (params or {}).items()},
+            data=data,
+            headers=self._headers(content_type if data is not None else None),
+            timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+        ) as resp:
+            text = await resp.text()
+            payload: Obj = json.loads(text) if text and text[0] == "{" else {}
+            if resp.status >= 400:
+                raise ApiError(
+                    resp.status,
+                    str(payload.get("reason", resp.reason or "")),
+                    str(payload.get("message", text[:500])),
+                    payload,
+                )
+            return payload
+
+    async def get(self, path: str, **params: str | int) -> Obj:
+        return await self.request("GET", path, params=params)
+
+    async def create(self, path: str, body: Obj, **params: str | int) -> Obj:
+        return await self.request("POST", path, body=body, params=params)
+
+    async def replace(self, path: str, body: Obj) -> Obj:
+        return await self.request("PUT", path, body=body)
+
+    async def merge_patch(self, path: str, body: Obj, **params: str | int) -> Obj:
+        """JSON merge patch. Put `metadata.resourceVersion` in the body to make it conditional."""
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH, params=params)
+
+    async def json_patch(self, path: str, ops: list[Obj]) -> Obj:
+        """RFC 6902 patch; a `test` op makes it conditional on current values."""
+        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
+
+    async def strategic_patch(self, path: str, body: Obj) -> Obj:
+        return await self.request("PATCH", path, body=body, content_type=STRATEGIC_PATCH)
+
+    async def delete(self, path: str, body: Obj | None = None, **params: str | int) -> Obj:
+        return await self.request("DELETE", path, body=body, params=params)
+
+    async def delete_ignore_missing(self, path: str, body: Obj | None = None) -> bool:
+        try:
+            await self.delete(path, body)
+        except ApiError as e:
+            if e.not_found:
+                return False
+            raise
+        return True
+
+    async def list_all(self, path: str, *, page_size: int = 500, **params: str | int) -> tuple[list[Obj], str]:
+        """Every item (paged), and the list's resourceVersion to start a watch from."""
+        items: list[Obj] = []
+        cont: str | None = None
+        while True:
+            query: dict[str, str | int] = {**params, "limit": page_size}
+            if cont:
+                query["continue"] = cont
+            page = await self.get(path, **query)
+            items.extend(page.get("items", []))
+            cont = page.get("metadata", {}).get("continue")
+            if not cont:
+                return items, str(page.get("metadata", {}).get("resourceVersion", ""))
+
+    async def watch(
+        self, path: str, resource_version: str, *, timeout_seconds: int = 300, **params: str | int
+    ) -> AsyncIterator[Obj]:
+        """Events after `resource_version` until the server ends the watch. Raises ApiError(410)."""
+        query = {
+            **{k: str(v) for k, v in params.items()},
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        async with self._get_session().get(
+            path,
+            params=query,
+            headers=self._headers(None),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
+        ) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                raise ApiError(resp.status, resp.reason or "", text[:500])
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event: Obj = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object", {})
+                    raise ApiError(
+                        int(status.get("code", 500)), str(status.get("reason", "")), str(status.get("message", ""))
+                    )
+                yield event
+
+
+async def informer(
+    client: KubeClient,
+    path: str,
+    *,
+    retry_delay: float = 1.0,
+    **params: str | int,
+) -> AsyncIterator[tuple[str, Obj]]:
+    """List, then watch forever; relist on 410 Gone or any broken stream. Yields (type, object).
+
+    After each (re)list it yields ("SYNC", {"items": [...]}) so the consumer can replace its view:
+    objects deleted while the watch was down disappear then.
+    """
+    resource_version = ""
+    while True:
+        try:
+            if not resource_version:
+                items, resource_version = await client.list_all(path, **params)
+                yield "SYNC", {"items": items}
+            async for event in client.watch(path, resource_version, **params):
+                obj = event.get("object", {})
+                rv = obj.get("metadata", {}).get("resourceVersion")
+                if rv:
+                    resource_version = rv
+                if event["type"] != "BOOKMARK":
+                    yield event["type"], obj
+        except ApiError as e:
+            if e.gone:
+                log.info("watch of %s expired (410 Gone); relisting", path)
+            else:
+                log.warning("watch of %s failed: %s; relisting in %.0fs", path, e, retry_delay)
+                await asyncio.sleep(retry_delay)
+            resource_version = ""
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            log.warning("watch of %s broke: %s; relisting in %.0fs", path, e, retry_delay)
+            await asyncio.sleep(retry_delay)
+            resource_version = ""
