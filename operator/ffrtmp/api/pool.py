@@ -113,6 +113,12 @@ class WorkerPoolSpec(ApiModel):
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of workers (the chart creates one)."
     )
+    termination_grace_period_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="How long a stopping worker may drain: running jobs finish, the rest are handed back.",
+    )
     max_concurrent_jobs: int = Field(default=1, ge=1, le=64, description="Job slots per worker.")
     min_workers: int = Field(default=0, ge=0, le=1000, description="Never fewer workers than this.")
     max_workers: int = Field(default=10, ge=0, le=1000, description="Never more workers than this.")

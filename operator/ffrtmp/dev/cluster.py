@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -250,7 +251,7 @@ class LocalCluster:
             "--leader-elect=false", "--secure-port=0",
             "--service-account-private-key-file", str(self.pki.sa_key),
             "--root-ca-file", str(self.pki.ca.cert),
-            "--use-service-account-credentials=false",
+            "--use-service-account-credentials=true",
             "--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
             "--concurrent-gc-syncs", "10", "--v", "1",
         ])  # fmt: skip
@@ -283,12 +284,8 @@ class LocalCluster:
             for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
                 if not _alive(self.state.pids.get(name)):
                     raise ClusterError(f"{name} exited:\n{self._log_tail(name)}")
-            out = self.kubectl(
-                "get", "nodes", "-o",
-                'jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}',
-                check=False,
-            )  # fmt: skip
-            ready = out.stdout.split().count("True")
+            listed = json.loads(self.kubectl("get", "nodes", "-o", "json", check=False).stdout or '{"items": []}')
+            ready = sum(1 for n in listed["items"] if _node_schedulable(n))
             if ready == len(nodes) and self._default_service_account_ready():
                 return
             time.sleep(0.5)
@@ -309,6 +306,14 @@ class LocalCluster:
 
     def env(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig}\n"
+
+
+def _node_schedulable(node: dict[str, Any]) -> bool:
+    """Ready, and without the not-ready taint the node lifecycle controller removes once it sees that."""
+    conditions = node.get("status", {}).get("conditions") or []
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    taints = node.get("spec", {}).get("taints") or []
+    return ready and not any(t["key"].startswith("node.kubernetes.io/") for t in taints)
 
 
 def _alive(pid: int | None) -> bool:

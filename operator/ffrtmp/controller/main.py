@@ -1,0 +1,82 @@
+"""`ffrtmp operator`: run the kopf operator with our settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import kopf
+
+from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.kube.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    parser.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, $KUBECONFIG)")
+    parser.add_argument("--worker-image", default=env("FFRTMP_WORKER_IMAGE", OperatorSettings.worker_image))
+    parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
+    parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
+    parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
+    parser.add_argument("--leader-elect", action="store_true", help="stand by unless holding the leader Lease")
+    parser.add_argument("--leader-election-namespace", default=env("POD_NAMESPACE", "default"))
+    parser.add_argument("--lease-grace-seconds", type=float, default=OperatorSettings.lease_grace_seconds)
+    parser.add_argument("--retry-backoff-seconds", type=float, default=OperatorSettings.retry_backoff_seconds)
+    parser.add_argument("--resync-seconds", type=float, default=OperatorSettings.resync_seconds)
+    parser.add_argument("--job-events", choices=["all", "failures", "none"], default=OperatorSettings.job_events)
+    parser.add_argument(
+        "--device-resource", action="append", default=[], metavar="ACCEL=NAME",
+        help="device-plugin resource of an accelerator, e.g. nvenc=nvidia.com/gpu",
+    )  # fmt: skip
+    parser.add_argument("--log-format", choices=["text", "json"], default=env("FFRTMP_LOG_FORMAT", "text"))
+    parser.add_argument("--verbose", action="store_true")
+
+
+def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    devices = dict(OperatorSettings().device_resources)
+    for item in args.device_resource:
+        accel, _, name = item.partition("=")
+        devices[accel] = name
+    return OperatorSettings(
+        namespaces=tuple(args.namespace),
+        worker_image=args.worker_image,
+        worker_service_account=args.worker_service_account,
+        device_resources=devices,
+        lease_grace_seconds=args.lease_grace_seconds,
+        retry_backoff_seconds=args.retry_backoff_seconds,
+        resync_seconds=args.resync_seconds,
+        job_events=args.job_events,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs every handled event at INFO; ours are cache updates, not news.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    import ffrtmp.controller.handlers  # noqa: F401 - registers the handlers
+
+    memo = kopf.Memo(
+        settings=settings,
+        kube_config=load_config(args.kubeconfig),
+        leader_election=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+        memo=memo,
+    )
+    return 0

@@ -1,0 +1,85 @@
+"""Operator metrics on :9090, computed from the store (the runbook's names where they exist)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+
+from ffrtmp.controller.state import Store
+
+SLA_WINDOW_SECONDS = 3600.0
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+PHASES = ("Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled")
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge("ffrtmp_jobs", "TranscodeJobs by phase.", ["namespace", "pool", "phase"], registry=r)
+        self.queue_depth = Gauge("ffrtmp_queue_depth", "Jobs waiting for a slot.", ["namespace", "pool"], registry=r)
+        self.queue_seconds = Histogram(
+            "ffrtmp_job_queue_seconds", "Submit to Running.", ["namespace", "pool"], buckets=QUEUE_BUCKETS, registry=r
+        )
+        self.duration = Histogram(
+            "job_duration_seconds", "Running to finished.", ["namespace", "pool"], buckets=DURATION_BUCKETS, registry=r
+        )
+        self.finished = PromCounter(
+            "ffrtmp_jobs_finished_total", "Jobs that finished.", ["namespace", "pool", "phase"], registry=r
+        )
+        self.failed = PromCounter(
+            "ffrtmp_jobs_failed_total", "Failed jobs by reason.", ["namespace", "pool", "reason"], registry=r
+        )
+        self.sla = Gauge(
+            "ffrtmp_worker_sla_compliance_rate",
+            "Percent of jobs with slaSeconds that finished within it (last hour).",
+            ["namespace", "pool"],
+            registry=r,
+        )
+        self.pool_workers = Gauge("ffrtmp_pool_workers", "Worker Pods.", ["namespace", "pool"], registry=r)
+        self.pool_ready = Gauge("ffrtmp_pool_ready_workers", "Ready workers.", ["namespace", "pool"], registry=r)
+        self.pool_desired = Gauge("ffrtmp_pool_desired_workers", "Desired workers.", ["namespace", "pool"], registry=r)
+        self.pool_busy = Gauge("ffrtmp_pool_busy_slots", "Busy slots.", ["namespace", "pool"], registry=r)
+        self.pool_free = Gauge("ffrtmp_pool_free_slots", "Free slots.", ["namespace", "pool"], registry=r)
+        self.reconcile_errors = PromCounter(
+            "ffrtmp_reconcile_errors_total", "Failed API writes and passes.", ["kind"], registry=r
+        )
+        self.leader = Gauge("ffrtmp_operator_leader", "1 while this replica leads.", registry=r)
+        self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
+
+    def job_finished(self, namespace: str, pool: str, phase: str, reason: str | None, run_seconds: float | None,
+                     total_seconds: float | None, sla_seconds: int | None, now: float) -> None:  # fmt: skip
+        self.finished.labels(namespace, pool, phase).inc()
+        if phase == "Failed":
+            self.failed.labels(namespace, pool, reason or "Unknown").inc()
+        if run_seconds is not None and phase == "Succeeded":
+            self.duration.labels(namespace, pool).observe(run_seconds)
+        if sla_seconds is not None and total_seconds is not None:
+            window = self._sla_window[(namespace, pool)]
+            window.append((now, phase == "Succeeded" and total_seconds <= sla_seconds))
+
+    def refresh(self, store: Store, waiting: dict[str, int], now: float) -> None:
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for job in store.jobs.values():
+            counts[(job.namespace, job.pool or "", job.phase or "Pending")] += 1
+        self.jobs.clear()
+        for (ns, pool, phase), n in counts.items():
+            self.jobs.labels(ns, pool, phase).set(n)
+        self.queue_depth.clear()
+        for key, n in waiting.items():
+            ns, _, pool = key.partition("/")
+            self.queue_depth.labels(ns, pool).set(n)
+        for (ns, pool), window in self._sla_window.items():
+            while window and now - window[0][0] > SLA_WINDOW_SECONDS:
+                window.popleft()
+            if window:
+                self.sla.labels(ns, pool).set(100.0 * sum(ok for _, ok in window) / len(window))
+        for p in store.pools.values():
+            s = p.status
+            self.pool_workers.labels(p.namespace, p.name).set(s.get("workers") or 0)
+            self.pool_ready.labels(p.namespace, p.name).set(s.get("readyWorkers") or 0)
+            self.pool_desired.labels(p.namespace, p.name).set(s.get("desiredWorkers") or 0)
+            self.pool_busy.labels(p.namespace, p.name).set(s.get("busySlots") or 0)
+            self.pool_free.labels(p.namespace, p.name).set(s.get("freeSlots") or 0)

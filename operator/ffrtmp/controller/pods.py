@@ -1,0 +1,162 @@
+"""The worker Pod of a WorkerPool (pure): what `kubectl get pod -o yaml` shows for a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ffrtmp.api.constants import (
+    API_VERSION,
+    APP_NAME,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_POOL,
+    WORKER_COMPONENT,
+)
+from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.controller.settings import OperatorSettings
+
+Obj = dict[str, Any]
+WORKER_UID = 10001
+METRICS_PORT = 9091
+# Taints GPU nodes commonly carry; GPU workers tolerate them unless the pool sets its own.
+DEFAULT_TOLERATIONS = {
+    "nvenc": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "qsv": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}],
+    "vaapi": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def worker_labels(pool_name: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_COMPONENT: WORKER_COMPONENT,
+        LABEL_INSTANCE: pool_name,
+        LABEL_MANAGED_BY: "ffmpeg-rtmp-operator",
+        LABEL_POOL: pool_name,
+    }
+
+
+def worker_selector(pool_name: str) -> str:
+    """The label selector of a pool's workers (for /scale and `kubectl get pods -l`)."""
+    return f"{LABEL_COMPONENT}={WORKER_COMPONENT},{LABEL_POOL}={pool_name}"
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _resources(spec: WorkerPoolSpec, settings: OperatorSettings) -> Obj:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources and spec.resources.requests:
+        requests.update(spec.resources.requests.model_dump(exclude_none=True))
+    if spec.resources and spec.resources.limits:
+        limits.update(spec.resources.limits.model_dump(exclude_none=True))
+    device = settings.device_resources.get(spec.accelerator)
+    if device:
+        # Extended resources are set in limits; requests default to them.
+        limits[device] = str(spec.gpus_per_worker)
+    out: Obj = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_worker_pod(
+    pool_name: str, namespace: str, pool_uid: str, spec: WorkerPoolSpec, settings: OperatorSettings
+) -> Obj:
+    """A worker Pod owned by its pool: device-plugin request, cgroup limits, restricted security."""
+    env: list[Obj] = [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_UID", "metadata.uid"),
+        _field_env("NODE_NAME", "spec.nodeName"),
+        {"name": "FFRTMP_POOL", "value": pool_name},
+        {"name": "FFRTMP_ACCELERATOR", "value": spec.accelerator},
+        {"name": "FFRTMP_SLOTS", "value": str(spec.max_concurrent_jobs)},
+        {"name": "FFRTMP_MEDIA_ROOTS", "value": ":".join(spec.media_roots)},
+        {"name": "FFRTMP_OUTPUT_ROOT", "value": spec.output_root},
+        {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": ",".join(spec.allowed_protocols)},
+        {"name": "FFRTMP_DRAIN_SECONDS", "value": str(max(spec.termination_grace_period_seconds - 10, 0))},
+    ]
+    if spec.accelerator == "nvenc":
+        env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"})
+    mounts: list[Obj] = [{"name": "scratch", "mountPath": "/tmp"}, *(spec.volume_mounts or [])]
+    container: Obj = {
+        "name": "worker",
+        "image": spec.image or settings.worker_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["ffrtmp", "worker"],
+        "env": env,
+        "ports": [{"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": METRICS_PORT}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": METRICS_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": _resources(spec, settings),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: Obj = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *(spec.volumes or [])],
+    }
+    service_account = spec.service_account_name or settings.worker_service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    tolerations = (
+        [t.to_api() for t in spec.tolerations] if spec.tolerations is not None else DEFAULT_TOLERATIONS.get(spec.accelerator)
+    )
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.affinity:
+        pod_spec["affinity"] = spec.affinity
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{pool_name}-",
+            "namespace": namespace,
+            "labels": worker_labels(pool_name),
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "WorkerPool",
+                    "name": pool_name,
+                    "uid": pool_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

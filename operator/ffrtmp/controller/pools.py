@@ -1,0 +1,204 @@
+"""WorkerPool decisions (pure): how many worker Pods, which to remove, what the status says."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.controller.autoscaling import ScaleInput, WorkerLoad, choose_removals, jobs_per_hour, recommend
+from ffrtmp.controller.lifecycle import JobEvent, lease_fresh
+from ffrtmp.controller.pods import worker_selector
+from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.controller.state import PoolObj, WorkerLease, WorkerPod
+
+Obj = dict[str, Any]
+DURATION_WINDOW_SECONDS = 3600.0
+
+
+@dataclass
+class PoolMemory:
+    """What the autoscaler remembers between passes (lost on restart; it then starts afresh)."""
+
+    history: tuple[tuple[float, int], ...] = ()
+    last_active: float | None = None
+    last_desired: int | None = None
+    durations: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=500))
+
+    def record_duration(self, finished: float, seconds: float) -> None:
+        self.durations.append((finished, seconds))
+
+    def average_duration(self, now: float) -> float | None:
+        recent = [s for t, s in self.durations if now - t <= DURATION_WINDOW_SECONDS]
+        return sum(recent) / len(recent) if recent else None
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    create: int
+    delete: list[str]
+    status: Obj | None  # None: status unchanged
+    events: list[JobEvent]
+
+
+def _desired_without_autoscaling(pool: PoolObj) -> tuple[int, str]:
+    spec = pool.spec
+    assert spec is not None
+    want = spec.replicas if spec.replicas is not None else spec.min_workers
+    desired = min(max(want, spec.min_workers), spec.max_workers)
+    source = "spec.replicas" if spec.replicas is not None else "minWorkers"
+    return desired, f"autoscaling disabled: {source} asks for {desired}"
+
+
+def decide_pool(
+    pool: PoolObj,
+    pods: Iterable[WorkerPod],
+    leases: dict[str, WorkerLease],
+    running_by_worker: dict[str, int],
+    waiting: int,
+    memory: PoolMemory,
+    now: float,
+    settings: OperatorSettings,
+) -> PoolDecision:
+    spec = pool.spec
+    if spec is None:
+        return PoolDecision(0, [], None, [])
+    mine = [p for p in pods if p.pool == pool.name and p.namespace == pool.namespace]
+    failed = [p for p in mine if p.failed and not p.deleting]
+    live = [p for p in mine if not p.failed and not p.deleting]
+    running = sum(running_by_worker.get(p.key, 0) for p in mine)
+    ready, encoder_failures = [], []
+    for p in live:
+        lease = leases.get(p.key)
+        if lease is not None and lease.encoder_ok is False:
+            encoder_failures.append((p, lease.encoder_message))
+        elif lease is not None and lease.encoder_ok and p.node and lease_fresh(lease, now, settings) and not lease.draining:
+            ready.append(p)
+    pending_timeout = spec.autoscaling.pending_timeout_seconds
+    unschedulable = [p for p in live if p.unschedulable is not None]
+    stuck = [p for p in unschedulable if now - p.created >= pending_timeout]
+
+    if waiting + running > 0:
+        memory.last_active = now
+    limited: str | None = None
+    limited_message: str | None = None
+    if spec.autoscaling.enabled:
+        decision = recommend(
+            ScaleInput(
+                now=now, queued=waiting, running=running, slots_per_worker=spec.max_concurrent_jobs,
+                target_utilization=spec.autoscaling.target_utilization, current=len(live),
+                unschedulable=len(stuck), min_workers=spec.min_workers, max_workers=spec.max_workers,
+                scale_up_step=spec.autoscaling.scale_up_step,
+                stabilization_seconds=spec.autoscaling.scale_down_stabilization_seconds,
+                idle_timeout_seconds=spec.autoscaling.idle_timeout_seconds,
+                last_active=memory.last_active, history=memory.history,
+            )
+        )  # fmt: skip
+        memory.history = decision.history
+        desired, reason = decision.desired, decision.reason
+        limited, limited_message = decision.limited, decision.limited_message
+    else:
+        desired, reason = _desired_without_autoscaling(pool)
+
+    create = max(desired - len(live), 0)
+    delete = [p.name for p in failed]
+    if len(live) > desired:
+        loads = [
+            WorkerLoad(p.name, running_by_worker.get(p.key, 0), p in ready, p.node is None, p.created) for p in live
+        ]
+        delete += choose_removals(loads, len(live) - desired)
+
+    events: list[JobEvent] = []
+    previous = pool.status.get("desiredWorkers")
+    scaled = previous != desired and (create or len(live) > desired or previous is None)
+    if previous != desired:
+        verb = "ScaledUp" if previous is None or desired > int(previous) else "ScaledDown"
+        events.append(JobEvent("Normal", verb, reason))
+    for p in failed:
+        events.append(JobEvent("Warning", "WorkerReplaced", f"worker Pod {p.name} terminated; replacing it"))
+
+    capacity = spec.max_concurrent_jobs * len(ready)
+    busy = sum(min(running_by_worker.get(p.key, 0), spec.max_concurrent_jobs) for p in ready)
+    avg = memory.average_duration(now)
+    conditions = _conditions(pool, len(ready), desired, limited, limited_message, unschedulable, encoder_failures, now)
+    status: Obj = {
+        "replicas": len(live),
+        "selector": worker_selector(pool.name),
+        "workers": len(live),
+        "readyWorkers": len(ready),
+        "desiredWorkers": desired,
+        "busySlots": busy,
+        "freeSlots": max(capacity - busy, 0),
+        "queuedJobs": waiting,
+        "runningJobs": running,
+        "capacity": {
+            "avgJobSeconds": round(avg, 3) if avg is not None else None,
+            "jobsPerHour": _round(jobs_per_hour(len(ready), spec.max_concurrent_jobs, avg)),
+        },
+        "conditions": conditions,
+        "observedGeneration": pool.generation,
+    }
+    if scaled or "lastScaleReason" not in pool.status:
+        status["lastScaleTime"] = now_iso(now)
+        status["lastScaleReason"] = reason
+    memory.last_desired = desired
+    return PoolDecision(create, delete, status if _changed(pool.status, status) else None, events)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _changed(old: Obj, new: Obj) -> bool:
+    def strip(conds: object) -> object:
+        if not isinstance(conds, list):
+            return conds
+        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
+
+    for key, value in new.items():
+        if key in ("lastScaleTime",):
+            continue
+        if key == "conditions":
+            if strip(old.get(key)) != strip(value):
+                return True
+        elif key == "capacity":
+            if {k: v for k, v in (old.get(key) or {}).items() if v is not None} != {k: v for k, v in value.items() if v is not None}:
+                return True
+        elif old.get(key) != value:
+            return True
+    return False
+
+
+def _conditions(
+    pool: PoolObj,
+    ready: int,
+    desired: int,
+    limited: str | None,
+    limited_message: str | None,
+    unschedulable: list[WorkerPod],
+    encoder_failures: list[tuple[WorkerPod, str]],
+    now: float,
+) -> list[Obj]:
+    updates: list[tuple[str, str, str, str]] = []
+    if ready > 0:
+        updates.append(("Ready", "True", "WorkersReady", f"{ready} worker(s) ready"))
+    elif desired == 0:
+        updates.append(("Ready", "True", "ScaledToZero", "no workers needed; the first queued job starts one"))
+    else:
+        updates.append(("Ready", "False", "NoReadyWorkers", f"0 of {desired} desired workers are ready"))
+    if limited:
+        updates.append(("ScalingLimited", "True", limited, limited_message or limited))
+    else:
+        updates.append(("ScalingLimited", "False", "WithinLimits", "the pool can grow to what its queue needs"))
+    if unschedulable:
+        msg = f"{len(unschedulable)} worker Pod(s) cannot be scheduled: {unschedulable[0].unschedulable}"
+        updates.append(("Degraded", "True", "Unschedulable", msg))
+    elif encoder_failures:
+        pod, why = encoder_failures[0]
+        msg = f"{len(encoder_failures)} worker(s) failed the encoder self-test; {pod.name}: {why}"
+        updates.append(("Degraded", "True", "EncoderUnavailable", msg))
+    else:
+        updates.append(("Degraded", "False", "AsExpected", "all workers schedulable and their encoders work"))
+    return set_conditions(pool.status.get("conditions"), updates, now=now, generation=pool.generation)

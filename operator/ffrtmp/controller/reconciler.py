@@ -1,0 +1,329 @@
+"""The operator's single decision loop: apply what the pure functions decide, fenced and in bulk.
+
+Watch events (from kopf handlers) only update the store and wake the loop. Each pass decides
+everything due now from the store and applies it. Only the leader decides; a standby replica
+keeps its store warm so that it can take over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_COMPONENT, POOL_PLURAL, VERSION, WORKER_COMPONENT
+from ffrtmp.controller.leader import LeaderElector
+from ffrtmp.controller.lifecycle import DeleteJob, JobEvent, PatchStatus, decide_jobs, running_by_worker
+from ffrtmp.controller.metrics import OperatorMetrics
+from ffrtmp.controller.pods import build_worker_pod
+from ffrtmp.controller.pools import PoolMemory, decide_pool
+from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.controller.state import JobView, Store, key_of
+from ffrtmp.conditions import now_iso
+from ffrtmp.kube.client import ApiError, KubeClient, resource_path
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+WORKER_SELECTOR = f"{LABEL_COMPONENT}={WORKER_COMPONENT}"
+
+
+def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    return resource_path(GROUP, VERSION, JOB_PLURAL, namespace, name, subresource)
+
+
+def pool_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    return resource_path(GROUP, VERSION, POOL_PLURAL, namespace, name, subresource)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        client: KubeClient,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics,
+        elector: LeaderElector | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.elector = elector
+        self.store = Store()
+        self.memory: dict[str, PoolMemory] = {}
+        self.trigger = asyncio.Event()
+        self._writes = asyncio.Semaphore(settings.max_parallel_writes)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.last_pass = 0.0
+        self._last_relist = 0.0
+        self._last_metrics = 0.0
+        self._waiting: dict[str, int] = {}
+
+    # -- events (thin kopf handlers call these) ----------------------------------------------
+    def on_job(self, event_type: str | None, obj: Obj) -> None:
+        key = key_of(obj)
+        old = self.store.jobs.get(key)
+        if event_type == "DELETED":
+            self.store.jobs.pop(key, None)
+        else:
+            new = self.store.put_job(obj)
+            self._observe_transition(old, new)
+        self.trigger.set()
+
+    def on_pod(self, event_type: str | None, obj: Obj) -> None:
+        if event_type == "DELETED":
+            self.store.pods.pop(key_of(obj), None)
+        else:
+            self.store.put_pod(obj)
+        self.trigger.set()
+
+    def on_lease(self, event_type: str | None, obj: Obj) -> None:
+        if event_type == "DELETED":
+            holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
+            self.store.leases.pop(f"{obj['metadata'].get('namespace', '')}/{holder}", None)
+        else:
+            self.store.put_lease(obj)
+        self.trigger.set()
+
+    def on_pool(self, event_type: str | None, obj: Obj) -> None:
+        if event_type == "DELETED":
+            self.store.pools.pop(key_of(obj), None)
+        else:
+            self.store.put_pool(obj)
+        self.trigger.set()
+
+    def _observe_transition(self, old: JobView | None, new: JobView) -> None:
+        if new.phase == (old.phase if old else None):
+            return
+        now = time.time()
+        pool = new.pool or ""
+        if old is not None and self.leading and new.worker:
+            # The worker writes these two transitions; the operator tells them in Events.
+            if new.phase == "Running":
+                self._event(new.namespace, "TranscodeJob", new.name, new.uid,
+                            JobEvent("Normal", "Started", f"attempt {new.attempt}: ffmpeg started on {new.worker}"))  # fmt: skip
+            elif new.phase == "Succeeded":
+                self._event(new.namespace, "TranscodeJob", new.name, new.uid,
+                            JobEvent("Normal", "Completed", new.message or "completed"))  # fmt: skip
+        if new.phase == "Running" and new.start_time and new.queued_time is not None:
+            self.metrics.queue_seconds.labels(new.namespace, pool).observe(max(new.start_time - new.created, 0.0))
+        if new.terminal and old is not None and not old.terminal:
+            run = (new.completion_time - new.start_time) if new.completion_time and new.start_time else None
+            total = (new.completion_time - new.created) if new.completion_time else None
+            reason = None
+            if new.phase == "Failed":
+                reason = next((c.get("reason") for c in new.conditions if c.get("type") == "Failed"), None)
+            self.metrics.job_finished(new.namespace, pool, new.phase or "", reason, run, total, new.sla_seconds, now)
+            if run is not None and new.phase == "Succeeded" and pool:
+                self.memory.setdefault(f"{new.namespace}/{pool}", PoolMemory()).record_duration(now, run)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def relist(self) -> None:
+        """List every kind and merge it into the store (at start-up, and now and then to drop
+        objects whose delete event a broken watch missed). Newer objects already in the store win."""
+        namespaces = self.settings.namespaces or ("",)
+        kinds = {
+            "jobs": (lambda ns: job_path(ns), {}, self.store.jobs, self.store.put_job),
+            "pools": (lambda ns: pool_path(ns), {}, self.store.pools, self.store.put_pool),
+            "pods": (
+                lambda ns: resource_path("", "v1", "pods", ns),
+                {"labelSelector": WORKER_SELECTOR}, self.store.pods, self.store.put_pod,
+            ),
+            "leases": (
+                lambda ns: resource_path("coordination.k8s.io", "v1", "leases", ns),
+                {"labelSelector": WORKER_SELECTOR}, self.store.leases, self.store.put_lease,
+            ),
+        }  # fmt: skip
+        for kind, (path_of, params, current, put) in kinds.items():
+            listed: set[str] = set()
+            list_rv = 0
+            for ns in namespaces:
+                items, rv = await self.client.list_all(path_of(ns), **params)
+                list_rv = max(list_rv, int(rv or 0))
+                for obj in items:
+                    put(obj)
+                    listed.add(self._store_key(kind, obj))
+            for key in [k for k in current if k not in listed]:
+                # Gone, unless it appeared after the list was taken.
+                if int(current[key].resource_version or 0) <= list_rv:
+                    current.pop(key, None)
+            self.store.synced.add(kind)
+        self._last_relist = time.monotonic()
+
+    @staticmethod
+    def _store_key(kind: str, obj: Obj) -> str:
+        if kind == "leases":
+            holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
+            return f"{obj['metadata'].get('namespace', '')}/{holder}"
+        return key_of(obj)
+
+    async def run(self) -> None:
+        await self.relist()
+        while True:
+            try:
+                await asyncio.wait_for(self.trigger.wait(), timeout=self.settings.resync_seconds)
+            except TimeoutError:
+                pass
+            self.trigger.clear()
+            await asyncio.sleep(0.02)  # let a burst of events land in one pass
+            try:
+                if time.monotonic() - self._last_relist > self.settings.relist_seconds:
+                    await self.relist()
+                await self.pass_once()
+            except Exception:
+                log.exception("reconcile pass failed")
+                self.metrics.reconcile_errors.labels("pass").inc()
+                await asyncio.sleep(1)
+            self.last_pass = time.time()
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    async def pass_once(self) -> None:
+        leading = self.leading
+        self.metrics.leader.set(1 if leading else 0)
+        now = time.time()
+        if not leading:
+            return
+        decisions = decide_jobs(self.store, now, self.settings)
+        await self._gather(self._apply_job(a) for a in decisions.actions)
+        self._waiting = decisions.waiting_by_pool
+        # Pools see the jobs as they are after this pass's writes.
+        running = running_by_worker(self.store.jobs.values())
+        for pool in list(self.store.pools.values()):
+            memory = self.memory.setdefault(pool.key, PoolMemory())
+            decision = decide_pool(
+                pool, self.store.pods.values(), self.store.leases, running,
+                decisions.waiting_by_pool.get(pool.key, 0), memory, now, self.settings,
+            )  # fmt: skip
+            await self._apply_pool(pool.key, decision.create, decision.delete, decision.status, decision.events)
+        if time.monotonic() - self._last_metrics > 1.0:
+            self.metrics.refresh(self.store, self._waiting, now)
+            self._last_metrics = time.monotonic()
+        if decisions.wake_at is not None:
+            self._wake_at(decisions.wake_at)
+
+    def _wake_at(self, at: float) -> None:
+        delay = max(at - time.time(), 0.0)
+        if delay < self.settings.resync_seconds:
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay + 0.01, self.trigger.set)
+
+    async def _gather(self, aws: Any) -> None:
+        tasks = [asyncio.ensure_future(a) for a in aws]
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _bounded(self, aw: Awaitable[Any]) -> Any:
+        async with self._writes:
+            return await aw
+
+    # -- applying -----------------------------------------------------------------------------
+    async def _apply_job(self, action: PatchStatus | DeleteJob) -> None:
+        namespace, _, name = action.key.partition("/")
+        try:
+            if isinstance(action, PatchStatus):
+                body = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
+                updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
+                old = self.store.jobs.get(action.key)
+                new = self.store.put_job(updated)
+                self._observe_transition(old, new)
+                if action.event is not None:
+                    self._event(namespace, "TranscodeJob", name, updated["metadata"]["uid"], action.event)
+            else:
+                body = {"preconditions": {"uid": action.uid}, "propagationPolicy": "Background"}
+                await self._bounded(self.client.delete(job_path(namespace, name), body))
+                self.store.jobs.pop(action.key, None)
+                log.info("deleted %s: %s", action.key, action.reason)
+        except ApiError as e:
+            if e.conflict:
+                # Someone (a worker, a user) changed it since we decided: decide again on the new version.
+                log.debug("conflict on %s; will decide again", action.key)
+                await self._refresh_job(namespace, name)
+            elif e.not_found:
+                self.store.jobs.pop(action.key, None)
+            else:
+                log.warning("writing %s failed: %s", action.key, e)
+                self.metrics.reconcile_errors.labels("TranscodeJob").inc()
+
+    async def _refresh_job(self, namespace: str, name: str) -> None:
+        try:
+            self.on_job("MODIFIED", await self.client.get(job_path(namespace, name)))
+        except ApiError as e:
+            if e.not_found:
+                self.store.jobs.pop(f"{namespace}/{name}", None)
+
+    def _post_job_event(self, event: JobEvent) -> bool:
+        mode = self.settings.job_events
+        return mode == "all" or (mode == "failures" and event.type == "Warning")
+
+    async def _apply_pool(
+        self, key: str, create: int, delete: list[str], status: Obj | None, events: list[JobEvent]
+    ) -> None:
+        pool = self.store.pools[key]
+        spec = pool.spec
+        if spec is None:
+            return
+        try:
+            pods_path = resource_path("", "v1", "pods", pool.namespace)
+            if create:
+                manifest = build_worker_pod(pool.name, pool.namespace, pool.uid, spec, self.settings)
+                created = await self._gather_results(
+                    self._bounded(self.client.create(pods_path, manifest)) for _ in range(create)
+                )
+                for obj in created:
+                    self.store.put_pod(obj)
+            for name in delete:
+                await self._bounded(self.client.delete_ignore_missing(f"{pods_path}/{name}"))
+                self.store.pods.pop(f"{pool.namespace}/{name}", None)
+            if status is not None:
+                updated = await self._bounded(self.client.merge_patch(pool_path(pool.namespace, pool.name, "status"), {"status": status}))
+                self.store.put_pool(updated)
+            for event in events:
+                self._event(pool.namespace, "WorkerPool", pool.name, pool.uid, event)
+        except ApiError as e:
+            log.warning("reconciling pool %s failed: %s", key, e)
+            self.metrics.reconcile_errors.labels("WorkerPool").inc()
+
+    async def _gather_results(self, aws: Any) -> list[Obj]:
+        results = await asyncio.gather(*[asyncio.ensure_future(a) for a in aws], return_exceptions=True)
+        out = []
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning("creating a worker Pod failed: %s", r)
+                self.metrics.reconcile_errors.labels("Pod").inc()
+            else:
+                out.append(r)
+        return out
+
+    def _event(self, namespace: str, kind: str, name: str, uid: str, event: JobEvent) -> None:
+        """Post a core/v1 Event in the background: `kubectl describe` tells the story."""
+        if kind == "TranscodeJob" and not self._post_job_event(event):
+            return
+        now = now_iso(time.time())
+        body = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "name": name, "namespace": namespace, "uid": uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "ffmpeg-rtmp-operator"},
+            "reportingComponent": "ffmpeg-rtmp.io/operator",
+            "reportingInstance": self.elector.identity if self.elector else "ffmpeg-rtmp-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }  # fmt: skip
+
+        async def post() -> None:
+            try:
+                await self._bounded(self.client.create(resource_path("", "v1", "events", namespace), body))
+            except ApiError as e:
+                log.debug("posting event failed: %s", e)
+
+        task = asyncio.ensure_future(post())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

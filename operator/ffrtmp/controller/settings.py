@@ -1,0 +1,32 @@
+"""Operator settings: flags and environment, in one typed struct."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How the operator behaves; every field has a command-line flag."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    worker_image: str = "ghcr.io/ffmpeg-rtmp/worker:0.1.0"
+    worker_service_account: str | None = None
+    # Device-plugin resource of each accelerator (configurable: clusters name them differently).
+    device_resources: dict[str, str] = field(
+        default_factory=lambda: {"nvenc": "nvidia.com/gpu", "qsv": "gpu.intel.com/i915", "vaapi": "gpu.intel.com/i915"}
+    )
+    # A worker whose Lease was not renewed for leaseDuration + this is lost.
+    lease_grace_seconds: float = 5.0
+    # Retry backoff after a failed attempt: base * 2^(failures-1), capped (like a Job's pods).
+    retry_backoff_seconds: float = 10.0
+    retry_backoff_max_seconds: float = 360.0
+    # Periodic pass even without events: timeouts, lost workers, TTL, autoscaling.
+    resync_seconds: float = 2.0
+    # Full relist of jobs to catch deletes missed while a watch was down.
+    relist_seconds: float = 60.0
+    # Events on job transitions: all, failures (warnings only) or none.
+    job_events: str = "all"
+    max_parallel_writes: int = 32
+    metrics_port: int = 9090
+    health_port: int = 8080

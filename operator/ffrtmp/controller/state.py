@@ -1,0 +1,299 @@
+"""Compact views of the objects the operator watches, and the in-memory store of them.
+
+The store is only a cache of the API server: it is rebuilt from watches after a restart.
+Views are parsed once per event so that a pass over 10,000 jobs stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from ffrtmp.api.constants import (
+    ANNOTATION_DRAINING,
+    ANNOTATION_ENCODER,
+    LABEL_POOL,
+)
+from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.conditions import condition, parse_time
+
+Obj = dict[str, Any]
+ACTIVE_PHASES = ("Scheduled", "Running")
+TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+
+
+def key_of(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResultView:
+    attempt: int
+    worker: str
+    outcome: str
+    reason: str
+    message: str
+    retryable: bool
+    stderr_tail: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int
+    created: float
+    # spec
+    invalid: str | None  # why the spec is invalid, or None
+    priority: int
+    accelerator: str
+    hardware_policy: str
+    pool_ref: str | None
+    suspend: bool
+    timeout_seconds: int | None
+    backoff_limit: int
+    ttl_seconds: int | None
+    sla_seconds: int | None
+    # status
+    phase: str | None
+    worker: str | None
+    pool: str | None
+    attempt: int
+    failed: int
+    queued_time: float | None
+    not_before: float | None
+    scheduled_time: float | None
+    start_time: float | None
+    completion_time: float | None
+    result: AttemptResultView | None
+    queued_reason: str | None
+    suspended: bool
+    conditions: tuple[Obj, ...]
+    message: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+@lru_cache(maxsize=16384)
+def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
+    """Validation is cached per (uid, generation): status events do not re-validate."""
+    del uid, generation
+    try:
+        TranscodeJobSpec.model_validate_json(spec_json)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"spec.{where}: {first['msg']}" if where else first["msg"]
+    return None
+
+
+def parse_job(obj: Obj) -> JobView:
+    import json
+
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    generation = int(meta.get("generation", 1))
+    result = status.get("result")
+    result_view = None
+    if isinstance(result, dict) and "attempt" in result:
+        result_view = AttemptResultView(
+            attempt=int(result["attempt"]),
+            worker=str(result.get("worker", "")),
+            outcome=str(result.get("outcome", "")),
+            reason=str(result.get("reason") or ""),
+            message=str(result.get("message") or ""),
+            retryable=bool(result.get("retryable", False)),
+            stderr_tail=str(result.get("stderrTail") or ""),
+        )
+    queued = condition(status.get("conditions"), "Queued")
+    suspended = condition(status.get("conditions"), "Suspended")
+    pool_ref = spec.get("poolRef") or {}
+    return JobView(
+        key=f"{meta.get('namespace', '')}/{meta['name']}",
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        generation=generation,
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        invalid=_validate_spec(meta.get("uid", ""), generation, json.dumps(spec, sort_keys=True)),
+        priority=int(spec.get("priority", 0)),
+        accelerator=str(spec.get("accelerator", "auto")),
+        hardware_policy=str(spec.get("hardwarePolicy", "preferred")),
+        pool_ref=pool_ref.get("name"),
+        suspend=bool(spec.get("suspend", False)),
+        timeout_seconds=spec.get("timeoutSeconds"),
+        backoff_limit=int(spec.get("backoffLimit", 3)),
+        ttl_seconds=spec.get("ttlSecondsAfterFinished"),
+        sla_seconds=spec.get("slaSeconds"),
+        phase=status.get("phase"),
+        worker=status.get("worker"),
+        pool=status.get("pool"),
+        attempt=int(status.get("attempt") or 0),
+        failed=int(status.get("failed") or 0),
+        queued_time=parse_time(status.get("queuedTime")),
+        not_before=parse_time(status.get("notBefore")),
+        scheduled_time=parse_time(status.get("scheduledTime")),
+        start_time=parse_time(status.get("startTime")),
+        completion_time=parse_time(status.get("completionTime")),
+        result=result_view,
+        queued_reason=queued.get("reason") if queued and queued.get("status") == "True" else None,
+        suspended=bool(suspended and suspended.get("status") == "True"),
+        conditions=tuple(status.get("conditions") or ()),
+        message=status.get("message"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPod:
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    pool: str
+    node: str | None
+    created: float
+    deleting: bool
+    failed: bool  # phase Failed/Succeeded: the Pod will not run again
+    unschedulable: str | None  # the scheduler's message while it cannot place the Pod
+    resource_version: str
+
+
+def parse_worker_pod(obj: Obj) -> WorkerPod:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    scheduled = condition(status.get("conditions"), "PodScheduled")
+    unschedulable = None
+    if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        unschedulable = str(scheduled.get("message") or "unschedulable")
+    return WorkerPod(
+        key=f"{meta.get('namespace', '')}/{meta['name']}",
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        pool=(meta.get("labels") or {}).get(LABEL_POOL, ""),
+        node=spec.get("nodeName"),
+        created=parse_time(meta.get("creationTimestamp")) or 0.0,
+        deleting=bool(meta.get("deletionTimestamp")),
+        failed=status.get("phase") in ("Failed", "Succeeded"),
+        unschedulable=unschedulable,
+        resource_version=meta.get("resourceVersion", ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLease:
+    key: str  # namespace/worker-pod-name
+    renew_time: float | None
+    duration: float
+    encoder_ok: bool | None  # None: self-test not finished
+    encoder_message: str
+    draining: bool
+    resource_version: str
+
+
+def parse_lease(obj: Obj) -> WorkerLease:
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    annotations = meta.get("annotations") or {}
+    encoder = str(annotations.get(ANNOTATION_ENCODER, ""))
+    encoder_ok: bool | None = None
+    if encoder.startswith("ok"):
+        encoder_ok = True
+    elif encoder.startswith("failed"):
+        encoder_ok = False
+    holder = spec.get("holderIdentity") or meta["name"]
+    return WorkerLease(
+        key=f"{meta.get('namespace', '')}/{holder}",
+        renew_time=parse_time(spec.get("renewTime")),
+        duration=float(spec.get("leaseDurationSeconds") or 15),
+        encoder_ok=encoder_ok,
+        encoder_message=encoder.partition(":")[2].strip(),
+        draining=annotations.get(ANNOTATION_DRAINING) == "true",
+        resource_version=meta.get("resourceVersion", ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolObj:
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: WorkerPoolSpec | None
+    invalid: str | None
+    status: Obj
+
+
+def parse_pool(obj: Obj) -> PoolObj:
+    meta = obj["metadata"]
+    try:
+        spec: WorkerPoolSpec | None = WorkerPoolSpec.model_validate(obj.get("spec") or {})
+        invalid = None
+    except ValidationError as e:
+        spec, invalid = None, str(e.errors()[0]["msg"])
+    return PoolObj(
+        key=f"{meta.get('namespace', '')}/{meta['name']}",
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation", 1)),
+        resource_version=meta.get("resourceVersion", ""),
+        spec=spec,
+        invalid=invalid,
+        status=obj.get("status") or {},
+    )
+
+
+@dataclass
+class Store:
+    """The operator's view of the cluster, fed by watch events."""
+
+    jobs: dict[str, JobView] = field(default_factory=dict)
+    pods: dict[str, WorkerPod] = field(default_factory=dict)
+    leases: dict[str, WorkerLease] = field(default_factory=dict)
+    pools: dict[str, PoolObj] = field(default_factory=dict)
+    # Set once each kind was listed: until then "missing" does not mean "gone".
+    synced: set[str] = field(default_factory=set)
+
+    def put_job(self, obj: Obj) -> JobView:
+        view = parse_job(obj)
+        old = self.jobs.get(view.key)
+        # A watch event older than what we wrote ourselves must not roll the view back.
+        if old is not None and old.uid == view.uid and _rv_older(view.resource_version, old.resource_version):
+            return old
+        self.jobs[view.key] = view
+        return view
+
+    def put_pod(self, obj: Obj) -> None:
+        pod = parse_worker_pod(obj)
+        self.pods[pod.key] = pod
+
+    def put_lease(self, obj: Obj) -> None:
+        lease = parse_lease(obj)
+        self.leases[lease.key] = lease
+
+    def put_pool(self, obj: Obj) -> None:
+        pool = parse_pool(obj)
+        self.pools[pool.key] = pool
+
+
+def _rv_older(candidate: str, current: str) -> bool:
+    """resourceVersions are opaque, but on etcd-backed servers they are increasing integers."""
+    try:
+        return int(candidate) < int(current)
+    except ValueError:
+        return False

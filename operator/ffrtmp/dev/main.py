@@ -1,0 +1,78 @@
+"""`ffrtmp dev`: the local control plane and stand-in workers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from ffrtmp import logs
+from ffrtmp.dev.cluster import ClusterError, LocalCluster
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("FFRTMP_DEV_DIR") or Path.cwd() / ".dev" / "cluster")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dev_command", required=True)
+    cluster = sub.add_parser("cluster", help="start, stop or show the local control plane")
+    cluster.add_argument("action", choices=["up", "down", "env"])
+    cluster.add_argument("--dir", type=Path, default=None, help="state folder (default: .dev/cluster)")
+    cluster.add_argument("--extra-nodes", type=int, default=0, help="extra simulated CPU nodes")
+    cluster.set_defaults(func=_cluster)
+
+    workers = sub.add_parser("workers", help="run stand-in worker processes for the worker Pods")
+    workers.add_argument("--namespace", required=True)
+    workers.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    workers.add_argument("--worker-kubeconfig", default=None, help="credentials of the workers (default: --kubeconfig)")
+    workers.add_argument("--state-dir", type=Path, required=True, help="logs and workers.json go here")
+    workers.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra worker env")
+    workers.add_argument("--restart-delay", type=float, default=5.0)
+    workers.set_defaults(func=_workers)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.dir or default_root())
+    try:
+        if args.action == "up":
+            cluster.up(extra_nodes=args.extra_nodes)
+            print(cluster.env(), end="")
+        elif args.action == "down":
+            cluster.down()
+        else:
+            print(cluster.env(), end="")
+    except ClusterError as e:
+        print(f"error: {e}")
+        return 1
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from ffrtmp.dev.workers import StandInKubelet
+    from ffrtmp.kube.client import KubeClient
+    from ffrtmp.kube.config import load_config
+
+    logs.configure()
+    extra = dict(item.split("=", 1) for item in args.env)
+
+    async def main() -> None:
+        async with KubeClient(load_config(args.kubeconfig)) as client:
+            kubelet = StandInKubelet(
+                client, args.namespace, args.state_dir,
+                worker_kubeconfig=args.worker_kubeconfig or args.kubeconfig,
+                extra_env=extra, restart_delay=args.restart_delay,
+            )  # fmt: skip
+            task = asyncio.create_task(kubelet.run())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            task.cancel()
+            await kubelet.stop_all()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,1 @@
+"""Everything about running ffmpeg: argv plans, progress, failures, probing and input safety."""

@@ -1,0 +1,812 @@
+"""ffmpeg command lines for a TranscodeJobSpec: pure functions that return argv lists.
+
+Every run looks like
+
+    ffmpeg -hide_banner -nostdin -y -loglevel error -progress pipe:1 -nostats
+        -protocol_whitelist <derived> <network/hwaccel/seek options> -i <input>
+        [-filter_complex_threads N] -filter_complex <graph> <output options> <output> ...
+
+Progress (`key=value` blocks) goes to stdout, errors to stderr. The input is decoded once;
+`split` feeds one branch per encoded rendition (scale keeping the aspect ratio with even
+dimensions, `fps`), plus one branch for thumbnails and one for the sprite sheet. All `hls`
+outputs share ONE hls muxer (`-var_stream_map`), which writes `hls/<name>/index.m3u8`, the
+segments next to it and the master playlist at `hls/<masterPlaylist>`.
+
+Nothing here builds a shell string: `passes` are argv lists for `create_subprocess_exec`.
+
+Decisions (see also the module constants):
+
+* Protocol whitelist: only what the input's own scheme needs, intersected with the pool's
+  allowed protocols. A file input gets `file`; http(s) gets the allowed http family plus
+  `tcp`, `tls` (for https) and `crypto` (AES-128 HLS); rtmp gets `rtmp,tcp`; rtmps gets
+  `rtmps,tls,tcp`. So a remote playlist can never make ffmpeg read a local file, and a
+  local playlist can never make it fetch URLs.
+* Two-pass (CPU h264/hevc with a bitrate) runs as exactly two ffmpeg processes whatever the
+  number of renditions: pass 1 encodes every two-pass rendition (video only) to the null
+  muxer, pass 2 is the normal run in which those renditions read their pass-1 statistics.
+  The statistics file is named explicitly per rendition (`<scratch>/2pass-<name>.log`, via
+  `-x264-params stats=` / `-x265-params stats=`) because ffmpeg's own `-passlogfile` naming
+  appends the global output-stream index, which differs between the two runs.
+* HLS segments are aligned across renditions with `-force_key_frames` at every segment
+  boundary (plus `-g`/`-keyint_min`/`-sc_threshold 0` when a gop is set), so every variant
+  can switch at every segment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ffrtmp.api.job import (
+    NVENC_PRESETS,
+    X264_PRESETS,
+    AudioSpec,
+    HlsSpec,
+    OutputSpec,
+    ThumbnailSpec,
+    TranscodeJobSpec,
+    VideoSpec,
+)
+from ffrtmp.ffmpeg.inputs import InputNotAllowed
+
+FFMPEG = "ffmpeg"
+BASE_ARGS = ("-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
+ACCELERATORS = ("nvenc", "qsv", "vaapi", "cpu")
+AV1_CPU_ENCODER = "libsvtav1"  # Debian 12's ffmpeg 5.1 has libsvtav1 and libaom-av1
+AV1_CPU_ENCODERS = ("libsvtav1", "libaom-av1")
+DEFAULT_VAAPI_DEVICE = "/dev/dri/renderD128"
+NETWORK_RW_TIMEOUT_US = 15_000_000
+RECONNECT_DELAY_MAX_SECONDS = 10
+DEFAULT_AUDIO_BITRATE = "128k"
+HLS_DIR = "hls"
+THUMBS_DIR = "thumbs"
+MAX_CRF_H26X = 51
+HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
+
+ENCODERS: dict[str, dict[str, str]] = {
+    "cpu": {"h264": "libx264", "hevc": "libx265"},
+    "nvenc": {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
+    "qsv": {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
+    "vaapi": {"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
+}
+AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
+OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+# x264 preset names on other encoders. NVENC: p1 fastest .. p7 best, p4 is NVENC's default
+# (as medium is x264's); the two fastest x264 presets share p1 and faster/fast share p3.
+NVENC_PRESET_MAP = {
+    "ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
+    "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7",
+}  # fmt: skip
+# Used only when a job asking for NVENC falls back to a CPU pool (hardwarePolicy preferred).
+X264_FROM_NVENC = {
+    "p1": "superfast", "p2": "veryfast", "p3": "faster", "p4": "medium", "p5": "slow",
+    "p6": "slower", "p7": "veryslow",
+}  # fmt: skip
+# QSV has veryfast..veryslow; the two faster x264 names become veryfast.
+QSV_PRESET_MAP = {name: ("veryfast" if name in ("ultrafast", "superfast") else name) for name in X264_PRESETS}
+# VAAPI -compression_level: 1 = best quality (slowest) .. 7 = fastest (Intel's TU scale).
+VAAPI_COMPRESSION_LEVEL = {
+    "ultrafast": 7, "superfast": 7, "veryfast": 7, "faster": 6, "fast": 6, "medium": 4,
+    "slow": 2, "slower": 1, "veryslow": 1,
+}  # fmt: skip
+# SVT-AV1 -preset 0 (best) .. 13 (fastest); libaom -cpu-used 0 (best) .. 8 (fastest).
+SVTAV1_PRESET_MAP = {
+    "ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 7,
+    "slow": 5, "slower": 4, "veryslow": 2,
+}  # fmt: skip
+AOM_CPU_USED_MAP = {
+    "ultrafast": 8, "superfast": 8, "veryfast": 7, "faster": 6, "fast": 5, "medium": 4,
+    "slow": 3, "slower": 2, "veryslow": 1,
+}  # fmt: skip
+
+VIDEO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
+    "mp4": ("h264", "hevc", "av1", "copy", "none"),
+    "mkv": ("h264", "hevc", "av1", "copy", "none"),
+    "mpegts": ("h264", "hevc", "copy", "none"),
+    "flv": ("h264", "copy", "none"),
+    "hls": ("h264", "hevc", "av1", "copy"),
+}
+AUDIO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
+    "mp4": ("aac", "opus", "mp3", "copy", "none"),
+    "mkv": ("aac", "opus", "mp3", "copy", "none"),
+    "mpegts": ("aac", "opus", "mp3", "copy", "none"),
+    "flv": ("aac", "mp3", "copy", "none"),
+    "hls": ("aac", "opus", "mp3", "copy", "none"),
+}
+FILE_EXTENSIONS = {"mp4": "mp4", "mkv": "mkv", "mpegts": "ts", "flv": "flv"}
+MUXERS = {"mp4": "mp4", "mkv": "matroska", "mpegts": "mpegts", "flv": "flv", "hls": "hls"}
+_VIDEO_SETTINGS = (
+    "width",
+    "height",
+    "fps",
+    "gop",
+    "preset",
+    "bitrate",
+    "crf",
+    "maxrate",
+    "bufsize",
+    "two_pass",
+)
+
+OutputKind = Literal["file", "hls-master", "hls-variant", "thumbnails", "sprite", "stream"]
+
+
+class InvalidSpec(ValueError):
+    """The spec asks for something ffmpeg cannot do on this accelerator (reason InvalidSpec)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """Something the plan writes: path is relative to the job's output folder, or the URL."""
+
+    name: str
+    kind: OutputKind
+    path: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """The ffmpeg runs of one attempt, in order, and what they write.
+
+    `directories` (relative to the output folder) must exist before the first run: ffmpeg's
+    image2 and file muxers do not create folders. `env` is added to ffmpeg's environment
+    (SVT-AV1 logs to stderr unless `SVT_LOG` is lowered).
+    """
+
+    passes: list[list[str]]
+    outputs: list[PlannedOutput]
+    live: bool
+    duration_seconds: float | None
+    directories: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Rendition:
+    output: OutputSpec
+    video: VideoSpec
+    audio: AudioSpec
+    path: str  # relative to the output folder, or the URL
+    target: str  # what ffmpeg writes to
+    branch: str | None = None  # filter-graph label of the encoded video
+    preset: str | None = None  # resolved for the accelerator
+
+
+# (rendition, stream specifier suffix, pass number or None, inside the hls output) -> options
+_VideoArgs = Callable[[_Rendition, str, int | None, bool], list[str]]
+
+
+def default_output_path(output: OutputSpec) -> str:
+    """Where an output goes, relative to the job's output folder (or its URL for restreams)."""
+    if output.url is not None:
+        return output.url
+    if output.container == "hls":
+        return f"{HLS_DIR}/{output.name}/index.m3u8"
+    if output.path is not None:
+        return output.path
+    return f"{output.name}.{FILE_EXTENSIONS[output.container]}"
+
+
+def _scheme(url: str) -> str:
+    if url.startswith("/"):
+        return "file"
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep else ""
+
+
+def protocol_whitelist(input_url: str, allowed_protocols: Iterable[str]) -> str:
+    """The `-protocol_whitelist` for reading `input_url`: its scheme's needs, if the pool allows it."""
+    allowed = set(allowed_protocols)
+    scheme = _scheme(input_url)
+    if scheme not in allowed:
+        raise InputNotAllowed(
+            f"This worker pool does not accept {scheme or 'this kind of'} input: {input_url}"
+        )
+    if scheme == "file":
+        needed = ["file"]
+    elif scheme in ("http", "https"):
+        family = [p for p in ("http", "https") if p in allowed]
+        needed = [*family, "tcp", *(["tls"] if "https" in family else []), "crypto"]
+    elif scheme == "rtmp":
+        needed = ["rtmp", "tcp"]
+    elif scheme == "rtmps":
+        needed = ["rtmps", "tls", "tcp"]
+    else:
+        raise InputNotAllowed(f"Inputs of scheme '{scheme}' are not supported: {input_url}")
+    return ",".join(needed)
+
+
+def network_input_options(input_url: str, *, live: bool) -> list[str]:
+    """Timeouts and reconnects for network inputs: a dead server fails instead of hanging."""
+    scheme = _scheme(input_url)
+    if scheme in ("http", "https"):
+        options = [
+            "-rw_timeout", str(NETWORK_RW_TIMEOUT_US),
+            "-reconnect", "1",
+            "-reconnect_on_network_error", "1",
+            "-reconnect_delay_max", str(RECONNECT_DELAY_MAX_SECONDS),
+        ]  # fmt: skip
+        # Only for streams: on seekable files it makes ffmpeg resume with ranges some servers ignore.
+        return [*options, "-reconnect_streamed", "1"] if live else options
+    if scheme in ("rtmp", "rtmps"):
+        return ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
+    return []
+
+
+def is_live(spec: TranscodeJobSpec) -> bool:
+    """The input is a stream without fixed duration (default: rtmp inputs are)."""
+    if spec.input.live is not None:
+        return spec.input.live
+    return _scheme(spec.input.uri) in ("rtmp", "rtmps")
+
+
+def _bitrate_bps(value: str) -> int:
+    factor = {"k": 1_000, "M": 1_000_000}.get(value[-1], 1)
+    number = value[:-1] if factor != 1 else value
+    return round(float(number) * factor)
+
+
+def _format_bps(bps: int) -> str:
+    if bps % 1_000_000 == 0:
+        return f"{bps // 1_000_000}M"
+    if bps % 1_000 == 0:
+        return f"{bps // 1_000}k"
+    return str(bps)
+
+
+def _check_folders(output_dir: str, scratch_dir: str) -> None:
+    for name, folder in (("output_dir", output_dir), ("scratch_dir", scratch_dir)):
+        if not folder.startswith("/"):
+            raise ValueError(f"{name} must be an absolute path: {folder}")
+        # '%' is a pattern in hls/image2 names; ':' and '=' split -x264-params values.
+        if any(c in folder for c in "%:=,;") or any(c.isspace() for c in folder):
+            raise ValueError(f"{name} must not contain '%', ':', '=', ',', ';' or spaces: {folder}")
+
+
+def _resolve_preset(preset: str | None, accelerator: str, spec_accelerator: str) -> str | None:
+    if preset is None:
+        return None
+    if preset in NVENC_PRESETS:
+        if accelerator == "nvenc":
+            return preset
+        if accelerator == "cpu" and spec_accelerator == "nvenc":
+            return X264_FROM_NVENC[preset]  # hardwarePolicy preferred fell back to a CPU pool
+        raise InvalidSpec(
+            f"preset {preset} is an NVENC preset (p1..p7) but this job runs on {accelerator}: "
+            "use ultrafast..veryslow"
+        )
+    if accelerator == "nvenc":
+        return NVENC_PRESET_MAP[preset]
+    if accelerator == "qsv":
+        return QSV_PRESET_MAP[preset]
+    if accelerator == "vaapi":
+        return str(VAAPI_COMPRESSION_LEVEL[preset])
+    return preset
+
+
+def _validate_output(
+    output: OutputSpec, video: VideoSpec, audio: AudioSpec, accelerator: str, live: bool
+) -> None:
+    name = f"output {output.name}"
+    if output.url is not None and output.path is not None:
+        raise InvalidSpec(f"{name}: set path or url, not both")
+    if output.url is not None and output.container != "flv":
+        raise InvalidSpec(f"{name}: an rtmp:// url output needs container flv")
+    if output.container == "hls" and (output.path is not None or output.url is not None):
+        raise InvalidSpec(f"{name}: hls outputs are written under the job's hls folder; set no path or url")
+    if video.codec not in VIDEO_CODECS_BY_CONTAINER[output.container]:
+        if output.container == "hls" and video.codec == "none":
+            raise InvalidSpec(f"{name}: every hls output needs a video stream")
+        raise InvalidSpec(f"{name}: container {output.container} cannot carry {video.codec} video")
+    if audio.codec not in AUDIO_CODECS_BY_CONTAINER[output.container]:
+        raise InvalidSpec(f"{name}: container {output.container} cannot carry {audio.codec} audio")
+    if video.codec == "none" and audio.codec == "none":
+        raise InvalidSpec(f"{name}: video and audio are both none; the output would be empty")
+    if video.codec in ("copy", "none"):
+        given = [f for f in _VIDEO_SETTINGS if getattr(video, f) is not None]
+        if given:
+            what = "re-uses the input stream" if video.codec == "copy" else "drops the video"
+            raise InvalidSpec(f"{name}: video codec {video.codec} {what}; {', '.join(given)} must not be set")
+    else:
+        _validate_video(name, video, accelerator, live)
+    if audio.codec in ("copy", "none"):
+        if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
+            raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
+    elif (
+        audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES
+    ):
+        raise InvalidSpec(f"{name}: opus supports sample rates {', '.join(map(str, OPUS_SAMPLE_RATES))}")
+    elif audio.codec == "mp3":
+        if audio.sample_rate is not None and audio.sample_rate not in MP3_SAMPLE_RATES:
+            raise InvalidSpec(f"{name}: mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))}")
+        if audio.channels is not None and audio.channels > 2:
+            raise InvalidSpec(f"{name}: mp3 carries at most 2 channels")
+
+
+def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -> None:
+    if video.bitrate is not None and video.crf is not None:
+        raise InvalidSpec(f"{name}: bitrate and crf are mutually exclusive: set one")
+    if video.maxrate is not None and video.bitrate is None and video.crf is None:
+        raise InvalidSpec(f"{name}: maxrate needs bitrate or crf")
+    if video.bufsize is not None and video.maxrate is None:
+        raise InvalidSpec(f"{name}: bufsize needs maxrate")
+    if video.crf is not None:
+        limit = 63 if video.codec == "av1" and accelerator == "cpu" else MAX_CRF_H26X
+        if video.crf > limit:
+            raise InvalidSpec(f"{name}: crf {video.crf} is out of range for {video.codec}: 0..{limit}")
+        if accelerator == "qsv" and video.crf < 1:
+            raise InvalidSpec(f"{name}: qsv quality (crf) ranges 1..{MAX_CRF_H26X}")
+    for dimension in ("width", "height"):
+        value = getattr(video, dimension)
+        if value is not None and value % 2:
+            raise InvalidSpec(f"{name}: {dimension} {value} must be even (4:2:0 video)")
+    if video.codec == "av1" and accelerator == "cpu" and video.two_pass:
+        raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
+    if video.two_pass:
+        if accelerator != "cpu":
+            raise InvalidSpec(
+                f"{name}: twoPass is CPU-only (libx264/libx265); this job runs on {accelerator}"
+            )
+        if video.codec not in ("h264", "hevc"):
+            raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
+        if video.bitrate is None:
+            raise InvalidSpec(f"{name}: twoPass needs a bitrate target")
+        if live:
+            raise InvalidSpec(f"{name}: twoPass needs a file input; a live stream cannot be read twice")
+
+
+def _scale_filter(accelerator: str, width: int | None, height: int | None) -> str | None:
+    if width is None and height is None:
+        return None
+    if accelerator == "qsv":  # vpp_qsv refuses -2; round to even by expression
+        w = str(width) if width is not None else "trunc(oh*iw/ih/2)*2"
+        h = str(height) if height is not None else "trunc(ow*ih/iw/2)*2"
+        return f"vpp_qsv=w={w}:h={h}"
+    name = {"cpu": "scale", "nvenc": "scale_cuda", "vaapi": "scale_vaapi"}[accelerator]
+    return f"{name}=w={width if width is not None else -2}:h={height if height is not None else -2}"
+
+
+def _rendition_filters(video: VideoSpec, accelerator: str) -> list[str]:
+    filters = [f"fps={video.fps}"] if video.fps is not None else []
+    scale = _scale_filter(accelerator, video.width, video.height)
+    return [*filters, scale] if scale else filters
+
+
+def _thumbnail_filters(thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool) -> list[str]:
+    filters = [f"fps=1/{thumbs.interval_seconds}"]
+    if hardware_frames:
+        filters.append(HW_DOWNLOAD)
+    filters.append(f"scale=w={thumbs.width}:h=-2")
+    if sprite and thumbs.sprite is not None:
+        filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
+    return filters
+
+
+def _filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
+    if len(branches) == 1:
+        label, filters = branches[0]
+        return f"[0:v:0]{','.join(filters) or 'null'}[{label}]"
+    heads: list[str] = []
+    chains: list[str] = []
+    for index, (label, filters) in enumerate(branches):
+        if filters:
+            heads.append(f"[s{index}]")
+            chains.append(f"[s{index}]{','.join(filters)}[{label}]")
+        else:
+            heads.append(f"[{label}]")
+    return ";".join([f"[0:v:0]split={len(branches)}{''.join(heads)}", *chains])
+
+
+def _stats_prefix(scratch_dir: str, name: str) -> str:
+    return os.path.join(scratch_dir, f"2pass-{name}")
+
+
+def _video_args(
+    r: _Rendition,
+    accelerator: str,
+    spec_suffix: str,
+    *,
+    hls: HlsSpec | None,
+    pass_number: int | None,
+    scratch_dir: str,
+    av1_cpu_encoder: str,
+) -> list[str]:
+    """Encoder options of one video stream; `spec_suffix` is `:v` or `:v:N` (in the hls output)."""
+    v = r.video
+    s = spec_suffix
+    if v.codec == "none":
+        return ["-vn"]
+    if v.codec == "copy":
+        return [f"-c{s}", "copy"]
+    encoder = av1_cpu_encoder if (accelerator, v.codec) == ("cpu", "av1") else ENCODERS[accelerator][v.codec]
+    args = [f"-c{s}", encoder]
+    if r.preset is not None:
+        if encoder == "libsvtav1":
+            args += [f"-preset{s}", str(SVTAV1_PRESET_MAP[r.preset])]
+        elif encoder == "libaom-av1":
+            args += [f"-cpu-used{s}", str(AOM_CPU_USED_MAP[r.preset])]
+        elif accelerator == "vaapi":
+            args += [f"-compression_level{s}", r.preset]
+        else:
+            args += [f"-preset{s}", r.preset]
+    # rate control
+    if accelerator == "nvenc":
+        if v.crf is not None:
+            args += [f"-rc{s}", "vbr", f"-cq{s}", str(v.crf), f"-b{s}", "0"]
+        elif v.bitrate is not None:
+            args += [f"-rc{s}", "vbr", f"-b{s}", v.bitrate]
+    elif accelerator == "qsv":
+        if v.crf is not None:
+            args += [f"-global_quality{s}", str(v.crf)]
+        elif v.bitrate is not None:
+            args += [f"-b{s}", v.bitrate]
+    elif accelerator == "vaapi":
+        if v.crf is not None:
+            args += [f"-rc_mode{s}", "CQP", f"-qp{s}", str(v.crf)]
+        elif v.bitrate is not None:
+            args += [f"-b{s}", v.bitrate]
+    elif v.crf is not None:
+        args += [f"-crf{s}", str(v.crf)]
+        if encoder == "libaom-av1":
+            args += [f"-b{s}", "0"]  # constant quality mode
+    elif v.bitrate is not None:
+        args += [f"-b{s}", v.bitrate]
+    if v.maxrate is not None:
+        bufsize = v.bufsize if v.bufsize is not None else _format_bps(2 * _bitrate_bps(v.maxrate))
+        args += [f"-maxrate{s}", v.maxrate, f"-bufsize{s}", bufsize]
+    # keyframes
+    if v.gop is not None:
+        args += [f"-g{s}", str(v.gop)]
+        if hls is not None:
+            args += [f"-keyint_min{s}", str(v.gop)]
+            if accelerator == "cpu":
+                args += [f"-sc_threshold{s}", "0"]
+    if hls is not None:
+        args += [f"-force_key_frames{s}", f"expr:gte(t,n_forced*{hls.segment_seconds})"]
+        if encoder in ("libx265", "h264_nvenc", "hevc_nvenc", "av1_nvenc"):
+            args += [f"-forced-idr{s}", "1"]
+        elif accelerator == "qsv":
+            args += [f"-forced_idr{s}", "1"]
+    if accelerator == "cpu":
+        args += [f"-pix_fmt{s}", "yuv420p"]
+    if v.codec == "hevc" and (
+        r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")
+    ):
+        args += [f"-tag{s}", "hvc1"]  # what Apple players expect
+    stats = _stats_prefix(scratch_dir, r.output.name)
+    if encoder == "libx264" and pass_number is not None:
+        args += [
+            f"-pass{s}",
+            str(pass_number),
+            f"-passlogfile{s}",
+            stats,
+            f"-x264-params{s}",
+            f"stats={stats}.log",
+        ]
+    if encoder == "libx265":  # x265 logs to stderr unless told otherwise
+        params = "log-level=error"
+        if pass_number is not None:
+            params += f":pass={pass_number}:stats={stats}.log"
+        args += [f"-x265-params{s}", params]
+    return args
+
+
+def _audio_args(audio: AudioSpec, spec_suffix: str) -> list[str]:
+    s = spec_suffix
+    if audio.codec == "none":
+        return ["-an"]
+    if audio.codec == "copy":
+        return [f"-c{s}", "copy"]
+    args = [f"-c{s}", AUDIO_ENCODERS[audio.codec], f"-b{s}", audio.bitrate or DEFAULT_AUDIO_BITRATE]
+    if audio.channels is not None:
+        args += [f"-ac{s}", str(audio.channels)]
+    if audio.sample_rate is not None:
+        args += [f"-ar{s}", str(audio.sample_rate)]
+    return args
+
+
+def _video_map(r: _Rendition) -> list[str]:
+    if r.video.codec == "none":
+        return []
+    if r.video.codec == "copy":
+        return ["-map", "0:v:0"]
+    return ["-map", f"[{r.branch}]"]
+
+
+def _audio_map(r: _Rendition, *, required: bool) -> list[str]:
+    if r.audio.codec == "none":
+        return []
+    return ["-map", "0:a:0" if required else "0:a:0?"]
+
+
+def _expected_size(video: VideoSpec) -> tuple[int | None, int | None]:
+    if video.codec in ("copy", "none"):
+        return None, None
+    return video.width, video.height
+
+
+def _hardware_input_args(accelerator: str, vaapi_device: str) -> list[str]:
+    if accelerator == "nvenc":
+        return ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
+    if accelerator == "qsv":
+        return ["-hwaccel", "qsv", "-hwaccel_output_format", "qsv"]
+    if accelerator == "vaapi":
+        return ["-vaapi_device", vaapi_device, "-hwaccel", "vaapi", "-hwaccel_output_format", "vaapi"]
+    return []
+
+
+def build_encode_plan(
+    spec: TranscodeJobSpec,
+    accelerator: str,
+    *,
+    input_url: str,
+    output_dir: str,
+    scratch_dir: str,
+    allowed_protocols: list[str],
+    threads: int | None = None,
+    input_has_audio: bool | None = None,
+    av1_cpu_encoder: str = AV1_CPU_ENCODER,
+    vaapi_device: str = DEFAULT_VAAPI_DEVICE,
+) -> EncodePlan:
+    """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
+
+    `input_url` is what `inputs.check_input` returned; `output_dir` the job's output folder
+    and `scratch_dir` a private folder for two-pass statistics (both absolute). `threads`
+    (from the job's cpu limit) caps decoder, filter and encoder threads. `input_has_audio`
+    (from probing, when known): False drops audio everywhere; None maps audio optionally
+    for files (`0:a:0?`) and requires it for hls (the variant map needs it).
+
+    Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
+    not accept the input's protocol.
+    """
+    if accelerator not in ACCELERATORS:
+        raise InvalidSpec(f"unknown accelerator {accelerator!r}: expected one of {', '.join(ACCELERATORS)}")
+    if av1_cpu_encoder not in AV1_CPU_ENCODERS:
+        raise ValueError(f"av1_cpu_encoder must be one of {', '.join(AV1_CPU_ENCODERS)}")
+    if threads is not None and threads < 1:
+        raise ValueError("threads must be at least 1")
+    _check_folders(output_dir, scratch_dir)
+    live = is_live(spec)
+    whitelist = protocol_whitelist(input_url, allowed_protocols)
+    hls_outputs = [o for o in spec.outputs if o.container == "hls"]
+    if spec.hls is not None and not hls_outputs:
+        raise InvalidSpec("hls settings need at least one output with container hls")
+    hls = (spec.hls or HlsSpec()) if hls_outputs else None
+    if hls is not None and hls.segment_type == "ts":
+        for o in hls_outputs:
+            if o.video is not None and o.video.codec == "av1":
+                raise InvalidSpec(f"output {o.name}: av1 in hls needs segmentType fmp4")
+
+    renditions: list[_Rendition] = []
+    names: set[str] = set()
+    paths: set[str] = set()
+    for output in spec.outputs:
+        video = output.video or VideoSpec()
+        audio = output.audio or AudioSpec()
+        if input_has_audio is False:
+            audio = AudioSpec(codec="none")
+        if output.name in names:
+            raise InvalidSpec(f"output names must be unique: {output.name}")
+        names.add(output.name)
+        _validate_output(output, video, audio, accelerator, live)
+        path = default_output_path(output)
+        if output.url is None:
+            if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):
+                raise InvalidSpec(f"output {output.name}: the folders hls/ and thumbs/ are reserved")
+            if path in paths:
+                raise InvalidSpec(f"output {output.name}: another output already writes {path}")
+            paths.add(path)
+        target = output.url if output.url is not None else os.path.join(output_dir, path)
+        if target == input_url:
+            raise InvalidSpec(f"output {output.name} would overwrite the input")
+        renditions.append(
+            _Rendition(
+                output=output,
+                video=video,
+                audio=audio,
+                path=path,
+                target=target,
+                preset=_resolve_preset(video.preset, accelerator, spec.accelerator),
+            )
+        )
+
+    encoded = [r for r in renditions if r.video.codec not in ("copy", "none")]
+    hardware = accelerator != "cpu" and bool(encoded)
+    for index, r in enumerate(encoded):
+        r.branch = f"v{index}"
+    thumbs = spec.thumbnails
+    branches: list[tuple[str, list[str]]] = [
+        (r.branch or "", _rendition_filters(r.video, accelerator)) for r in encoded
+    ]
+    if thumbs is not None:
+        branches.append(("thumbs", _thumbnail_filters(thumbs, hardware, sprite=False)))
+        if thumbs.sprite is not None:
+            branches.append(("sprite", _thumbnail_filters(thumbs, hardware, sprite=True)))
+
+    def head(graph_branches: Sequence[tuple[str, list[str]]]) -> list[str]:
+        argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", whitelist]
+        argv += network_input_options(input_url, live=live)
+        if hardware:
+            argv += _hardware_input_args(accelerator, vaapi_device)
+        if threads is not None:
+            argv += ["-threads", str(threads)]
+        if spec.input.start_seconds is not None:
+            argv += ["-ss", str(spec.input.start_seconds)]
+        if spec.input.duration_seconds is not None:
+            argv += ["-t", str(spec.input.duration_seconds)]
+        argv += ["-i", input_url]
+        if graph_branches:
+            if threads is not None:
+                argv += ["-filter_complex_threads", str(threads)]
+            argv += ["-filter_complex", _filter_graph(graph_branches)]
+        return argv
+
+    thread_args = ["-threads", str(threads)] if threads is not None else []
+    extra = list(spec.extra_args or [])
+
+    def video_opts(r: _Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
+        return _video_args(
+            r,
+            accelerator,
+            suffix,
+            hls=hls if in_hls else None,
+            pass_number=pass_number,
+            scratch_dir=scratch_dir,
+            av1_cpu_encoder=av1_cpu_encoder,
+        )
+
+    two_pass = [r for r in encoded if r.video.two_pass]
+    passes: list[list[str]] = []
+    if two_pass:
+        first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass])
+        for r in two_pass:
+            in_hls = r.output.container == "hls"
+            first += [
+                "-map",
+                f"[{r.branch}]",
+                *video_opts(r, ":v", 1, in_hls),
+                "-an",
+                *thread_args,
+                "-f",
+                "null",
+                "-",
+            ]
+        passes.append(first)
+
+    main = head(branches)
+    planned: list[PlannedOutput] = []
+    hls_written = False
+    for r in renditions:
+        pass_number = 2 if r.video.two_pass else None
+        if r.output.container != "hls":
+            main += [*_video_map(r), *_audio_map(r, required=input_has_audio is True)]
+            main += [*video_opts(r, ":v", pass_number, False), *_audio_args(r.audio, ":a"), *thread_args]
+            main += ["-f", MUXERS[r.output.container]]
+            if r.output.container == "mp4":
+                main += ["-movflags", "+faststart"]
+            if r.output.url is not None:
+                main += ["-flvflags", "no_duration_filesize"]
+            main += [*extra, r.target]
+        elif not hls_written and hls is not None:
+            main += _hls_output(
+                renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra
+            )
+            hls_written = True
+        width, height = _expected_size(r.video)
+        kind: OutputKind = (
+            "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
+        )
+        planned.append(PlannedOutput(r.output.name, kind, r.path, width, height))
+    directories: set[str] = {os.path.dirname(r.path) for r in renditions if r.output.url is None}
+    if hls is not None:
+        planned.append(PlannedOutput("master", "hls-master", f"{HLS_DIR}/{hls.master_playlist}"))
+        directories.update(
+            {HLS_DIR, *(os.path.dirname(r.path) for r in renditions if r.output.container == "hls")}
+        )
+    if thumbs is not None:
+        codec, quality = ("mjpeg", ["-q:v", "3"]) if thumbs.format == "jpg" else ("png", [])
+        thumb_path = f"{THUMBS_DIR}/thumb_%05d.{thumbs.format}"
+        main += [
+            "-map",
+            "[thumbs]",
+            "-c:v",
+            codec,
+            *quality,
+            "-f",
+            "image2",
+            os.path.join(output_dir, thumb_path),
+        ]
+        planned.append(PlannedOutput("thumbnails", "thumbnails", thumb_path, thumbs.width, None))
+        if thumbs.sprite is not None:
+            sprite_path = f"{THUMBS_DIR}/sprite_%03d.{thumbs.format}"
+            main += [
+                "-map",
+                "[sprite]",
+                "-c:v",
+                codec,
+                *quality,
+                "-f",
+                "image2",
+                os.path.join(output_dir, sprite_path),
+            ]
+            planned.append(
+                PlannedOutput("sprite", "sprite", sprite_path, thumbs.width * thumbs.sprite.columns, None)
+            )
+        directories.add(THUMBS_DIR)
+    passes.append(main)
+    uses_svt = (
+        accelerator == "cpu"
+        and av1_cpu_encoder == "libsvtav1"
+        and any(r.video.codec == "av1" for r in encoded)
+    )
+    return EncodePlan(
+        passes=passes,
+        outputs=planned,
+        live=live,
+        duration_seconds=float(spec.input.duration_seconds)
+        if spec.input.duration_seconds is not None
+        else None,
+        directories=sorted(d for d in directories if d),
+        env={"SVT_LOG": "1"} if uses_svt else {},
+    )
+
+
+def _hls_output(
+    renditions: Sequence[_Rendition],
+    hls: HlsSpec,
+    output_dir: str,
+    *,
+    video_opts: _VideoArgs,
+    thread_args: list[str],
+    extra: list[str],
+) -> list[str]:
+    """The one hls muxer output carrying every hls rendition as a variant stream."""
+    members = [r for r in renditions if r.output.container == "hls"]
+    maps: list[str] = []
+    codecs: list[str] = []
+    variants: list[str] = []
+    audio_index = 0
+    for video_index, r in enumerate(members):
+        maps += _video_map(r)
+        codecs += video_opts(r, f":v:{video_index}", 2 if r.video.two_pass else None, True)
+        entry = f"v:{video_index}"
+        if r.audio.codec != "none":
+            maps += _audio_map(r, required=True)  # the variant map needs it to exist
+            codecs += _audio_args(r.audio, f":a:{audio_index}")
+            entry += f",a:{audio_index}"
+            audio_index += 1
+        variants.append(f"{entry},name:{r.output.name}")
+    extension = "m4s" if hls.segment_type == "fmp4" else "ts"
+    muxer = ["-f", "hls", "-hls_time", str(hls.segment_seconds)]
+    flags = "independent_segments"
+    if hls.playlist_type == "live":
+        muxer += ["-hls_list_size", str(hls.list_size)]
+        flags += "+delete_segments"
+    else:
+        muxer += ["-hls_playlist_type", hls.playlist_type, "-hls_list_size", "0"]
+    if hls.segment_type == "fmp4":
+        muxer += ["-hls_segment_type", "fmp4"]
+    muxer += [
+        "-hls_flags", flags,
+        "-hls_segment_filename", os.path.join(output_dir, HLS_DIR, "%v", f"seg_%05d.{extension}"),
+        "-master_pl_name", hls.master_playlist,
+        "-var_stream_map", " ".join(variants),
+    ]  # fmt: skip
+    return [
+        *maps,
+        *codecs,
+        *thread_args,
+        *muxer,
+        *extra,
+        os.path.join(output_dir, HLS_DIR, "%v", "index.m3u8"),
+    ]

@@ -1,0 +1,205 @@
+"""ffprobe, run asynchronously: what an input or a written output contains.
+
+Nothing here blocks the event loop: ffprobe runs with `asyncio.create_subprocess_exec`
+(argv, never a shell) under a timeout, after which it is killed; files are read in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ffrtmp.ffmpeg.argv import NETWORK_RW_TIMEOUT_US
+
+FFPROBE = "ffprobe"
+PROBE_TIMEOUT_SECONDS = 30.0
+MASTER_PLAYLIST_MAX_BYTES = 1 << 20
+_ATTRIBUTE_RE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^",]*)')
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What ffprobe says about a file or stream."""
+
+    bytes: int | None
+    duration_seconds: float | None
+    format_name: str | None
+    bit_rate: int | None
+    video_codec: str | None
+    width: int | None
+    height: int | None
+    audio_codec: str | None
+
+
+@dataclass(frozen=True)
+class HlsVariant:
+    """One `#EXT-X-STREAM-INF` entry of a master playlist."""
+
+    uri: str
+    bandwidth: int | None
+    average_bandwidth: int | None
+    width: int | None
+    height: int | None
+    codecs: str | None
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _float(value: object) -> float | None:
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_probe_output(document: dict[str, Any], *, size_fallback: int | None = None) -> ProbeResult:
+    """A ProbeResult from ffprobe's `-show_format -show_streams` JSON."""
+    fmt: dict[str, Any] = document.get("format") or {}
+    streams: list[dict[str, Any]] = document.get("streams") or []
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    size = _int(fmt.get("size"))
+    return ProbeResult(
+        bytes=size if size is not None else size_fallback,
+        duration_seconds=_float(fmt.get("duration")),
+        format_name=fmt.get("format_name"),
+        bit_rate=_int(fmt.get("bit_rate")),
+        video_codec=video.get("codec_name") if video else None,
+        width=_int(video.get("width")) if video else None,
+        height=_int(video.get("height")) if video else None,
+        audio_codec=audio.get("codec_name") if audio else None,
+    )
+
+
+async def run_ffprobe(args: list[str], *, timeout_seconds: float) -> dict[str, Any] | None:
+    """Run ffprobe with `args` (argv after the program name); its JSON, or None on any failure."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            FFPROBE,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError:
+        return None
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            stdout, _ = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return None
+    if process.returncode != 0:
+        return None
+    try:
+        document = json.loads(stdout)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+async def probe(path: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> ProbeResult | None:
+    """Probe a written output (or any local file); None when ffprobe cannot read it."""
+    document = await run_ffprobe(
+        ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", path],
+        timeout_seconds=timeout_seconds,
+    )
+    if document is None:
+        return None
+    size: int | None = None
+    with contextlib.suppress(OSError):
+        size = (await asyncio.to_thread(os.stat, path)).st_size
+    return parse_probe_output(document, size_fallback=size)
+
+
+async def probe_input(
+    url: str, protocol_whitelist: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+) -> ProbeResult | None:
+    """Probe a job's input with the same protocol whitelist (and network timeout) ffmpeg gets."""
+    args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
+    if "://" in url:
+        args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
+    args += ["-print_format", "json", "-show_format", "-show_streams", url]
+    document = await run_ffprobe(args, timeout_seconds=timeout_seconds)
+    return parse_probe_output(document) if document is not None else None
+
+
+async def input_duration(
+    url: str, protocol_whitelist: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+) -> float | None:
+    """The input's duration in seconds; None for live streams or when it cannot be probed."""
+    result = await probe_input(url, protocol_whitelist, timeout_seconds=timeout_seconds)
+    if result is None or result.duration_seconds is None or result.duration_seconds <= 0:
+        return None
+    return result.duration_seconds
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {key: value.strip('"') for key, value in _ATTRIBUTE_RE.findall(text)}
+
+
+def parse_hls_master(text: str) -> list[HlsVariant]:
+    """The variants of a master playlist, in order (I-frame playlists are not variants)."""
+    variants: list[HlsVariant] = []
+    pending: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            pending = _attributes(line.partition(":")[2])
+            continue
+        if line.startswith("#") or pending is None:
+            continue
+        width = height = None
+        resolution = pending.get("RESOLUTION", "")
+        if "x" in resolution:
+            w, _, h = resolution.partition("x")
+            width, height = _int(w), _int(h)
+        variants.append(
+            HlsVariant(
+                uri=line,
+                bandwidth=_int(pending.get("BANDWIDTH")),
+                average_bandwidth=_int(pending.get("AVERAGE-BANDWIDTH")),
+                width=width,
+                height=height,
+                codecs=pending.get("CODECS"),
+            )
+        )
+        pending = None
+    return variants
+
+
+async def probe_hls_master(path: str) -> list[HlsVariant] | None:
+    """The variants listed in the master playlist at `path`; None when it cannot be read."""
+
+    def read() -> bytes:
+        with open(path, "rb") as handle:
+            return handle.read(MASTER_PLAYLIST_MAX_BYTES)
+
+    try:
+        data = await asyncio.to_thread(read)
+    except OSError:
+        return None
+    return parse_hls_master(data.decode("utf-8", errors="replace"))

@@ -1,0 +1,1 @@
+"""The worker agent: runs the ffmpeg attempts the operator assigns to this worker Pod."""

@@ -1,0 +1,266 @@
+"""The worker agent: Lease, self-test, the watch of its assigned jobs, attempts, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from ffrtmp.api.constants import (
+    ANNOTATION_DRAINING,
+    ANNOTATION_ENCODER,
+    GROUP,
+    JOB_PLURAL,
+    LABEL_COMPONENT,
+    LABEL_POOL,
+    LEASE_PREFIX,
+    VERSION,
+    WORKER_COMPONENT,
+)
+from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.conditions import now_iso
+from ffrtmp.kube.client import ApiError, KubeClient, informer, resource_path
+from ffrtmp.worker.attempt import Attempt
+from ffrtmp.worker.config import WorkerConfig
+from ffrtmp.worker.fence import FencedStatus, Superseded, owns
+from ffrtmp.worker.metrics import WorkerMetrics, serve
+from ffrtmp.worker.selftest import SelfTestResult, run_self_test
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+class Agent:
+    def __init__(self, client: KubeClient, config: WorkerConfig, metrics: WorkerMetrics | None = None) -> None:
+        self.client = client
+        self.config = config
+        self.metrics = metrics or WorkerMetrics()
+        self.self_test: SelfTestResult | None = None
+        self.draining = False
+        self.attempts: dict[str, Attempt] = {}
+        self._tasks: dict[str, asyncio.Task[str]] = {}
+        self._alive = time.monotonic()
+        self._lease_path = resource_path("coordination.k8s.io", "v1", "leases", config.namespace)
+        self._lease_name = f"{LEASE_PREFIX}{config.pod_name}"
+        self._jobs_path = resource_path(GROUP, VERSION, JOB_PLURAL, config.namespace)
+        self._drained = asyncio.Event()
+        self._lease_dirty = asyncio.Event()
+
+    # -- readiness ----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return bool(self.self_test and self.self_test.ok and not self.draining)
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._alive < 60
+
+    @property
+    def free_slots(self) -> int:
+        return max(self.config.slots - len(self.attempts), 0)
+
+    # -- main ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        runner = None
+        if self.config.metrics_port:
+            runner = await serve(self.metrics, self.config.metrics_port, self.healthy, lambda: self.ready)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_drain)
+        self.self_test = await run_self_test(self.config.accelerator)
+        self.metrics.encoder_ok.set(1 if self.self_test.ok else 0)
+        log.info("encoder self-test: %s", self.self_test.annotation())
+        self.metrics.free_slots.set(self.free_slots if self.ready else 0)
+        lease = asyncio.create_task(self._lease_loop(), name="lease")
+        watch = asyncio.create_task(self._watch_loop(), name="watch")
+        try:
+            await self._drained.wait()
+        finally:
+            watch.cancel()
+            await self._release_lease()
+            lease.cancel()
+            await asyncio.gather(lease, watch, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
+
+    # -- Lease --------------------------------------------------------------------------------
+    def _lease_body(self) -> Obj:
+        now = time.time()
+        meta: Obj = {
+            "name": self._lease_name,
+            "namespace": self.config.namespace,
+            "labels": {LABEL_COMPONENT: WORKER_COMPONENT, LABEL_POOL: self.config.pool},
+            "annotations": {
+                ANNOTATION_ENCODER: self.self_test.annotation() if self.self_test else "pending",
+                ANNOTATION_DRAINING: "true" if self.draining else "false",
+            },
+        }
+        if self.config.pod_uid:
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Pod", "name": self.config.pod_name, "uid": self.config.pod_uid}
+            ]
+        return {
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.config.pod_name,
+                "leaseDurationSeconds": self.config.lease_seconds,
+                "renewTime": _micro(now),
+            },
+        }
+
+    async def renew_lease(self) -> None:
+        body = self._lease_body()
+        try:
+            await self.client.merge_patch(f"{self._lease_path}/{self._lease_name}", body)
+        except ApiError as e:
+            if not e.not_found:
+                raise
+            body["spec"]["acquireTime"] = body["spec"]["renewTime"]
+            await self.client.create(self._lease_path, body)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            try:
+                await self.renew_lease()
+                self._alive = time.monotonic()
+            except (ApiError, OSError, TimeoutError) as e:
+                log.warning("renewing the Lease failed: %s", e)
+            self._lease_dirty.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_dirty.wait(), self.config.renew_seconds)
+
+    async def _release_lease(self) -> None:
+        with contextlib.suppress(ApiError, OSError, TimeoutError):
+            await self.client.delete(f"{self._lease_path}/{self._lease_name}")
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        selector = f"status.worker={self.config.pod_name}"
+        first_sync = True
+        async for event_type, obj in informer(self.client, self._jobs_path, fieldSelector=selector):
+            self._alive = time.monotonic()
+            if event_type == "SYNC":
+                items = obj["items"]
+                listed = {i["metadata"]["name"] for i in items}
+                for name in [n for n in self.attempts if n not in listed]:
+                    await self._gone(name)
+                for item in items:
+                    self.on_job(item, restarted=first_sync)
+                first_sync = False
+            elif event_type == "DELETED":
+                await self._gone(obj["metadata"]["name"])
+            else:
+                self.on_job(obj, restarted=False)
+
+    def on_job(self, obj: Obj, *, restarted: bool) -> None:
+        name = obj["metadata"]["name"]
+        status = obj.get("status") or {}
+        attempt_no = int(status.get("attempt") or 0)
+        current = self.attempts.get(name)
+        if current is not None:
+            current.client_status.observe(obj)
+            why = owns(obj, self.config.pod_name, current.number)
+            if why is not None:
+                current.stop("superseded")
+            elif (obj.get("spec") or {}).get("suspend"):
+                current.stop("superseded")
+            return
+        if owns(obj, self.config.pod_name, attempt_no) is not None:
+            return
+        if status.get("phase") == "Running" and restarted:
+            # Assigned to us, running, but not by this process: we restarted mid-attempt.
+            self._spawn_handback(obj, attempt_no, "the worker restarted during the attempt")
+            return
+        if status.get("phase") == "Running":
+            return  # our own write, seen after the attempt already ended
+        if self.draining or not self.ready or self.free_slots <= 0:
+            why = "the worker is draining" if self.draining else "the worker has no free slot"
+            self._spawn_handback(obj, attempt_no, why)
+            return
+        self._start(obj, attempt_no)
+
+    def _start(self, obj: Obj, number: int) -> None:
+        name = obj["metadata"]["name"]
+        spec = TranscodeJobSpec.model_validate(obj["spec"])
+        attempt = Attempt(
+            client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
+            spec=spec,
+            config=self.config,
+            metrics=self.metrics,
+            namespace=self.config.namespace,
+            name=name,
+            number=number,
+        )
+        self.attempts[name] = attempt
+        self.metrics.free_slots.set(self.free_slots)
+        task = asyncio.create_task(attempt.run(), name=f"attempt-{name}-{number}")
+        self._tasks[name] = task
+        task.add_done_callback(lambda t, n=name, a=attempt: self._finished(n, a, t))
+        log.info("started %s attempt %d", name, number)
+
+    def _finished(self, name: str, attempt: Attempt, task: asyncio.Task[str]) -> None:
+        if self.attempts.get(name) is attempt:
+            del self.attempts[name]
+            self._tasks.pop(name, None)
+        self.metrics.free_slots.set(self.free_slots if self.ready else 0)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("attempt %s/%d crashed: %r", name, attempt.number, exc, exc_info=exc)
+        else:
+            log.info("attempt %s/%d ended: %s", name, attempt.number, task.result())
+        if self.draining and not self.attempts:
+            self._drained.set()
+
+    def _spawn_handback(self, obj: Obj, number: int, why: str) -> None:
+        async def handback() -> None:
+            fence = FencedStatus(self.client, obj, self.config.pod_name, number)
+            now = time.time()
+            result = {"attempt": number, "worker": self.config.pod_name, "outcome": "HandedBack",
+                      "reason": "HandedBack", "message": why, "retryable": True, "finishTime": now_iso(now)}  # fmt: skip
+            with contextlib.suppress(Superseded):
+                await fence.patch({"result": result, "message": f"attempt {number} handed back: {why}"})
+
+        asyncio.ensure_future(handback())
+
+    async def _gone(self, name: str) -> None:
+        """The job left our watch: deleted (cancel) or reassigned (superseded)."""
+        attempt = self.attempts.get(name)
+        if attempt is None:
+            return
+        try:
+            obj = await self.client.get(f"{self._jobs_path}/{name}")
+        except ApiError as e:
+            if e.not_found:
+                log.info("%s was deleted: stopping attempt %d", name, attempt.number)
+                attempt.stop("cancelled")
+                return
+            raise
+        attempt.client_status.observe(obj)
+        if owns(obj, self.config.pod_name, attempt.number) is not None:
+            attempt.stop("superseded")
+
+    # -- drain --------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """SIGTERM: take no new jobs, let running ones finish within the drain time, hand back the rest."""
+        if self.draining:
+            return
+        log.info("draining: %d attempt(s) running, up to %.0fs", len(self.attempts), self.config.drain_seconds)
+        self.draining = True
+        self._lease_dirty.set()
+        self.metrics.free_slots.set(0)
+        if not self.attempts:
+            self._drained.set()
+            return
+        asyncio.get_running_loop().call_later(self.config.drain_seconds, self._hand_back_all)
+
+    def _hand_back_all(self) -> None:
+        for attempt in list(self.attempts.values()):
+            attempt.stop("drain")
+
+
+def _micro(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"

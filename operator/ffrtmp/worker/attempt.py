@@ -1,0 +1,449 @@
+"""One attempt of one job: input checks, ffmpeg passes with progress, results, clean-up.
+
+Outputs are written into a private folder of the attempt and moved into the job's folder only
+when the attempt succeeded, so a failed or superseded attempt never leaves files behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, protocol_whitelist
+from ffrtmp.ffmpeg.errors import Failure, classify_failure
+from ffrtmp.ffmpeg.inputs import InputNotAllowed, check_input, check_playlist, is_playlist
+from ffrtmp.ffmpeg.probe import probe, probe_input
+from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
+from ffrtmp.worker.config import WorkerConfig
+from ffrtmp.worker.fence import FencedStatus, Superseded
+from ffrtmp.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+STDERR_LINES = 30
+
+
+class Stop(Exception):
+    """The attempt is being stopped from outside (cancel, timeout, drain, superseded)."""
+
+
+@dataclass
+class FfmpegRun:
+    returncode: int | None
+    stderr_tail: str
+    killed_by: str | None
+
+
+def parse_quantity(value: str) -> float:
+    """Kubernetes quantity to a number: `1500m` -> 1.5, `2Gi` -> 2147483648."""
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * suffixes[suffix]
+    return float(value)
+
+
+@dataclass
+class Attempt:
+    """Runs attempt `number` of a job on this worker."""
+
+    client_status: FencedStatus
+    spec: TranscodeJobSpec
+    config: WorkerConfig
+    metrics: WorkerMetrics
+    namespace: str
+    name: str
+    number: int
+    stop_reason: str | None = None
+    _proc: asyncio.subprocess.Process | None = None
+    _last_write: float = 0.0
+    _last_percent: float = 0.0
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _started_monotonic: float = field(default_factory=time.monotonic)
+    _input_url: str = ""
+    _whitelist: str = ""
+    _input_duration: float | None = None
+    _stderr_tail: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def job_dir(self) -> Path:
+        return Path(self.config.output_root) / self.namespace / self.name
+
+    @property
+    def attempt_dir(self) -> Path:
+        return self.job_dir / f".attempt-{self.number}-{self.config.pod_name}"
+
+    @property
+    def scratch(self) -> Path:
+        return Path(self.config.scratch_dir) / f"ffrtmp-{self.namespace}-{self.name}-{self.number}"
+
+    # -- control from the agent ---------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Stop ffmpeg (SIGTERM, then SIGKILL after the grace period); `reason` names why."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+
+    # -- the attempt --------------------------------------------------------------------------
+    async def run(self) -> str:
+        """Returns the outcome: Succeeded, Failed, HandedBack, Superseded or Cancelled."""
+        started = time.monotonic()
+        self.metrics.active.inc()
+        try:
+            return await self._run()
+        finally:
+            self.metrics.active.dec()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.metrics.duration.labels(self.config.pool).observe(time.monotonic() - started)
+
+    async def _run(self) -> str:
+        try:
+            await self.client_status.patch(self._running_status())
+        except Superseded as e:
+            log.info("%s attempt %d not started: %s", self.key, self.number, e)
+            return "Superseded"
+        self._started_monotonic = time.monotonic()
+        try:
+            try:
+                plan = await self._prepare()
+                failure, restarts = await self._encode(plan)
+            except _Failed as f:
+                plan, failure, restarts = None, f.failure, 0
+            if failure is None and plan is not None:
+                await self._succeed(plan, restarts)
+                self.metrics.completed.labels(self.config.pool).inc()
+                return "Succeeded"
+            self._discard()
+            if self.stop_reason in ("cancelled", "superseded"):
+                return "Cancelled" if self.stop_reason == "cancelled" else "Superseded"
+            if self.stop_reason == "drain":
+                await self._report("HandedBack", "Drained", "the worker was stopped before the attempt finished", True, "")
+                return "HandedBack"
+            await self._report("Failed", failure.reason, failure.message, failure.retryable, self._stderr_tail)
+            self.metrics.failed.labels(self.config.pool, failure.reason).inc()
+            return "Failed"
+        except Superseded as e:
+            log.info("%s attempt %d superseded: %s", self.key, self.number, e)
+            self._kill_now()
+            self._discard()
+            return "Superseded"
+        except Exception:
+            self._kill_now()
+            self._discard()
+            raise
+
+    def _running_status(self) -> Obj:
+        now = time.time()
+        message = f"running on {self.config.pod_name}"
+        return {
+            "phase": "Running",
+            "startTime": now_iso(now),
+            "heartbeatTime": now_iso(now),
+            "progress": {"percent": 0.0},
+            "message": message,
+            "conditions": set_conditions(
+                self.client_status.conditions,
+                [("Running", "True", "FfmpegStarted", message)],
+                now=now,
+            ),
+        }
+
+    async def _prepare(self) -> EncodePlan:
+        try:
+            url = check_input(
+                self.spec.input.uri, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots
+            )
+            if is_playlist(self.spec.input.uri):
+                await check_playlist(
+                    url, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots
+                )
+        except InputNotAllowed as e:
+            raise _Failed(Failure("InputNotAllowed", str(e), False)) from e
+        self._input_url = url
+        self._whitelist = protocol_whitelist(url, self.config.allowed_protocols)
+        info = None
+        if not self.spec.input.live and not url.startswith(("rtmp://", "rtmps://")):
+            info = await probe_input(url, self._whitelist)
+        self._input_duration = info.duration_seconds if info else None
+        self.attempt_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            plan = build_encode_plan(
+                self.spec,
+                self.config.accelerator,
+                input_url=url,
+                output_dir=str(self.attempt_dir),
+                scratch_dir=str(self.scratch),
+                allowed_protocols=list(self.config.allowed_protocols),
+                threads=self._threads(),
+                input_has_audio=None if info is None else info.audio_codec is not None,
+            )
+        except InvalidSpec as e:
+            raise _Failed(Failure("InvalidSpec", str(e), False)) from e
+        for folder in plan.directories:
+            (self.attempt_dir / folder).mkdir(parents=True, exist_ok=True)
+        return plan
+
+    def _threads(self) -> int | None:
+        limits = self.spec.resources.limits if self.spec.resources else None
+        if limits and limits.cpu:
+            return max(int(parse_quantity(limits.cpu)), 1)
+        return None
+
+    def _memory_limit(self) -> int | None:
+        limits = self.spec.resources.limits if self.spec.resources else None
+        return int(parse_quantity(limits.memory)) if limits and limits.memory else None
+
+    async def _encode(self, plan: EncodePlan) -> tuple[Failure | None, int]:
+        """Run every pass; for live inputs restart after stream loss per the restart policy."""
+        duration = plan.duration_seconds
+        if duration is None and not plan.live:
+            duration = self._input_duration
+        restarts = 0
+        policy = self.spec.input.restart_policy
+        while True:
+            failure: Failure | None = None
+            for index, argv in enumerate(plan.passes):
+                run = await self._run_ffmpeg(argv, plan.env, duration, plan.live, index, len(plan.passes))
+                if run.returncode != 0 or run.killed_by:
+                    self._stderr_tail = run.stderr_tail
+                    failure = classify_failure(run.returncode, run.stderr_tail, killed_by=run.killed_by)
+                    break
+            if not plan.live or self.stop_reason is not None:
+                return failure, restarts
+            max_restarts = policy.max_restarts if policy else 10
+            if restarts >= max_restarts:
+                if failure is not None:
+                    message = f"the live input ended and {restarts} restart(s) did not bring it back: {failure.message}"
+                    return Failure("StreamEnded", message, False), restarts
+                return None, restarts
+            delay = min((policy.backoff_seconds if policy else 2) * 2**restarts, policy.max_backoff_seconds if policy else 60)
+            restarts += 1
+            log.info("%s live input lost; restart %d in %ss", self.key, restarts, delay)
+            await self.client_status.patch({"restarts": restarts, "message": f"live input lost; restart {restarts} in {delay}s"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
+            if self.stop_reason is not None:
+                return Failure("FfmpegError", "stopped", False), restarts
+
+    async def _run_ffmpeg(
+        self, argv: list[str], env: dict[str, str], duration: float | None, live: bool, index: int, passes: int
+    ) -> FfmpegRun:
+        memory = self._memory_limit()
+
+        def limits() -> None:
+            if memory:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+        self._proc = proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=limits if memory else None, env={**os.environ, **env},
+        )  # fmt: skip
+        if self.stop_reason is not None:
+            self.stop(self.stop_reason)
+        stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
+        killed_by: str | None = None
+        deadline = None
+        if self.spec.timeout_seconds:
+            deadline = self._started_monotonic + self.spec.timeout_seconds
+        parser = ProgressParser()
+        last_change = time.monotonic()
+        last_out_time = -1.0
+
+        async def read_stderr() -> None:
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                stderr_tail.append(raw.decode(errors="replace").rstrip())
+
+        stderr_task = asyncio.create_task(read_stderr())
+        assert proc.stdout is not None
+        try:
+            while True:
+                timeout = 1.0
+                try:
+                    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+                except TimeoutError:
+                    raw = None
+                if raw == b"":
+                    break
+                now = time.monotonic()
+                if raw:
+                    snapshot = parser.feed(raw.decode(errors="replace"))
+                    if snapshot is not None:
+                        if snapshot.out_time_seconds is not None and snapshot.out_time_seconds > last_out_time:
+                            last_out_time, last_change = snapshot.out_time_seconds, now
+                        await self._progress(snapshot, duration, live, index, passes)
+                if deadline is not None and time.monotonic() >= deadline and killed_by is None:
+                    killed_by = "timeout"
+                    self.stop("timeout")
+                if now - last_change > self.config.stall_seconds and killed_by is None:
+                    killed_by = "stall"
+                    self.stop("stall")
+                if self.stop_reason is not None and killed_by is None:
+                    killed_by = self.stop_reason
+            returncode = await self._wait_or_kill(proc)
+        finally:
+            if proc.returncode is None:
+                self._kill_now()
+                await proc.wait()
+            await stderr_task
+            self._proc = None
+        if killed_by is None and memory and returncode in (-signal.SIGKILL, 137):
+            killed_by = "oom"
+        return FfmpegRun(returncode, "\n".join(stderr_tail), killed_by)
+
+    async def _wait_or_kill(self, proc: asyncio.subprocess.Process) -> int:
+        grace = self.config.kill_grace_seconds
+        try:
+            return await asyncio.wait_for(proc.wait(), grace if self.stop_reason else None)
+        except TimeoutError:
+            self._kill_now()
+            return await proc.wait()
+
+    def _kill_now(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    async def _progress(self, snap: ProgressSnapshot, duration: float | None, live: bool, index: int, passes: int) -> None:
+        if snap.fps is not None:
+            self.metrics.encode_fps.set(snap.fps)
+        pct = None if live else percent(snap, duration)
+        if pct is not None:
+            pct = (index * 100.0 + pct) / passes
+            pct = max(pct, self._last_percent)  # monotone across passes and writes
+            self._last_percent = pct
+        now = time.monotonic()
+        if now - self._last_write < self.config.progress_interval and not snap.ended:
+            return
+        if snap.ended and index < passes - 1:
+            return
+        self._last_write = now
+        progress: Obj = {
+            "percent": None if pct is None else round(min(pct, 100.0), 1),
+            "fps": snap.fps,
+            "speed": snap.speed,
+            "outTimeSeconds": snap.out_time_seconds,
+            "totalBytes": snap.total_size,
+        }
+        await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
+
+    async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
+        # Publish: move this attempt's files into the job folder, replacing older ones.
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.attempt_dir.iterdir():
+            target = self.job_dir / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        self.attempt_dir.rmdir()
+        outputs = await self._results(plan)
+        input_bytes = _input_size(self._input_url)
+        if input_bytes:
+            self.metrics.input_bytes.labels(self.config.pool).inc(input_bytes)
+        now = time.time()
+        message = f"{len(outputs)} output(s) written by {self.config.pod_name}"
+        await self.client_status.patch(
+            {
+                "phase": "Succeeded",
+                "completionTime": now_iso(now),
+                "heartbeatTime": now_iso(now),
+                "progress": {"percent": None if plan.live else 100.0},
+                "outputs": outputs,
+                "restarts": restarts or None,
+                "message": message,
+                "reason": None,
+                "result": {"attempt": self.number, "worker": self.config.pod_name, "outcome": "Succeeded", "finishTime": now_iso(now)},
+                "conditions": set_conditions(
+                    self.client_status.conditions,
+                    [("Running", "False", "Completed", message), ("Complete", "True", "Completed", message)],
+                    now=now,
+                ),
+            }
+        )
+
+    async def _results(self, plan: EncodePlan) -> list[Obj]:
+        outputs: list[Obj] = []
+        for out in plan.outputs:
+            if out.kind == "stream":
+                continue
+            path = self.job_dir / out.path
+            if out.kind == "thumbnails":
+                folder = path if path.is_dir() else path.parent
+                images = sorted(p for p in folder.glob("thumb_*") if p.is_file())
+                outputs.append({"name": out.name, "path": str(folder), "bytes": sum(p.stat().st_size for p in images), "count": len(images)})
+                continue
+            if out.kind == "sprite":
+                sheets = sorted(p for p in path.parent.glob("sprite_*") if p.is_file())
+                outputs.append({"name": out.name, "path": str(path.parent), "bytes": sum(p.stat().st_size for p in sheets), "count": len(sheets)})
+                continue
+            if not path.exists():
+                continue
+            result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(path)}
+            info = await probe(str(path))
+            if info is not None:
+                result.update({k: v for k, v in {
+                    "durationSeconds": info.duration_seconds, "codec": info.video_codec or info.audio_codec,
+                    "width": info.width, "height": info.height, "bitrate": info.bit_rate,
+                }.items() if v is not None})  # fmt: skip
+            outputs.append(result)
+        return outputs
+
+    async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
+        now = time.time()
+        await self.client_status.patch(
+            {
+                "result": {
+                    "attempt": self.number, "worker": self.config.pod_name, "outcome": outcome, "reason": reason,
+                    "message": message[:1000], "retryable": retryable, "stderrTail": stderr_tail[-4000:],
+                    "finishTime": now_iso(now),
+                },
+                "heartbeatTime": now_iso(now),
+                "message": f"attempt {self.number} {outcome.lower()}: {reason}: {message}"[:4000],
+            }
+        )  # fmt: skip
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.attempt_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.job_dir.rmdir()  # only if empty: earlier successful outputs stay
+
+
+class _Failed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _input_size(url: str) -> int:
+    with contextlib.suppress(OSError):
+        if url.startswith("/"):
+            return os.path.getsize(url)
+        if url.startswith("file:"):
+            return os.path.getsize(url[5:])
+    return 0

@@ -1,0 +1,56 @@
+"""The worker's environment contract (the same in a Pod and as a local stand-in process)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    pod_name: str
+    namespace: str
+    pool: str
+    accelerator: str = "cpu"
+    slots: int = 1
+    pod_uid: str | None = None
+    node_name: str | None = None
+    media_roots: tuple[str, ...] = ("/media",)
+    output_root: str = "/output"
+    allowed_protocols: tuple[str, ...] = ("file", "http", "https", "rtmp", "rtmps")
+    scratch_dir: str = "/tmp"
+    lease_seconds: int = 15
+    renew_seconds: float = 5.0
+    progress_interval: float = 5.0
+    stall_seconds: float = 120.0
+    kill_grace_seconds: float = 10.0
+    drain_seconds: float = 590.0
+    metrics_port: int = 9091
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> WorkerConfig:
+        e = dict(os.environ if env is None else env)
+
+        def get(name: str, default: str) -> str:
+            return e.get(name) or default
+
+        return cls(
+            pod_name=e["POD_NAME"],
+            namespace=e["POD_NAMESPACE"],
+            pool=e["FFRTMP_POOL"],
+            accelerator=get("FFRTMP_ACCELERATOR", "cpu"),
+            slots=int(get("FFRTMP_SLOTS", "1")),
+            pod_uid=e.get("POD_UID") or None,
+            node_name=e.get("NODE_NAME") or None,
+            media_roots=tuple(p for p in get("FFRTMP_MEDIA_ROOTS", "/media").split(":") if p),
+            output_root=get("FFRTMP_OUTPUT_ROOT", "/output"),
+            allowed_protocols=tuple(get("FFRTMP_ALLOWED_PROTOCOLS", "file,http,https,rtmp,rtmps").split(",")),
+            scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
+            lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),
+            renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0")) or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),
+            progress_interval=float(get("FFRTMP_PROGRESS_INTERVAL", "5")),
+            stall_seconds=float(get("FFRTMP_STALL_SECONDS", "120")),
+            kill_grace_seconds=float(get("FFRTMP_KILL_GRACE_SECONDS", "10")),
+            drain_seconds=float(get("FFRTMP_DRAIN_SECONDS", "590")),
+            metrics_port=int(get("FFRTMP_METRICS_PORT", "9091")),
+        )

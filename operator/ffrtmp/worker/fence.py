@@ -1,0 +1,79 @@
+"""Fenced status writes: a worker writes only its own attempt, and never over a newer one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ffrtmp.api.constants import GROUP, JOB_PLURAL, VERSION
+from ffrtmp.kube.client import ApiError, KubeClient, resource_path
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+OWNED_PHASES = ("Scheduled", "Running")
+
+
+class Superseded(Exception):
+    """The job was deleted, reassigned, finished or suspended: this attempt must stop at once."""
+
+
+def owns(obj: Obj, worker: str, attempt: int) -> str | None:
+    """Why `worker` no longer owns `attempt` of this job, or None if it does."""
+    status = obj.get("status") or {}
+    if status.get("worker") != worker:
+        return f"reassigned to {status.get('worker') or 'no worker'}"
+    if int(status.get("attempt") or 0) != attempt:
+        return f"attempt {attempt} superseded by attempt {status.get('attempt')}"
+    if status.get("phase") not in OWNED_PHASES:
+        return f"job is {status.get('phase')}"
+    return None
+
+
+class FencedStatus:
+    """Merge patches of /status carrying the last seen resourceVersion. On a conflict it re-reads
+    the job: if the attempt is still ours it retries, otherwise it raises Superseded."""
+
+    def __init__(self, client: KubeClient, obj: Obj, worker: str, attempt: int) -> None:
+        meta = obj["metadata"]
+        self.client = client
+        self.path = resource_path(GROUP, VERSION, JOB_PLURAL, meta["namespace"], meta["name"])
+        self.worker = worker
+        self.attempt = attempt
+        self.obj = obj
+        self.writes = 0
+
+    def observe(self, obj: Obj) -> None:
+        """A newer version from the watch: keeps later writes from conflicting needlessly."""
+        if int(obj["metadata"]["resourceVersion"]) > int(self.obj["metadata"]["resourceVersion"]):
+            self.obj = obj
+
+    @property
+    def conditions(self) -> list[Obj]:
+        return list((self.obj.get("status") or {}).get("conditions") or [])
+
+    def check(self) -> None:
+        why = owns(self.obj, self.worker, self.attempt)
+        if why:
+            raise Superseded(why)
+
+    async def patch(self, status: Obj, *, attempts: int = 5) -> Obj:
+        self.check()
+        for _ in range(attempts):
+            body = {"metadata": {"resourceVersion": self.obj["metadata"]["resourceVersion"]}, "status": status}
+            try:
+                self.obj = await self.client.merge_patch(self.path + "/status", body)
+                self.writes += 1
+                return self.obj
+            except ApiError as e:
+                if e.not_found:
+                    raise Superseded("job was deleted") from e
+                if not e.conflict:
+                    raise
+            try:
+                self.obj = await self.client.get(self.path)
+            except ApiError as e:
+                if e.not_found:
+                    raise Superseded("job was deleted") from e
+                raise
+            self.check()
+        raise ApiError(409, "Conflict", f"status of {self.path} kept changing")
