@@ -107,7 +107,7 @@ def operator_argv(cluster: TestCluster, namespace: str, *extra: str) -> list[str
     return [
         sys.executable, "-m", "ffrtmp.cli", "operator", "--kubeconfig", str(cluster.kubeconfig),
         "--namespace", namespace, "--metrics-port", "0", "--health-port", str(free_port()),
-        "--lease-grace-seconds", "1", "--retry-backoff-seconds", "1", "--resync-seconds", "1", *extra,
+        "--lease-grace-seconds", "2", "--retry-backoff-seconds", "1", "--resync-seconds", "1", *extra,
     ]  # fmt: skip
 
 
@@ -115,7 +115,7 @@ def workers_argv(cluster: TestCluster, namespace: str, state_dir: Path, *extra: 
     return [
         sys.executable, "-m", "ffrtmp.cli", "dev", "workers", "--namespace", namespace,
         "--kubeconfig", str(cluster.kubeconfig), "--state-dir", str(state_dir),
-        "--env", "FFRTMP_LEASE_SECONDS=3", "--env", "FFRTMP_PROGRESS_INTERVAL=0.5",
+        "--env", "FFRTMP_LEASE_SECONDS=5", "--env", "FFRTMP_PROGRESS_INTERVAL=0.5",
         "--env", "FFRTMP_KILL_GRACE_SECONDS=3", *extra,
     ]  # fmt: skip
 

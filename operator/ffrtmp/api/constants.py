@@ -17,10 +17,8 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 APP_NAME: Final = "ffmpeg-rtmp"
 WORKER_COMPONENT: Final = "worker"
 
-# Annotations a worker sets on its own Pod, read by the operator for pool status.
+# Annotations a worker sets on its own Lease, read by the operator for pool status.
 ANNOTATION_ENCODER: Final = f"{GROUP}/encoder-self-test"
 ANNOTATION_DRAINING: Final = f"{GROUP}/draining"
-# Set by the operator on a worker Pod chosen for scale-down: it takes no new job.
-ANNOTATION_RETIRING: Final = f"{GROUP}/retiring"
 
 LEASE_PREFIX: Final = "ffrtmp-worker-"

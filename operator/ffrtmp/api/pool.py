@@ -76,11 +76,11 @@ class WorkerPoolSpec(ApiModel):
     }
 
     accelerator: PoolAccelerator = Field(description="Encoder family of this pool's nodes: nvenc, qsv, vaapi or cpu.")
-    image: str = Field(
-        default="ghcr.io/ffmpeg-rtmp/worker:0.1.0",
+    image: str | None = Field(
+        default=None,
         min_length=1,
         max_length=512,
-        description="Worker image: ffmpeg plus the ffrtmp agent (images/worker).",
+        description="Worker image: ffmpeg plus the ffrtmp agent (default: the operator's --worker-image).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of the worker container."

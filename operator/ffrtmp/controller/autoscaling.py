@@ -128,11 +128,15 @@ def recommend(inp: ScaleInput) -> ScaleDecision:
     limited_message: str | None = None
 
     if raw > current:
-        desired = min(raw, current + step)
-        action = f"scaling up from {current} to {desired}"
-        if desired < raw:
-            action += f" (scale-up step {step})"
-        if inp.unschedulable > 0 and min(desired, hi) > current:
+        target = min(raw, hi)
+        if target <= current:  # at or above maxWorkers already
+            desired = hi
+            action = (
+                f"keeping {hi} (maxWorkers)"
+                if current == hi
+                else f"scaling down from {current} to maxWorkers {hi}"
+            )
+        elif inp.unschedulable > 0:
             desired = current
             limited = LIMITED_UNSCHEDULABLE
             pods = _plural(inp.unschedulable, "worker Pod")
@@ -141,6 +145,13 @@ def recommend(inp: ScaleInput) -> ScaleDecision:
                 "or the device they request, e.g. a GPU); not adding workers until the pending ones run"
             )
             action = f"holding {current}: new workers cannot be scheduled"
+        else:
+            desired = min(target, current + step)
+            action = f"scaling up from {current} to {desired}"
+            if desired < target:
+                action += f" (scale-up step {step})"
+            elif target < raw:
+                action += f" (maxWorkers {hi})"
     elif raw == current:
         desired = current
         action = f"keeping {current}"

@@ -92,6 +92,11 @@ def worker_lost_reason(
     if not lease_fresh(lease, now, settings):
         age = now - (lease.renew_time or 0)
         return f"worker {job.worker} stopped renewing its Lease {age:.0f}s ago"
+    if job.phase == "Scheduled" and job.scheduled_time and now - job.scheduled_time > settings.start_timeout_seconds:
+        return f"worker {job.worker} did not start the attempt within {settings.start_timeout_seconds:.0f}s"
+    last_sign = job.heartbeat_time or job.start_time
+    if job.phase == "Running" and last_sign and now - last_sign > settings.heartbeat_timeout_seconds:
+        return f"worker {job.worker} reported no progress for {now - last_sign:.0f}s"
     return None
 
 

@@ -228,6 +228,11 @@ class Reconciler:
                 updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
                 old = self.store.jobs.get(action.key)
                 new = self.store.put_job(updated)
+                if old is None or old.phase != new.phase or action.event is not None:
+                    log.info(
+                        "job %s: %s -> %s%s", action.key, old.phase if old else None, new.phase,
+                        f" ({action.event.reason}: {action.event.message})" if action.event else "",
+                    )  # fmt: skip
                 self._observe_transition(old, new)
                 if action.event is not None:
                     self._event(namespace, "TranscodeJob", name, updated["metadata"]["uid"], action.event)

@@ -108,7 +108,6 @@ class _PoolStats:
     pool: PoolView
     workers: int = 0  # worker Pods of the pool
     accepting: int = 0  # of those, accepting new jobs
-    accepting_slots: int = 0  # their capacity
 
 
 @dataclass(slots=True)
@@ -135,7 +134,6 @@ def _index(pools: Iterable[PoolView], workers: Iterable[WorkerSlots]) -> dict[st
         stats_or_none.workers += 1
         if worker.accepting:
             stats_or_none.accepting += 1
-            stats_or_none.accepting_slots += max(worker.capacity, 0)
             ns_or_none.ready_accelerators.add(stats_or_none.pool.accelerator)
     return index
 
@@ -263,7 +261,11 @@ _Entry = tuple[float, int, str, str, int]
 
 
 def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[str, str]:
-    """Reason and message for a job that found no slot (given that none is free now)."""
+    """Reason and message for a job that found no slot (given that none is free now).
+
+    Messages name pools but no counts, so they stay the same while a pool scales and the
+    caller does not rewrite every queued job's status at each step.
+    """
     if not el.tiers or ns is None:
         return NO_MATCHING_POOL, el.no_pool or f"no WorkerPool in namespace {job.namespace} matches the job"
     matching = [p for tier in el.tiers for p in tier]
@@ -282,8 +284,7 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
             detail = f"{pools} {has} no worker yet (waiting for scale-up)"
         else:
             detail = (
-                f"none of the {existing} worker(s) in {pools} is ready "
-                "(starting, encoder self-test failed, draining or retiring)"
+                f"no worker in {pools} is ready (starting, encoder self-test failed, draining or retiring)"
             )
         if _mode(job.accelerator, job.hardware_policy) == "hardware" and job.pool_ref is None:
             if job.hardware_policy == REQUIRED:
@@ -291,19 +292,17 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
             elif all(s.pool.accelerator != CPU for s in live):
                 detail += "; no cpu WorkerPool to fall back to"
         return NO_READY_WORKER, note + detail + paused_note
-    slots = sum(s.accepting_slots for s in live)
     busy = [s.pool for s in live if s.accepting]
     return (
         NO_FREE_SLOT,
-        f"{note}waiting for a free slot: all {slots} slot(s) of the {accepting} ready worker(s) "
-        f"in {_pools_phrase(busy)} are busy{paused_note}",
+        f"{note}waiting for a free slot: every slot of the ready workers in {_pools_phrase(busy)} is busy"
+        f"{paused_note}",
     )
 
 
-def _backoff_message(not_before: float, now: float) -> str:
+def _backoff_message(not_before: float) -> str:
     at = datetime.fromtimestamp(not_before, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    wait = not_before - now
-    return f"retry backoff: not scheduled before {at} (in {wait:.0f}s)"
+    return f"retry backoff: not scheduled before {at}"
 
 
 def plan(
@@ -344,7 +343,7 @@ def plan(
             continue
         seen.add(job.key)
         if job.not_before is not None and job.not_before > now:
-            blocked.append(Blocked(job.key, BACKOFF, _backoff_message(job.not_before, now)))
+            blocked.append(Blocked(job.key, BACKOFF, _backoff_message(job.not_before)))
             continue
         ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref)
         cached = cache.get(ckey)

@@ -18,6 +18,10 @@ class OperatorSettings:
     )
     # A worker whose Lease was not renewed for leaseDuration + this is lost.
     lease_grace_seconds: float = 5.0
+    # Backstops for a worker that is alive but lost track of a job: a Scheduled attempt not
+    # started, or a Running one without a progress write, for this long is requeued (WorkerLost).
+    start_timeout_seconds: float = 120.0
+    heartbeat_timeout_seconds: float = 600.0
     # Retry backoff after a failed attempt: base * 2^(failures-1), capped (like a Job's pods).
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 360.0

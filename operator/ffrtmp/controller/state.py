@@ -73,6 +73,7 @@ class JobView:
     scheduled_time: float | None
     start_time: float | None
     completion_time: float | None
+    heartbeat_time: float | None
     result: AttemptResultView | None
     queued_reason: str | None
     suspended: bool
@@ -149,6 +150,7 @@ def parse_job(obj: Obj) -> JobView:
         scheduled_time=parse_time(status.get("scheduledTime")),
         start_time=parse_time(status.get("startTime")),
         completion_time=parse_time(status.get("completionTime")),
+        heartbeat_time=parse_time(status.get("heartbeatTime")),
         result=result_view,
         queued_reason=queued.get("reason") if queued and queued.get("status") == "True" else None,
         suspended=bool(suspended and suspended.get("status") == "True"),

@@ -319,6 +319,11 @@ def _validate_output(
             raise InvalidSpec(f"{name}: video codec {video.codec} {what}; {', '.join(given)} must not be set")
     else:
         _validate_video(name, video, accelerator, live)
+        if output.container == "hls" and video.bitrate is None and video.maxrate is None:
+            raise InvalidSpec(
+                f"{name}: hls outputs need video.bitrate or video.maxrate: the master playlist's "
+                "BANDWIDTH comes from it, and ffmpeg leaves variants without one out"
+            )
     if audio.codec in ("copy", "none"):
         if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
             raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
@@ -666,21 +671,16 @@ def build_encode_plan(
         )
 
     two_pass = [r for r in encoded if r.video.two_pass]
+    if two_pass and any(a.split(":")[0] in ("-x264-params", "-x265-params", "-x264opts") for a in extra):
+        raise InvalidSpec("extraArgs -x264-params/-x265-params cannot be combined with twoPass")
     passes: list[list[str]] = []
     if two_pass:
         first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass])
         for r in two_pass:
             in_hls = r.output.container == "hls"
-            first += [
-                "-map",
-                f"[{r.branch}]",
-                *video_opts(r, ":v", 1, in_hls),
-                "-an",
-                *thread_args,
-                "-f",
-                "null",
-                "-",
-            ]
+            video_args = video_opts(r, ":v", 1, in_hls)
+            # extraArgs in both passes: x264 refuses a second pass whose frame types differ
+            first += ["-map", f"[{r.branch}]", *video_args, "-an", *thread_args, *extra, "-f", "null", "-"]
         passes.append(first)
 
     main = head(branches)
@@ -714,34 +714,14 @@ def build_encode_plan(
             {HLS_DIR, *(os.path.dirname(r.path) for r in renditions if r.output.container == "hls")}
         )
     if thumbs is not None:
-        codec, quality = ("mjpeg", ["-q:v", "3"]) if thumbs.format == "jpg" else ("png", [])
         thumb_path = f"{THUMBS_DIR}/thumb_%05d.{thumbs.format}"
-        main += [
-            "-map",
-            "[thumbs]",
-            "-c:v",
-            codec,
-            *quality,
-            "-f",
-            "image2",
-            os.path.join(output_dir, thumb_path),
-        ]
+        main += _image_output("thumbs", thumbs, os.path.join(output_dir, thumb_path))
         planned.append(PlannedOutput("thumbnails", "thumbnails", thumb_path, thumbs.width, None))
         if thumbs.sprite is not None:
             sprite_path = f"{THUMBS_DIR}/sprite_%03d.{thumbs.format}"
-            main += [
-                "-map",
-                "[sprite]",
-                "-c:v",
-                codec,
-                *quality,
-                "-f",
-                "image2",
-                os.path.join(output_dir, sprite_path),
-            ]
-            planned.append(
-                PlannedOutput("sprite", "sprite", sprite_path, thumbs.width * thumbs.sprite.columns, None)
-            )
+            main += _image_output("sprite", thumbs, os.path.join(output_dir, sprite_path))
+            sprite_width = thumbs.width * thumbs.sprite.columns
+            planned.append(PlannedOutput("sprite", "sprite", sprite_path, sprite_width, None))
         directories.add(THUMBS_DIR)
     passes.append(main)
     uses_svt = (
@@ -749,16 +729,21 @@ def build_encode_plan(
         and av1_cpu_encoder == "libsvtav1"
         and any(r.video.codec == "av1" for r in encoded)
     )
+    duration = spec.input.duration_seconds
     return EncodePlan(
         passes=passes,
         outputs=planned,
         live=live,
-        duration_seconds=float(spec.input.duration_seconds)
-        if spec.input.duration_seconds is not None
-        else None,
+        duration_seconds=float(duration) if duration is not None else None,
         directories=sorted(d for d in directories if d),
         env={"SVT_LOG": "1"} if uses_svt else {},
     )
+
+
+def _image_output(label: str, thumbs: ThumbnailSpec, target: str) -> list[str]:
+    """A numbered-image output (thumbnails or sprite sheets) of the filter branch `label`."""
+    codec = ["-c:v", "mjpeg", "-q:v", "3"] if thumbs.format == "jpg" else ["-c:v", "png"]
+    return ["-map", f"[{label}]", *codec, "-f", "image2", target]
 
 
 def _hls_output(

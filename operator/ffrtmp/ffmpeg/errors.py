@@ -23,7 +23,10 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
-FailureReason = Literal[
+from ffrtmp.api.job import FailureReason
+
+# The reasons classify_failure returns (Failure itself takes any status reason, e.g. InvalidSpec).
+ClassifiedReason = Literal[
     "InputNotFound", "InvalidInput", "EncoderUnavailable", "OutputError", "DeadlineExceeded",
     "OOMKilled", "FfmpegError", "InputNotAllowed", "Stalled",
 ]  # fmt: skip

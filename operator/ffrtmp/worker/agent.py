@@ -31,6 +31,8 @@ from ffrtmp.worker.selftest import SelfTestResult, run_self_test
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+# How long a job may say "ours, running" while this process runs nothing for it.
+ORPHAN_GRACE_SECONDS = 10.0
 
 
 class Agent:
@@ -47,6 +49,8 @@ class Agent:
         self._lease_name = f"{LEASE_PREFIX}{config.pod_name}"
         self._jobs_path = resource_path(GROUP, VERSION, JOB_PLURAL, config.namespace)
         self._drained = asyncio.Event()
+        self._view: dict[str, Obj] = {}
+        self._done: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
 
     # -- readiness ----------------------------------------------------------------------------
@@ -75,10 +79,12 @@ class Agent:
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
         lease = asyncio.create_task(self._lease_loop(), name="lease")
         watch = asyncio.create_task(self._watch_loop(), name="watch")
+        recheck = asyncio.create_task(self._recheck_loop(), name="recheck")
         try:
             await self._drained.wait()
         finally:
             watch.cancel()
+            recheck.cancel()
             await self._release_lease()
             lease.cancel()
             await asyncio.gather(lease, watch, return_exceptions=True)
@@ -138,48 +144,59 @@ class Agent:
     # -- jobs ---------------------------------------------------------------------------------
     async def _watch_loop(self) -> None:
         selector = f"status.worker={self.config.pod_name}"
-        first_sync = True
         async for event_type, obj in informer(self.client, self._jobs_path, fieldSelector=selector):
             self._alive = time.monotonic()
             if event_type == "SYNC":
                 items = obj["items"]
                 listed = {i["metadata"]["name"] for i in items}
+                self._view = {}
                 for name in [n for n in self.attempts if n not in listed]:
                     await self._gone(name)
                 for item in items:
-                    self.on_job(item, restarted=first_sync)
-                first_sync = False
+                    self.on_job(item)
             elif event_type == "DELETED":
+                self._view.pop(obj["metadata"]["name"], None)
                 await self._gone(obj["metadata"]["name"])
             else:
-                self.on_job(obj, restarted=False)
+                self.on_job(obj)
 
-    def on_job(self, obj: Obj, *, restarted: bool) -> None:
+    def on_job(self, obj: Obj) -> None:
+        """Level-based: compare what the job says about us with what this process runs."""
         name = obj["metadata"]["name"]
+        self._view[name] = obj
         status = obj.get("status") or {}
         attempt_no = int(status.get("attempt") or 0)
         current = self.attempts.get(name)
         if current is not None:
             current.client_status.observe(obj)
-            why = owns(obj, self.config.pod_name, current.number)
-            if why is not None:
-                current.stop("superseded")
-            elif (obj.get("spec") or {}).get("suspend"):
+            if owns(obj, self.config.pod_name, current.number) is not None or (obj.get("spec") or {}).get("suspend"):
                 current.stop("superseded")
             return
         if owns(obj, self.config.pod_name, attempt_no) is not None:
             return
-        if status.get("phase") == "Running" and restarted:
-            # Assigned to us, running, but not by this process: we restarted mid-attempt.
-            self._spawn_handback(obj, attempt_no, "the worker restarted during the attempt")
+        finished_at = self._done.get((name, attempt_no))
+        if finished_at is not None:
+            # We ran this attempt; our last write is on its way, or it was lost.
+            result = status.get("result") or {}
+            if result.get("attempt") != attempt_no and time.monotonic() - finished_at > ORPHAN_GRACE_SECONDS:
+                self._spawn_handback(obj, attempt_no, "the worker lost track of the attempt's result")
             return
         if status.get("phase") == "Running":
-            return  # our own write, seen after the attempt already ended
+            # Assigned to us and running, but not in this process: the worker restarted mid-attempt.
+            self._spawn_handback(obj, attempt_no, "the worker restarted during the attempt")
+            return
         if self.draining or not self.ready or self.free_slots <= 0:
             why = "the worker is draining" if self.draining else "the worker has no free slot"
             self._spawn_handback(obj, attempt_no, why)
             return
         self._start(obj, attempt_no)
+
+    async def _recheck_loop(self) -> None:
+        """Now and then, look again at every job assigned to us (nothing is left to a lost event)."""
+        while True:
+            await asyncio.sleep(ORPHAN_GRACE_SECONDS)
+            for obj in list(self._view.values()):
+                self.on_job(obj)
 
     def _start(self, obj: Obj, number: int) -> None:
         name = obj["metadata"]["name"]
@@ -204,6 +221,9 @@ class Agent:
         if self.attempts.get(name) is attempt:
             del self.attempts[name]
             self._tasks.pop(name, None)
+        self._done[(name, attempt.number)] = time.monotonic()
+        if len(self._done) > 10000:
+            self._done.pop(next(iter(self._done)))
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
         if task.cancelled():
             return

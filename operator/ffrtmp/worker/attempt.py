@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import resource
@@ -146,10 +147,16 @@ class Attempt:
             self._kill_now()
             self._discard()
             return "Superseded"
-        except Exception:
+        except Exception as e:
+            # Never leave a job Running without a result: report what broke, and let it retry.
+            log.exception("%s attempt %d broke", self.key, self.number)
             self._kill_now()
             self._discard()
-            raise
+            reason = "OutputError" if isinstance(e, OSError) else "FfmpegError"
+            with contextlib.suppress(Superseded):
+                await self._report("Failed", reason, f"the worker could not run the attempt: {e}", True, "")
+            self.metrics.failed.labels(self.config.pool, reason).inc()
+            return "Failed"
 
     def _running_status(self) -> Obj:
         now = time.time()
@@ -251,12 +258,14 @@ class Attempt:
         memory = self._memory_limit()
 
         def limits() -> None:
+            # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
+            _die_with_parent()
             if memory:
                 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
         self._proc = proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=limits if memory else None, env={**os.environ, **env},
+            start_new_session=True, preexec_fn=limits, env={**os.environ, **env},
         )  # fmt: skip
         if self.stop_reason is not None:
             self.stop(self.stop_reason)
@@ -356,6 +365,9 @@ class Attempt:
                 shutil.rmtree(target)
             os.replace(entry, target)
         self.attempt_dir.rmdir()
+        for stale in self.job_dir.glob(".attempt-*"):
+            # Partial files of earlier attempts whose worker died before it could clean up.
+            shutil.rmtree(stale, ignore_errors=True)
         outputs = await self._results(plan)
         input_bytes = _input_size(self._input_url)
         if input_bytes:
@@ -426,6 +438,14 @@ class Attempt:
         shutil.rmtree(self.attempt_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.job_dir.rmdir()  # only if empty: earlier successful outputs stay
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Failed(Exception):

@@ -1,0 +1,146 @@
+"""A farm per test: the operator and stand-in workers for one namespace, with media and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import Service, TestCluster, operator_argv, start_service, wait_for, workers_argv
+
+
+@dataclass
+class Farm:
+    cluster: TestCluster
+    namespace: str
+    root: Path
+    media: Path
+    output: Path
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def start_operator(self, *extra: str, name: str = "operator") -> Service:
+        svc = start_service(name, operator_argv(self.cluster, self.namespace, *extra), self.root / "logs")
+        self.services[name] = svc
+        return svc
+
+    def start_workers(self, *extra: str, env: dict[str, str] | None = None) -> Service:
+        state = self.root / "workers"
+        argv = workers_argv(self.cluster, self.namespace, state, *extra)
+        for k, v in (env or {}).items():
+            argv += ["--env", f"{k}={v}"]
+        svc = start_service("workers", argv, self.root / "logs")
+        self.services["workers"] = svc
+        return svc
+
+    def pool(self, name: str, accelerator: str = "cpu", **spec: Any) -> dict[str, Any]:
+        doc = {
+            "apiVersion": "ffmpeg-rtmp.io/v1alpha1",
+            "kind": "WorkerPool",
+            "metadata": {"name": name},
+            "spec": {
+                "accelerator": accelerator,
+                "mediaRoots": [str(self.media)],
+                "outputRoot": str(self.output),
+                "terminationGracePeriodSeconds": 20,
+                **spec,
+            },
+        }
+        self.cluster.apply(doc, self.namespace)
+        return doc
+
+    def job(self, name: str, uri: str, outputs: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+        doc = {
+            "apiVersion": "ffmpeg-rtmp.io/v1alpha1",
+            "kind": "TranscodeJob",
+            "metadata": {"name": name},
+            "spec": {
+                "input": {"uri": uri},
+                "outputs": outputs or [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}],
+                **spec,
+            },
+        }
+        self.cluster.apply(doc, self.namespace)
+        return doc
+
+    def get_job(self, name: str) -> dict[str, Any]:
+        return self.cluster.get("tj", name, self.namespace)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.cluster.list("tj", self.namespace)
+
+    def phase(self, name: str) -> str | None:
+        return (self.get_job(name).get("status") or {}).get("phase")
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 90) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            job = self.get_job(name)
+            return job if (job.get("status") or {}).get("phase") in phases else None
+
+        try:
+            return wait_for(check, timeout, f"{name} to be {'/'.join(phases)}")  # type: ignore[no-any-return]
+        except AssertionError:
+            print(json.dumps(self.get_job(name).get("status"), indent=1))
+            raise
+
+    def wait_all(self, phases: tuple[str, ...] = ("Succeeded", "Failed"), timeout: float = 180) -> list[dict[str, Any]]:
+        def check() -> list[dict[str, Any]] | None:
+            jobs = self.jobs()
+            done = [j for j in jobs if (j.get("status") or {}).get("phase") in phases]
+            return jobs if len(done) == len(jobs) else None
+
+        try:
+            return wait_for(check, timeout, "all jobs to finish", interval=0.5)  # type: ignore[no-any-return]
+        except AssertionError:
+            for j in self.jobs():
+                s = j.get("status") or {}
+                if s.get("phase") not in phases:
+                    print(j["metadata"]["name"], json.dumps(s)[:1500])
+            raise
+
+    def workers_state(self) -> dict[str, Any]:
+        path = self.root / "workers" / "workers.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl(
+            "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        ).stdout
+        return sorted(json.loads(out)["items"], key=lambda e: e.get("firstTimestamp") or "")
+
+    def dump(self) -> None:
+        for svc in self.services.values():
+            print(f"--- {svc.name} ---\n{svc.tail(60)}")
+        for log in (self.root / "workers").glob("*.log"):
+            print(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+
+
+@pytest.fixture
+def farm(cluster: TestCluster, namespace: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Farm]:
+    media, output = tmp_path / "media", tmp_path / "output"
+    media.mkdir()
+    output.mkdir()
+    f = Farm(cluster, namespace, tmp_path, media, output)
+    yield f
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        f.dump()
+    for svc in reversed(list(f.services.values())):
+        svc.stop()
+    # The stand-in kubelet stops its workers; any left over must not outlive the test.
+    for info in f.workers_state().values():
+        try:
+            os.kill(int(info["pid"]), 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{rep.when}", rep)

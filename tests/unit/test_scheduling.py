@@ -1,0 +1,580 @@
+"""Scheduling: properties over random snapshots, checked against a literal oracle, plus examples."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ffrtmp.controller.scheduling import (
+    Assignment,
+    Blocked,
+    PoolView,
+    QueuedJob,
+    WorkerSlots,
+    eligible_pools,
+    plan,
+)
+
+pytestmark = pytest.mark.unit
+
+NOW = 100.0
+NAMESPACES = ["a", "b"]
+POOL_NAMES = ["gpu", "gpu2", "intel", "va", "cpu", "cpu2"]
+POOL_ACCELERATORS = ["nvenc", "qsv", "vaapi", "cpu"]
+HARDWARE = {"nvenc", "qsv", "vaapi"}
+JOB_ACCELERATORS = ["auto", "nvenc", "qsv", "vaapi", "cpu"]
+POLICIES = ["required", "preferred", "disabled"]
+
+
+# --- the rules, stated as plainly as possible ---------------------------------------------------
+
+
+def oracle_eligible(job: QueuedJob, pools: list[PoolView], workers: list[WorkerSlots]) -> set[str]:
+    """Names of the pools (paused ones included) in the job's namespace that may run it."""
+    mine = [p for p in pools if p.namespace == job.namespace]
+    cpu_only = job.hardware_policy == "disabled" or job.accelerator == "cpu"
+
+    def suits(p: PoolView) -> bool:
+        if cpu_only:
+            return p.accelerator == "cpu"
+        if job.accelerator == "auto":
+            return True
+        return p.accelerator == job.accelerator or (
+            job.hardware_policy == "preferred" and p.accelerator == "cpu"
+        )
+
+    if job.pool_ref is not None:
+        return {p.name for p in mine if p.name == job.pool_ref and suits(p)}
+    if cpu_only:
+        return {p.name for p in mine if p.accelerator == "cpu"}
+    if job.accelerator == "auto":
+        return {p.name for p in mine}
+    matching = {p.name for p in mine if p.accelerator == job.accelerator}
+    hardware_ready = any(w.accepting and w.namespace == job.namespace and w.pool in matching for w in workers)
+    if job.hardware_policy == "preferred" and not hardware_ready:
+        return matching | {p.name for p in mine if p.accelerator == "cpu"}
+    return matching
+
+
+def order(job: QueuedJob) -> tuple[int, float, str]:
+    return (-job.priority, job.queued_at, job.key)
+
+
+# --- random snapshots ---------------------------------------------------------------------------
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list[PoolView]]:
+    pools = draw(
+        st.lists(
+            st.builds(
+                PoolView,
+                name=st.sampled_from(POOL_NAMES),
+                namespace=st.sampled_from(NAMESPACES),
+                accelerator=st.sampled_from(POOL_ACCELERATORS),
+                paused=st.sampled_from([False, False, True]),
+            ),
+            max_size=7,
+            unique_by=lambda p: (p.namespace, p.name),
+        )
+    )
+    by_key = {(p.namespace, p.name): p for p in pools}
+    workers: list[WorkerSlots] = []
+    for i in range(draw(st.integers(0, 14))):
+        if pools and draw(st.integers(0, 9)) > 0:
+            pool = draw(st.sampled_from(pools))
+            ns, pool_name, acc = pool.namespace, pool.name, pool.accelerator
+        else:  # a worker of a pool that does not exist (deleted, or not yet seen)
+            ns, pool_name = draw(st.sampled_from(NAMESPACES)), draw(st.sampled_from([*POOL_NAMES, "ghost"]))
+            known = by_key.get((ns, pool_name))
+            acc = known.accelerator if known else draw(st.sampled_from(POOL_ACCELERATORS))
+        capacity = draw(st.integers(1, 4))
+        workers.append(
+            WorkerSlots(
+                name=f"w{i}",
+                namespace=ns,
+                pool=pool_name,
+                accelerator=acc,
+                capacity=capacity,
+                running=draw(st.integers(0, capacity + 1)),
+                accepting=draw(st.integers(0, 4)) > 0,
+            )
+        )
+    jobs: list[QueuedJob] = []
+    for i in range(draw(st.integers(0, 25))):
+        ns = draw(st.sampled_from(NAMESPACES))
+        jobs.append(
+            QueuedJob(
+                key=f"{ns}/j{i}",
+                namespace=ns,
+                priority=draw(st.integers(-1, 2)),
+                queued_at=float(draw(st.integers(0, 6))),
+                accelerator=draw(st.sampled_from(JOB_ACCELERATORS)),
+                hardware_policy=draw(st.sampled_from(POLICIES)),
+                pool_ref=draw(st.none() | st.none() | st.sampled_from([*POOL_NAMES, "ghost"])),
+                not_before=draw(st.none() | st.none() | st.floats(NOW - 10, NOW + 10)),
+            )
+        )
+    return jobs, workers, pools
+
+
+Snapshot = tuple[list[QueuedJob], list[WorkerSlots], list[PoolView]]
+
+
+def free_after(
+    workers: list[WorkerSlots], assignments: list[Assignment], jobs: dict[str, QueuedJob]
+) -> dict[tuple[str, str], int]:
+    """Free slots per (namespace, worker) once the plan is applied."""
+    taken = Counter((jobs[a.job].namespace, a.worker) for a in assignments)
+    return {
+        (w.namespace, w.name): max(w.capacity - w.running, 0) - taken[(w.namespace, w.name)] for w in workers
+    }
+
+
+def usable(w: WorkerSlots, pools: dict[tuple[str, str], PoolView]) -> bool:
+    pool = pools.get((w.namespace, w.pool))
+    return w.accepting and pool is not None and not pool.paused
+
+
+PROPERTY = settings(max_examples=100, deadline=None)
+
+
+@PROPERTY
+@given(snapshots())
+def test_every_job_is_assigned_once_or_blocked_once(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    assignments, blocked = plan(jobs, workers, pools, NOW)
+    assigned = [a.job for a in assignments]
+    held = [b.job for b in blocked]
+    assert len(assigned) == len(set(assigned))
+    assert len(held) == len(set(held))
+    assert set(assigned).isdisjoint(held)
+    assert set(assigned) | set(held) == {j.key for j in jobs}
+
+
+@PROPERTY
+@given(snapshots())
+def test_no_worker_is_over_committed_and_only_accepting_workers_of_live_pools_get_jobs(
+    snap: Snapshot,
+) -> None:
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    pool_by_key = {(p.namespace, p.name): p for p in pools}
+    worker_by_key = {(w.namespace, w.name): w for w in workers}
+    assignments, _ = plan(jobs, workers, pools, NOW)
+    assert all(free >= 0 for free in free_after(workers, assignments, by_job).values())
+    for a in assignments:
+        job = by_job[a.job]
+        worker = worker_by_key[(job.namespace, a.worker)]  # namespaces never mix
+        pool = pool_by_key[(job.namespace, a.pool)]
+        assert worker.pool == a.pool
+        assert worker.accepting
+        assert not pool.paused
+        assert a.accelerator == pool.accelerator
+
+
+@PROPERTY
+@given(snapshots())
+def test_assignments_respect_eligibility_and_required_never_falls_back(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    assignments, _ = plan(jobs, workers, pools, NOW)
+    for a in assignments:
+        job = by_job[a.job]
+        assert a.pool in oracle_eligible(job, pools, workers)
+        assert job.not_before is None or job.not_before <= NOW
+        if job.hardware_policy == "required" and job.accelerator in HARDWARE:
+            assert a.accelerator == job.accelerator
+        if job.hardware_policy == "disabled" or job.accelerator == "cpu":
+            assert a.accelerator == "cpu"
+
+
+@PROPERTY
+@given(snapshots())
+def test_eligible_pools_matches_the_oracle_hardware_first(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    for job in jobs:
+        got = eligible_pools(job, pools, workers)
+        assert {p.name for p in got} == oracle_eligible(job, pools, workers)
+        assert all(p.namespace == job.namespace for p in got)
+        kinds = [p.accelerator == "cpu" for p in got]
+        assert kinds == sorted(kinds)  # hardware pools before cpu pools
+
+
+@PROPERTY
+@given(snapshots())
+def test_nothing_assignable_is_left_unassigned(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    pool_by_key = {(p.namespace, p.name): p for p in pools}
+    assignments, blocked = plan(jobs, workers, pools, NOW)
+    free = free_after(workers, assignments, by_job)
+    for b in blocked:
+        if b.reason == "Backoff":
+            continue
+        job = by_job[b.job]
+        eligible = oracle_eligible(job, pools, workers)
+        for w in workers:
+            if w.namespace == job.namespace and w.pool in eligible and usable(w, pool_by_key):
+                assert free[(w.namespace, w.name)] == 0, (b, w)
+
+
+@PROPERTY
+@given(snapshots())
+def test_priority_then_fifo_order_is_respected(snap: Snapshot) -> None:
+    """No job may take a worker that an earlier (higher priority, or older) waiting job could use."""
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    pool_by_key = {(p.namespace, p.name): p for p in pools}
+    worker_by_key = {(w.namespace, w.name): w for w in workers}
+    assignments, blocked = plan(jobs, workers, pools, NOW)
+    waiting = [by_job[b.job] for b in blocked if b.reason != "Backoff"]
+    for a in assignments:
+        taken = by_job[a.job]
+        worker = worker_by_key[(taken.namespace, a.worker)]
+        for job in waiting:
+            if job.namespace != worker.namespace or order(job) >= order(taken):
+                continue
+            assert not (
+                usable(worker, pool_by_key) and worker.pool in oracle_eligible(job, pools, workers)
+            ), f"{a.job} took {a.worker} although earlier {job.key} could have used it"
+
+
+@PROPERTY
+@given(snapshots())
+def test_auto_jobs_use_cpu_only_when_no_hardware_slot_is_left(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    pool_by_key = {(p.namespace, p.name): p for p in pools}
+    assignments, _ = plan(jobs, workers, pools, NOW)
+    free = free_after(workers, assignments, by_job)
+    for a in assignments:
+        job = by_job[a.job]
+        if (
+            job.accelerator != "auto"
+            or job.hardware_policy == "disabled"
+            or job.pool_ref
+            or a.accelerator != "cpu"
+        ):
+            continue
+        for w in workers:
+            pool = pool_by_key.get((w.namespace, w.pool))
+            if w.namespace == job.namespace and usable(w, pool_by_key) and pool and pool.accelerator != "cpu":
+                assert free[(w.namespace, w.name)] == 0
+
+
+@PROPERTY
+@given(snapshots())
+def test_blocked_reason_is_the_most_specific_one(snap: Snapshot) -> None:
+    jobs, workers, pools = snap
+    by_job = {j.key: j for j in jobs}
+    pool_by_key = {(p.namespace, p.name): p for p in pools}
+    _, blocked = plan(jobs, workers, pools, NOW)
+    for b in blocked:
+        job = by_job[b.job]
+        assert b.message
+        if job.not_before is not None and job.not_before > NOW:
+            assert b.reason == "Backoff"
+            continue
+        eligible = oracle_eligible(job, pools, workers)
+        live = {n for n in eligible if not pool_by_key[(job.namespace, n)].paused}
+        ready = [w for w in workers if w.namespace == job.namespace and w.pool in live and w.accepting]
+        if not eligible:
+            expected = "NoMatchingPool"
+        elif not live:
+            expected = "PoolPaused"
+        elif not ready:
+            expected = "NoReadyWorker"
+        else:
+            expected = "NoFreeSlot"
+        assert b.reason == expected, (b, job)
+
+
+@PROPERTY
+@given(snapshots(), st.randoms(use_true_random=False))
+def test_plan_does_not_depend_on_input_order(snap: Snapshot, rnd: random.Random) -> None:
+    jobs, workers, pools = snap
+    first = plan(jobs, workers, pools, NOW)
+    jobs2, workers2, pools2 = list(jobs), list(workers), list(pools)
+    rnd.shuffle(jobs2)
+    rnd.shuffle(workers2)
+    rnd.shuffle(pools2)
+    again = plan(jobs2, workers2, pools2, NOW)
+    assert first == again
+
+
+# --- examples -----------------------------------------------------------------------------------
+
+
+def job(
+    name: str,
+    accelerator: str = "auto",
+    policy: str = "preferred",
+    *,
+    priority: int = 0,
+    queued_at: float = 0.0,
+    pool_ref: str | None = None,
+    not_before: float | None = None,
+    ns: str = "media",
+) -> QueuedJob:
+    return QueuedJob(f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before)
+
+
+def worker(
+    name: str,
+    pool: str,
+    accelerator: str,
+    *,
+    capacity: int = 1,
+    running: int = 0,
+    accepting: bool = True,
+    ns: str = "media",
+) -> WorkerSlots:
+    return WorkerSlots(name, ns, pool, accelerator, capacity, running, accepting)
+
+
+GPU = PoolView("gpu", "media", "nvenc", False)
+CPU = PoolView("cpu", "media", "cpu", False)
+
+
+def reasons(blocked: list[Blocked]) -> dict[str, str]:
+    return {b.job.split("/")[1]: b.reason for b in blocked}
+
+
+def test_empty_inputs_plan_nothing() -> None:
+    assert plan([], [], [], NOW) == ([], [])
+
+
+def test_no_matching_pool_when_required_hardware_has_no_pool() -> None:
+    assignments, blocked = plan([job("j", "qsv", "required")], [worker("c1", "cpu", "cpu")], [GPU, CPU], NOW)
+    assert assignments == []
+    assert blocked[0].reason == "NoMatchingPool"
+    assert "no qsv WorkerPool in namespace media" in blocked[0].message
+    assert "no cpu fallback" in blocked[0].message
+
+
+def test_no_matching_pool_for_a_missing_or_unsuitable_pool_ref() -> None:
+    jobs = [job("ghost", pool_ref="nope"), job("wrong", "nvenc", "required", pool_ref="cpu")]
+    _, blocked = plan(jobs, [worker("c1", "cpu", "cpu")], [GPU, CPU], NOW)
+    by_job = {b.job: b for b in blocked}
+    assert by_job["media/ghost"].reason == "NoMatchingPool"
+    assert "nope" in by_job["media/ghost"].message
+    assert by_job["media/wrong"].reason == "NoMatchingPool"
+    assert "runs cpu" in by_job["media/wrong"].message
+
+
+def test_pools_of_other_namespaces_never_match() -> None:
+    other = PoolView("cpu", "elsewhere", "cpu", False)
+    assignments, blocked = plan([job("j", "cpu")], [worker("c1", "cpu", "cpu", ns="elsewhere")], [other], NOW)
+    assert assignments == []
+    assert blocked[0].reason == "NoMatchingPool"
+
+
+def test_pool_paused() -> None:
+    paused = PoolView("cpu", "media", "cpu", True)
+    assignments, blocked = plan([job("j", "cpu")], [worker("c1", "cpu", "cpu")], [paused], NOW)
+    assert assignments == []
+    assert blocked == [Blocked("media/j", "PoolPaused", blocked[0].message)]
+    assert "paused" in blocked[0].message
+
+
+def test_paused_pool_is_skipped_for_another_eligible_pool() -> None:
+    paused = PoolView("cpu", "media", "cpu", True)
+    other = PoolView("cpu2", "media", "cpu", False)
+    assignments, _ = plan(
+        [job("j", "cpu")],
+        [worker("c1", "cpu", "cpu", capacity=4), worker("c2", "cpu2", "cpu", running=0)],
+        [paused, other],
+        NOW,
+    )
+    assert [a.worker for a in assignments] == ["c2"]
+
+
+def test_no_ready_worker_when_the_encoder_self_test_failed() -> None:
+    assignments, blocked = plan(
+        [job("j", "nvenc", "required")], [worker("g1", "gpu", "nvenc", accepting=False)], [GPU, CPU], NOW
+    )
+    assert assignments == []
+    assert blocked[0].reason == "NoReadyWorker"
+    assert "no worker in pool gpu is ready" in blocked[0].message
+
+
+def test_no_ready_worker_when_the_pool_has_no_worker_yet() -> None:
+    _, blocked = plan([job("j", "cpu")], [], [CPU], NOW)
+    assert blocked[0].reason == "NoReadyWorker"
+    assert "no worker yet" in blocked[0].message
+
+
+def test_no_free_slot_when_every_slot_is_busy() -> None:
+    assignments, blocked = plan(
+        [job("j", "nvenc", "required")],
+        [worker("g1", "gpu", "nvenc", capacity=2, running=2), worker("g2", "gpu", "nvenc", running=3)],
+        [GPU],
+        NOW,
+    )
+    assert assignments == []
+    assert blocked[0].reason == "NoFreeSlot"
+    assert "every slot of the ready workers in pool gpu is busy" in blocked[0].message
+
+
+def test_backoff_until_not_before() -> None:
+    jobs = [job("later", not_before=NOW + 30), job("now", not_before=NOW, queued_at=1)]
+    assignments, blocked = plan(jobs, [worker("c1", "cpu", "cpu", capacity=2)], [CPU], NOW)
+    assert [a.job for a in assignments] == ["media/now"]
+    assert reasons(blocked) == {"later": "Backoff"}
+    assert blocked[0].message == "retry backoff: not scheduled before 1970-01-01T00:02:10Z"
+
+
+def test_preferred_falls_back_to_cpu_when_hardware_is_unavailable() -> None:
+    jobs = [job("j", "nvenc", "preferred")]
+    assignments, _ = plan(
+        jobs, [worker("g1", "gpu", "nvenc", accepting=False), worker("c1", "cpu", "cpu")], [GPU, CPU], NOW
+    )
+    assert assignments == [Assignment("media/j", "c1", "cpu", "cpu")]
+    # no nvenc pool at all: the same
+    assignments, _ = plan(jobs, [worker("c1", "cpu", "cpu")], [CPU], NOW)
+    assert assignments == [Assignment("media/j", "c1", "cpu", "cpu")]
+
+
+def test_preferred_does_not_fall_back_because_hardware_is_busy() -> None:
+    assignments, blocked = plan(
+        [job("j", "nvenc", "preferred")],
+        [worker("g1", "gpu", "nvenc", running=1), worker("c1", "cpu", "cpu")],
+        [GPU, CPU],
+        NOW,
+    )
+    assert assignments == []
+    assert blocked[0].reason == "NoFreeSlot"
+    assert [
+        p.name for p in eligible_pools(job("j", "nvenc"), [GPU, CPU], [worker("g1", "gpu", "nvenc")])
+    ] == ["gpu"]
+
+
+def test_preferred_fallback_that_finds_cpu_busy_says_so() -> None:
+    _, blocked = plan(
+        [job("j", "nvenc", "preferred")],
+        [worker("g1", "gpu", "nvenc", accepting=False), worker("c1", "cpu", "cpu", running=1)],
+        [GPU, CPU],
+        NOW,
+    )
+    assert blocked[0].reason == "NoFreeSlot"
+    assert blocked[0].message.startswith(
+        "nvenc is unavailable (no ready worker in pool gpu), falling back to cpu"
+    )
+
+
+def test_a_paused_hardware_pool_holds_preferred_jobs_instead_of_falling_back() -> None:
+    paused_gpu = PoolView("gpu", "media", "nvenc", True)
+    assignments, blocked = plan(
+        [job("j", "nvenc", "preferred")],
+        [worker("g1", "gpu", "nvenc"), worker("c1", "cpu", "cpu")],
+        [paused_gpu, CPU],
+        NOW,
+    )
+    assert assignments == []
+    assert blocked[0].reason == "PoolPaused"
+
+
+def test_required_never_falls_back() -> None:
+    assignments, blocked = plan(
+        [job("j", "nvenc", "required")],
+        [worker("g1", "gpu", "nvenc", accepting=False), worker("c1", "cpu", "cpu")],
+        [GPU, CPU],
+        NOW,
+    )
+    assert assignments == []
+    assert blocked[0].reason == "NoReadyWorker"
+
+
+def test_disabled_runs_on_cpu_only() -> None:
+    assignments, _ = plan(
+        [job("j", "auto", "disabled")],
+        [worker("g1", "gpu", "nvenc", capacity=8), worker("c1", "cpu", "cpu", capacity=1, running=0)],
+        [GPU, CPU],
+        NOW,
+    )
+    assert [a.pool for a in assignments] == ["cpu"]
+
+
+def test_auto_fills_hardware_before_cpu() -> None:
+    jobs = [job(f"j{i}", queued_at=i) for i in range(4)]
+    assignments, blocked = plan(
+        jobs,
+        [worker("g1", "gpu", "nvenc", capacity=2), worker("c1", "cpu", "cpu", capacity=1)],
+        [GPU, CPU],
+        NOW,
+    )
+    assert [(a.job, a.pool) for a in assignments] == [
+        ("media/j0", "gpu"),
+        ("media/j1", "gpu"),
+        ("media/j2", "cpu"),
+    ]
+    assert reasons(blocked) == {"j3": "NoFreeSlot"}
+
+
+def test_least_loaded_worker_wins() -> None:
+    workers = [
+        worker("a", "cpu", "cpu", capacity=4, running=2),  # 50 %
+        worker("b", "cpu", "cpu", capacity=2, running=1),  # 50 %, fewer running
+        worker("c", "cpu", "cpu", capacity=4, running=3),  # 75 %
+    ]
+    assignments, _ = plan([job(f"j{i}", "cpu", queued_at=i) for i in range(4)], workers, [CPU], NOW)
+    # b (50 %, 1 running), a (50 %, 2 running), a (75 % vs 75 %: c has 3 running, a 3: name a), c
+    assert [a.worker for a in assignments] == ["b", "a", "a", "c"]
+
+
+def test_priority_then_fifo_then_key() -> None:
+    jobs = [
+        job("low", "cpu", priority=-1, queued_at=0),
+        job("b-old", "cpu", priority=5, queued_at=1),
+        job("a-old", "cpu", priority=5, queued_at=1),
+        job("new", "cpu", priority=5, queued_at=2),
+    ]
+    assignments, blocked = plan(jobs, [worker("c1", "cpu", "cpu", capacity=2)], [CPU], NOW)
+    assert [a.job for a in assignments] == ["media/a-old", "media/b-old"]
+    assert reasons(blocked) == {"new": "NoFreeSlot", "low": "NoFreeSlot"}
+
+
+def test_a_stuck_high_priority_job_does_not_block_others() -> None:
+    jobs = [job("urgent", "nvenc", "required", priority=10), job("bulk", "cpu", priority=0)]
+    assignments, blocked = plan(jobs, [worker("c1", "cpu", "cpu")], [GPU, CPU], NOW)
+    assert [a.job for a in assignments] == ["media/bulk"]
+    assert reasons(blocked) == {"urgent": "NoReadyWorker"}
+
+
+def test_duplicate_job_keys_are_planned_once() -> None:
+    jobs = [job("j", "cpu"), job("j", "cpu", queued_at=1)]
+    assignments, blocked = plan(jobs, [worker("c1", "cpu", "cpu", capacity=4)], [CPU], NOW)
+    assert len(assignments) == 1
+    assert blocked == []
+
+
+def test_large_snapshot_is_planned_completely() -> None:
+    """2,000 jobs on 500 workers (the size the scheduler must handle quickly): all checks hold."""
+    rnd = random.Random(7)
+    pools = [PoolView(f"p{i}", "media", acc, False) for i, acc in enumerate(["nvenc", "qsv", "cpu", "cpu"])]
+    workers = [
+        worker(f"w{i}", p.name, p.accelerator, capacity=rnd.randint(1, 4), running=rnd.randint(0, 2))
+        for i in range(500)
+        for p in [rnd.choice(pools)]
+    ]
+    jobs = [
+        job(
+            f"j{i}",
+            rnd.choice(JOB_ACCELERATORS),
+            rnd.choice(POLICIES),
+            priority=rnd.randint(0, 3),
+            queued_at=i,
+        )
+        for i in range(2000)
+    ]
+    assignments, blocked = plan(jobs, workers, pools, NOW)
+    assert len(assignments) + len(blocked) == 2000
+    total_free = sum(max(w.capacity - w.running, 0) for w in workers)
+    assert 0 < len(assignments) <= total_free
+    taken = Counter(a.worker for a in assignments)
+    assert all(taken[w.name] <= max(w.capacity - w.running, 0) for w in workers)
