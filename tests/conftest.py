@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TestCluster, wait_for
-
 from ffrtmp.dev.cluster import LocalCluster, default_bin_dir
+from helpers import REPO, TestCluster, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +41,10 @@ def namespace(cluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", name)
     cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
-    wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30, "default SA")
+    wait_for(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        30,
+        "default SA",
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -44,7 +44,7 @@ class TestCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: PLW1510 - the caller decides, below
             [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             input=input, text=True, capture_output=True, timeout=timeout,
         )  # fmt: skip
@@ -52,7 +52,9 @@ class TestCluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
         return proc
 
-    def apply(self, doc: Obj | list[Obj] | str, namespace: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def apply(
+        self, doc: Obj | list[Obj] | str, namespace: str, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         text = doc if isinstance(doc, str) else yaml.safe_dump_all(doc if isinstance(doc, list) else [doc])
         return self.kubectl("apply", "-n", namespace, "-f", "-", *extra, input=text, check=check)
 
@@ -159,7 +161,17 @@ def transcode_job(name: str, uri: str, outputs: list[Obj] | None = None, **spec:
 def make_clip(path: Path, seconds: float = 2, size: str = "320x240", rate: int = 25, audio: bool = True) -> Path:
     """A generated test clip (lavfi testsrc2 + sine)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+    argv = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+    ]
     if audio:
         argv += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]
     argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)]

@@ -28,19 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     crds.set_defaults(func=_crds)
 
-    from ffrtmp.controller import main as operator_main
+    import ffrtmp.controller.main as operator_main
 
     op = sub.add_parser("operator", help="run the operator (kopf)")
     operator_main.add_arguments(op)
     op.set_defaults(func=operator_main.run)
 
-    from ffrtmp.worker import main as worker_main
+    import ffrtmp.worker.main as worker_main
 
     worker = sub.add_parser("worker", help="run a worker agent (inside a worker Pod, or standing in for one)")
     worker_main.add_arguments(worker)
     worker.set_defaults(func=worker_main.run)
 
-    from ffrtmp.dev import main as dev_main
+    import ffrtmp.dev.main as dev_main
 
     dev = sub.add_parser("dev", help="local control plane and stand-in workers for tests and the demo")
     dev_main.add_arguments(dev)

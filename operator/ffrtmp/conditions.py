@@ -36,9 +36,7 @@ def set_conditions(
             "status": status,
             "reason": reason,
             "message": message[:4000],
-            "lastTransitionTime": old["lastTransitionTime"]
-            if old and old.get("status") == status
-            else now_iso(now),
+            "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == status else now_iso(now),
         }
         if generation is not None:
             cond["observedGeneration"] = generation

@@ -88,15 +88,12 @@ def kubeconform() -> str:
 def promtool() -> str:
     path = shutil.which("promtool")
     assert path, (
-        "promtool is not on PATH: DEBIAN_FRONTEND=noninteractive apt-get install -y "
-        "--no-install-recommends prometheus"
+        "promtool is not on PATH: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus"
     )
     return path
 
 
-def run(
-    cmd: list[str], *, input: str | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], *, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, input=input, capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
 
 
@@ -118,9 +115,7 @@ def _render_text(helm: str, args: tuple[str, ...], release: str, namespace: str,
     return proc.stdout
 
 
-def render_text(
-    helm: str, *args: str, release: str = RELEASE, namespace: str = NAMESPACE, crds: bool = False
-) -> str:
+def render_text(helm: str, *args: str, release: str = RELEASE, namespace: str = NAMESPACE, crds: bool = False) -> str:
     return _render_text(helm, tuple(args), release, namespace, crds)
 
 
@@ -485,9 +480,7 @@ def test_kubeconform_strict(helm: str, kubeconform: str, schema_dir: Path, confi
     n = len([d for d in yaml.safe_load_all(text) if d])
     rc, out = kubeconform_check(kubeconform, schema_dir, text)
     assert rc == 0, out
-    m = re.search(
-        r"Summary: (\d+) resources? found .*Valid: (\d+), Invalid: (\d+), Errors: (\d+), Skipped: (\d+)", out
-    )
+    m = re.search(r"Summary: (\d+) resources? found .*Valid: (\d+), Invalid: (\d+), Errors: (\d+), Skipped: (\d+)", out)
     assert m, out
     found, valid, invalid, errors, skipped = map(int, m.groups())
     assert (found, valid, invalid, errors, skipped) == (n, n, 0, 0, 0), out
@@ -505,8 +498,7 @@ def test_kubeconform_strict(helm: str, kubeconform: str, schema_dir: Path, confi
         ),
         # A WorkerPool with an accelerator the CRD does not know.
         (
-            "apiVersion: ffmpeg-rtmp.io/v1alpha1\nkind: WorkerPool\n"
-            "metadata: {name: x}\nspec: {accelerator: tpu}\n",
+            "apiVersion: ffmpeg-rtmp.io/v1alpha1\nkind: WorkerPool\nmetadata: {name: x}\nspec: {accelerator: tpu}\n",
             "/spec/accelerator",
         ),
         # An unknown field in a TranscodeJob spec.
@@ -523,9 +515,7 @@ def test_kubeconform_strict(helm: str, kubeconform: str, schema_dir: Path, confi
         ),
     ],
 )
-def test_kubeconform_setup_rejects_invalid(
-    kubeconform: str, schema_dir: Path, manifest: str, needle: str
-) -> None:
+def test_kubeconform_setup_rejects_invalid(kubeconform: str, schema_dir: Path, manifest: str, needle: str) -> None:
     """The offline schemas really validate (nothing is skipped or accepted blindly)."""
     rc, out = kubeconform_check(kubeconform, schema_dir, manifest)
     assert rc != 0, out
@@ -803,17 +793,13 @@ def test_rbac_cluster_wide(helm: str) -> None:
         "kind": "ClusterRole",
         "name": "ffmpeg-rtmp-operator",
     }
-    assert crb["subjects"] == [
-        {"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}
-    ]
+    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}]
     # Worker: one Role in the release namespace, bound to the worker ServiceAccount there.
     (role,) = of_kind(docs, "Role")
     assert role["metadata"] == {**role["metadata"], "name": "ffmpeg-rtmp-worker", "namespace": NAMESPACE}
     assert _rules(role) == WORKER_RULES
     (rb,) = of_kind(docs, "RoleBinding")
-    assert rb["subjects"] == [
-        {"kind": "ServiceAccount", "name": "ffmpeg-rtmp-worker", "namespace": NAMESPACE}
-    ]
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-worker", "namespace": NAMESPACE}]
     assert rb["roleRef"]["kind"] == "Role" and rb["roleRef"]["name"] == "ffmpeg-rtmp-worker"
 
 
@@ -832,18 +818,14 @@ def test_rbac_namespaced(helm: str) -> None:
     crb = one(docs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == cr["metadata"]["name"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
-    assert set(roles) == {
-        (ns, f"ffmpeg-rtmp-{who}") for ns in ("media", "media-gpu") for who in ("operator", "worker")
-    }
+    assert set(roles) == {(ns, f"ffmpeg-rtmp-{who}") for ns in ("media", "media-gpu") for who in ("operator", "worker")}
     for ns in ("media", "media-gpu"):
         assert _rules(roles[(ns, "ffmpeg-rtmp-operator")]) == OPERATOR_NAMESPACED_RULES
         assert _rules(roles[(ns, "ffmpeg-rtmp-worker")]) == WORKER_RULES
     bindings = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in of_kind(docs, "RoleBinding")}
     for ns in ("media", "media-gpu"):
         op = bindings[(ns, "ffmpeg-rtmp-operator")]
-        assert op["subjects"] == [
-            {"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}
-        ]
+        assert op["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}]
         wk = bindings[(ns, "ffmpeg-rtmp-worker")]
         assert wk["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-worker", "namespace": ns}]
     sas = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in of_kind(docs, "ServiceAccount")}
@@ -908,9 +890,7 @@ def test_worker_service_account_follows_workerpool_namespaces(helm: str) -> None
 
 def test_peering_objects(helm: str) -> None:
     assert not [
-        d
-        for d in render(helm)
-        if d["apiVersion"].startswith("kopf.dev") or d["metadata"]["name"].endswith("kopf.dev")
+        d for d in render(helm) if d["apiVersion"].startswith("kopf.dev") or d["metadata"]["name"].endswith("kopf.dev")
     ]
 
     cluster = render(helm, "--set", "operator.replicaCount=2")
@@ -1090,9 +1070,7 @@ def test_dashboard_json(promtool: str, tmp_path: Path) -> None:
                 "rules": [
                     {
                         "record": f"dashboard:query_{i}",
-                        "expr": e.replace("$__rate_interval", "5m")
-                        .replace("$namespace", ".*")
-                        .replace("$pool", ".*"),
+                        "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$pool", ".*"),
                     }
                     for i, e in enumerate(exprs)
                 ],
@@ -1138,9 +1116,7 @@ def test_promtool_unit_tests(promtool: str) -> None:
     # Every alert has a test where it fires.
     tests = yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"]
     firing = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if t["exp_alerts"]}
-    silent = {
-        t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if not t["exp_alerts"]
-    }
+    silent = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if not t["exp_alerts"]}
     assert firing == ALERT_NAMES and silent == ALERT_NAMES
 
 
@@ -1207,10 +1183,7 @@ def test_prometheusrule_overrides(helm: str, promtool: str, tmp_path: Path) -> N
     assert "< 99.5  # threshold: slaCompliancePercent" in rules["SLAComplianceBelowTarget"]["expr"]
     assert re.search(r"> (1000000|1e\+06)  # threshold: queueBacklogJobs", rules["QueueBacklog"]["expr"])
     assert "> 0.9  # threshold: workerCapacityRatio" in rules["WorkerCapacityHigh"]["expr"]
-    assert (
-        rules["OperatorDown"]["expr"].count('up{job="transcode-ffmpeg-rtmp-operator", namespace="video"}')
-        == 2
-    )
+    assert rules["OperatorDown"]["expr"].count('up{job="transcode-ffmpeg-rtmp-operator", namespace="video"}') == 2
     assert one(docs, "Service")["metadata"]["name"] == "transcode-ffmpeg-rtmp-operator"
     for name, rule in rules.items():
         assert rule["annotations"]["runbook_url"] == f"https://wiki.example.com/ops#{name.lower()}"

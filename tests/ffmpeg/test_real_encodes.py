@@ -215,9 +215,7 @@ async def test_hls_ladder_with_thumbnails_and_sprite(media: Path, tmp_path: Path
     ]
 
     # what ffmpeg wrote passes the playlist check when used as an input
-    checked = await check_playlist(
-        str(out / "hls" / "master.m3u8"), allowed_protocols=["file"], media_roots=[str(out)]
-    )
+    checked = await check_playlist(str(out / "hls" / "master.m3u8"), allowed_protocols=["file"], media_roots=[str(out)])
     assert len(checked) == 4
 
 
@@ -431,9 +429,7 @@ async def test_nvenc_without_a_gpu(media: Path, tmp_path: Path) -> None:
 
 async def test_playlist_entry_outside_the_whitelist(media: Path, tmp_path: Path) -> None:
     playlist = media / "remote.m3u8"
-    playlist.write_text(
-        "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nhttp://127.0.0.1:1/seg.ts\n#EXT-X-ENDLIST\n"
-    )
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nhttp://127.0.0.1:1/seg.ts\n#EXT-X-ENDLIST\n")
     failure = await failing_run(simple(str(playlist)), media, tmp_path)
     assert (failure.reason, failure.retryable) == ("InputNotAllowed", False)
 

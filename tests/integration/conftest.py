@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -108,7 +109,14 @@ class Farm:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         out = self.cluster.kubectl(
-            "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "json",
         ).stdout
         return sorted(json.loads(out)["items"], key=lambda e: e.get("firstTimestamp") or "")
 
@@ -133,10 +141,8 @@ def farm(cluster: TestCluster, namespace: str, tmp_path: Path, request: pytest.F
         svc.stop()
     # The stand-in kubelet stops its workers; any left over must not outlive the test.
     for info in f.workers_state().values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(info["pid"]), 9)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -37,7 +37,9 @@ GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoS
 
 
 def test_nodes_advertise_gpu_and_qsv_capacity(cluster: TestCluster) -> None:
-    nodes = {n["metadata"]["name"]: n for n in json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]}
+    nodes = {
+        n["metadata"]["name"]: n for n in json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    }
     assert {"cpu-1", "cpu-2", "gpu-1", "gpu-2", "intel-1"} <= set(nodes)
     for name, node in nodes.items():
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
@@ -47,7 +49,9 @@ def test_nodes_advertise_gpu_and_qsv_capacity(cluster: TestCluster) -> None:
     assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in nodes["gpu-1"]["spec"]["taints"]
     assert nodes["intel-1"]["status"]["allocatable"]["gpu.intel.com/i915"] == "2"
     assert "nvidia.com/gpu" not in nodes["cpu-1"]["status"]["allocatable"]
-    table = cluster.kubectl("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,GPU:.status.allocatable.nvidia\\.com/gpu").stdout
+    table = cluster.kubectl(
+        "get", "nodes", "-o", "custom-columns=NAME:.metadata.name,GPU:.status.allocatable.nvidia\\.com/gpu"
+    ).stdout
     assert "gpu-1" in table and "4" in table
 
 
@@ -69,7 +73,11 @@ def test_scheduler_places_pods_by_device_plugin_requests(cluster: TestCluster, n
     assert node_of("wants-nvidia") in ("gpu-1", "gpu-2")
     assert node_of("wants-intel") == "intel-1"
     assert node_of("wants-cpu") in ("cpu-1", "cpu-2")  # GPU nodes are tainted
-    wait_for(lambda: cluster.get("pod", "wants-nvidia", namespace)["status"].get("phase") == "Running", 60, "pod Running")
+    wait_for(
+        lambda: cluster.get("pod", "wants-nvidia", namespace)["status"].get("phase") == "Running",
+        60,
+        "pod Running",
+    )
 
     def failed_scheduling() -> bool:
         events = cluster.kubectl(

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Farm
-
-from helpers import ffprobe, make_clip, wait_for
-
 from ffrtmp.kube import KubeClient, load_config
 from ffrtmp.worker.fence import FencedStatus, Superseded
+from helpers import ffprobe, make_clip, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +65,36 @@ def test_pools_land_on_matching_nodes_and_missing_gpus_degrade(farm: Farm) -> No
 
 def test_fifty_jobs_three_workers_two_slots(farm: Farm) -> None:
     clip = make_clip(farm.media / "clip.mp4", seconds=2, size="320x240")
-    farm.pool("cpu", "cpu", maxConcurrentJobs=2, minWorkers=3, maxWorkers=3, paused=True, autoscaling={"enabled": False})
+    farm.pool(
+        "cpu",
+        "cpu",
+        maxConcurrentJobs=2,
+        minWorkers=3,
+        maxWorkers=3,
+        paused=True,
+        autoscaling={"enabled": False},
+    )
     farm.start_operator()
     farm.start_workers()
-    wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 3, 60, "3 ready workers")
+    wait_for(
+        lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 3,
+        60,
+        "3 ready workers",
+    )
     docs = []
     for i in range(50):
         docs.append({
             "apiVersion": "ffmpeg-rtmp.io/v1alpha1", "kind": "TranscodeJob", "metadata": {"name": f"job-{i:02d}"},
             "spec": {"input": {"uri": str(clip)}, "priority": (i % 5) * 10, "resources": ONE_CPU,
-                     "outputs": [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast", "height": 120}}]},
+                     "outputs": [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast",
+                                                           "height": 120}}]},
         })  # fmt: skip
     farm.cluster.apply(docs, farm.namespace)
-    wait_for(lambda: all(status(j).get("phase") == "Queued" for j in farm.jobs()) and len(farm.jobs()) == 50, 60, "50 queued")
+    wait_for(
+        lambda: all(status(j).get("phase") == "Queued" for j in farm.jobs()) and len(farm.jobs()) == 50,
+        60,
+        "50 queued",
+    )
     farm.cluster.kubectl("patch", "wp", "cpu", "-n", farm.namespace, "--type=merge", "-p", '{"spec":{"paused":false}}')
     jobs = farm.wait_all(timeout=300)
     assert all(status(j)["phase"] == "Succeeded" for j in jobs), [status(j).get("message") for j in jobs]
@@ -112,7 +128,11 @@ def test_killed_worker_requeues_job_and_late_write_is_fenced(farm: Farm) -> None
     farm.pool("cpu", "cpu", maxConcurrentJobs=1, minWorkers=2, maxWorkers=2, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers("--restart-delay", "30")
-    wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 ready workers")
+    wait_for(
+        lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2,
+        60,
+        "2 ready workers",
+    )
     farm.job("victim", str(clip), SLOW, resources=ONE_CPU)
     running = farm.wait_phase("victim", "Running", timeout=60)
     first_worker = status(running)["worker"]
@@ -120,7 +140,9 @@ def test_killed_worker_requeues_job_and_late_write_is_fenced(farm: Farm) -> None
     os.kill(int(farm.workers_state()[first_worker]["pid"]), signal.SIGKILL)
 
     requeued = wait_for(
-        lambda: next((e for e in farm.events("victim") if e["reason"] == "WorkerLost"), None), 60, "WorkerLost event"
+        lambda: next((e for e in farm.events("victim") if e["reason"] == "WorkerLost"), None),
+        60,
+        "WorkerLost event",
     )
     assert first_worker in requeued["message"]
     done = farm.wait_phase("victim", "Succeeded", "Failed", timeout=120)
@@ -152,9 +174,18 @@ def test_operator_sigkill_midflight_every_job_succeeds_once(farm: Farm) -> None:
     farm.pool("cpu", "cpu", maxConcurrentJobs=3, minWorkers=3, maxWorkers=3, autoscaling={"enabled": False})
     op = farm.start_operator()
     farm.start_workers()
-    wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 3, 60, "3 ready workers")
+    wait_for(
+        lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 3,
+        60,
+        "3 ready workers",
+    )
     for i in range(30):
-        farm.job(f"j{i:02d}", str(clip), [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "medium"}}], resources=ONE_CPU)
+        farm.job(
+            f"j{i:02d}",
+            str(clip),
+            [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "medium"}}],
+            resources=ONE_CPU,
+        )
     wait_for(lambda: sum(1 for j in farm.jobs() if status(j).get("phase") == "Running") >= 3, 60, "jobs running")
     op.kill()
     time.sleep(3)
@@ -179,7 +210,11 @@ def test_timeout_fails_with_deadline_exceeded_and_stops_ffmpeg(farm: Farm) -> No
     assert status(done)["reason"] == "DeadlineExceeded"
     assert time.monotonic() - started < 30
     # ffmpeg is gone within the kill grace and left nothing behind.
-    wait_for(lambda: not list((farm.output / farm.namespace / "slow").glob(".attempt-*")), 15, "partial output removed")
+    wait_for(
+        lambda: not list((farm.output / farm.namespace / "slow").glob(".attempt-*")),
+        15,
+        "partial output removed",
+    )
     wait_for(lambda: "slow" not in _ffmpeg_cmdlines(farm.output), 15, "ffmpeg stopped")
 
 
@@ -249,10 +284,19 @@ def test_suspend_holds_and_resume_runs(farm: Farm) -> None:
     farm.start_operator()
     farm.start_workers()
     farm.job("held", str(clip), suspend=True)
-    wait_for(lambda: any(c["type"] == "Suspended" and c["status"] == "True" for c in status(farm.get_job("held")).get("conditions", [])), 30, "Suspended")
+    wait_for(
+        lambda: any(
+            c["type"] == "Suspended" and c["status"] == "True"
+            for c in status(farm.get_job("held")).get("conditions", [])
+        ),
+        30,
+        "Suspended",
+    )
     time.sleep(3)
     assert status(farm.get_job("held"))["phase"] == "Pending"
-    farm.cluster.kubectl("patch", "tj", "held", "-n", farm.namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    farm.cluster.kubectl(
+        "patch", "tj", "held", "-n", farm.namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
     done = farm.wait_phase("held", "Succeeded", timeout=60)
     conds = {c["type"]: c for c in status(done)["conditions"]}
     assert conds["Suspended"]["status"] == "False"
@@ -265,5 +309,9 @@ def test_ttl_deletes_finished_job(farm: Farm) -> None:
     farm.start_workers()
     farm.job("shortlived", str(clip), ttlSecondsAfterFinished=2)
     farm.wait_phase("shortlived", "Succeeded", timeout=60)
-    wait_for(lambda: farm.cluster.kubectl("get", "tj", "shortlived", "-n", farm.namespace, check=False).returncode != 0, 30, "TTL deletion")
+    wait_for(
+        lambda: farm.cluster.kubectl("get", "tj", "shortlived", "-n", farm.namespace, check=False).returncode != 0,
+        30,
+        "TTL deletion",
+    )
     assert (farm.output / farm.namespace / "shortlived" / "out.mp4").exists()  # outputs outlive the job object

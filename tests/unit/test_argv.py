@@ -367,9 +367,7 @@ def test_fmp4_live_hls_from_rtmp_input() -> None:
 
 
 def test_event_playlist() -> None:
-    p = plan(
-        spec([{"name": "a", "container": "hls", "video": {"bitrate": "1M"}}], hls={"playlistType": "event"})
-    )
+    p = plan(spec([{"name": "a", "container": "hls", "video": {"bitrate": "1M"}}], hls={"playlistType": "event"}))
     argv = p.passes[0]
     i = argv.index("-hls_playlist_type")
     assert argv[i : i + 4] == ["-hls_playlist_type", "event", "-hls_list_size", "0"]
@@ -604,17 +602,13 @@ def test_two_pass_repeats_extra_args_in_the_first_pass() -> None:
     first, second = plan(s).passes
     assert first[-5:] == ["-tune", "film", "-f", "null", "-"]
     assert second[-3:] == ["-tune", "film", f"{OUT}/a.mp4"]
-    s = spec(
-        [{"name": "a", "video": {"bitrate": "1M", "twoPass": True}}], extraArgs=["-x264-params", "bframes=2"]
-    )
+    s = spec([{"name": "a", "video": {"bitrate": "1M", "twoPass": True}}], extraArgs=["-x264-params", "bframes=2"])
     with pytest.raises(InvalidSpec, match="twoPass"):
         plan(s)
 
 
 def test_copy_codec_needs_no_filter_graph() -> None:
-    p = plan(
-        spec([{"name": "remux", "container": "mkv", "video": {"codec": "copy"}, "audio": {"codec": "copy"}}])
-    )
+    p = plan(spec([{"name": "remux", "container": "mkv", "video": {"codec": "copy"}, "audio": {"codec": "copy"}}]))
     assert p.passes == [
         [
             *FILE_INPUT,
@@ -948,9 +942,7 @@ def _invalid(outputs: list[dict[str, Any]], accelerator: str, extra: dict[str, A
         ([{"name": "a"}], "amf", {}, "unknown accelerator"),
     ],
 )
-def test_invalid_specs(
-    outputs: list[dict[str, Any]], accelerator: str, extra: dict[str, Any], words: str
-) -> None:
+def test_invalid_specs(outputs: list[dict[str, Any]], accelerator: str, extra: dict[str, Any], words: str) -> None:
     assert words in _invalid(outputs, accelerator, extra)
 
 
@@ -976,9 +968,7 @@ def test_unsafe_folders_are_programming_errors() -> None:
             s, "cpu", input_url=IN, output_dir="/out/100%", scratch_dir=SCRATCH, allowed_protocols=["file"]
         )
     with pytest.raises(ValueError, match="scratch_dir"):
-        build_encode_plan(
-            s, "cpu", input_url=IN, output_dir=OUT, scratch_dir="/tmp/a:b", allowed_protocols=["file"]
-        )
+        build_encode_plan(s, "cpu", input_url=IN, output_dir=OUT, scratch_dir="/tmp/a:b", allowed_protocols=["file"])
 
 
 def test_invalid_spec_is_a_value_error_with_a_message() -> None:

@@ -237,9 +237,7 @@ def test_forty_queued_jobs_with_four_slots_need_ten_workers_reached_in_steps() -
     steps = []
     for _ in range(4):
         d = recommend(
-            scale_input(
-                now=now, queued=40, current=current, scale_up_step=4, history=history, last_active=now
-            )
+            scale_input(now=now, queued=40, current=current, scale_up_step=4, history=history, last_active=now)
         )
         steps.append(d.desired)
         current, history, now = d.desired, d.history, now + 15
@@ -274,9 +272,7 @@ def test_a_queue_that_comes_and_goes_every_30s_keeps_the_pool_for_the_window() -
     for i in range(20):  # 40 queued, then empty, then 40 ... every 30 s for 10 minutes
         queued = 40 if i % 2 == 0 else 0
         d = recommend(
-            scale_input(
-                now=now, queued=queued, current=current, history=history, last_active=now - (i % 2) * 30
-            )
+            scale_input(now=now, queued=queued, current=current, history=history, last_active=now - (i % 2) * 30)
         )
         sizes.append(d.desired)
         current, history, now = d.desired, d.history, now + 30

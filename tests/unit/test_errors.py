@@ -48,8 +48,7 @@ QSV_WITHOUT_DEVICE = (
     "maybe incorrect parameters such as bit_rate, rate, width or height\n"
 )
 NOT_ON_WHITELIST = (
-    "[file @ 0x565211e49940] Protocol 'file' not on whitelist 'http,tcp'!\n"
-    "/tmp/ffx/clip.mp4: Invalid argument\n"
+    "[file @ 0x565211e49940] Protocol 'file' not on whitelist 'http,tcp'!\n/tmp/ffx/clip.mp4: Invalid argument\n"
 )
 # An http playlist whose segment is file:///...: the whitelist stops it, then the demuxer gives up.
 PLAYLIST_FILE_ENTRY = (
@@ -135,9 +134,7 @@ def test_real_stderr(stderr: str, reason: str, retryable: bool, words: str) -> N
 
 def test_input_and_output_paths_are_told_apart_by_input_url() -> None:
     output = classify_failure(1, OUTPUT_FOLDER_MISSING, input_url="/media/in.mp4")
-    assert output == Failure(
-        "OutputError", "Could not write to /tmp/ffx/nodir/x.mp4: No such file or directory", True
-    )
+    assert output == Failure("OutputError", "Could not write to /tmp/ffx/nodir/x.mp4: No such file or directory", True)
     missing = classify_failure(1, MISSING_INPUT, input_url="/tmp/ffx/nope.mp4")
     assert missing == Failure("InputNotFound", "The input file does not exist: /tmp/ffx/nope.mp4", False)
     restream = classify_failure(1, RTMP_OUTPUT_REFUSED, input_url="/media/in.mp4")
@@ -204,9 +201,7 @@ def test_unknown_failures_are_retryable_ffmpeg_errors_with_the_last_line() -> No
 
 
 def test_could_not_start() -> None:
-    assert classify_failure(None, "") == Failure(
-        "FfmpegError", "ffmpeg could not be started on this worker.", True
-    )
+    assert classify_failure(None, "") == Failure("FfmpegError", "ffmpeg could not be started on this worker.", True)
 
 
 def test_long_lines_are_shortened() -> None:

@@ -47,9 +47,7 @@ def test_file_under_the_second_root(media: Path, tmp_path: Path) -> None:
     other.mkdir()
     (other / "b.mkv").write_bytes(b"x")
     roots = [str(media), str(other)]
-    assert check_input(str(other / "b.mkv"), allowed_protocols=["file"], media_roots=roots) == str(
-        other / "b.mkv"
-    )
+    assert check_input(str(other / "b.mkv"), allowed_protocols=["file"], media_roots=roots) == str(other / "b.mkv")
 
 
 @pytest.mark.parametrize(
@@ -193,8 +191,7 @@ def write(path: Path, text: str) -> str:
 
 
 MEDIA_PLAYLIST = (
-    "#EXTM3U\n#EXT-X-TARGETDURATION:6\n"
-    "#EXTINF:6.0,\nseg_00000.ts\n#EXTINF:6.0,\nseg_00001.ts\n#EXT-X-ENDLIST\n"
+    "#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6.0,\nseg_00000.ts\n#EXTINF:6.0,\nseg_00001.ts\n#EXT-X-ENDLIST\n"
 )
 
 
@@ -388,9 +385,7 @@ async def test_variant_on_another_host_is_refused_before_it_is_fetched(
     servers: tuple[TestServer, TestServer, dict[str, str]],
 ) -> None:
     origin, other, pages = servers
-    pages["/live/master.m3u8"] = (
-        f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://127.0.0.2:{other.port}/v.m3u8\n"
-    )
+    pages["/live/master.m3u8"] = f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://127.0.0.2:{other.port}/v.m3u8\n"
     with pytest.raises(InputNotAllowed, match="another host"):
         await check_url(f"http://127.0.0.1:{origin.port}/live/master.m3u8")
 

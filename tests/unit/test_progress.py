@@ -61,9 +61,7 @@ def test_snapshot_at_each_progress_line() -> None:
     snapshots = feed_all(parser, FIRST_BLOCK + LAST_BLOCK)
     assert snapshots == [
         ProgressSnapshot(out_time_seconds=0.042667, fps=0.0, speed=12.3, total_size=48, frame=1, ended=False),
-        ProgressSnapshot(
-            out_time_seconds=6.016, fps=0.0, speed=21.2, total_size=1353156, frame=150, ended=True
-        ),
+        ProgressSnapshot(out_time_seconds=6.016, fps=0.0, speed=21.2, total_size=1353156, frame=150, ended=True),
     ]
 
 

@@ -43,9 +43,7 @@ def oracle_eligible(job: QueuedJob, pools: list[PoolView], workers: list[WorkerS
             return p.accelerator == "cpu"
         if job.accelerator == "auto":
             return True
-        return p.accelerator == job.accelerator or (
-            job.hardware_policy == "preferred" and p.accelerator == "cpu"
-        )
+        return p.accelerator == job.accelerator or (job.hardware_policy == "preferred" and p.accelerator == "cpu")
 
     if job.pool_ref is not None:
         return {p.name for p in mine if p.name == job.pool_ref and suits(p)}
@@ -130,9 +128,7 @@ def free_after(
 ) -> dict[tuple[str, str], int]:
     """Free slots per (namespace, worker) once the plan is applied."""
     taken = Counter((jobs[a.job].namespace, a.worker) for a in assignments)
-    return {
-        (w.namespace, w.name): max(w.capacity - w.running, 0) - taken[(w.namespace, w.name)] for w in workers
-    }
+    return {(w.namespace, w.name): max(w.capacity - w.running, 0) - taken[(w.namespace, w.name)] for w in workers}
 
 
 def usable(w: WorkerSlots, pools: dict[tuple[str, str], PoolView]) -> bool:
@@ -239,9 +235,9 @@ def test_priority_then_fifo_order_is_respected(snap: Snapshot) -> None:
         for job in waiting:
             if job.namespace != worker.namespace or order(job) >= order(taken):
                 continue
-            assert not (
-                usable(worker, pool_by_key) and worker.pool in oracle_eligible(job, pools, workers)
-            ), f"{a.job} took {a.worker} although earlier {job.key} could have used it"
+            assert not (usable(worker, pool_by_key) and worker.pool in oracle_eligible(job, pools, workers)), (
+                f"{a.job} took {a.worker} although earlier {job.key} could have used it"
+            )
 
 
 @PROPERTY
@@ -254,12 +250,7 @@ def test_auto_jobs_use_cpu_only_when_no_hardware_slot_is_left(snap: Snapshot) ->
     free = free_after(workers, assignments, by_job)
     for a in assignments:
         job = by_job[a.job]
-        if (
-            job.accelerator != "auto"
-            or job.hardware_policy == "disabled"
-            or job.pool_ref
-            or a.accelerator != "cpu"
-        ):
+        if job.accelerator != "auto" or job.hardware_policy == "disabled" or job.pool_ref or a.accelerator != "cpu":
             continue
         for w in workers:
             pool = pool_by_key.get((w.namespace, w.pool))
@@ -449,9 +440,7 @@ def test_preferred_does_not_fall_back_because_hardware_is_busy() -> None:
     )
     assert assignments == []
     assert blocked[0].reason == "NoFreeSlot"
-    assert [
-        p.name for p in eligible_pools(job("j", "nvenc"), [GPU, CPU], [worker("g1", "gpu", "nvenc")])
-    ] == ["gpu"]
+    assert [p.name for p in eligible_pools(job("j", "nvenc"), [GPU, CPU], [worker("g1", "gpu", "nvenc")])] == ["gpu"]
 
 
 def test_preferred_fallback_that_finds_cpu_busy_says_so() -> None:
@@ -462,9 +451,7 @@ def test_preferred_fallback_that_finds_cpu_busy_says_so() -> None:
         NOW,
     )
     assert blocked[0].reason == "NoFreeSlot"
-    assert blocked[0].message.startswith(
-        "nvenc is unavailable (no ready worker in pool gpu), falling back to cpu"
-    )
+    assert blocked[0].message.startswith("nvenc is unavailable (no ready worker in pool gpu), falling back to cpu")
 
 
 def test_a_paused_hardware_pool_holds_preferred_jobs_instead_of_falling_back() -> None:

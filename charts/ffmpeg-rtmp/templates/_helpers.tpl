@@ -142,14 +142,28 @@ Default worker image (--worker-image): worker.image, each empty field taken from
 {{- end }}
 
 {{/*
-kopf peering: on when more than one operator replica runs.
+Leader election (`--leader-elect`): "true" or "". operator.leaderElection.enabled when it is a
+boolean; when it is null (the default), on exactly when more than one operator replica runs.
+Several replicas without it would all act at once: that is refused.
 */}}
-{{- define "ffmpeg-rtmp.peering.enabled" -}}
-{{- if and .Values.operator.enabled (gt (int .Values.operator.replicaCount) 1) }}true{{ end }}
+{{- define "ffmpeg-rtmp.leaderElection.enabled" -}}
+{{- $op := .Values.operator }}
+{{- $explicit := ($op.leaderElection | default dict).enabled }}
+{{- $many := gt (int $op.replicaCount) 1 }}
+{{- if kindIs "bool" $explicit }}
+{{- if and $many (not $explicit) $op.enabled }}
+{{- fail (printf "operator.replicaCount=%d needs leader election: leave operator.leaderElection.enabled null or set it to true" (int $op.replicaCount)) }}
+{{- end }}
+{{- if $explicit }}true{{ end }}
+{{- else if $many }}true{{ end }}
 {{- end }}
 
-{{- define "ffmpeg-rtmp.peering.name" -}}
-{{- default (include "ffmpeg-rtmp.fullname" .) .Values.operator.peering.name }}
+{{/*
+Name of the leader-election Lease: fixed in the operator (there is no flag for it), in
+--leader-election-namespace, which the chart sets to the release namespace.
+*/}}
+{{- define "ffmpeg-rtmp.leaderElection.leaseName" -}}
+ffmpeg-rtmp-operator
 {{- end }}
 
 {{/*

@@ -31,15 +31,9 @@ class Condition(ApiModel):
 
     type: str = Field(max_length=64, description="Type of condition in CamelCase, e.g. `Complete`.")
     status: ConditionStatus = Field(description="Status of the condition: True, False or Unknown.")
-    reason: str = Field(
-        max_length=128, description="Machine-readable CamelCase reason for the last transition."
-    )
-    message: str = Field(
-        default="", max_length=4096, description="Human-readable details about the last transition."
-    )
-    last_transition_time: Timestamp = Field(
-        description="When the condition last changed from one status to another."
-    )
+    reason: str = Field(max_length=128, description="Machine-readable CamelCase reason for the last transition.")
+    message: str = Field(default="", max_length=4096, description="Human-readable details about the last transition.")
+    last_transition_time: Timestamp = Field(description="When the condition last changed from one status to another.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="The metadata.generation the condition was set for."
     )
@@ -65,9 +59,7 @@ class ResourceList(ApiModel):
 class ResourceRequirements(ApiModel):
     """Requests and limits, as in a container's `resources`."""
 
-    requests: ResourceList | None = Field(
-        default=None, description="What the scheduler reserves on the node."
-    )
+    requests: ResourceList | None = Field(default=None, description="What the scheduler reserves on the node.")
     limits: ResourceList | None = Field(
         default=None, description="The cgroup ceiling; a process above the memory limit is OOM-killed."
     )

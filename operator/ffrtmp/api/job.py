@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ffrtmp.api.base import ApiModel, rules
+from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, Timestamp
 
 Accelerator = Literal["auto", "nvenc", "qsv", "vaapi", "cpu"]
@@ -14,7 +14,17 @@ HardwarePolicy = Literal["required", "preferred", "disabled"]
 Container = Literal["mp4", "mkv", "flv", "hls", "mpegts"]
 VideoCodec = Literal["h264", "hevc", "av1", "copy", "none"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
 Preset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -53,15 +63,11 @@ def _cel_list(items: tuple[str, ...]) -> str:
 class LiveRestartPolicy(ApiModel):
     """How a live job recovers when its input stream drops."""
 
-    max_restarts: int = Field(
-        default=10, ge=0, le=1000, description="Restarts after stream loss before the job fails."
-    )
+    max_restarts: int = Field(default=10, ge=0, le=1000, description="Restarts after stream loss before the job fails.")
     backoff_seconds: int = Field(
         default=2, ge=1, le=300, description="First wait before reconnecting; doubles each time."
     )
-    max_backoff_seconds: int = Field(
-        default=60, ge=1, le=3600, description="Upper bound of the doubling wait."
-    )
+    max_backoff_seconds: int = Field(default=60, ge=1, le=3600, description="Upper bound of the doubling wait.")
 
 
 class InputSpec(ApiModel):
@@ -104,8 +110,8 @@ class InputSpec(ApiModel):
 class VideoSpec(ApiModel):
     """The video stream of one rendition."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": rules(
+    model_config = api_config(
+        json_schema_extra=rules(
             ("!(has(self.bitrate) && has(self.crf))", "bitrate and crf are mutually exclusive: set one"),
             (
                 "self.codec != 'copy' || !(has(self.width) || has(self.height) || has(self.preset) || "
@@ -121,11 +127,9 @@ class VideoSpec(ApiModel):
                 "twoPass is supported for h264 and hevc",
             ),
         )
-    }
-
-    codec: VideoCodec = Field(
-        default="h264", description="h264, hevc, av1, copy (no re-encode) or none (drop video)."
     )
+
+    codec: VideoCodec = Field(default="h264", description="h264, hevc, av1, copy (no re-encode) or none (drop video).")
     bitrate: Bitrate | None = Field(default=None, description="Target average bitrate, e.g. `6M`.")
     crf: int | None = Field(
         default=None, ge=0, le=63, description="Constant quality (lower is better); excludes bitrate."
@@ -155,15 +159,15 @@ class VideoSpec(ApiModel):
 class AudioSpec(ApiModel):
     """The audio stream of one rendition."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": rules(
+    model_config = api_config(
+        json_schema_extra=rules(
             (
                 "!(self.codec in ['copy', 'none']) || !(has(self.bitrate) || has(self.channels) || "
                 "has(self.sampleRate))",
                 "audio codec copy or none takes no bitrate, channels or sampleRate",
             ),
         )
-    }
+    )
 
     codec: AudioCodec = Field(default="aac", description="aac, opus, mp3, copy or none (drop audio).")
     bitrate: Bitrate | None = Field(default=None, description="e.g. `128k`.")
@@ -174,8 +178,8 @@ class AudioSpec(ApiModel):
 class OutputSpec(ApiModel):
     """One rendition: a file, an HLS variant, or an RTMP restream."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": rules(
+    model_config = api_config(
+        json_schema_extra=rules(
             ("!(has(self.path) && has(self.url))", "set path or url, not both"),
             (
                 "!has(self.url) || self.container == 'flv'",
@@ -194,7 +198,7 @@ class OutputSpec(ApiModel):
                 "container flv cannot carry hevc",
             ),
         )
-    }
+    )
 
     name: str = Field(
         min_length=1,
@@ -227,9 +231,7 @@ class HlsSpec(ApiModel):
     playlist_type: Literal["vod", "event", "live"] = Field(
         default="vod", description="vod (complete list), event (grows) or live (rolling window)."
     )
-    list_size: int = Field(
-        default=6, ge=1, le=100, description="Segments kept in a live (rolling) playlist."
-    )
+    list_size: int = Field(default=6, ge=1, le=100, description="Segments kept in a live (rolling) playlist.")
     master_playlist: str = Field(
         default="master.m3u8",
         max_length=64,
@@ -271,10 +273,19 @@ _OUTPUTS_RULES = rules(
     ),
 )
 
+
+def _immutable_optional(name: str) -> tuple[str, str]:
+    """An optional field that may be neither added, removed nor changed after creation."""
+    return (
+        f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})",
+        f"{name} is immutable",
+    )
+
+
 _SPEC_RULES = rules(
     (
         "self.accelerator != 'nvenc' || self.outputs.all(o, !has(o.video) || !has(o.video.preset) || "
-        f"o.video.preset in {_cel_list(NVENC_PRESETS + ('fast', 'medium', 'slow'))})",
+        f"o.video.preset in {_cel_list((*NVENC_PRESETS, 'fast', 'medium', 'slow'))})",
         "accelerator nvenc takes presets p1..p7 or fast, medium, slow",
     ),
     (
@@ -309,22 +320,10 @@ _SPEC_RULES = rules(
     ("self.outputs == oldSelf.outputs", "outputs are immutable"),
     ("self.accelerator == oldSelf.accelerator", "accelerator is immutable"),
     ("self.hardwarePolicy == oldSelf.hardwarePolicy", "hardwarePolicy is immutable"),
-    (
-        "has(self.poolRef) == has(oldSelf.poolRef) && (!has(self.poolRef) || self.poolRef == oldSelf.poolRef)",
-        "poolRef is immutable",
-    ),
-    (
-        "has(self.extraArgs) == has(oldSelf.extraArgs) && (!has(self.extraArgs) || self.extraArgs == oldSelf.extraArgs)",
-        "extraArgs is immutable",
-    ),
-    (
-        "has(self.hls) == has(oldSelf.hls) && (!has(self.hls) || self.hls == oldSelf.hls)",
-        "hls is immutable",
-    ),
-    (
-        "has(self.thumbnails) == has(oldSelf.thumbnails) && (!has(self.thumbnails) || self.thumbnails == oldSelf.thumbnails)",
-        "thumbnails is immutable",
-    ),
+    _immutable_optional("poolRef"),
+    _immutable_optional("extraArgs"),
+    _immutable_optional("hls"),
+    _immutable_optional("thumbnails"),
 )
 # Transition rules (those naming oldSelf) only run on update; the server skips them on create.
 
@@ -333,7 +332,10 @@ _EXTRA_ARGS_RULES = rules(
         "self.all(a, !a.matches('[;&|$`<>\\\\\\\\\\\\n\\\\r]'))",
         "extraArgs is an argv list, not a shell string: items must not contain ; & | $ ` < > \\ or newlines",
     ),
-    ("self.all(a, !a.contains('/'))", "extraArgs must not name files or URLs (no '/'): outputs go in spec.outputs"),
+    (
+        "self.all(a, !a.contains('/'))",
+        "extraArgs must not name files or URLs (no '/'): outputs go in spec.outputs",
+    ),
     (
         f"self.all(a, !(a in {_cel_list(FORBIDDEN_EXTRA_OPTIONS)}))",
         "extraArgs must not set inputs, outputs, formats, log files or devices "
@@ -349,7 +351,7 @@ _EXTRA_ARGS_RULES = rules(
 class TranscodeJobSpec(ApiModel):
     """What to transcode, into what, where it may run and how hard to try."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": _SPEC_RULES}
+    model_config = api_config(json_schema_extra=_SPEC_RULES)
 
     input: InputSpec = Field(description="The source: a file under a media root or a stream URL.")
     outputs: list[OutputSpec] = Field(
@@ -362,9 +364,7 @@ class TranscodeJobSpec(ApiModel):
             **_OUTPUTS_RULES,
         },
     )
-    hls: HlsSpec | None = Field(
-        default=None, description="Packaging of the `hls` outputs into one ABR ladder."
-    )
+    hls: HlsSpec | None = Field(default=None, description="Packaging of the `hls` outputs into one ABR ladder.")
     thumbnails: ThumbnailSpec | None = Field(default=None, description="Still images every N seconds.")
     accelerator: Accelerator = Field(
         default="auto",
@@ -496,7 +496,7 @@ class TranscodeJobStatus(ApiModel):
 class TranscodeJob(ApiModel):
     """A transcode of one input into one or more renditions."""
 
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
     api_version: str = Field(default="ffmpeg-rtmp.io/v1alpha1")
     kind: str = Field(default="TranscodeJob")

@@ -6,14 +6,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from ffrtmp.api.base import ApiModel, rules
+from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
 
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
-AbsolutePath = Annotated[
-    str, Field(min_length=1, max_length=255, pattern=r"^/[A-Za-z0-9._/-]*$")
-]
+AbsolutePath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^/[A-Za-z0-9._/-]*$")]
 
 
 class Toleration(ApiModel):
@@ -38,9 +36,7 @@ class Autoscaling(ApiModel):
         le=100,
         description="Percent of slots to keep busy: 100 sizes the pool to exactly fit the queued and running jobs.",
     )
-    scale_up_step: int = Field(
-        default=10, ge=1, le=1000, description="Most workers added in one scaling decision."
-    )
+    scale_up_step: int = Field(default=10, ge=1, le=1000, description="Most workers added in one scaling decision.")
     scale_down_stabilization_seconds: int = Field(
         default=300,
         ge=0,
@@ -64,8 +60,8 @@ class Autoscaling(ApiModel):
 class WorkerPoolSpec(ApiModel):
     """What the worker Pods look like and how many there may be."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": rules(
+    model_config = api_config(
+        json_schema_extra=rules(
             ("self.minWorkers <= self.maxWorkers", "minWorkers must not exceed maxWorkers"),
             (
                 "!has(self.replicas) || (self.replicas >= self.minWorkers && self.replicas <= self.maxWorkers)",
@@ -73,7 +69,7 @@ class WorkerPoolSpec(ApiModel):
             ),
             ("self.accelerator == oldSelf.accelerator", "accelerator is immutable: create another pool"),
         )
-    }
+    )
 
     accelerator: PoolAccelerator = Field(description="Encoder family of this pool's nodes: nvenc, qsv, vaapi or cpu.")
     image: str | None = Field(
@@ -140,7 +136,7 @@ class WorkerPoolSpec(ApiModel):
         default="/output", description="Folder each job writes into (`<output_root>/<namespace>/<job>/`)."
     )
     allowed_protocols: list[InputProtocol] = Field(
-        default_factory=lambda: ["file", "http", "https", "rtmp", "rtmps"],
+        default_factory=lambda: list[InputProtocol](["file", "http", "https", "rtmp", "rtmps"]),
         max_length=5,
         description="Input protocols workers accept (passed to ffmpeg's -protocol_whitelist too).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -169,9 +165,7 @@ class Capacity(ApiModel):
     """The runbook's capacity formula applied to what the pool has done recently."""
 
     avg_job_seconds: float | None = Field(default=None, description="Average run time of recent jobs.")
-    jobs_per_hour: float | None = Field(
-        default=None, description="workers x maxConcurrentJobs x 3600 / avgJobSeconds."
-    )
+    jobs_per_hour: float | None = Field(default=None, description="workers x maxConcurrentJobs x 3600 / avgJobSeconds.")
 
 
 class WorkerPoolStatus(ApiModel):
@@ -196,7 +190,7 @@ class WorkerPoolStatus(ApiModel):
 class WorkerPool(ApiModel):
     """A pool of worker Pods."""
 
-    model_config = ApiModel.model_config | {"extra": "ignore"}
+    model_config = api_config(extra="ignore")
 
     api_version: str = Field(default="ffmpeg-rtmp.io/v1alpha1")
     kind: str = Field(default="WorkerPool")

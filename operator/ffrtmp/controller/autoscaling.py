@@ -121,8 +121,7 @@ def recommend(inp: ScaleInput) -> ScaleDecision:
 
     util = "" if inp.target_utilization >= 100 else f" at {inp.target_utilization}% target utilization"
     base = (
-        f"{_plural(queued, 'job')} queued, {running} running, {slots} slots/worker{util}: "
-        f"need {_plural(raw, 'worker')}"
+        f"{_plural(queued, 'job')} queued, {running} running, {slots} slots/worker{util}: need {_plural(raw, 'worker')}"
     )
     limited: str | None = None
     limited_message: str | None = None
@@ -132,9 +131,7 @@ def recommend(inp: ScaleInput) -> ScaleDecision:
         if target <= current:  # at or above maxWorkers already
             desired = hi
             action = (
-                f"keeping {hi} (maxWorkers)"
-                if current == hi
-                else f"scaling down from {current} to maxWorkers {hi}"
+                f"keeping {hi} (maxWorkers)" if current == hi else f"scaling down from {current} to maxWorkers {hi}"
             )
         elif inp.unschedulable > 0:
             desired = current
@@ -158,10 +155,7 @@ def recommend(inp: ScaleInput) -> ScaleDecision:
     else:
         desired = min(current, peak)
         if desired > raw:
-            action = (
-                f"holding {desired} (highest recommendation in the {inp.stabilization_seconds}s "
-                "scale-down window)"
-            )
+            action = f"holding {desired} (highest recommendation in the {inp.stabilization_seconds}s scale-down window)"
         else:
             action = f"scaling down from {current} to {desired}"
         if desired == 0 and lo == 0:

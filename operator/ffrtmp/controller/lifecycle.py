@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.controller.scheduling import Assignment, Blocked, PoolView, QueuedJob, WorkerSlots, plan
+from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, plan
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, PoolObj, Store, WorkerLease, WorkerPod
 
@@ -73,7 +73,11 @@ def lease_fresh(lease: WorkerLease | None, now: float, settings: OperatorSetting
 
 
 def worker_lost_reason(
-    job: JobView, pods: dict[str, WorkerPod], leases: dict[str, WorkerLease], now: float, settings: OperatorSettings
+    job: JobView,
+    pods: dict[str, WorkerPod],
+    leases: dict[str, WorkerLease],
+    now: float,
+    settings: OperatorSettings,
 ) -> str | None:
     """Why the job's worker can no longer run it, or None while it can."""
     wkey = f"{job.namespace}/{job.worker}"
@@ -200,12 +204,21 @@ def _decide_one(
 
     if job.invalid is not None:
         msg = f"invalid spec: {job.invalid}"
-        out.actions.append(PatchStatus(job.key, rv, _failed_status(job, "InvalidSpec", msg, now), JobEvent("Warning", "InvalidSpec", msg)))
+        out.actions.append(
+            PatchStatus(
+                job.key,
+                rv,
+                _failed_status(job, "InvalidSpec", msg, now),
+                JobEvent("Warning", "InvalidSpec", msg),
+            )
+        )
         return None
 
     if job.suspend:
         if job.active or not job.suspended or job.phase not in ("Pending",):
-            msg = "suspended: spec.suspend is true" + (f"; stopped attempt {job.attempt} on {job.worker}" if job.active else "")
+            msg = "suspended: spec.suspend is true" + (
+                f"; stopped attempt {job.attempt} on {job.worker}" if job.active else ""
+            )
             status: Obj = {
                 "phase": "Pending",
                 "worker": None,
@@ -215,8 +228,8 @@ def _decide_one(
                 "message": msg,
                 "conditions": set_conditions(
                     job.conditions,
-                    [("Suspended", "True", "JobSuspended", msg), ("Running", "False", "JobSuspended", "suspended"),
-                     ("Scheduled", "False", "JobSuspended", "suspended"), ("Queued", "False", "JobSuspended", "suspended")],
+                    [("Suspended", "True", "JobSuspended", msg)]
+                    + [(t, "False", "JobSuspended", "suspended") for t in ("Running", "Scheduled", "Queued")],
                     now=now, generation=job.generation,
                 ),
             }  # fmt: skip
@@ -226,7 +239,12 @@ def _decide_one(
     if job.suspended:
         msg = "resumed: spec.suspend is false"
         status = _queued_status(job, "Resumed", msg, now)
-        status["conditions"] = set_conditions(status["conditions"], [("Suspended", "False", "JobResumed", msg)], now=now, generation=job.generation)
+        status["conditions"] = set_conditions(
+            status["conditions"],
+            [("Suspended", "False", "JobResumed", msg)],
+            now=now,
+            generation=job.generation,
+        )
         out.actions.append(PatchStatus(job.key, rv, status, JobEvent("Normal", "Resumed", msg)))
         return None
 
@@ -248,7 +266,12 @@ def _decide_one(
                 if deadline <= now:
                     msg = f"ran longer than timeoutSeconds ({job.timeout_seconds}s); ffmpeg was stopped"
                     out.actions.append(
-                        PatchStatus(job.key, rv, _failed_status(job, "DeadlineExceeded", msg, now), JobEvent("Warning", "DeadlineExceeded", msg))
+                        PatchStatus(
+                            job.key,
+                            rv,
+                            _failed_status(job, "DeadlineExceeded", msg, now),
+                            JobEvent("Warning", "DeadlineExceeded", msg),
+                        )
                     )
                     return None
                 out.wake(deadline)
@@ -276,18 +299,22 @@ def _after_attempt(job: JobView, now: float, settings: OperatorSettings) -> Patc
     rv = job.resource_version
     if result.outcome == "HandedBack":
         msg = f"attempt {job.attempt} handed back by {result.worker} ({result.message or 'worker drained'}); requeued"
-        return PatchStatus(job.key, rv, _queued_status(job, "HandedBack", msg, now), JobEvent("Normal", "HandedBack", msg))
+        return PatchStatus(
+            job.key, rv, _queued_status(job, "HandedBack", msg, now), JobEvent("Normal", "HandedBack", msg)
+        )
     failures = job.failed + 1
     what = f"attempt {job.attempt} failed: {result.reason}: {result.message}"
     if result.retryable and failures <= job.backoff_limit:
         delay = retry_backoff(failures, settings)
         msg = f"{what}; retry {failures}/{job.backoff_limit} in {delay:.0f}s"
         extra = {"failed": failures, "notBefore": now_iso(now + delay), "reason": result.reason}
-        return PatchStatus(job.key, rv, _queued_status(job, "BackoffRetry", msg, now, extra=extra), JobEvent("Warning", "Retrying", msg))
-    if result.retryable:
-        msg = f"{what}; backoffLimit ({job.backoff_limit}) reached"
-    else:
-        msg = what
+        return PatchStatus(
+            job.key,
+            rv,
+            _queued_status(job, "BackoffRetry", msg, now, extra=extra),
+            JobEvent("Warning", "Retrying", msg),
+        )
+    msg = f"{what}; backoffLimit ({job.backoff_limit}) reached" if result.retryable else what
     return PatchStatus(
         job.key, rv, _failed_status(job, result.reason or "FfmpegError", msg, now, extra={"failed": failures}),
         JobEvent("Warning", result.reason or "Failed", msg),
@@ -372,8 +399,8 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
         if b.reason == "Backoff" and job.phase == "Queued":
             continue  # the retry message already says when
         status = _queued_status(job, b.reason, b.message, now)
-        event = JobEvent("Normal", "Queued", b.message) if job.phase != "Queued" else None
-        out.actions.append(PatchStatus(job.key, job.resource_version, status, event))
+        queued_event = JobEvent("Normal", "Queued", b.message) if job.phase != "Queued" else None
+        out.actions.append(PatchStatus(job.key, job.resource_version, status, queued_event))
     return out
 
 

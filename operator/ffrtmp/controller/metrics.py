@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
 
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 
 from ffrtmp.controller.state import Store
 
@@ -21,10 +22,18 @@ class OperatorMetrics:
         self.jobs = Gauge("ffrtmp_jobs", "TranscodeJobs by phase.", ["namespace", "pool", "phase"], registry=r)
         self.queue_depth = Gauge("ffrtmp_queue_depth", "Jobs waiting for a slot.", ["namespace", "pool"], registry=r)
         self.queue_seconds = Histogram(
-            "ffrtmp_job_queue_seconds", "Submit to Running.", ["namespace", "pool"], buckets=QUEUE_BUCKETS, registry=r
+            "ffrtmp_job_queue_seconds",
+            "Submit to Running.",
+            ["namespace", "pool"],
+            buckets=QUEUE_BUCKETS,
+            registry=r,
         )
         self.duration = Histogram(
-            "job_duration_seconds", "Running to finished.", ["namespace", "pool"], buckets=DURATION_BUCKETS, registry=r
+            "job_duration_seconds",
+            "Running to finished.",
+            ["namespace", "pool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.finished = PromCounter(
             "ffrtmp_jobs_finished_total", "Jobs that finished.", ["namespace", "pool", "phase"], registry=r

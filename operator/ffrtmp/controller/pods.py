@@ -132,7 +132,9 @@ def build_worker_pod(
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tolerations = (
-        [t.to_api() for t in spec.tolerations] if spec.tolerations is not None else DEFAULT_TOLERATIONS.get(spec.accelerator)
+        [t.to_api() for t in spec.tolerations]
+        if spec.tolerations is not None
+        else DEFAULT_TOLERATIONS.get(spec.accelerator)
     )
     if tolerations:
         pod_spec["tolerations"] = tolerations

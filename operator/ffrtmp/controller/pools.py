@@ -74,7 +74,13 @@ def decide_pool(
         lease = leases.get(p.key)
         if lease is not None and lease.encoder_ok is False:
             encoder_failures.append((p, lease.encoder_message))
-        elif lease is not None and lease.encoder_ok and p.node and lease_fresh(lease, now, settings) and not lease.draining:
+        elif (
+            lease is not None
+            and lease.encoder_ok
+            and p.node
+            and lease_fresh(lease, now, settings)
+            and not lease.draining
+        ):
             ready.append(p)
     pending_timeout = spec.autoscaling.pending_timeout_seconds
     unschedulable = [p for p in live if p.unschedulable is not None]
@@ -164,7 +170,9 @@ def _changed(old: Obj, new: Obj) -> bool:
             if strip(old.get(key)) != strip(value):
                 return True
         elif key == "capacity":
-            if {k: v for k, v in (old.get(key) or {}).items() if v is not None} != {k: v for k, v in value.items() if v is not None}:
+            if {k: v for k, v in (old.get(key) or {}).items() if v is not None} != {
+                k: v for k, v in value.items() if v is not None
+            }:
                 return True
         elif old.get(key) != value:
             return True

@@ -8,12 +8,14 @@ keeps its store warm so that it can take over at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_COMPONENT, POOL_PLURAL, VERSION, WORKER_COMPONENT
+from ffrtmp.conditions import now_iso
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import DeleteJob, JobEvent, PatchStatus, decide_jobs, running_by_worker
 from ffrtmp.controller.metrics import OperatorMetrics
@@ -21,7 +23,6 @@ from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, Store, key_of
-from ffrtmp.conditions import now_iso
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class Reconciler:
         if old is not None and self.leading and new.worker:
             # The worker writes these two transitions; the operator tells them in Events.
             if new.phase == "Running":
-                self._event(new.namespace, "TranscodeJob", new.name, new.uid,
-                            JobEvent("Normal", "Started", f"attempt {new.attempt}: ffmpeg started on {new.worker}"))  # fmt: skip
+                started = f"attempt {new.attempt}: ffmpeg started on {new.worker}"
+                self._event(new.namespace, "TranscodeJob", new.name, new.uid, JobEvent("Normal", "Started", started))
             elif new.phase == "Succeeded":
                 self._event(new.namespace, "TranscodeJob", new.name, new.uid,
                             JobEvent("Normal", "Completed", new.message or "completed"))  # fmt: skip
@@ -122,23 +123,20 @@ class Reconciler:
         """List every kind and merge it into the store (at start-up, and now and then to drop
         objects whose delete event a broken watch missed). Newer objects already in the store win."""
         namespaces = self.settings.namespaces or ("",)
-        kinds = {
-            "jobs": (lambda ns: job_path(ns), {}, self.store.jobs, self.store.put_job),
-            "pools": (lambda ns: pool_path(ns), {}, self.store.pools, self.store.put_pool),
-            "pods": (
-                lambda ns: resource_path("", "v1", "pods", ns),
-                {"labelSelector": WORKER_SELECTOR}, self.store.pods, self.store.put_pod,
-            ),
-            "leases": (
-                lambda ns: resource_path("coordination.k8s.io", "v1", "leases", ns),
-                {"labelSelector": WORKER_SELECTOR}, self.store.leases, self.store.put_lease,
-            ),
-        }  # fmt: skip
-        for kind, (path_of, params, current, put) in kinds.items():
+        store = self.store
+        workers: dict[str, str | int] = {"labelSelector": WORKER_SELECTOR}
+        kinds: list[tuple[str, Callable[[str], str], dict[str, str | int], dict[str, Any], Callable[[Obj], object]]] = [
+            ("jobs", job_path, {}, store.jobs, store.put_job),
+            ("pools", pool_path, {}, store.pools, store.put_pool),
+            ("pods", lambda ns: resource_path("", "v1", "pods", ns), workers, store.pods, store.put_pod),
+            ("leases", lambda ns: resource_path("coordination.k8s.io", "v1", "leases", ns), workers,
+             store.leases, store.put_lease),
+        ]  # fmt: skip
+        for kind, path_of, params, current, put in kinds:
             listed: set[str] = set()
             list_rv = 0
             for ns in namespaces:
-                items, rv = await self.client.list_all(path_of(ns), **params)
+                items, rv = await self.client.list_all(path_of(ns), params)
                 list_rv = max(list_rv, int(rv or 0))
                 for obj in items:
                     put(obj)
@@ -147,7 +145,7 @@ class Reconciler:
                 # Gone, unless it appeared after the list was taken.
                 if int(current[key].resource_version or 0) <= list_rv:
                     current.pop(key, None)
-            self.store.synced.add(kind)
+            store.synced.add(kind)
         self._last_relist = time.monotonic()
 
     @staticmethod
@@ -160,10 +158,8 @@ class Reconciler:
     async def run(self) -> None:
         await self.relist()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self.settings.resync_seconds)
-            except TimeoutError:
-                pass
             self.trigger.clear()
             await asyncio.sleep(0.02)  # let a burst of events land in one pass
             try:
@@ -224,7 +220,7 @@ class Reconciler:
         namespace, _, name = action.key.partition("/")
         try:
             if isinstance(action, PatchStatus):
-                body = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
+                body: Obj = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
                 updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
                 old = self.store.jobs.get(action.key)
                 new = self.store.put_job(updated)
@@ -283,7 +279,9 @@ class Reconciler:
                 await self._bounded(self.client.delete_ignore_missing(f"{pods_path}/{name}"))
                 self.store.pods.pop(f"{pool.namespace}/{name}", None)
             if status is not None:
-                updated = await self._bounded(self.client.merge_patch(pool_path(pool.namespace, pool.name, "status"), {"status": status}))
+                updated = await self._bounded(
+                    self.client.merge_patch(pool_path(pool.namespace, pool.name, "status"), {"status": status})
+                )
                 self.store.put_pool(updated)
             for event in events:
                 self._event(pool.namespace, "WorkerPool", pool.name, pool.uid, event)
@@ -307,7 +305,7 @@ class Reconciler:
         if kind == "TranscodeJob" and not self._post_job_event(event):
             return
         now = now_iso(time.time())
-        body = {
+        body: Obj = {
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "name": name, "namespace": namespace, "uid": uid,

@@ -197,9 +197,7 @@ def _eligibility(
     if pool_ref is not None:
         stats = ns.pools.get(pool_ref)
         if stats is None:
-            return _Eligibility(
-                (), f"WorkerPool {pool_ref} (poolRef) does not exist in namespace {namespace}", ""
-            )
+            return _Eligibility((), f"WorkerPool {pool_ref} (poolRef) does not exist in namespace {namespace}", "")
         if not _suits(stats.pool, accelerator, policy):
             return _Eligibility(
                 (),
@@ -240,17 +238,13 @@ def _eligibility(
     return _Eligibility((matching,), "", "")
 
 
-def eligible_pools(
-    job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[WorkerSlots]
-) -> list[PoolView]:
+def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[WorkerSlots]) -> list[PoolView]:
     """The pools that may run `job`, best tier first (hardware before cpu), by name within a tier.
 
     Paused pools are included (they explain a PoolPaused block); `plan` assigns nothing to them.
     """
     index = _index(pools, _unique(workers))
-    el = _eligibility(
-        index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref
-    )
+    el = _eligibility(index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref)
     return [pool for tier in el.tiers for pool in tier]
 
 
@@ -283,9 +277,7 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
             has = "has" if len(live) == 1 else "have"
             detail = f"{pools} {has} no worker yet (waiting for scale-up)"
         else:
-            detail = (
-                f"no worker in {pools} is ready (starting, encoder self-test failed, draining or retiring)"
-            )
+            detail = f"no worker in {pools} is ready (starting, encoder self-test failed, draining or retiring)"
         if _mode(job.accelerator, job.hardware_policy) == "hardware" and job.pool_ref is None:
             if job.hardware_policy == REQUIRED:
                 detail += "; hardwarePolicy required: no cpu fallback"
@@ -295,8 +287,7 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
     busy = [s.pool for s in live if s.accepting]
     return (
         NO_FREE_SLOT,
-        f"{note}waiting for a free slot: every slot of the ready workers in {_pools_phrase(busy)} is busy"
-        f"{paused_note}",
+        f"{note}waiting for a free slot: every slot of the ready workers in {_pools_phrase(busy)} is busy{paused_note}",
     )
 
 

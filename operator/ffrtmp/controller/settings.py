@@ -14,7 +14,11 @@ class OperatorSettings:
     worker_service_account: str | None = None
     # Device-plugin resource of each accelerator (configurable: clusters name them differently).
     device_resources: dict[str, str] = field(
-        default_factory=lambda: {"nvenc": "nvidia.com/gpu", "qsv": "gpu.intel.com/i915", "vaapi": "gpu.intel.com/i915"}
+        default_factory=lambda: {
+            "nvenc": "nvidia.com/gpu",
+            "qsv": "gpu.intel.com/i915",
+            "vaapi": "gpu.intel.com/i915",
+        }
     )
     # A worker whose Lease was not renewed for leaseDuration + this is lost.
     lease_grace_seconds: float = 5.0

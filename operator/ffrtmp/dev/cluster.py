@@ -71,7 +71,9 @@ def _kubeconfig(server: str, ca: Path, client: KeyPair, user: str) -> str:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "ffrtmp-local", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": b64(client.cert), "client-key-data": b64(client.key),
+        }}],
         "contexts": [{"name": "ffrtmp-local", "context": {"cluster": "ffrtmp-local", "user": user}}],
         "current-context": "ffrtmp-local",
     }  # fmt: skip
@@ -130,7 +132,9 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         self.state.pids[name] = proc.pid
         self._save()

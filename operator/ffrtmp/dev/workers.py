@@ -73,6 +73,7 @@ class StandInKubelet:
         self.max_grace = max_grace
         self.processes: dict[str, Process] = {}
         self.pods: dict[str, Obj] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def _save(self) -> None:
         state = {name: {"pid": p.proc.pid, "restarts": p.restarts, "env": p.env} for name, p in self.processes.items()}
@@ -85,7 +86,7 @@ class StandInKubelet:
         self._save()
         path = resource_path("", "v1", "pods", self.namespace)
         selector = f"{LABEL_COMPONENT}={WORKER_COMPONENT}"
-        async for event_type, obj in informer(self.client, path, labelSelector=selector):
+        async for event_type, obj in informer(self.client, path, {"labelSelector": selector}):
             if event_type == "SYNC":
                 listed = {o["metadata"]["name"]: o for o in obj["items"]}
                 for name in [n for n in self.pods if n not in listed]:
@@ -104,7 +105,9 @@ class StandInKubelet:
             return
         self.pods[name] = pod
         if name not in self.processes and (pod.get("spec") or {}).get("nodeName"):
-            asyncio.ensure_future(self._start(pod))
+            task = asyncio.ensure_future(self._start(pod))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _pod_gone(self, name: str, pod: Obj | None = None) -> None:
         pod = self.pods.pop(name, pod)
@@ -135,14 +138,17 @@ class StandInKubelet:
             "FFRTMP_SCRATCH_DIR": str(self.state_dir / "scratch" / name),
             **self.extra_env,
         }
-        Path(env["FFRTMP_SCRATCH_DIR"]).mkdir(parents=True, exist_ok=True)
-        log_file = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        # A dev tool: a mkdir and an open per worker start are fine on the event loop.
+        Path(env["FFRTMP_SCRATCH_DIR"]).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        log_file = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ffrtmp.cli", "worker", stdout=log_file, stderr=log_file,
             stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
         log_file.close()
-        process = Process(name, proc, {k: v for k, v in env.items() if k.startswith(("FFRTMP_", "POD_", "NODE_"))}, restarts)
+        process = Process(
+            name, proc, {k: v for k, v in env.items() if k.startswith(("FFRTMP_", "POD_", "NODE_"))}, restarts
+        )
         self.processes[name] = process
         self._save()
         log.info("started worker for pod %s: pid %d", name, proc.pid)
@@ -160,7 +166,7 @@ class StandInKubelet:
         for name in list(self.processes):
             self._pod_gone(name)
         deadline = time.monotonic() + self.max_grace
-        while self.processes and time.monotonic() < deadline:
+        while self.processes and time.monotonic() < deadline:  # noqa: ASYNC110 - processes end on their own
             await asyncio.sleep(0.1)
         for process in list(self.processes.values()):
             self._kill(process)

@@ -209,9 +209,7 @@ def protocol_whitelist(input_url: str, allowed_protocols: Iterable[str]) -> str:
     allowed = set(allowed_protocols)
     scheme = _scheme(input_url)
     if scheme not in allowed:
-        raise InputNotAllowed(
-            f"This worker pool does not accept {scheme or 'this kind of'} input: {input_url}"
-        )
+        raise InputNotAllowed(f"This worker pool does not accept {scheme or 'this kind of'} input: {input_url}")
     if scheme == "file":
         needed = ["file"]
     elif scheme in ("http", "https"):
@@ -282,8 +280,7 @@ def _resolve_preset(preset: str | None, accelerator: str, spec_accelerator: str)
         if accelerator == "cpu" and spec_accelerator == "nvenc":
             return X264_FROM_NVENC[preset]  # hardwarePolicy preferred fell back to a CPU pool
         raise InvalidSpec(
-            f"preset {preset} is an NVENC preset (p1..p7) but this job runs on {accelerator}: "
-            "use ultrafast..veryslow"
+            f"preset {preset} is an NVENC preset (p1..p7) but this job runs on {accelerator}: use ultrafast..veryslow"
         )
     if accelerator == "nvenc":
         return NVENC_PRESET_MAP[preset]
@@ -294,9 +291,7 @@ def _resolve_preset(preset: str | None, accelerator: str, spec_accelerator: str)
     return preset
 
 
-def _validate_output(
-    output: OutputSpec, video: VideoSpec, audio: AudioSpec, accelerator: str, live: bool
-) -> None:
+def _validate_output(output: OutputSpec, video: VideoSpec, audio: AudioSpec, accelerator: str, live: bool) -> None:
     name = f"output {output.name}"
     if output.url is not None and output.path is not None:
         raise InvalidSpec(f"{name}: set path or url, not both")
@@ -327,9 +322,7 @@ def _validate_output(
     if audio.codec in ("copy", "none"):
         if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
             raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
-    elif (
-        audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES
-    ):
+    elif audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES:
         raise InvalidSpec(f"{name}: opus supports sample rates {', '.join(map(str, OPUS_SAMPLE_RATES))}")
     elif audio.codec == "mp3":
         if audio.sample_rate is not None and audio.sample_rate not in MP3_SAMPLE_RATES:
@@ -359,9 +352,7 @@ def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -
         raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
     if video.two_pass:
         if accelerator != "cpu":
-            raise InvalidSpec(
-                f"{name}: twoPass is CPU-only (libx264/libx265); this job runs on {accelerator}"
-            )
+            raise InvalidSpec(f"{name}: twoPass is CPU-only (libx264/libx265); this job runs on {accelerator}")
         if video.codec not in ("h264", "hevc"):
             raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
         if video.bitrate is None:
@@ -484,9 +475,7 @@ def _video_args(
             args += [f"-forced_idr{s}", "1"]
     if accelerator == "cpu":
         args += [f"-pix_fmt{s}", "yuv420p"]
-    if v.codec == "hevc" and (
-        r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")
-    ):
+    if v.codec == "hevc" and (r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")):
         args += [f"-tag{s}", "hvc1"]  # what Apple players expect
     stats = _stats_prefix(scratch_dir, r.output.name)
     if encoder == "libx264" and pass_number is not None:
@@ -703,16 +692,12 @@ def build_encode_plan(
             )
             hls_written = True
         width, height = _expected_size(r.video)
-        kind: OutputKind = (
-            "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
-        )
+        kind: OutputKind = "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
         planned.append(PlannedOutput(r.output.name, kind, r.path, width, height))
     directories: set[str] = {os.path.dirname(r.path) for r in renditions if r.output.url is None}
     if hls is not None:
         planned.append(PlannedOutput("master", "hls-master", f"{HLS_DIR}/{hls.master_playlist}"))
-        directories.update(
-            {HLS_DIR, *(os.path.dirname(r.path) for r in renditions if r.output.container == "hls")}
-        )
+        directories.update({HLS_DIR, *(os.path.dirname(r.path) for r in renditions if r.output.container == "hls")})
     if thumbs is not None:
         thumb_path = f"{THUMBS_DIR}/thumb_%05d.{thumbs.format}"
         main += _image_output("thumbs", thumbs, os.path.join(output_dir, thumb_path))
@@ -724,11 +709,7 @@ def build_encode_plan(
             planned.append(PlannedOutput("sprite", "sprite", sprite_path, sprite_width, None))
         directories.add(THUMBS_DIR)
     passes.append(main)
-    uses_svt = (
-        accelerator == "cpu"
-        and av1_cpu_encoder == "libsvtav1"
-        and any(r.video.codec == "av1" for r in encoded)
-    )
+    uses_svt = accelerator == "cpu" and av1_cpu_encoder == "libsvtav1" and any(r.video.codec == "av1" for r in encoded)
     duration = spec.input.duration_seconds
     return EncodePlan(
         passes=passes,

@@ -141,20 +141,14 @@ def _input_failure(subject: str, error: str, lines: list[str]) -> Failure | None
             return Failure("FfmpegError", f"The input server failed (HTTP {code}): {subject}", True)
         if code in ("404", "410"):
             return Failure("InputNotFound", f"The input URL was not found (HTTP {code}): {subject}", False)
-        return Failure(
-            "InputNotFound", f"The input server refused the request (HTTP {code}): {subject}", False
-        )
+        return Failure("InputNotFound", f"The input server refused the request (HTTP {code}): {subject}", False)
     if any(text in error for text in _MISSING):
         return Failure("InputNotFound", f"The input file does not exist: {subject}", False)
     if "Permission denied" in error:
-        return Failure(
-            "InputNotFound", f"The input file cannot be read (permission denied): {subject}", False
-        )
+        return Failure("InputNotFound", f"The input file cannot be read (permission denied): {subject}", False)
     if any(text in error for text in _INVALID_DATA):
         if _find(lines, ("moov atom not found",)):
-            return Failure(
-                "InvalidInput", f"The input is empty or an incomplete MP4 (no moov atom): {subject}", False
-            )
+            return Failure("InvalidInput", f"The input is empty or an incomplete MP4 (no moov atom): {subject}", False)
         return Failure("InvalidInput", f"The input is not a media file ffmpeg can read: {subject}", False)
     if any(text in error for text in _NETWORK):
         return Failure("FfmpegError", f"Could not read the input {subject}: {error}", True)
@@ -192,8 +186,7 @@ def classify_failure(
     if whitelist:
         return Failure(
             "InputNotAllowed",
-            f"The input tried to open a '{whitelist[1]}' URL, which this pool does not allow "
-            "(from a playlist entry?).",
+            f"The input tried to open a '{whitelist[1]}' URL, which this pool does not allow (from a playlist entry?).",
             False,
         )
     kinds = [m["kind"] for m in map(_UNMAPPED_VARIANT_RE.search, lines) if m]
@@ -227,9 +220,7 @@ def classify_failure(
         return Failure("EncoderUnavailable", f"This worker's ffmpeg has no encoder {unknown[1]}.", False)
     hardware = _find(lines, _HARDWARE)
     if hardware:
-        return Failure(
-            "EncoderUnavailable", f"The hardware encoder is not usable on this worker: {hardware}", False
-        )
+        return Failure("EncoderUnavailable", f"The hardware encoder is not usable on this worker: {hardware}", False)
     command_line = _find(lines, _COMMAND_LINE)
     if command_line:
         return Failure("FfmpegError", f"ffmpeg refused its options (check extraArgs): {command_line}", False)
@@ -247,9 +238,7 @@ def classify_failure(
         number, name = ended
         if number == signal.SIGKILL:
             if memory_limited:
-                return Failure(
-                    "OOMKilled", "ffmpeg was killed, most likely for going over its memory limit.", False
-                )
+                return Failure("OOMKilled", "ffmpeg was killed, most likely for going over its memory limit.", False)
             return Failure("FfmpegError", "ffmpeg was killed (SIGKILL).", True)
         verb = "terminated" if number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) else "crashed"
         return Failure("FfmpegError", f"ffmpeg {verb} ({name}).", True)

@@ -85,15 +85,11 @@ def check_input(uri: str, *, allowed_protocols: Iterable[str], media_roots: Iter
         raise InputNotAllowed("The input URI must not contain whitespace or control characters.")
     if uri.startswith("/"):
         if "file" not in allowed:
-            raise InputNotAllowed(
-                f"This worker pool does not accept file inputs (allowed: {_list(allowed)}): {uri}"
-            )
+            raise InputNotAllowed(f"This worker pool does not accept file inputs (allowed: {_list(allowed)}): {uri}")
         return resolve_media_path(uri, media_roots)
     match = _SCHEME_RE.match(uri)
     if match is None:
-        raise InputNotAllowed(
-            f"The input must be an absolute file path or an http(s):// or rtmp(s):// URL: {uri}"
-        )
+        raise InputNotAllowed(f"The input must be an absolute file path or an http(s):// or rtmp(s):// URL: {uri}")
     scheme = match.group(1)
     if scheme not in NETWORK_SCHEMES:
         raise InputNotAllowed(
@@ -101,9 +97,7 @@ def check_input(uri: str, *, allowed_protocols: Iterable[str], media_roots: Iter
             f"http(s):// or rtmp(s):// URL."
         )
     if scheme not in allowed:
-        raise InputNotAllowed(
-            f"This worker pool does not accept {scheme} inputs (allowed: {_list(allowed)}): {uri}"
-        )
+        raise InputNotAllowed(f"This worker pool does not accept {scheme} inputs (allowed: {_list(allowed)}): {uri}")
     if not uri.startswith(f"{scheme}://") or not urlsplit(uri).hostname:
         raise InputNotAllowed(f"The input URL must look like {scheme}://host/path: {uri}")
     return uri
@@ -195,8 +189,7 @@ def resolve_reference(
     if playlist.startswith("/"):
         if scheme is not None:
             raise InputNotAllowed(
-                f"The playlist {playlist} refers to '{entry}': a playlist file may only refer to "
-                "files next to it."
+                f"The playlist {playlist} refers to '{entry}': a playlist file may only refer to files next to it."
             )
         target = entry if entry.startswith("/") else os.path.join(os.path.dirname(playlist), entry)
         try:
@@ -207,19 +200,15 @@ def resolve_reference(
             ) from None
     if scheme is not None and scheme not in HTTP_SCHEMES:
         raise InputNotAllowed(
-            f"The playlist {playlist} refers to '{entry}': only http(s) entries on the "
-            "playlist's own host are allowed."
+            f"The playlist {playlist} refers to '{entry}': only http(s) entries on the playlist's own host are allowed."
         )
     target = urljoin(playlist, entry)
     target_scheme = urlsplit(target).scheme
     if target_scheme not in HTTP_SCHEMES or target_scheme not in allowed:
-        raise InputNotAllowed(
-            f"The playlist {playlist} refers to '{entry}', whose protocol this pool does not allow."
-        )
+        raise InputNotAllowed(f"The playlist {playlist} refers to '{entry}', whose protocol this pool does not allow.")
     if not _same_host(playlist, target):
         raise InputNotAllowed(
-            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay "
-            "on the playlist's host."
+            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay on the playlist's host."
         )
     return target
 
@@ -299,9 +288,7 @@ async def check_playlist(
             if text.lstrip("\ufeff \t\r\n").startswith("ffconcat"):
                 raise InputNotAllowed(f"The input {location} is an ffconcat list, which is not allowed.")
             for reference in playlist_references(text):
-                target = resolve_reference(
-                    location, reference.uri, allowed_protocols=allowed, media_roots=roots
-                )
+                target = resolve_reference(location, reference.uri, allowed_protocols=allowed, media_roots=roots)
                 if reference.playlist:
                     if depth + 1 > max_depth:
                         raise InputNotAllowed(

@@ -69,11 +69,7 @@ def parse_probe_output(document: dict[str, Any], *, size_fallback: int | None = 
     fmt: dict[str, Any] = document.get("format") or {}
     streams: list[dict[str, Any]] = document.get("streams") or []
     video = next(
-        (
-            s
-            for s in streams
-            if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
-        ),
+        (s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")),
         None,
     )
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)

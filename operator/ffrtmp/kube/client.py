@@ -109,7 +109,7 @@ class KubeClient:
         params: Mapping[str, str | int] | None = None,
         body: object = None,
         content_type: str = "application/json",
-        timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> Obj:
         data = None if body is None else json.dumps(body)
         async with self._get_session().request(
@@ -118,7 +118,7 @@ class KubeClient:
             params={k: str(v) for k, v in (params or {}).items()},
             data=data,
             headers=self._headers(content_type if data is not None else None),
-            timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
+            timeout=aiohttp.ClientTimeout(total=request_timeout or self._timeout),
         ) as resp:
             text = await resp.text()
             payload: Obj = json.loads(text) if text and text[0] == "{" else {}
@@ -163,26 +163,33 @@ class KubeClient:
             raise
         return True
 
-    async def list_all(self, path: str, *, page_size: int = 500, **params: str | int) -> tuple[list[Obj], str]:
+    async def list_all(
+        self, path: str, params: Mapping[str, str | int] | None = None, *, page_size: int = 500
+    ) -> tuple[list[Obj], str]:
         """Every item (paged), and the list's resourceVersion to start a watch from."""
         items: list[Obj] = []
         cont: str | None = None
         while True:
-            query: dict[str, str | int] = {**params, "limit": page_size}
+            query: dict[str, str | int] = {**(params or {}), "limit": page_size}
             if cont:
                 query["continue"] = cont
-            page = await self.get(path, **query)
+            page = await self.request("GET", path, params=query)
             items.extend(page.get("items", []))
             cont = page.get("metadata", {}).get("continue")
             if not cont:
                 return items, str(page.get("metadata", {}).get("resourceVersion", ""))
 
     async def watch(
-        self, path: str, resource_version: str, *, timeout_seconds: int = 300, **params: str | int
+        self,
+        path: str,
+        resource_version: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        timeout_seconds: int = 300,
     ) -> AsyncIterator[Obj]:
         """Events after `resource_version` until the server ends the watch. Raises ApiError(410)."""
         query = {
-            **{k: str(v) for k, v in params.items()},
+            **{k: str(v) for k, v in (params or {}).items()},
             "watch": "1",
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
@@ -204,7 +211,9 @@ class KubeClient:
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
                     raise ApiError(
-                        int(status.get("code", 500)), str(status.get("reason", "")), str(status.get("message", ""))
+                        int(status.get("code", 500)),
+                        str(status.get("reason", "")),
+                        str(status.get("message", "")),
                     )
                 yield event
 
@@ -212,9 +221,9 @@ class KubeClient:
 async def informer(
     client: KubeClient,
     path: str,
+    params: Mapping[str, str | int] | None = None,
     *,
     retry_delay: float = 1.0,
-    **params: str | int,
 ) -> AsyncIterator[tuple[str, Obj]]:
     """List, then watch forever; relist on 410 Gone or any broken stream. Yields (type, object).
 
@@ -225,9 +234,9 @@ async def informer(
     while True:
         try:
             if not resource_version:
-                items, resource_version = await client.list_all(path, **params)
+                items, resource_version = await client.list_all(path, params)
                 yield "SYNC", {"items": items}
-            async for event in client.watch(path, resource_version, **params):
+            async for event in client.watch(path, resource_version, params):
                 obj = event.get("object", {})
                 rv = obj.get("metadata", {}).get("resourceVersion")
                 if rv:
@@ -241,7 +250,7 @@ async def informer(
                 log.warning("watch of %s failed: %s; relisting in %.0fs", path, e, retry_delay)
                 await asyncio.sleep(retry_delay)
             resource_version = ""
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             log.warning("watch of %s broke: %s; relisting in %.0fs", path, e, retry_delay)
             await asyncio.sleep(retry_delay)
             resource_version = ""

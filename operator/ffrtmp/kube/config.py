@@ -68,7 +68,7 @@ def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
     name = context or doc.get("current-context")
     ctx = next(c["context"] for c in doc["contexts"] if c["name"] == name)
     cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
-    user = next((u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {})
+    user: dict[str, Any] = next((u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {})
     base = path.parent
     return KubeConfig(
         server=cluster["server"].rstrip("/"),

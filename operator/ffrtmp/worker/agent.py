@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -50,6 +51,7 @@ class Agent:
         self._jobs_path = resource_path(GROUP, VERSION, JOB_PLURAL, config.namespace)
         self._drained = asyncio.Event()
         self._view: dict[str, Obj] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._done: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
 
@@ -144,7 +146,7 @@ class Agent:
     # -- jobs ---------------------------------------------------------------------------------
     async def _watch_loop(self) -> None:
         selector = f"status.worker={self.config.pod_name}"
-        async for event_type, obj in informer(self.client, self._jobs_path, fieldSelector=selector):
+        async for event_type, obj in informer(self.client, self._jobs_path, {"fieldSelector": selector}):
             self._alive = time.monotonic()
             if event_type == "SYNC":
                 items = obj["items"]
@@ -214,7 +216,7 @@ class Agent:
         self.metrics.free_slots.set(self.free_slots)
         task = asyncio.create_task(attempt.run(), name=f"attempt-{name}-{number}")
         self._tasks[name] = task
-        task.add_done_callback(lambda t, n=name, a=attempt: self._finished(n, a, t))
+        task.add_done_callback(functools.partial(self._finished, name, attempt))
         log.info("started %s attempt %d", name, number)
 
     def _finished(self, name: str, attempt: Attempt, task: asyncio.Task[str]) -> None:
@@ -239,12 +241,16 @@ class Agent:
         async def handback() -> None:
             fence = FencedStatus(self.client, obj, self.config.pod_name, number)
             now = time.time()
-            result = {"attempt": number, "worker": self.config.pod_name, "outcome": "HandedBack",
-                      "reason": "HandedBack", "message": why, "retryable": True, "finishTime": now_iso(now)}  # fmt: skip
+            result = {
+                "attempt": number, "worker": self.config.pod_name, "outcome": "HandedBack", "reason": "HandedBack",
+                "message": why, "retryable": True, "finishTime": now_iso(now),
+            }  # fmt: skip
             with contextlib.suppress(Superseded):
                 await fence.patch({"result": result, "message": f"attempt {number} handed back: {why}"})
 
-        asyncio.ensure_future(handback())
+        task = asyncio.ensure_future(handback())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _gone(self, name: str) -> None:
         """The job left our watch: deleted (cancel) or reassigned (superseded)."""

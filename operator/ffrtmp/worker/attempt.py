@@ -24,7 +24,7 @@ from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
-from ffrtmp.ffmpeg.inputs import InputNotAllowed, check_input, check_playlist, is_playlist
+from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
 from ffrtmp.ffmpeg.probe import probe, probe_input
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
@@ -49,7 +49,17 @@ class FfmpegRun:
 
 def parse_quantity(value: str) -> float:
     """Kubernetes quantity to a number: `1500m` -> 1.5, `2Gi` -> 2147483648."""
-    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    suffixes = {
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
     for suffix in sorted(suffixes, key=len, reverse=True):
         if value.endswith(suffix):
             return float(value[: -len(suffix)]) * suffixes[suffix]
@@ -130,6 +140,8 @@ class Attempt:
             except _Failed as f:
                 plan, failure, restarts = None, f.failure, 0
             if failure is None and plan is not None:
+                failure = self._missing_outputs(plan)
+            if failure is None and plan is not None:
                 await self._succeed(plan, restarts)
                 self.metrics.completed.labels(self.config.pool).inc()
                 return "Succeeded"
@@ -137,8 +149,11 @@ class Attempt:
             if self.stop_reason in ("cancelled", "superseded"):
                 return "Cancelled" if self.stop_reason == "cancelled" else "Superseded"
             if self.stop_reason == "drain":
-                await self._report("HandedBack", "Drained", "the worker was stopped before the attempt finished", True, "")
+                await self._report(
+                    "HandedBack", "Drained", "the worker was stopped before the attempt finished", True, ""
+                )
                 return "HandedBack"
+            assert failure is not None
             await self._report("Failed", failure.reason, failure.message, failure.retryable, self._stderr_tail)
             self.metrics.failed.labels(self.config.pool, failure.reason).inc()
             return "Failed"
@@ -177,7 +192,9 @@ class Attempt:
     async def _prepare(self) -> EncodePlan:
         try:
             url = check_input(
-                self.spec.input.uri, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots
+                self.spec.input.uri,
+                allowed_protocols=self.config.allowed_protocols,
+                media_roots=self.config.media_roots,
             )
             if is_playlist(self.spec.input.uri):
                 await check_playlist(
@@ -185,6 +202,8 @@ class Attempt:
                 )
         except InputNotAllowed as e:
             raise _Failed(Failure("InputNotAllowed", str(e), False)) from e
+        except InputUnavailable as e:
+            raise _Failed(Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
         self._whitelist = protocol_whitelist(url, self.config.allowed_protocols)
         info = None
@@ -210,6 +229,13 @@ class Attempt:
             (self.attempt_dir / folder).mkdir(parents=True, exist_ok=True)
         return plan
 
+    def _missing_outputs(self, plan: EncodePlan) -> Failure | None:
+        """ffmpeg can exit 0 although a muxer could not write (HLS segments): check the files."""
+        for out in plan.outputs:
+            if out.kind in ("file", "hls-master", "hls-variant") and not (self.attempt_dir / out.path).exists():
+                return Failure("OutputError", f"ffmpeg finished but did not write {out.path}", True)
+        return None
+
     def _threads(self) -> int | None:
         limits = self.spec.resources.limits if self.spec.resources else None
         if limits and limits.cpu:
@@ -233,7 +259,10 @@ class Attempt:
                 run = await self._run_ffmpeg(argv, plan.env, duration, plan.live, index, len(plan.passes))
                 if run.returncode != 0 or run.killed_by:
                     self._stderr_tail = run.stderr_tail
-                    failure = classify_failure(run.returncode, run.stderr_tail, killed_by=run.killed_by)
+                    failure = classify_failure(
+                        run.returncode, run.stderr_tail, killed_by=run.killed_by,
+                        input_url=self._input_url, memory_limited=self._memory_limit() is not None,
+                    )  # fmt: skip
                     break
             if not plan.live or self.stop_reason is not None:
                 return failure, restarts
@@ -243,17 +272,28 @@ class Attempt:
                     message = f"the live input ended and {restarts} restart(s) did not bring it back: {failure.message}"
                     return Failure("StreamEnded", message, False), restarts
                 return None, restarts
-            delay = min((policy.backoff_seconds if policy else 2) * 2**restarts, policy.max_backoff_seconds if policy else 60)
+            delay = min(
+                (policy.backoff_seconds if policy else 2) * 2**restarts,
+                policy.max_backoff_seconds if policy else 60,
+            )
             restarts += 1
             log.info("%s live input lost; restart %d in %ss", self.key, restarts, delay)
-            await self.client_status.patch({"restarts": restarts, "message": f"live input lost; restart {restarts} in {delay}s"})
+            await self.client_status.patch(
+                {"restarts": restarts, "message": f"live input lost; restart {restarts} in {delay}s"}
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), delay)
             if self.stop_reason is not None:
                 return Failure("FfmpegError", "stopped", False), restarts
 
     async def _run_ffmpeg(
-        self, argv: list[str], env: dict[str, str], duration: float | None, live: bool, index: int, passes: int
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        duration: float | None,
+        live: bool,
+        index: int,
+        passes: int,
     ) -> FfmpegRun:
         memory = self._memory_limit()
 
@@ -333,7 +373,9 @@ class Attempt:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
 
-    async def _progress(self, snap: ProgressSnapshot, duration: float | None, live: bool, index: int, passes: int) -> None:
+    async def _progress(
+        self, snap: ProgressSnapshot, duration: float | None, live: bool, index: int, passes: int
+    ) -> None:
         if snap.fps is not None:
             self.metrics.encode_fps.set(snap.fps)
         pct = None if live else percent(snap, duration)
@@ -384,7 +426,12 @@ class Attempt:
                 "restarts": restarts or None,
                 "message": message,
                 "reason": None,
-                "result": {"attempt": self.number, "worker": self.config.pod_name, "outcome": "Succeeded", "finishTime": now_iso(now)},
+                "result": {
+                    "attempt": self.number,
+                    "worker": self.config.pod_name,
+                    "outcome": "Succeeded",
+                    "finishTime": now_iso(now),
+                },
                 "conditions": set_conditions(
                     self.client_status.conditions,
                     [("Running", "False", "Completed", message), ("Complete", "True", "Completed", message)],
@@ -402,11 +449,25 @@ class Attempt:
             if out.kind == "thumbnails":
                 folder = path if path.is_dir() else path.parent
                 images = sorted(p for p in folder.glob("thumb_*") if p.is_file())
-                outputs.append({"name": out.name, "path": str(folder), "bytes": sum(p.stat().st_size for p in images), "count": len(images)})
+                outputs.append(
+                    {
+                        "name": out.name,
+                        "path": str(folder),
+                        "bytes": sum(p.stat().st_size for p in images),
+                        "count": len(images),
+                    }
+                )
                 continue
             if out.kind == "sprite":
                 sheets = sorted(p for p in path.parent.glob("sprite_*") if p.is_file())
-                outputs.append({"name": out.name, "path": str(path.parent), "bytes": sum(p.stat().st_size for p in sheets), "count": len(sheets)})
+                outputs.append(
+                    {
+                        "name": out.name,
+                        "path": str(path.parent),
+                        "bytes": sum(p.stat().st_size for p in sheets),
+                        "count": len(sheets),
+                    }
+                )
                 continue
             if not path.exists():
                 continue

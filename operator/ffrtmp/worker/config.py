@@ -47,7 +47,8 @@ class WorkerConfig:
             allowed_protocols=tuple(get("FFRTMP_ALLOWED_PROTOCOLS", "file,http,https,rtmp,rtmps").split(",")),
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),
-            renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0")) or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),
+            renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0"))
+            or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),
             progress_interval=float(get("FFRTMP_PROGRESS_INTERVAL", "5")),
             stall_seconds=float(get("FFRTMP_STALL_SECONDS", "120")),
             kill_grace_seconds=float(get("FFRTMP_KILL_GRACE_SECONDS", "10")),

@@ -59,7 +59,10 @@ class FencedStatus:
     async def patch(self, status: Obj, *, attempts: int = 5) -> Obj:
         self.check()
         for _ in range(attempts):
-            body = {"metadata": {"resourceVersion": self.obj["metadata"]["resourceVersion"]}, "status": status}
+            body = {
+                "metadata": {"resourceVersion": self.obj["metadata"]["resourceVersion"]},
+                "status": status,
+            }
             try:
                 self.obj = await self.client.merge_patch(self.path + "/status", body)
                 self.writes += 1

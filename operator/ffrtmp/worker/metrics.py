@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
@@ -13,9 +20,13 @@ DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 144
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.failed = Counter("ffrtmp_worker_jobs_failed_total", "Failed attempts by reason.", ["pool", "reason"], registry=r)
+        self.failed = Counter(
+            "ffrtmp_worker_jobs_failed_total", "Failed attempts by reason.", ["pool", "reason"], registry=r
+        )
         self.completed = Counter("ffrtmp_worker_jobs_completed_total", "Succeeded attempts.", ["pool"], registry=r)
-        self.input_bytes = Counter("ffrtmp_job_input_bytes_total", "Input bytes of succeeded attempts.", ["pool"], registry=r)
+        self.input_bytes = Counter(
+            "ffrtmp_job_input_bytes_total", "Input bytes of succeeded attempts.", ["pool"], registry=r
+        )
         self.active = Gauge("ffrtmp_worker_active_jobs", "Attempts running now.", registry=r)
         self.free_slots = Gauge("ffrtmp_worker_free_slots", "Slots free for new attempts.", registry=r)
         self.encode_fps = Gauge("ffrtmp_worker_encode_fps", "fps of the latest progress report.", registry=r)
@@ -25,7 +36,9 @@ class WorkerMetrics:
         self.encoder_ok = Gauge("ffrtmp_worker_encoder_ok", "1 when the encoder self-test passed.", registry=r)
 
 
-async def serve(metrics: WorkerMetrics, port: int, healthy: Callable[[], bool], ready: Callable[[], bool]) -> web.AppRunner:
+async def serve(
+    metrics: WorkerMetrics, port: int, healthy: Callable[[], bool], ready: Callable[[], bool]
+) -> web.AppRunner:
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

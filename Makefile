@@ -1,0 +1,60 @@
+# ffmpeg-rtmp: one command to set up and test (`make test`), one for the demo (`make demo`).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
+PYTEST_ARGS ?=
+
+.PHONY: setup system-packages venv tools crds lint typecheck test test-fast demo bench clean
+
+setup: system-packages venv tools
+
+# Debian packages: real ffmpeg/ffprobe, promtool (prometheus) and nginx with the RTMP module.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $$SUDO systemctl disable --now nginx prometheus >/dev/null 2>&1 || true; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Go-built binaries (kube-apiserver, etcd, kwok, helm, ...) in a cache outside the repo.
+tools:
+	bash hack/tools.sh >/dev/null
+
+crds: venv
+	$(VENV)/bin/ffrtmp crds
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(VENV)/bin/pytest -m 'unit or ffmpeg' $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m ffrtmp.cli demo
+
+bench: setup
+	$(VENV)/bin/pytest -m bench -p no:randomly -s tests/bench $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache
