@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages venv tools crds lint typecheck test test-fast demo bench clean
+.PHONY: setup system-packages venv tools crds lint typecheck test test-fast demo demo-down bench clean
 
 setup: system-packages venv tools
 
@@ -51,7 +51,10 @@ test-fast: venv
 	$(VENV)/bin/pytest -m 'unit or ffmpeg' $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m ffrtmp.cli demo
+	$(PY) -m ffrtmp.cli demo --dir .demo
+
+demo-down: venv
+	$(PY) -m ffrtmp.cli dev cluster down --dir .demo/cluster
 
 bench: setup
 	$(VENV)/bin/pytest -m bench -p no:randomly -s tests/bench $(PYTEST_ARGS)

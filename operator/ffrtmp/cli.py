@@ -17,6 +17,12 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ffrtmp.dev.demo import Demo
+
+    return Demo(args.dir, stop_at_end=args.stop).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffrtmp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="local control plane and stand-in workers for tests and the demo")
     dev_main.add_arguments(dev)
+
+    demo = sub.add_parser("demo", help="run the whole system locally: cluster, chart, operator, workers, two jobs")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where the cluster, media and outputs go")
+    demo.add_argument("--stop", action="store_true", help="stop the control plane at the end")
+    demo.set_defaults(func=_demo)
     return parser
 
 

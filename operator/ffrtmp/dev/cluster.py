@@ -299,6 +299,12 @@ class LocalCluster:
         out = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
         return out.returncode == 0
 
+    def register(self, name: str, pid: int) -> None:
+        """Track a process started beside the control plane (the demo's operator), so `down` stops it."""
+        self.load()
+        self.state.pids[name] = pid
+        self._save()
+
     def down(self) -> None:
         """Stop every process `up` started (SIGTERM, then SIGKILL), in reverse order."""
         state = self.load()

@@ -471,7 +471,9 @@ class Attempt:
                 continue
             if not path.exists():
                 continue
-            result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(path)}
+            # A variant's bytes are its playlist and segments; the master's, the whole ladder.
+            counted = path.parent if out.kind in ("hls-variant", "hls-master") else path
+            result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(counted)}
             info = await probe(str(path))
             if info is not None:
                 result.update({k: v for k, v in {
