@@ -53,11 +53,23 @@ FORBIDDEN_EXTRA_OPTIONS = (
 )  # fmt: skip
 # Filters that open files by name.
 FORBIDDEN_FILTER_WORDS = ("movie", "amovie", "sendcmd", "asendcmd", "zmq", "azmq", "subtitles", "ass")
+# The regexes the CEL rules use (RE2 and Python's re read them alike). An option is refused with a
+# stream specifier too (`-filter_script:v`); a filter name is found where ffmpeg's graph parser finds
+# one: after a separator, a link label or a quote, with blanks around it and an optional `@instance`.
+FORBIDDEN_OPTION_PATTERN = "^(" + "|".join(FORBIDDEN_EXTRA_OPTIONS) + ")(:.*)?$"
+FORBIDDEN_FILTER_PATTERN = (
+    r"(^|[,:\[\]='\"])\s*(" + "|".join(FORBIDDEN_FILTER_WORDS) + r")(@[A-Za-z0-9_]*)?\s*([=,\['\"]|$)"
+)
 SHELL_CHARACTERS = ";&|$`<>\\\n\r"
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _cel_string(text: str) -> str:
+    """`text` as a single-quoted CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class LiveRestartPolicy(ApiModel):
@@ -337,12 +349,12 @@ _EXTRA_ARGS_RULES = rules(
         "extraArgs must not name files or URLs (no '/'): outputs go in spec.outputs",
     ),
     (
-        f"self.all(a, !(a in {_cel_list(FORBIDDEN_EXTRA_OPTIONS)}))",
+        f"self.all(a, !a.matches({_cel_string(FORBIDDEN_OPTION_PATTERN)}))",
         "extraArgs must not set inputs, outputs, formats, log files or devices "
         "(-i, -y, -f, -progress, -report, -passlogfile, -init_hw_device, ...): the operator sets those",
     ),
     (
-        r"self.all(a, !a.matches('(^|[,:\\[\\]=])(" + "|".join(FORBIDDEN_FILTER_WORDS) + ")(=|$|,)'))",
+        f"self.all(a, !a.matches({_cel_string(FORBIDDEN_FILTER_PATTERN)}))",
         "extraArgs must not use filters that open files (movie, amovie, sendcmd, zmq, subtitles, ass)",
     ),
 )
@@ -485,7 +497,10 @@ class TranscodeJobStatus(ApiModel):
     completion_time: Timestamp | None = Field(default=None, description="When the job finished.")
     queue_seconds: float | None = Field(default=None, description="Submit to first start.")
     outputs: list[OutputResult] | None = Field(
-        default=None, max_length=64, json_schema_extra={"x-kubernetes-list-type": "atomic"}
+        default=None,
+        max_length=64,
+        description="Files the succeeded attempt wrote, as ffprobe reports them (streams are not listed).",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
     result: AttemptResult | None = None
     restarts: int | None = Field(default=None, ge=0, description="Live restarts after stream loss.")

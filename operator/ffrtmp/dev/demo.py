@@ -144,7 +144,9 @@ class Demo:
 
         _step("submitting a WorkerPool, an MP4 job and an HLS ladder")
         docs = manifests(self.media, self.output)
-        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        self.kubectl(
+            "apply", "-n", NAMESPACE, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+        )
         ok = self._watch(timeout=600)
         _say("")
         _say(self.kubectl("get", "tj,wp", "-n", NAMESPACE).rstrip())
@@ -155,7 +157,9 @@ class Demo:
 
     def _spawn(self, name: str, logs: Path, argv: list[str]) -> None:
         with open(logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.cluster.register(name, proc.pid)
 
     def _watch(self, timeout: float) -> bool:
@@ -195,7 +199,9 @@ class Demo:
                 valid = path.exists() and (path.is_dir() or out.get("codec") is not None)
                 ok &= valid
                 size = f"{out.get('width')}x{out.get('height')}" if out.get("width") else ""
-                _say(f"  {'ok ' if valid else 'BAD'} {name}/{out['name']:<10} {out.get('codec') or '':<6} {size:<9} {out['bytes']:>9} bytes  {path}")
+                _say(
+                    f"  {'ok ' if valid else 'BAD'} {name}/{out['name']:<10} {out.get('codec') or '':<6} {size:<9} {out['bytes']:>9} bytes  {path}"
+                )
         return ok
 
     def _finish(self, ok: bool, seconds: float) -> None:
@@ -209,5 +215,9 @@ class Demo:
         _say(f"  export KUBECONFIG={self.cluster.kubeconfig}")
         _say(f"  kubectl get tj,wp -n {NAMESPACE}        # kubectl from {self.cluster.bin_dir} is the matching version")
         _say(f"  kubectl describe tj sample-hls -n {NAMESPACE}")
-        _say(f"  kubectl apply -n {NAMESPACE} -f examples/mp4-h264-1080p.yaml   # edit input.uri to a file in {self.media}")
-        _say(f"Stop everything with: make demo-down   (or: {sys.executable} -m ffrtmp.cli dev cluster down --dir {self.cluster.root})")
+        _say(
+            f"  kubectl apply -n {NAMESPACE} -f examples/mp4-h264-1080p.yaml   # edit input.uri to a file in {self.media}"
+        )
+        _say(
+            f"Stop everything with: make demo-down   (or: {sys.executable} -m ffrtmp.cli dev cluster down --dir {self.cluster.root})"
+        )

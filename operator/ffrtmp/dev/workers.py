@@ -18,7 +18,7 @@ from typing import Any
 
 from ffrtmp.api.constants import LABEL_COMPONENT, WORKER_COMPONENT
 from ffrtmp.dev.cluster import free_port
-from ffrtmp.kube.client import KubeClient, informer, resource_path
+from ffrtmp.kube.client import ApiError, KubeClient, informer, resource_path
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -74,6 +74,7 @@ class StandInKubelet:
         self.processes: dict[str, Process] = {}
         self.pods: dict[str, Obj] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self._starting: set[str] = set()
 
     def _save(self) -> None:
         state = {name: {"pid": p.proc.pid, "restarts": p.restarts, "env": p.env} for name, p in self.processes.items()}
@@ -104,7 +105,8 @@ class StandInKubelet:
             self._pod_gone(name, pod)
             return
         self.pods[name] = pod
-        if name not in self.processes and (pod.get("spec") or {}).get("nodeName"):
+        if name not in self.processes and name not in self._starting and (pod.get("spec") or {}).get("nodeName"):
+            self._starting.add(name)  # one container per Pod, however many events arrive meanwhile
             task = asyncio.ensure_future(self._start(pod))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -146,6 +148,7 @@ class StandInKubelet:
             stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
         log_file.close()
+        self._starting.discard(name)
         process = Process(
             name, proc, {k: v for k, v in env.items() if k.startswith(("FFRTMP_", "POD_", "NODE_"))}, restarts
         )
@@ -157,7 +160,13 @@ class StandInKubelet:
         if self.processes.get(name) is process:
             del self.processes[name]
             self._save()
-        if not process.stopping and name in self.pods:
+        if process.stopping:
+            # The container stopped: finish the Pod's deletion, as the kubelet does.
+            path = resource_path("", "v1", "pods", self.namespace, name)
+            with contextlib.suppress(ApiError):
+                await self.client.delete(path, {"gracePeriodSeconds": 0})
+            return
+        if name in self.pods:
             await asyncio.sleep(self.restart_delay)  # like the kubelet's crash-loop back-off
             if name in self.pods and name not in self.processes:
                 await self._start(self.pods[name], restarts + 1)
