@@ -8,8 +8,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from conftest import Farm
 
+from conftest import Farm
 from helpers import ffprobe, make_clip, wait_for
 
 pytestmark = pytest.mark.integration
@@ -180,9 +180,8 @@ def _metrics(port: int) -> str:
 
 def _value(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name}{labels} not in metrics")
 
 
@@ -199,7 +198,7 @@ def test_worker_and_operator_metrics(farm: Farm) -> None:
         farm.job(f"ok-{i}", str(clip), slaSeconds=300)
     farm.job("broken", str(farm.media / "missing.mp4"))
     farm.wait_all(timeout=120)
-    [(pod, info)] = farm.workers_state().items()
+    [info] = farm.workers_state().values()
     worker = _metrics(int(info["env"]["FFRTMP_METRICS_PORT"]))
     assert _value(worker, "ffrtmp_worker_jobs_completed_total", pool="cpu") == 3
     assert _value(worker, "ffrtmp_worker_jobs_failed_total", pool="cpu", reason="InputNotFound") == 1

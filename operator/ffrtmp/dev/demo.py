@@ -71,9 +71,9 @@ def manifests(media: Path, output: Path) -> list[dict[str, Any]]:
             "spec": {
                 "input": {"uri": clip},
                 "outputs": [
-                    {"name": "720p", "container": "hls", "video": {"codec": "h264", "bitrate": "2500k", "height": 720, "preset": "veryfast"}},
-                    {"name": "480p", "container": "hls", "video": {"codec": "h264", "bitrate": "1200k", "height": 480, "preset": "veryfast"}},
-                    {"name": "360p", "container": "hls", "video": {"codec": "h264", "bitrate": "700k", "height": 360, "preset": "veryfast"}},
+                    {"name": f"{height}p", "container": "hls",
+                     "video": {"codec": "h264", "bitrate": bitrate, "height": height, "preset": "veryfast"}}
+                    for height, bitrate in ((720, "2500k"), (480, "1200k"), (360, "700k"))
                 ],
                 "hls": {"segmentSeconds": 4, "playlistType": "vod"},
                 "thumbnails": {"intervalSeconds": 4, "width": 320},
@@ -199,9 +199,8 @@ class Demo:
                 valid = path.exists() and (path.is_dir() or out.get("codec") is not None)
                 ok &= valid
                 size = f"{out.get('width')}x{out.get('height')}" if out.get("width") else ""
-                _say(
-                    f"  {'ok ' if valid else 'BAD'} {name}/{out['name']:<10} {out.get('codec') or '':<6} {size:<9} {out['bytes']:>9} bytes  {path}"
-                )
+                codec, mark = out.get("codec") or "", "ok " if valid else "BAD"
+                _say(f"  {mark} {name}/{out['name']:<10} {codec:<6} {size:<9} {out['bytes']:>9} bytes  {path}")
         return ok
 
     def _finish(self, ok: bool, seconds: float) -> None:
@@ -215,9 +214,6 @@ class Demo:
         _say(f"  export KUBECONFIG={self.cluster.kubeconfig}")
         _say(f"  kubectl get tj,wp -n {NAMESPACE}        # kubectl from {self.cluster.bin_dir} is the matching version")
         _say(f"  kubectl describe tj sample-hls -n {NAMESPACE}")
-        _say(
-            f"  kubectl apply -n {NAMESPACE} -f examples/mp4-h264-1080p.yaml   # edit input.uri to a file in {self.media}"
-        )
-        _say(
-            f"Stop everything with: make demo-down   (or: {sys.executable} -m ffrtmp.cli dev cluster down --dir {self.cluster.root})"
-        )
+        _say(f"  kubectl apply -n {NAMESPACE} -f examples/mp4-h264-1080p.yaml  # input.uri: a file in {self.media}")
+        down = f"{sys.executable} -m ffrtmp.cli dev cluster down --dir {self.cluster.root}"
+        _say(f"Stop everything with: make demo-down   (or: {down})")
