@@ -55,10 +55,11 @@ FORBIDDEN_EXTRA_OPTIONS = (
 FORBIDDEN_FILTER_WORDS = ("movie", "amovie", "sendcmd", "asendcmd", "zmq", "azmq", "subtitles", "ass")
 # The regexes the CEL rules use (RE2 and Python's re read them alike). An option is refused with a
 # stream specifier too (`-filter_script:v`); a filter name is found where ffmpeg's graph parser finds
-# one: after a separator, a link label or a quote, with blanks around it and an optional `@instance`.
+# one: after a separator, a link label or a quote, with blanks (space, tab) around it and an optional
+# `@instance` suffix.
 FORBIDDEN_OPTION_PATTERN = "^(" + "|".join(FORBIDDEN_EXTRA_OPTIONS) + ")(:.*)?$"
 FORBIDDEN_FILTER_PATTERN = (
-    r"(^|[,:\[\]='\"])\s*(" + "|".join(FORBIDDEN_FILTER_WORDS) + r")(@[A-Za-z0-9_]*)?\s*([=,\['\"]|$)"
+    r"(^|[,:\[\]='\"])[ \t]*(" + "|".join(FORBIDDEN_FILTER_WORDS) + r")(@[A-Za-z0-9_]*)?[ \t]*([=,\['\"]|$)"
 )
 SHELL_CHARACTERS = ";&|$`<>\\\n\r"
 

@@ -16,6 +16,7 @@ from ffrtmp.controller.state import PoolObj, WorkerLease, WorkerPod
 
 Obj = dict[str, Any]
 DURATION_WINDOW_SECONDS = 3600.0
+CAP_SECONDS = 300.0
 
 
 @dataclass
@@ -26,6 +27,9 @@ class PoolMemory:
     last_active: float | None = None
     last_desired: int | None = None
     durations: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=500))
+    # Most workers that could be scheduled, learnt from Pods that stayed Pending.
+    cap: int | None = None
+    cap_until: float = 0.0
 
     def record_duration(self, finished: float, seconds: float) -> None:
         self.durations.append((finished, seconds))
@@ -33,6 +37,40 @@ class PoolMemory:
     def average_duration(self, now: float) -> float | None:
         recent = [s for t, s in self.durations if now - t <= DURATION_WINDOW_SECONDS]
         return sum(recent) / len(recent) if recent else None
+
+
+def _cap_unschedulable(
+    desired: int,
+    reason: str,
+    limited: str | None,
+    limited_message: str | None,
+    current: int,
+    stuck: int,
+    min_workers: int,
+    memory: PoolMemory,
+    now: float,
+    pending_timeout: int,
+) -> tuple[int, str, str | None, str | None]:
+    """Workers that stay unschedulable are removed and the pool is capped at what fits, for a
+    while; then it tries one more worker (capacity may have appeared), instead of piling up or
+    flapping between adding and removing Pending Pods."""
+    if stuck:
+        fits = current - stuck
+        memory.cap = fits
+        memory.cap_until = now + max(CAP_SECONDS, 10 * pending_timeout)
+    elif memory.cap is not None and now >= memory.cap_until:
+        memory.cap += 1  # probe: one more worker, then cap again if it does not fit
+        memory.cap_until = now + max(CAP_SECONDS, 10 * pending_timeout)
+    if memory.cap is None or desired <= memory.cap:
+        if memory.cap is not None and desired < memory.cap and not stuck:
+            memory.cap = None  # the queue no longer reaches the cap
+        return desired, reason, limited, limited_message
+    capped = max(memory.cap, min_workers)
+    message = (
+        f"capped at {memory.cap} worker(s): more stayed Pending unschedulable for {pending_timeout}s "
+        "(no node has room or the device they request, e.g. a GPU)"
+    )
+    return capped, f"{reason}; {message}", "Unschedulable", message
 
 
 @dataclass(frozen=True)
@@ -107,6 +145,12 @@ def decide_pool(
         limited, limited_message = decision.limited, decision.limited_message
     else:
         desired, reason = _desired_without_autoscaling(pool)
+
+    if spec.autoscaling.enabled:
+        desired, reason, limited, limited_message = _cap_unschedulable(
+            desired, reason, limited, limited_message, len(live), len(stuck), spec.min_workers, memory, now,
+            pending_timeout,
+        )  # fmt: skip
 
     create = max(desired - len(live), 0)
     delete = [p.name for p in failed]
