@@ -17,8 +17,6 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from helpers import REPO, TestCluster, wait_for
-
 from ffrtmp.api.job import (
     BITRATE_PATTERN,
     FORBIDDEN_FILTER_PATTERN,
@@ -30,6 +28,7 @@ from ffrtmp.api.job import (
     X264_PRESETS,
     TranscodeJobSpec,
 )
+from helpers import REPO, TestCluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +275,8 @@ INVALID = [
     Bad("bitrate-and-crf", tj(out(video={"bitrate": "4M", "crf": 23})), "spec.outputs[0].video",
         "bitrate and crf are mutually exclusive: set one"),
     Bad("copy-with-height", tj(out(video={"codec": "copy", "height": 720})), "spec.outputs[0].video",
-        "codec copy re-uses the input stream: width, height, fps, gop, preset, bitrate, maxrate and crf must not be set"),
+        "codec copy re-uses the input stream: width, height, fps, gop, preset, bitrate, maxrate and crf "
+        "must not be set"),
     Bad("maxrate-alone", tj(out(video={"maxrate": "8M"})), "spec.outputs[0].video", "maxrate needs bitrate or crf"),
     Bad("bufsize-alone", tj(out(video={"crf": 20, "bufsize": "8M"})), "spec.outputs[0].video", "bufsize needs maxrate"),
     Bad("two-pass-crf", tj(out(video={"crf": 20, "twoPass": True})), "spec.outputs[0].video",

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Farm
 
+from conftest import Farm
 from helpers import make_clip, wait_for
 
 pytestmark = pytest.mark.integration
