@@ -22,7 +22,7 @@ from typing import Any
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, protocol_whitelist
+from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
 from ffrtmp.ffmpeg.probe import probe, probe_input
@@ -98,6 +98,9 @@ class Attempt:
 
     @property
     def attempt_dir(self) -> Path:
+        if is_live(self.spec):
+            # A live job's rolling playlist must be where players find it while it runs.
+            return self.job_dir
         return self.job_dir / f".attempt-{self.number}-{self.config.pod_name}"
 
     @property
@@ -401,12 +404,13 @@ class Attempt:
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
         # Publish: move this attempt's files into the job folder, replacing older ones.
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        for entry in self.attempt_dir.iterdir():
-            target = self.job_dir / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        self.attempt_dir.rmdir()
+        if self.attempt_dir != self.job_dir:
+            for entry in self.attempt_dir.iterdir():
+                target = self.job_dir / entry.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            self.attempt_dir.rmdir()
         for stale in self.job_dir.glob(".attempt-*"):
             # Partial files of earlier attempts whose worker died before it could clean up.
             shutil.rmtree(stale, ignore_errors=True)

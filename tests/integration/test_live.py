@@ -1,0 +1,151 @@
+"""RTMP live: a real nginx-rtmp server, a pushed test stream, a live TranscodeJob that restreams
+it and keeps a rolling HLS playlist, the restart policy on stream loss, and stop by delete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Farm
+from ffrtmp.dev.cluster import free_port
+from helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+
+
+@pytest.fixture
+def rtmp_server(tmp_path: Path) -> Iterator[int]:
+    if shutil.which("nginx") is None or not NGINX_MODULE.exists():
+        pytest.fail("nginx with the RTMP module is missing: run `make setup` (Debian's libnginx-mod-rtmp)")
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+load_module {NGINX_MODULE};
+daemon off;
+master_process off;
+error_log {prefix}/logs/error.log info;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 256; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{port};
+    chunk_size 4096;
+    application live {{ live on; record off; }}
+    application restream {{ live on; record off; }}
+  }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_for(lambda: _port_open(port), 10, "nginx-rtmp listening")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def push_source(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+            "-f", "lavfi", "-i", "sine=frequency=440",
+            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "64k", "-f", "flv", f"rtmp://127.0.0.1:{port}/live/source",
+        ],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def probe_stream(url: str) -> dict[str, Any] | None:
+    proc = subprocess.run(
+        ["ffprobe", "-v", "error", "-rw_timeout", "5000000", "-print_format", "json", "-show_streams", url],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data if data.get("streams") else None
+
+
+def status(job: dict[str, Any]) -> dict[str, Any]:
+    return job.get("status") or {}
+
+
+def test_live_restream_rolling_hls_restart_and_stop(farm: Farm, rtmp_server: int) -> None:
+    port = rtmp_server
+    source = push_source(port)
+    try:
+        wait_for(lambda: probe_stream(f"rtmp://127.0.0.1:{port}/live/source"), 30, "the source stream")
+        farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
+        farm.start_operator()
+        farm.start_workers(env={"FFRTMP_STALL_SECONDS": "20"})
+        restream = f"rtmp://127.0.0.1:{port}/restream/out"
+        farm.job(
+            "live",
+            f"rtmp://127.0.0.1:{port}/live/source",
+            [
+                {"name": "restream", "container": "flv", "url": restream,
+                 "video": {"codec": "h264", "bitrate": "400k", "height": 180, "gop": 50, "preset": "veryfast"},
+                 "audio": {"codec": "aac", "bitrate": "64k"}},
+                {"name": "web", "container": "hls",
+                 "video": {"codec": "h264", "bitrate": "300k", "height": 120, "gop": 50, "preset": "veryfast"},
+                 "audio": {"codec": "aac", "bitrate": "64k"}},
+            ],
+            hls={"segmentSeconds": 2, "playlistType": "live", "listSize": 3},
+            input={"uri": f"rtmp://127.0.0.1:{port}/live/source", "live": True,
+                   "restartPolicy": {"maxRestarts": 5, "backoffSeconds": 1, "maxBackoffSeconds": 2}},
+        )  # fmt: skip
+        farm.wait_phase("live", "Running", timeout=60)
+        probed = wait_for(lambda: probe_stream(restream), 60, "the restreamed stream")
+        video = next(s for s in probed["streams"] if s["codec_type"] == "video")
+        assert video["codec_name"] == "h264" and video["height"] == 180
+        assert any(s["codec_type"] == "audio" and s["codec_name"] == "aac" for s in probed["streams"])
+
+        playlist = farm.output / farm.namespace / "live" / "hls" / "web" / "index.m3u8"
+        wait_for(lambda: playlist.exists() and "#EXTINF" in playlist.read_text(), 30, "the rolling HLS playlist")
+        assert "#EXT-X-ENDLIST" not in playlist.read_text()
+
+        def stream_time() -> float:
+            return float((status(farm.get_job("live")).get("progress") or {}).get("outTimeSeconds") or 0)
+
+        t0 = stream_time()
+        wait_for(lambda: stream_time() > t0 + 2, 30, "stream time advancing")
+        assert (status(farm.get_job("live")).get("progress") or {}).get("percent") is None
+
+        # Stream loss: the job restarts ffmpeg with backoff instead of failing.
+        source.send_signal(signal.SIGTERM)
+        source.wait(10)
+        wait_for(lambda: (status(farm.get_job("live")).get("restarts") or 0) >= 1, 60, "a restart after stream loss")
+        assert status(farm.get_job("live"))["phase"] == "Running"
+        source = push_source(port)
+        wait_for(lambda: probe_stream(restream), 60, "the restream back after the source returned")
+        restarts = status(farm.get_job("live"))["restarts"]
+        assert 1 <= restarts <= 5
+
+        # Deleting the job stops it: the restream goes away.
+        farm.cluster.kubectl("delete", "tj", "live", "-n", farm.namespace)
+        time.sleep(3)
+        wait_for(lambda: probe_stream(restream) is None, 30, "the restream to stop after delete")
+    finally:
+        source.kill()
+        source.wait(10)
