@@ -3,11 +3,11 @@
 - `helm lint --strict` with the default values and with tests/chart/values-all.yaml;
 - `helm template | kubeconform -strict` against offline schemas: the core Kubernetes kinds from the
   kubernetes-validate package (the "local-strict" schemas of the pinned Kubernetes minor), our CRDs
-  (and kopf's peering CRD) converted to strict JSON schemas here, and minimal strict schemas of the
+  converted to strict JSON schemas here, and minimal strict schemas of the
   Prometheus Operator's ServiceMonitor and PrometheusRule in tests/chart/schemas/;
 - `promtool check rules` / `promtool test rules` of files/alerts.yaml, and the PrometheusRule the
   chart makes from that file;
-- values.yaml <-> values.schema.json, RBAC, Pod Security, peering, runbook anchors, the dashboard.
+- values.yaml <-> values.schema.json, RBAC, Pod Security, leader election, runbook anchors, the dashboard.
 
 Tools: helm and kubeconform from `hack/tools.sh` (its bin folder, printed by `--print`), promtool
 from Debian's `prometheus` package on PATH. A missing tool fails the test; it is never skipped.
@@ -142,7 +142,7 @@ CONFIGS = {
     "default": (),
     "all": ALL,
     "namespaced": NAMESPACED,
-    "peering-cluster-wide": ("--set", "operator.replicaCount=3"),
+    "leader-election-cluster-wide": ("--set", "operator.replicaCount=3"),
     "operator-disabled": ("--set", "operator.enabled=false", "--set", "prometheusRule.enabled=true"),
 }
 
@@ -157,22 +157,24 @@ def test_chart_metadata() -> None:
     assert chart["name"] == "ffmpeg-rtmp"
     assert chart["version"] == "0.1.0"
     assert chart["appVersion"] == "0.1.0"
-    assert chart["kubeVersion"] == ">=1.30.0-0"
+    # CRD selectableFields (TranscodeJob status.phase, status.worker) are GA since Kubernetes 1.31.
+    assert chart["kubeVersion"] == ">=1.31.0-0"
     for f in (
         "values.yaml",
         "values.schema.json",
         "templates/NOTES.txt",
         "templates/_helpers.tpl",
-        "templates/peering.yaml",
         "templates/tests/test-operator-health.yaml",
         "files/alerts.yaml",
         "dashboards/ffmpeg-rtmp.json",
     ):
         assert (CHART / f).is_file(), f
+    # kopf peering is gone: the operator runs kopf standalone and elects a leader on a Lease.
+    assert not (CHART / "templates" / "peering.yaml").exists()
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
-    """crds/ of the chart holds exactly the generated CRDs; kopf's peering CRD is not there."""
+    """crds/ of the chart holds exactly the generated CRDs."""
     chart_crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert chart_crds == ["ffmpeg-rtmp.io_transcodejobs.yaml", "ffmpeg-rtmp.io_workerpools.yaml"]
 
@@ -283,6 +285,7 @@ def test_every_value_has_a_schema_and_every_schema_property_a_value() -> None:
     # Optional sub-objects that values.yaml leaves out on purpose (documented in the schema).
     optional = {
         "global",
+        "operator.strategy.type",
         "operator.strategy.rollingUpdate",
         "operator.strategy.rollingUpdate.maxSurge",
         "operator.strategy.rollingUpdate.maxUnavailable",
@@ -448,7 +451,7 @@ def schema_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kubeconform_check(kubeconform: str, schema_dir: Path, manifests: str) -> tuple[int, str]:
     docs = [doc for doc in yaml.safe_load_all(manifests) if doc]
     for doc in docs:
-        if doc["kind"] == "CustomResourceDefinition":  # kopf's peering CRD, rendered by the chart
+        if doc["kind"] == "CustomResourceDefinition":  # a CRD rendered among the manifests
             for name, schema in _crd_schemas(doc).items():
                 if not (schema_dir / name).exists():
                     (schema_dir / name).write_text(json.dumps(schema))
@@ -567,7 +570,8 @@ def test_deployment_all_options(helm: str) -> None:
         "--namespace=media-gpu",
         "--metrics-port=9090",
         "--health-port=8080",
-        "--peering=ffmpeg-rtmp-peering",
+        "--leader-elect",
+        "--leader-election-namespace=ffmpeg-rtmp",
         "--log-format=text",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
@@ -576,6 +580,11 @@ def test_deployment_all_options(helm: str) -> None:
     env = {e["name"]: e for e in c["env"]}
     assert env["FFRTMP_SCHEDULER_INTERVAL"]["value"] == "2"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     assert pod["imagePullSecrets"] == [{"name": "ghcr"}]
     assert pod["priorityClassName"] == "media-control-plane"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -587,12 +596,81 @@ def test_deployment_all_options(helm: str) -> None:
     assert dep["metadata"]["annotations"]["owner"] == "media-platform"
 
 
-def test_peering_flag_only_with_several_replicas(helm: str) -> None:
-    assert not any(a.startswith("--peering") for a in _args(render(helm)))
-    assert "--peering=ffmpeg-rtmp" in _args(render(helm, "--set", "operator.replicaCount=2"))
-    assert "--peering=custom" in _args(
-        render(helm, "--set", "operator.replicaCount=2", "--set", "operator.peering.name=custom")
-    )
+LEADER_ARGS = ["--leader-elect", f"--leader-election-namespace={NAMESPACE}"]
+
+
+def _leader_args(docs: list[dict[str, Any]]) -> list[str]:
+    return [a for a in _args(docs) if a.startswith("--leader-elect")]
+
+
+def test_leader_election_flags(helm: str) -> None:
+    """--leader-elect with more than one replica (or when asked for), never kopf's --peering."""
+    for docs in (render(helm), render(helm, *ALL), render(helm, *NAMESPACED)):
+        assert not any(a.startswith("--peering") for a in _args(docs))
+    assert _leader_args(render(helm)) == []
+    assert _leader_args(render(helm, "--set", "operator.replicaCount=2")) == LEADER_ARGS
+    assert _leader_args(render(helm, "--set", "operator.leaderElection.enabled=true")) == LEADER_ARGS
+    assert _leader_args(render(helm, "--set", "operator.leaderElection.enabled=false")) == []
+    # The Lease namespace follows the release namespace.
+    other = render(helm, "--set", "operator.replicaCount=2", namespace="video")
+    assert "--leader-election-namespace=video" in _args(other)
+    # The downward-API env (identity and default Lease namespace) is always there.
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in _container(render(helm))["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+
+
+def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+@pytest.mark.parametrize(
+    "args,strategy",
+    [
+        ((), {"type": "Recreate"}),
+        (("--set", "operator.replicaCount=2"), ROLLING),
+        (("--set", "operator.leaderElection.enabled=true"), ROLLING),
+        (("--set", "operator.replicaCount=0"), {"type": "Recreate"}),
+        (
+            ("--set", "operator.replicaCount=2", "--set", "operator.strategy.type=Recreate"),
+            {"type": "Recreate"},
+        ),
+        (
+            (
+                "--set",
+                "operator.replicaCount=3",
+                "--set",
+                "operator.strategy.type=RollingUpdate",
+                "--set",
+                "operator.strategy.rollingUpdate.maxSurge=2",
+            ),
+            {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2}},
+        ),
+    ],
+)
+def test_deployment_strategy(helm: str, args: tuple[str, ...], strategy: dict[str, Any]) -> None:
+    """Automatic: RollingUpdate with a surge Pod that waits for the Lease, else Recreate."""
+    assert one(render(helm, *args), "Deployment")["spec"]["strategy"] == strategy
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ("--set", "operator.replicaCount=2", "--set", "operator.leaderElection.enabled=false"),
+            "needs leader election",
+        ),
+        (("--set", "operator.strategy.type=RollingUpdate"), "two operators at once"),
+        (("--set", "operator.strategy.rollingUpdate.maxSurge=1"), "schema"),
+        (("--set", "operator.leaderElection.enabled=yes"), "schema"),
+    ],
+)
+def test_unsafe_operator_settings_are_refused(helm: str, args: tuple[str, ...], needle: str) -> None:
+    proc = run(_template_cmd(helm, args, RELEASE, NAMESPACE, False))
+    assert proc.returncode != 0, f"{args} was accepted"
+    assert needle in proc.stderr, proc.stderr
 
 
 def test_operator_extra_args_env_and_image(helm: str) -> None:
@@ -742,15 +820,26 @@ def test_pods_meet_restricted_pod_security(helm: str, config: str) -> None:
 OPERATOR_NAMESPACED_RULES = {
     ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch", "patch", "delete"},
     ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch", "update"},
-    ("ffmpeg-rtmp.io", "workerpools"): {"get", "list", "watch", "patch"},
+    ("ffmpeg-rtmp.io", "workerpools"): {"get", "list", "watch"},
     ("ffmpeg-rtmp.io", "workerpools/status"): {"get", "patch", "update"},
-    ("ffmpeg-rtmp.io", "workerpools/scale"): {"get"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
     ("coordination.k8s.io", "leases"): {"get", "list", "watch", "delete"},
     ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
 }
+LEADER_LEASE = "ffmpeg-rtmp-operator"
+LEADER_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [LEADER_LEASE],
+        "verbs": ["get", "update", "patch"],
+    },
+]
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+# kopf lists and watches Namespace objects only when it is not cluster-wide (it matches its
+# --namespace names against them); cluster-wide it never reads them.
+NAMESPACE_READ = {("", "namespaces"): {"list", "watch"}}
 WORKER_RULES = {
     ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch"},
     ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch"},
@@ -779,6 +868,9 @@ def _no_wildcards(docs: list[dict[str, Any]]) -> None:
                 rule["resources"]
             )
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+            assert "rbac.authorization.k8s.io" not in rule["apiGroups"], rule
+            forbidden = {"nodes", "serviceaccounts", "kopfpeerings", "clusterkopfpeerings"}
+            assert not forbidden & set(rule["resources"]), rule
 
 
 def test_rbac_cluster_wide(helm: str) -> None:
@@ -786,7 +878,7 @@ def test_rbac_cluster_wide(helm: str) -> None:
     _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
     assert cr["metadata"]["name"] == "ffmpeg-rtmp-operator"
-    assert _rules(cr) == {**OPERATOR_NAMESPACED_RULES, **CRD_READ, ("", "namespaces"): {"list", "watch"}}
+    assert _rules(cr) == {**OPERATOR_NAMESPACED_RULES, **CRD_READ}
     crb = one(docs, "ClusterRoleBinding")
     assert crb["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -803,18 +895,41 @@ def test_rbac_cluster_wide(helm: str) -> None:
     assert rb["roleRef"]["kind"] == "Role" and rb["roleRef"]["name"] == "ffmpeg-rtmp-worker"
 
 
-def test_rbac_cluster_wide_with_peering(helm: str) -> None:
+def _leader_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in of_kind(docs, "Role") if d["metadata"]["name"].endswith("-leader-election")]
+
+
+def test_rbac_cluster_wide_with_leader_election(helm: str) -> None:
     docs = render(helm, "--set", "operator.replicaCount=2")
+    _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
-    assert _rules(cr)[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
-    assert ("kopf.dev", "kopfpeerings") not in _rules(cr)
+    assert _rules(cr) == {**OPERATOR_NAMESPACED_RULES, **CRD_READ}
+    (role,) = _leader_roles(docs)
+    assert role["metadata"]["name"] == "ffmpeg-rtmp-operator-leader-election"
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == LEADER_RULES
+    rb = one(docs, "RoleBinding", "ffmpeg-rtmp-operator-leader-election")
+    assert rb["metadata"]["namespace"] == NAMESPACE
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}]
+
+
+def test_leader_election_rbac_follows_the_setting(helm: str) -> None:
+    assert not _leader_roles(render(helm))
+    assert not _leader_roles(render(helm, "--set", "operator.leaderElection.enabled=false"))
+    assert len(_leader_roles(render(helm, "--set", "operator.leaderElection.enabled=true"))) == 1
+    # An operator run outside the cluster (operator.enabled=false) may elect a leader too.
+    off = render(helm, "--set", "operator.enabled=false", "--set", "operator.leaderElection.enabled=true")
+    assert len(_leader_roles(off)) == 1
+    assert not _leader_roles(render(helm, "--set", "operator.replicaCount=2", "--set", "operator.rbac.create=false"))
 
 
 def test_rbac_namespaced(helm: str) -> None:
     docs = render(helm, *NAMESPACED)
     _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
-    assert _rules(cr) == CRD_READ, "only CRD reads may be cluster-wide in namespaced mode"
+    assert cr["metadata"]["name"] == "ffmpeg-rtmp-operator-scanning"
+    assert _rules(cr) == {**CRD_READ, **NAMESPACE_READ}, "only kopf's scanning may be cluster-wide in namespaced mode"
     crb = one(docs, "ClusterRoleBinding")
     assert crb["roleRef"]["name"] == cr["metadata"]["name"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
@@ -836,17 +951,18 @@ def test_rbac_namespaced(helm: str) -> None:
     }
 
 
-def test_rbac_namespaced_with_peering(helm: str) -> None:
+def test_rbac_namespaced_with_leader_election(helm: str) -> None:
     docs = render(helm, *ALL)
     _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
-    assert _rules(cr) == CRD_READ
-    for role in of_kind(docs, "Role"):
-        if role["metadata"]["name"].endswith("-operator"):
-            assert _rules(role) == {
-                **OPERATOR_NAMESPACED_RULES,
-                ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-            }
+    assert _rules(cr) == {**CRD_READ, **NAMESPACE_READ}
+    operator_roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-operator")]
+    assert sorted(r["metadata"]["namespace"] for r in operator_roles) == ["media", "media-gpu"]
+    for role in operator_roles:
+        assert _rules(role) == OPERATOR_NAMESPACED_RULES
+    # The leader Lease lives in the release namespace, which is not watched here.
+    (leader,) = _leader_roles(docs)
+    assert leader["metadata"]["namespace"] == NAMESPACE and leader["rules"] == LEADER_RULES
     worker_ns = sorted(
         r["metadata"]["namespace"] for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-worker")
     )
@@ -885,44 +1001,15 @@ def test_worker_service_account_follows_workerpool_namespaces(helm: str) -> None
 
 
 # --------------------------------------------------------------------------------------------
-# kopf peering
+# no kopf peering
 
 
-def test_peering_objects(helm: str) -> None:
-    assert not [
-        d for d in render(helm) if d["apiVersion"].startswith("kopf.dev") or d["metadata"]["name"].endswith("kopf.dev")
-    ]
-
-    cluster = render(helm, "--set", "operator.replicaCount=2")
-    crd = one(cluster, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "clusterkopfpeerings.kopf.dev" and crd["spec"]["scope"] == "Cluster"
-    peering = one(cluster, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "ffmpeg-rtmp"
-    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
-
-    namespaced = render(helm, *ALL)
-    crd = one(namespaced, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "kopfpeerings.kopf.dev"
-    assert crd["spec"]["scope"] == "Namespaced" and crd["spec"]["group"] == "kopf.dev"
-    assert crd["spec"]["names"] == {
-        "kind": "KopfPeering",
-        "plural": "kopfpeerings",
-        "singular": "kopfpeering",
-    }
-    (version,) = crd["spec"]["versions"]
-    assert version["name"] == "v1" and version["served"] and version["storage"]
-    assert version["schema"]["openAPIV3Schema"]["properties"]["status"] == {
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
-    peerings = of_kind(namespaced, "KopfPeering")
-    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
-        ("media", "ffmpeg-rtmp-peering"),
-        ("media-gpu", "ffmpeg-rtmp-peering"),
-    ]
-
-    no_crd = render(helm, *ALL, "--set", "operator.peering.createCRD=false")
-    assert not of_kind(no_crd, "CustomResourceDefinition") and len(of_kind(no_crd, "KopfPeering")) == 2
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_no_kopf_peering_objects(helm: str, config: str) -> None:
+    """The operator runs kopf standalone: no peering CRD, object, flag or RBAC in any configuration."""
+    text = render_text(helm, *CONFIGS[config], crds=True)
+    assert "kopf.dev" not in text and "peering" not in text.lower()
+    assert not of_kind(render(helm, *CONFIGS[config]), "CustomResourceDefinition")
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,6 +73,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.get("tasks", []):
         task.cancel()
     await asyncio.gather(*memo.get("tasks", []), return_exceptions=True)
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is not None and reconciler.elector is not None:
+        await reconciler.elector.release()
     if "client" in memo:
         await memo.client.close()
 

@@ -46,6 +46,23 @@ class LeaderElector:
                 self.changed.set()
             await asyncio.sleep(self.renew_seconds)
 
+    async def release(self) -> None:
+        """Hand the Lease over at shutdown, so a standby replica takes over at once."""
+        if not self.is_leader:
+            return
+        self._valid_until = 0.0
+        try:
+            lease = await self.client.get(f"{self.path}/{self.name}")
+            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            body = {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1},
+            }
+            await self.client.merge_patch(f"{self.path}/{self.name}", body)
+        except (ApiError, OSError, TimeoutError) as e:
+            log.warning("releasing the leader Lease failed: %s", e)
+
     async def _try_acquire_or_renew(self) -> bool:
         now = time.time()
         spec = {
@@ -70,7 +87,7 @@ class LeaderElector:
         holder = current.get("holderIdentity")
         renewed = parse_time(current.get("renewTime")) or 0.0
         duration = float(current.get("leaseDurationSeconds") or self.lease_seconds)
-        if holder != self.identity and holder and renewed + duration > now:
+        if holder and holder != self.identity and renewed + duration > now:
             return False
         if holder != self.identity:
             spec["acquireTime"] = spec["renewTime"]

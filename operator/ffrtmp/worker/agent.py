@@ -140,8 +140,11 @@ class Agent:
                 await asyncio.wait_for(self._lease_dirty.wait(), self.config.renew_seconds)
 
     async def _release_lease(self) -> None:
+        """On exit, let the Lease lapse at once (it goes with the Pod, by its ownerReference)."""
+        body = self._lease_body()
+        body["spec"]["leaseDurationSeconds"] = 1
         with contextlib.suppress(ApiError, OSError, TimeoutError):
-            await self.client.delete(f"{self._lease_path}/{self._lease_name}")
+            await self.client.merge_patch(f"{self._lease_path}/{self._lease_name}", body)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def _watch_loop(self) -> None:
