@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup system-packages venv tools crds lint typecheck test test-fast demo demo-down bench clean
 
@@ -51,7 +52,7 @@ test-fast: venv
 	$(VENV)/bin/pytest -m 'unit or ffmpeg' $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m ffrtmp.cli demo --dir .demo
+	$(PY) -m ffrtmp.cli demo --dir .demo $(DEMO_ARGS)
 
 demo-down: venv
 	$(PY) -m ffrtmp.cli dev cluster down --dir .demo/cluster

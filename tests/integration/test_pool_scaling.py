@@ -111,7 +111,7 @@ def test_gpu_pool_stops_at_what_fits(farm: Farm) -> None:
                 "accelerator": "nvenc",
                 "hardwarePolicy": "required",
             },
-        }  # fmt: skip
+        }
         for i in range(8)
     ]
     farm.cluster.apply(docs, farm.namespace)
