@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, plan
+from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, eligible_pools, plan
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, PoolObj, Store, WorkerLease, WorkerPod
 
@@ -167,6 +167,7 @@ def _assign_status(job: JobView, a: Assignment, node: str | None, now: float) ->
         "attempt": job.attempt + 1,
         "scheduledTime": now_iso(now),
         "notBefore": None,
+        "reason": None,
         "progress": None,
         "heartbeatTime": None,
         "startTime": None,
@@ -225,7 +226,10 @@ def _decide_one(
                 "node": None,
                 "progress": None,
                 "startTime": None,
+                "scheduledTime": None,
+                "heartbeatTime": None,
                 "message": msg,
+                "observedGeneration": job.generation,
                 "conditions": set_conditions(
                     job.conditions,
                     [("Suspended", "True", "JobSuspended", msg)]
@@ -384,7 +388,10 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
     # Slots freed by this pass (requeues, failures) are used on the next pass, after the writes.
     running = running_by_worker(store.jobs.values())
     workers = worker_slots(store, now, settings, running, retiring or set())
-    assignments, blocked = plan(candidates, workers, pool_views(store.pools.values()), now)
+    views = pool_views(store.pools.values())
+    assignments, blocked = plan(candidates, workers, views, now)
+    by_key = {c.key: c for c in candidates}
+    waiting_cache: dict[tuple[str, str, str, str | None], str | None] = {}
     nodes = {p.key: p.node for p in store.pods.values()}
     for a in assignments:
         job = store.jobs[a.job]
@@ -393,7 +400,7 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
         out.actions.append(PatchStatus(job.key, job.resource_version, status, event))
     for b in blocked:
         job = store.jobs[b.job]
-        _count_waiting(job, store, out)
+        _count_waiting(by_key[b.job], views, workers, waiting_cache, out)
         if job.phase == "Queued" and job.queued_reason == b.reason and job.message == b.message:
             continue  # nothing new to say
         if b.reason == "Backoff" and job.phase == "Queued":
@@ -404,19 +411,19 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
     return out
 
 
-def _count_waiting(job: JobView, store: Store, out: JobDecisions) -> None:
-    """Attribute a waiting job to the pools that could run it, for the autoscaler."""
-    for pool in store.pools.values():
-        if pool.namespace != job.namespace or pool.spec is None:
-            continue
-        if job.pool_ref is not None:
-            match = pool.name == job.pool_ref
-        elif job.accelerator in ("auto",):
-            match = True
-        elif job.accelerator == "cpu" or job.hardware_policy == "disabled":
-            match = pool.spec.accelerator == "cpu"
-        else:
-            match = pool.spec.accelerator == job.accelerator
-        if match:
-            out.waiting_by_pool[pool.key] = out.waiting_by_pool.get(pool.key, 0) + 1
-            return
+def _count_waiting(
+    candidate: QueuedJob,
+    pools: list[PoolView],
+    workers: list[WorkerSlots],
+    cache: dict[tuple[str, str, str, str | None], str | None],
+    out: JobDecisions,
+) -> None:
+    """Attribute a waiting job to the pool the scheduler would give it (the first live pool it is
+    eligible for), for the autoscaler. Jobs of the same kind share one answer."""
+    kind = (candidate.namespace, candidate.accelerator, candidate.hardware_policy, candidate.pool_ref)
+    if kind not in cache:
+        live = [p for p in eligible_pools(candidate, pools, workers) if not p.paused]
+        cache[kind] = f"{live[0].namespace}/{live[0].name}" if live else None
+    key = cache[kind]
+    if key is not None:
+        out.waiting_by_pool[key] = out.waiting_by_pool.get(key, 0) + 1

@@ -155,15 +155,20 @@ def decide_pool(
     create = max(desired - len(live), 0)
     delete = [p.name for p in failed]
     if len(live) > desired:
+        surplus = len(live) - desired
+        # Pods stuck unschedulable go first, oldest first: a newer Pending one may still fit.
+        stuck_idle = sorted((p for p in stuck if running_by_worker.get(p.key, 0) == 0), key=lambda p: p.created)
+        removing = [p.name for p in stuck_idle[:surplus]]
+        rest = [p for p in live if p.name not in removing]
         loads = [
-            WorkerLoad(p.name, running_by_worker.get(p.key, 0), p in ready, p.node is None, p.created) for p in live
+            WorkerLoad(p.name, running_by_worker.get(p.key, 0), p in ready, p.node is None, p.created) for p in rest
         ]
-        delete += choose_removals(loads, len(live) - desired)
+        delete += removing + choose_removals(loads, surplus - len(removing))
 
     events: list[JobEvent] = []
     previous = pool.status.get("desiredWorkers")
     scaled = previous != desired and (create or len(live) > desired or previous is None)
-    if previous != desired:
+    if previous != desired and (previous is not None or desired > 0):
         verb = "ScaledUp" if previous is None or desired > int(previous) else "ScaledDown"
         events.append(JobEvent("Normal", verb, reason))
     for p in failed:

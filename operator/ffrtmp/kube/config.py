@@ -66,17 +66,22 @@ def load_kubeconfig(path: str | os.PathLike[str], context: str | None = None) ->
     path = Path(path)
     doc = yaml.safe_load(path.read_text())
     name = context or doc.get("current-context")
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == name)
+    ctx = next((c["context"] for c in doc.get("contexts", []) if c["name"] == name), None)
+    if ctx is None:
+        raise ValueError(f"{path}: no context named {name!r}")
     cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
     user: dict[str, Any] = next((u["user"] for u in doc.get("users", []) if u["name"] == ctx.get("user")), {})
     base = path.parent
+    token_file = user.get("tokenFile")
+    if token_file and not Path(token_file).is_absolute():
+        token_file = str(base / token_file)  # as kubectl: relative to the kubeconfig
     return KubeConfig(
         server=cluster["server"].rstrip("/"),
         ca_data=_data(cluster, "certificate-authority", base),
         cert_data=_data(user, "client-certificate", base),
         key_data=_data(user, "client-key", base),
         token=user.get("token"),
-        token_file=user.get("tokenFile"),
+        token_file=token_file,
         insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
         namespace=ctx.get("namespace", "default"),
     )

@@ -1,0 +1,352 @@
+"""The worker Pod: complete manifests compared against expected dicts, plus the restricted-PSS invariants."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.controller.pods import DEFAULT_TOLERATIONS, build_worker_pod, worker_labels, worker_selector
+from ffrtmp.controller.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+Obj = dict[str, Any]
+NS = "media"
+POOL_UID = "0a1b2c3d-0000-4000-8000-000000000001"
+IMAGE = "registry.example/ffrtmp/worker:1.2.3"
+SETTINGS = OperatorSettings(worker_image=IMAGE, worker_service_account="ffrtmp-worker")
+
+
+def spec(**fields: Any) -> WorkerPoolSpec:
+    return WorkerPoolSpec.model_validate(fields)
+
+
+def expected_pod(
+    pool: str,
+    accelerator: str,
+    *,
+    slots: str = "1",
+    resources: Obj | None = None,
+    drain: str = "590",
+    grace: int = 600,
+    image: str = IMAGE,
+    extra_env: list[Obj] | None = None,
+    mounts: list[Obj] | None = None,
+    volumes: list[Obj] | None = None,
+    pod_spec_extra: Obj | None = None,
+) -> Obj:
+    """The whole manifest, spelt out: a change to the Pod shows up here as a diff."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{pool}-",
+            "namespace": NS,
+            "labels": {
+                "app.kubernetes.io/name": "ffmpeg-rtmp",
+                "app.kubernetes.io/component": "worker",
+                "app.kubernetes.io/instance": pool,
+                "app.kubernetes.io/managed-by": "ffmpeg-rtmp-operator",
+                "ffmpeg-rtmp.io/pool": pool,
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "ffmpeg-rtmp.io/v1alpha1",
+                    "kind": "WorkerPool",
+                    "name": pool,
+                    "uid": POOL_UID,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["ffrtmp", "worker"],
+                    "env": [
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                        {"name": "FFRTMP_POOL", "value": pool},
+                        {"name": "FFRTMP_ACCELERATOR", "value": accelerator},
+                        {"name": "FFRTMP_SLOTS", "value": slots},
+                        {"name": "FFRTMP_MEDIA_ROOTS", "value": "/media"},
+                        {"name": "FFRTMP_OUTPUT_ROOT", "value": "/output"},
+                        {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": "file,http,https,rtmp,rtmps"},
+                        {"name": "FFRTMP_DRAIN_SECONDS", "value": drain},
+                        *(extra_env or []),
+                    ],
+                    "ports": [{"name": "http-metrics", "containerPort": 9091, "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9091}, "periodSeconds": 5},
+                    "livenessProbe": {
+                        "httpGet": {"path": "/healthz", "port": 9091},
+                        "periodSeconds": 10,
+                        "failureThreshold": 6,
+                    },
+                    "resources": resources or {},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "readOnlyRootFilesystem": True,
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}, *(mounts or [])],
+                }
+            ],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": grace,
+            "automountServiceAccountToken": True,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *(volumes or [])],
+            **(pod_spec_extra or {}),
+        },
+    }
+
+
+def assert_restricted(pod: Obj) -> None:
+    """What the restricted Pod Security Standard checks (plus a read-only root filesystem)."""
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+        assert sc["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+        assert sc["readOnlyRootFilesystem"] is True
+        assert not sc.get("privileged", False)
+        assert all("hostPort" not in p for p in c.get("ports", []))
+    assert spec["volumes"][0] == {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}
+
+
+def assert_owned_and_labelled(pod: Obj, pool: str) -> None:
+    owners = pod["metadata"]["ownerReferences"]
+    assert len(owners) == 1
+    assert owners[0]["kind"] == "WorkerPool" and owners[0]["name"] == pool and owners[0]["uid"] == POOL_UID
+    assert owners[0]["controller"] is True
+    labels = pod["metadata"]["labels"]
+    assert labels == worker_labels(pool)
+    # worker_selector selects exactly what the Pod carries.
+    for term in worker_selector(pool).split(","):
+        key, _, value = term.partition("=")
+        assert labels[key] == value
+
+
+# --- complete manifests ---------------------------------------------------------------------------
+
+
+def test_cpu_pool_with_resources_node_selector_priority_and_settings_service_account() -> None:
+    pool_spec = spec(
+        accelerator="cpu",
+        maxConcurrentJobs=2,
+        resources={"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}},
+        nodeSelector={"node-role.example/transcode": "true"},
+        priorityClassName="batch-low",
+    )
+    pod = build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)
+    assert pod == expected_pod(
+        "cpu",
+        "cpu",
+        slots="2",
+        resources={"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}},
+        pod_spec_extra={
+            "serviceAccountName": "ffrtmp-worker",
+            "nodeSelector": {"node-role.example/transcode": "true"},
+            "priorityClassName": "batch-low",
+        },
+    )
+    assert "tolerations" not in pod["spec"]  # a cpu pool tolerates nothing by default
+    assert_restricted(pod)
+    assert_owned_and_labelled(pod, "cpu")
+
+
+def test_pool_service_account_and_image_override_the_settings() -> None:
+    pool_spec = spec(
+        accelerator="cpu",
+        serviceAccountName="custom-sa",
+        image="example/ffmpeg:7",
+        imagePullPolicy="Always",
+        terminationGracePeriodSeconds=5,
+    )
+    pod = build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)
+    want = expected_pod(
+        "cpu", "cpu", image="example/ffmpeg:7", drain="0", grace=5, pod_spec_extra={"serviceAccountName": "custom-sa"}
+    )
+    want["spec"]["containers"][0]["imagePullPolicy"] = "Always"
+    assert pod == want
+
+
+def test_no_service_account_anywhere_leaves_the_namespace_default() -> None:
+    pod = build_worker_pod("cpu", NS, POOL_UID, spec(accelerator="cpu"), OperatorSettings(worker_image=IMAGE))
+    assert pod == expected_pod("cpu", "cpu")
+    assert "serviceAccountName" not in pod["spec"]
+
+
+@pytest.mark.parametrize(("gpus", "want"), [(None, "1"), (2, "2")])
+def test_nvenc_pool_requests_gpus_and_tolerates_the_gpu_taint(gpus: int | None, want: str) -> None:
+    fields: Obj = {"accelerator": "nvenc", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
+    if gpus is not None:
+        fields["gpusPerWorker"] = gpus
+    pod = build_worker_pod("gpu", NS, POOL_UID, spec(**fields), SETTINGS)
+    assert pod == expected_pod(
+        "gpu",
+        "nvenc",
+        resources={"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": want}},
+        extra_env=[{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"}],
+        pod_spec_extra={
+            "serviceAccountName": "ffrtmp-worker",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    )
+    assert_restricted(pod)
+    assert_owned_and_labelled(pod, "gpu")
+
+
+def test_qsv_pool_uses_the_device_resource_name_from_settings() -> None:
+    settings = OperatorSettings(
+        worker_image=IMAGE,
+        device_resources={"nvenc": "nvidia.com/gpu", "qsv": "gpu.intel.com/xe", "vaapi": "gpu.intel.com/xe"},
+    )
+    pod = build_worker_pod("intel", NS, POOL_UID, spec(accelerator="qsv", maxConcurrentJobs=4), settings)
+    assert pod == expected_pod(
+        "intel",
+        "qsv",
+        slots="4",
+        resources={"limits": {"gpu.intel.com/xe": "1"}},
+        pod_spec_extra={"tolerations": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}]},
+    )
+    # No NVIDIA variables outside nvenc pools.
+    assert all(e["name"] != "NVIDIA_DRIVER_CAPABILITIES" for e in pod["spec"]["containers"][0]["env"])
+    assert_restricted(pod)
+
+
+def test_an_accelerator_without_a_device_resource_requests_none() -> None:
+    settings = OperatorSettings(worker_image=IMAGE, device_resources={"nvenc": "nvidia.com/gpu"})
+    pod = build_worker_pod("va", NS, POOL_UID, spec(accelerator="vaapi"), settings)
+    assert pod["spec"]["containers"][0]["resources"] == {}
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "want"),
+    [
+        (
+            [
+                {
+                    "key": "dedicated",
+                    "operator": "Equal",
+                    "value": "video",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                }
+            ],
+            [
+                {
+                    "key": "dedicated",
+                    "operator": "Equal",
+                    "value": "video",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                }
+            ],
+        ),
+        ([{"operator": "Exists"}], [{"operator": "Exists"}]),
+        ([], None),  # an explicit empty list opts out of the defaults
+    ],
+)
+def test_explicit_tolerations_replace_the_defaults(tolerations: list[Obj], want: list[Obj] | None) -> None:
+    pod = build_worker_pod("gpu", NS, POOL_UID, spec(accelerator="nvenc", tolerations=tolerations), SETTINGS)
+    expected = expected_pod(
+        "gpu",
+        "nvenc",
+        resources={"limits": {"nvidia.com/gpu": "1"}},
+        extra_env=[{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"}],
+        pod_spec_extra={"serviceAccountName": "ffrtmp-worker", **({"tolerations": want} if want else {})},
+    )
+    assert pod == expected
+
+
+def test_extra_volumes_and_mounts_come_after_the_scratch_dir_and_affinity_passes_through() -> None:
+    volumes: list[Obj] = [
+        {"name": "media", "persistentVolumeClaim": {"claimName": "media", "readOnly": True}},
+        {"name": "output", "persistentVolumeClaim": {"claimName": "output"}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "media", "mountPath": "/media", "readOnly": True},
+        {"name": "output", "mountPath": "/output"},
+    ]
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+            }
+        }
+    }
+    pool_spec = spec(accelerator="cpu", volumes=volumes, volumeMounts=mounts, affinity=affinity)
+    pod = build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)
+    assert pod == expected_pod(
+        "cpu",
+        "cpu",
+        mounts=mounts,
+        volumes=volumes,
+        pod_spec_extra={"serviceAccountName": "ffrtmp-worker", "affinity": affinity},
+    )
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["scratch", "media", "output"]
+    assert [m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]] == ["scratch", "media", "output"]
+    assert_restricted(pod)
+
+
+def test_media_roots_protocols_and_output_root_reach_the_worker_env() -> None:
+    pool_spec = spec(
+        accelerator="cpu", mediaRoots=["/mnt/a", "/mnt/b"], outputRoot="/srv/out", allowedProtocols=["file", "https"]
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)["spec"]["containers"][0]["env"]
+    }
+    assert env["FFRTMP_MEDIA_ROOTS"] == "/mnt/a:/mnt/b"
+    assert env["FFRTMP_OUTPUT_ROOT"] == "/srv/out"
+    assert env["FFRTMP_ALLOWED_PROTOCOLS"] == "file,https"
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvenc", "qsv", "vaapi"])
+def test_every_pod_is_restricted_owned_and_labelled(accelerator: str) -> None:
+    pod = build_worker_pod("p", NS, POOL_UID, spec(accelerator=accelerator), SETTINGS)
+    assert_restricted(pod)
+    assert_owned_and_labelled(pod, "p")
+
+
+def test_building_a_pod_does_not_share_state_between_pods() -> None:
+    """The manifest is a fresh object each time: mutating one Pod must not change the next."""
+    defaults = copy.deepcopy(DEFAULT_TOLERATIONS)
+    first = build_worker_pod("gpu", NS, POOL_UID, spec(accelerator="nvenc"), SETTINGS)
+    second = build_worker_pod("gpu", NS, POOL_UID, spec(accelerator="nvenc"), SETTINGS)
+    assert first == second
+    first["metadata"]["labels"]["extra"] = "x"
+    first["spec"]["containers"][0]["env"].append({"name": "X", "value": "1"})
+    assert second == build_worker_pod("gpu", NS, POOL_UID, spec(accelerator="nvenc"), SETTINGS)
+    assert defaults == DEFAULT_TOLERATIONS
+
+
+def test_worker_selector() -> None:
+    assert worker_selector("gpu") == "app.kubernetes.io/component=worker,ffmpeg-rtmp.io/pool=gpu"
