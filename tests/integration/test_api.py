@@ -283,6 +283,12 @@ INVALID = [
         "twoPass needs a bitrate target"),
     Bad("two-pass-av1", tj(out(video={"codec": "av1", "bitrate": "2M", "twoPass": True})), "spec.outputs[0].video",
         "twoPass is supported for h264 and hevc"),
+    Bad("odd-width", tj(out(video={"crf": 23, "width": 1279})), "spec.outputs[0].video",
+        "width and height must be even"),
+    Bad("hls-without-bitrate", tj(out(container="hls", video={"crf": 23})), "spec.outputs[0]",
+        "hls outputs need video.bitrate or video.maxrate"),
+    Bad("two-pass-on-gpu", tj(out(video={"bitrate": "2M", "twoPass": True}), accelerator="auto"), "spec",
+        "twoPass runs on CPU encoders"),
     Bad("audio-copy-bitrate", tj(out(audio={"codec": "copy", "bitrate": "128k"})), "spec.outputs[0].audio",
         "audio codec copy or none takes no bitrate, channels or sampleRate"),
     # output rules
@@ -488,7 +494,8 @@ def videos(draw: st.DrawFn, accelerator: str, container: str) -> Obj:
     if codec == "copy":
         put(video, "twoPass", maybe(draw, st.just(False)))
         return video
-    rate = draw(st.sampled_from(["bitrate", "crf", None]))
+    # An HLS variant needs a BANDWIDTH for the master playlist: a bitrate or a maxrate.
+    rate = draw(st.sampled_from(["bitrate", "crf", None] if container != "hls" else ["bitrate"]))
     if rate == "bitrate":
         video["bitrate"] = draw(bitrates)
     elif rate == "crf":
@@ -497,11 +504,11 @@ def videos(draw: st.DrawFn, accelerator: str, container: str) -> Obj:
         video["maxrate"] = draw(bitrates)
         put(video, "bufsize", maybe(draw, bitrates))
     put(video, "preset", maybe(draw, st.sampled_from(PRESETS_BY_ACCELERATOR[accelerator])))
-    put(video, "width", maybe(draw, st.integers(16, 7680)))
-    put(video, "height", maybe(draw, st.integers(16, 4320)))
+    put(video, "width", maybe(draw, st.integers(8, 3840).map(lambda w: 2 * w)))
+    put(video, "height", maybe(draw, st.integers(8, 2160).map(lambda h: 2 * h)))
     put(video, "fps", maybe(draw, st.integers(1, 240)))
     put(video, "gop", maybe(draw, st.integers(1, 1200)))
-    two_pass_ok = rate == "bitrate" and codec in ("h264", "hevc")
+    two_pass_ok = rate == "bitrate" and codec in ("h264", "hevc") and accelerator == "cpu"
     put(video, "twoPass", maybe(draw, st.booleans() if two_pass_ok else st.just(False)))
     return video
 
@@ -529,7 +536,8 @@ def outputs(draw: st.DrawFn, name: str, accelerator: str) -> Obj:
             o["path"] = draw(rel_paths)
         elif target == "url":
             o["url"] = draw(rtmp_urls)
-    put(o, "video", maybe(draw, videos(accelerator, container)))
+    video = draw(videos(accelerator, container)) if container == "hls" else maybe(draw, videos(accelerator, container))
+    put(o, "video", video)
     put(o, "audio", maybe(draw, audios()))
     return o
 

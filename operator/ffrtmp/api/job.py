@@ -139,6 +139,10 @@ class VideoSpec(ApiModel):
                 "!(has(self.twoPass) && self.twoPass) || self.codec in ['h264', 'hevc']",
                 "twoPass is supported for h264 and hevc",
             ),
+            (
+                "(!has(self.width) || self.width % 2 == 0) && (!has(self.height) || self.height % 2 == 0)",
+                "width and height must be even (4:2:0 video)",
+            ),
         )
     )
 
@@ -209,6 +213,11 @@ class OutputSpec(ApiModel):
             (
                 "!has(self.video) || self.video.codec != 'hevc' || self.container != 'flv'",
                 "container flv cannot carry hevc",
+            ),
+            (
+                "self.container != 'hls' || (has(self.video) && (self.video.codec == 'copy' || "
+                "has(self.video.bitrate) || has(self.video.maxrate)))",
+                "hls outputs need video.bitrate or video.maxrate (the master playlist's BANDWIDTH)",
             ),
         )
     )
@@ -315,6 +324,11 @@ _SPEC_RULES = rules(
         "!(self.accelerator in ['cpu', 'auto']) || self.outputs.all(o, !has(o.video) || "
         f"!has(o.video.preset) || !(o.video.preset in {_cel_list(NVENC_PRESETS)}))",
         "presets p1..p7 are NVENC's: set accelerator nvenc or use ultrafast..veryslow",
+    ),
+    (
+        "!self.outputs.exists(o, has(o.video) && has(o.video.twoPass) && o.video.twoPass) || "
+        "self.accelerator == 'cpu' || self.hardwarePolicy == 'disabled'",
+        "twoPass runs on CPU encoders: set accelerator cpu (or hardwarePolicy disabled)",
     ),
     (
         "self.hardwarePolicy != 'disabled' || self.accelerator in ['auto', 'cpu']",
