@@ -39,8 +39,8 @@ class LeaderElector:
             try:
                 if await self._try_acquire_or_renew():
                     self._valid_until = time.monotonic() + self.lease_seconds - self.renew_seconds
-            except (ApiError, OSError, TimeoutError) as e:
-                log.warning("leader election: %s", e)
+            except Exception as e:  # any failure only means "not renewed this round"
+                log.warning("leader election: %r", e)
             if was != self.is_leader:
                 log.info("leader election: %s %s", self.identity, "leads" if self.is_leader else "stands by")
                 self.changed.set()

@@ -59,9 +59,18 @@ class Reconciler:
         self._last_relist = 0.0
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
+        self._relist_requested = False
 
     # -- events (thin kopf handlers call these) ----------------------------------------------
+    def _note_listing(self, event_type: str | None) -> None:
+        """kopf passes listed objects as type None, after a start and after a 410 Gone; it sends no
+        DELETED for what vanished meanwhile. A listing after our own start means a watch gap:
+        relist ourselves soon, so deleted objects leave the store (and free their slots)."""
+        if event_type is None and self.store.synced:
+            self._relist_requested = True
+
     def on_job(self, event_type: str | None, obj: Obj) -> None:
+        self._note_listing(event_type)
         key = key_of(obj)
         old = self.store.jobs.get(key)
         if event_type == "DELETED":
@@ -72,6 +81,7 @@ class Reconciler:
         self.trigger.set()
 
     def on_pod(self, event_type: str | None, obj: Obj) -> None:
+        self._note_listing(event_type)
         if event_type == "DELETED":
             self.store.pods.pop(key_of(obj), None)
         else:
@@ -79,6 +89,7 @@ class Reconciler:
         self.trigger.set()
 
     def on_lease(self, event_type: str | None, obj: Obj) -> None:
+        self._note_listing(event_type)
         if event_type == "DELETED":
             holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
             self.store.leases.pop(f"{obj['metadata'].get('namespace', '')}/{holder}", None)
@@ -87,6 +98,7 @@ class Reconciler:
         self.trigger.set()
 
     def on_pool(self, event_type: str | None, obj: Obj) -> None:
+        self._note_listing(event_type)
         if event_type == "DELETED":
             self.store.pools.pop(key_of(obj), None)
         else:
@@ -156,14 +168,21 @@ class Reconciler:
         return key_of(obj)
 
     async def run(self) -> None:
-        await self.relist()
+        while not self.store.synced:
+            try:
+                await self.relist()
+            except Exception as e:  # the API server may not answer yet: keep trying
+                log.warning("initial list failed: %r; retrying", e)
+                await asyncio.sleep(2)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self.settings.resync_seconds)
             self.trigger.clear()
             await asyncio.sleep(0.02)  # let a burst of events land in one pass
             try:
-                if time.monotonic() - self._last_relist > self.settings.relist_seconds:
+                since = time.monotonic() - self._last_relist
+                if since > self.settings.relist_seconds or (self._relist_requested and since > 2.0):
+                    self._relist_requested = False
                     await self.relist()
                 await self.pass_once()
             except Exception:

@@ -133,8 +133,8 @@ class Agent:
             try:
                 await self.renew_lease()
                 self._alive = time.monotonic()
-            except (ApiError, OSError, TimeoutError) as e:
-                log.warning("renewing the Lease failed: %s", e)
+            except Exception as e:  # keep renewing, whatever broke this round
+                log.warning("renewing the Lease failed: %r", e)
             self._lease_dirty.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_dirty.wait(), self.config.renew_seconds)
@@ -151,19 +151,25 @@ class Agent:
         selector = f"status.worker={self.config.pod_name}"
         async for event_type, obj in informer(self.client, self._jobs_path, {"fieldSelector": selector}):
             self._alive = time.monotonic()
-            if event_type == "SYNC":
-                items = obj["items"]
-                listed = {i["metadata"]["name"] for i in items}
-                self._view = {}
-                for name in [n for n in self.attempts if n not in listed]:
-                    await self._gone(name)
-                for item in items:
-                    self.on_job(item)
-            elif event_type == "DELETED":
-                self._view.pop(obj["metadata"]["name"], None)
-                await self._gone(obj["metadata"]["name"])
-            else:
-                self.on_job(obj)
+            try:
+                await self._handle(event_type, obj)
+            except Exception:  # one bad event must not end the watch
+                log.exception("handling a %s event failed", event_type)
+
+    async def _handle(self, event_type: str, obj: Obj) -> None:
+        if event_type == "SYNC":
+            items = obj["items"]
+            listed = {i["metadata"]["name"] for i in items}
+            self._view = {}
+            for name in [n for n in self.attempts if n not in listed]:
+                await self._gone(name)
+            for item in items:
+                self.on_job(item)
+        elif event_type == "DELETED":
+            self._view.pop(obj["metadata"]["name"], None)
+            await self._gone(obj["metadata"]["name"])
+        else:
+            self.on_job(obj)
 
     def on_job(self, obj: Obj) -> None:
         """Level-based: compare what the job says about us with what this process runs."""
@@ -201,7 +207,10 @@ class Agent:
         while True:
             await asyncio.sleep(ORPHAN_GRACE_SECONDS)
             for obj in list(self._view.values()):
-                self.on_job(obj)
+                try:
+                    self.on_job(obj)
+                except Exception:
+                    log.exception("re-checking %s failed", obj["metadata"]["name"])
 
     def _start(self, obj: Obj, number: int) -> None:
         name = obj["metadata"]["name"]

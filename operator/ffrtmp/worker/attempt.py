@@ -402,6 +402,9 @@ class Attempt:
         await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
+        # Confirm the attempt is still ours before touching the job folder: a worker that was
+        # partitioned away (its job reassigned) must not publish over the current attempt.
+        await self.client_status.patch({"message": f"publishing outputs of attempt {self.number}"})
         # Publish: move this attempt's files into the job folder, replacing older ones.
         self.job_dir.mkdir(parents=True, exist_ok=True)
         if self.attempt_dir != self.job_dir:
@@ -413,7 +416,9 @@ class Attempt:
             self.attempt_dir.rmdir()
         for stale in self.job_dir.glob(".attempt-*"):
             # Partial files of earlier attempts whose worker died before it could clean up.
-            shutil.rmtree(stale, ignore_errors=True)
+            number = stale.name.split("-")[1]
+            if number.isdigit() and int(number) < self.number:
+                shutil.rmtree(stale, ignore_errors=True)
         outputs = await self._results(plan)
         input_bytes = _input_size(self._input_url)
         if input_bytes:
