@@ -51,7 +51,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 64
+    # No cap on kopf's per-object workers: a burst of new jobs must reach the store at once.
+    settings.batching.worker_limit = None
     client = KubeClient(memo.kube_config)
     metrics = OperatorMetrics()
     elector = None

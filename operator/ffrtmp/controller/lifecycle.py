@@ -66,10 +66,11 @@ def retry_backoff(failures: int, settings: OperatorSettings) -> float:
     return float(min(settings.retry_backoff_seconds * 2 ** max(failures - 1, 0), settings.retry_backoff_max_seconds))
 
 
-def lease_fresh(lease: WorkerLease | None, now: float, settings: OperatorSettings) -> bool:
+def lease_fresh(lease: WorkerLease | None, now: float, settings: OperatorSettings, since: float = 0.0) -> bool:
+    """Renewed recently enough; `since` (the end of an API outage) counts as a renewal."""
     if lease is None or lease.renew_time is None:
         return False
-    return lease.renew_time + lease.duration + settings.lease_grace_seconds >= now
+    return max(lease.renew_time, since) + lease.duration + settings.lease_grace_seconds >= now
 
 
 def worker_lost_reason(
@@ -78,6 +79,7 @@ def worker_lost_reason(
     leases: dict[str, WorkerLease],
     now: float,
     settings: OperatorSettings,
+    since: float = 0.0,
 ) -> str | None:
     """Why the job's worker can no longer run it, or None while it can."""
     wkey = f"{job.namespace}/{job.worker}"
@@ -93,7 +95,7 @@ def worker_lost_reason(
         if now - since > 30 + settings.lease_grace_seconds:
             return f"worker {job.worker} has no Lease"
         return None
-    if not lease_fresh(lease, now, settings):
+    if not lease_fresh(lease, now, settings, since):
         age = now - (lease.renew_time or 0)
         return f"worker {job.worker} stopped renewing its Lease {age:.0f}s ago"
     if job.phase == "Scheduled" and job.scheduled_time and now - job.scheduled_time > settings.start_timeout_seconds:
@@ -257,7 +259,7 @@ def _decide_one(
         if result is not None and result.attempt == job.attempt and result.outcome != "Succeeded":
             out.actions.append(_after_attempt(job, now, settings))
             return None
-        lost = worker_lost_reason(job, store.pods, store.leases, now, settings)
+        lost = worker_lost_reason(job, store.pods, store.leases, now, settings, store.api_ok_since)
         if lost is not None:
             msg = f"attempt {job.attempt} lost: {lost}; requeued (does not count against backoffLimit)"
             status = _queued_status(job, "WorkerLost", msg, now, extra={"reason": "WorkerLost"})
@@ -342,7 +344,7 @@ def worker_slots(
             and lease is not None
             and lease.encoder_ok is True
             and not lease.draining
-            and lease_fresh(lease, now, settings)
+            and lease_fresh(lease, now, settings, store.api_ok_since)
         )
         slots.append(
             WorkerSlots(

@@ -99,6 +99,7 @@ def decide_pool(
     memory: PoolMemory,
     now: float,
     settings: OperatorSettings,
+    api_ok_since: float = 0.0,
 ) -> PoolDecision:
     spec = pool.spec
     if spec is None:
@@ -116,7 +117,7 @@ def decide_pool(
             lease is not None
             and lease.encoder_ok
             and p.node
-            and lease_fresh(lease, now, settings)
+            and lease_fresh(lease, now, settings, api_ok_since)
             and not lease.draining
         ):
             ready.append(p)

@@ -27,6 +27,10 @@ from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+# Re-check the API server before deciding when nothing confirmed it for this long; a silence of
+# API_GAP_SECONDS or more is an outage, after which worker Leases get a fresh period.
+API_CHECK_SECONDS = 2.0
+API_GAP_SECONDS = 5.0
 WORKER_SELECTOR = f"{LABEL_COMPONENT}={WORKER_COMPONENT}"
 
 
@@ -60,6 +64,7 @@ class Reconciler:
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
         self._relist_requested = False
+        self._last_api_ok = 0.0
 
     # -- events (thin kopf handlers call these) ----------------------------------------------
     def _note_listing(self, event_type: str | None) -> None:
@@ -158,6 +163,7 @@ class Reconciler:
                 if int(current[key].resource_version or 0) <= list_rv:
                     current.pop(key, None)
             store.synced.add(kind)
+        self._last_api_ok = time.time()
         self._last_relist = time.monotonic()
 
     @staticmethod
@@ -198,9 +204,9 @@ class Reconciler:
     async def pass_once(self) -> None:
         leading = self.leading
         self.metrics.leader.set(1 if leading else 0)
-        now = time.time()
-        if not leading:
+        if not leading or not await self._api_reachable():
             return
+        now = time.time()
         decisions = decide_jobs(self.store, now, self.settings)
         await self._gather(self._apply_job(a) for a in decisions.actions)
         self._waiting = decisions.waiting_by_pool
@@ -211,6 +217,7 @@ class Reconciler:
             decision = decide_pool(
                 pool, self.store.pods.values(), self.store.leases, running,
                 decisions.waiting_by_pool.get(pool.key, 0), memory, now, self.settings,
+                self.store.api_ok_since,
             )  # fmt: skip
             await self._apply_pool(pool.key, decision.create, decision.delete, decision.status, decision.events)
         if time.monotonic() - self._last_metrics > 1.0:
@@ -218,6 +225,23 @@ class Reconciler:
             self._last_metrics = time.monotonic()
         if decisions.wake_at is not None:
             self._wake_at(decisions.wake_at)
+
+    async def _api_reachable(self) -> bool:
+        """Decide only on a view the API server confirmed recently. After an outage, Leases could
+        not be renewed: they count from the moment the API answered again."""
+        now = time.time()
+        if now - self._last_api_ok < API_CHECK_SECONDS:
+            return True
+        try:
+            await self.client.request("GET", "/readyz")
+        except Exception as e:
+            log.warning("the API server does not answer (%r): no decisions until it does", e)
+            return False
+        if self._last_api_ok and now - self._last_api_ok > API_GAP_SECONDS:
+            self.store.api_ok_since = now
+            log.info("the API server answers again after %.0fs; Leases count from now", now - self._last_api_ok)
+        self._last_api_ok = now
+        return True
 
     def _wake_at(self, at: float) -> None:
         delay = max(at - time.time(), 0.0)
@@ -241,6 +265,7 @@ class Reconciler:
             if isinstance(action, PatchStatus):
                 body: Obj = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
                 updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
+                self._last_api_ok = time.time()
                 old = self.store.jobs.get(action.key)
                 new = self.store.put_job(updated)
                 if old is None or old.phase != new.phase or action.event is not None:

@@ -270,6 +270,9 @@ class Store:
     pools: dict[str, PoolObj] = field(default_factory=dict)
     # Set once each kind was listed: until then "missing" does not mean "gone".
     synced: set[str] = field(default_factory=set)
+    # When the operator last regained the API server after losing it: no worker could renew its
+    # Lease before then, so Leases are judged from this time at the earliest.
+    api_ok_since: float = 0.0
 
     def put_job(self, obj: Obj) -> JobView:
         view = parse_job(obj)

@@ -186,6 +186,36 @@ class _Rendition:
 _VideoArgs = Callable[[_Rendition, str, int | None, bool], list[str]]
 
 
+# Output options that take no value: what follows them is a new item, never their value.
+FLAG_OPTIONS = frozenset({
+    "-an", "-vn", "-sn", "-dn", "-shortest", "-copyts", "-start_at_zero", "-xerror", "-bitexact",
+    "-apad", "-reinit_filter", "-autorotate", "-noautorotate", "-autoscale", "-noautoscale",
+})  # fmt: skip
+
+
+def check_extra_args(extra: list[str]) -> None:
+    """extraArgs are options and their values only: a bare item that is not an option's value
+    would be taken by ffmpeg as one more output file (written outside the job's folder)."""
+    expects_value = False
+    for item in extra:
+        if item.startswith("-") and not _is_number(item):
+            expects_value = item not in FLAG_OPTIONS
+            continue
+        if not expects_value:
+            raise InvalidSpec(
+                f"extraArgs item {item!r} is not the value of an option: ffmpeg would take it as another output file"
+            )
+        expects_value = False
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def default_output_path(output: OutputSpec) -> str:
     """Where an output goes, relative to the job's output folder (or its URL for restreams)."""
     if output.url is not None:
@@ -647,6 +677,7 @@ def build_encode_plan(
 
     thread_args = ["-threads", str(threads)] if threads is not None else []
     extra = list(spec.extra_args or [])
+    check_extra_args(extra)
 
     def video_opts(r: _Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
         return _video_args(

@@ -46,7 +46,7 @@ _HTTP_STATUS_RE = re.compile(r"Server returned (?P<code>\d{3}|4XX|5XX)(?P<text>[
 _SKIP_LINES = ("Conversion failed!", "Last message repeated", "Exiting normally")
 
 _MISSING = ("No such file or directory",)
-_INVALID_DATA = ("Invalid data found when processing input", "moov atom not found")
+_INVALID_DATA = ("Invalid data found when processing input", "moov atom not found", "could not find codec parameters")
 _NETWORK = (
     "Connection refused", "Connection timed out", "Connection reset by peer", "Network is unreachable",
     "No route to host", "Name or service not known", "Temporary failure in name resolution",

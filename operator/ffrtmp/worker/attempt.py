@@ -28,7 +28,7 @@ from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input,
 from ffrtmp.ffmpeg.probe import probe, probe_input
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
-from ffrtmp.worker.fence import FencedStatus, Superseded
+from ffrtmp.worker.fence import FencedStatus, Superseded, transient
 from ffrtmp.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Attempt:
 
     async def _run(self) -> str:
         try:
-            await self.client_status.patch(self._running_status())
+            await self.client_status.patch_until(self._running_status())
         except Superseded as e:
             log.info("%s attempt %d not started: %s", self.key, self.number, e)
             return "Superseded"
@@ -281,7 +281,7 @@ class Attempt:
             )
             restarts += 1
             log.info("%s live input lost; restart %d in %ss", self.key, restarts, delay)
-            await self.client_status.patch(
+            await self.client_status.patch_until(
                 {"restarts": restarts, "message": f"live input lost; restart {restarts} in {delay}s"}
             )
             with contextlib.suppress(TimeoutError):
@@ -308,7 +308,7 @@ class Attempt:
 
         self._proc = proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=limits, env={**os.environ, **env},
+            start_new_session=True, preexec_fn=limits, env={**os.environ, **env}, cwd=self.scratch,
         )  # fmt: skip
         if self.stop_reason is not None:
             self.stop(self.stop_reason)
@@ -399,12 +399,20 @@ class Attempt:
             "outTimeSeconds": snap.out_time_seconds,
             "totalBytes": snap.total_size,
         }
-        await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
+        try:
+            await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
+        except Superseded:
+            raise
+        except Exception as e:
+            if not transient(e):
+                raise
+            # A lost progress report is not worth stopping an encode for: the next one may land.
+            log.warning("%s progress write failed: %r", self.key, e)
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
         # Confirm the attempt is still ours before touching the job folder: a worker that was
         # partitioned away (its job reassigned) must not publish over the current attempt.
-        await self.client_status.patch({"message": f"publishing outputs of attempt {self.number}"})
+        await self.client_status.patch_until({"message": f"publishing outputs of attempt {self.number}"})
         # Publish: move this attempt's files into the job folder, replacing older ones.
         self.job_dir.mkdir(parents=True, exist_ok=True)
         if self.attempt_dir != self.job_dir:
@@ -425,7 +433,7 @@ class Attempt:
             self.metrics.input_bytes.labels(self.config.pool).inc(input_bytes)
         now = time.time()
         message = f"{len(outputs)} output(s) written by {self.config.pod_name}"
-        await self.client_status.patch(
+        await self.client_status.patch_until(
             {
                 "phase": "Succeeded",
                 "completionTime": now_iso(now),
@@ -494,7 +502,7 @@ class Attempt:
 
     async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
         now = time.time()
-        await self.client_status.patch(
+        await self.client_status.patch_until(
             {
                 "result": {
                     "attempt": self.number, "worker": self.config.pod_name, "outcome": outcome, "reason": reason,

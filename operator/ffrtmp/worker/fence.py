@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
+
+import aiohttp
 
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, VERSION
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
@@ -27,6 +31,13 @@ def owns(obj: Obj, worker: str, attempt: int) -> str | None:
     if status.get("phase") not in OWNED_PHASES:
         return f"job is {status.get('phase')}"
     return None
+
+
+def transient(error: BaseException) -> bool:
+    """A failure that says nothing about the job: the API server is briefly unreachable or busy."""
+    if isinstance(error, ApiError):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, (aiohttp.ClientError, OSError, TimeoutError))
 
 
 class FencedStatus:
@@ -55,6 +66,20 @@ class FencedStatus:
         why = owns(self.obj, self.worker, self.attempt)
         if why:
             raise Superseded(why)
+
+    async def patch_until(self, status: Obj, *, seconds: float = 120.0) -> Obj:
+        """`patch`, retried with backoff through an API outage of up to `seconds`."""
+        deadline = time.monotonic() + seconds
+        delay = 0.5
+        while True:
+            try:
+                return await self.patch(status)
+            except Exception as e:
+                if not transient(e) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("status write failed (%r); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def patch(self, status: Obj, *, attempts: int = 5) -> Obj:
         self.check()
