@@ -214,7 +214,7 @@ def test_nothing_read_fetched_or_written_outside(hostile: Hostile) -> None:
             "hostile media inputs", found.jobs, f"{found.jobs} broken or hostile inputs at once", len(found.lost),
             len(found.twice), None,
             f"all ended in {hostile.elapsed:.0f} s; {len(REFUSED)} refused with the expected reason and message; "
-            f"canary never opened, other host never called; 7680x4320: {eightk}; 1 known gap (xfail: a playlist that changes after the check)",
+            f"canary never opened, other host never called; 7680x4320: {eightk}; 1 known gap (xfail)",
         )
     )  # fmt: skip
 
