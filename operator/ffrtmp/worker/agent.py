@@ -53,6 +53,7 @@ class Agent:
         self._view: dict[str, Obj] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._done: dict[tuple[str, int], float] = {}
+        self._no_slot_since: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
 
     # -- readiness ----------------------------------------------------------------------------
@@ -65,7 +66,8 @@ class Agent:
 
     @property
     def free_slots(self) -> int:
-        return max(self.config.slots - len(self.attempts), 0)
+        busy = sum(1 for a in self.attempts.values() if not a.finishing)
+        return max(self.config.slots - busy, 0)
 
     # -- main ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -167,6 +169,8 @@ class Agent:
                 self.on_job(item)
         elif event_type == "DELETED":
             self._view.pop(obj["metadata"]["name"], None)
+            for key in [k for k in self._no_slot_since if k[0] == obj["metadata"]["name"]]:
+                del self._no_slot_since[key]
             await self._gone(obj["metadata"]["name"])
         else:
             self.on_job(obj)
@@ -196,10 +200,17 @@ class Agent:
             # Assigned to us and running, but not in this process: the worker restarted mid-attempt.
             self._spawn_handback(obj, attempt_no, "the worker restarted during the attempt")
             return
+        if not self.draining and self.ready and self.free_slots <= 0:
+            # Our slot count may lag the operator's by the end of an attempt: wait a little
+            # (re-checked when an attempt ends and by the re-check loop) before handing back.
+            first = self._no_slot_since.setdefault((name, attempt_no), time.monotonic())
+            if time.monotonic() - first < ORPHAN_GRACE_SECONDS:
+                return
         if self.draining or not self.ready or self.free_slots <= 0:
             why = "the worker is draining" if self.draining else "the worker has no free slot"
             self._spawn_handback(obj, attempt_no, why)
             return
+        self._no_slot_since.pop((name, attempt_no), None)
         self._start(obj, attempt_no)
 
     async def _recheck_loop(self) -> None:
@@ -239,6 +250,10 @@ class Agent:
         if len(self._done) > 10000:
             self._done.pop(next(iter(self._done)))
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
+        for (waiting, _), _since in list(self._no_slot_since.items()):
+            # A slot is free now: start what was waiting for one.
+            if waiting in self._view and waiting not in self.attempts:
+                self.on_job(self._view[waiting])
         if task.cancelled():
             return
         exc = task.exception()

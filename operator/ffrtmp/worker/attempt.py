@@ -87,6 +87,9 @@ class Attempt:
     _whitelist: str = ""
     _input_duration: float | None = None
     _stderr_tail: str = ""
+    # Set just before the final status write: from then on the operator may count the slot free
+    # and assign a new job before this task has quite ended.
+    finishing: bool = False
 
     @property
     def key(self) -> str:
@@ -433,6 +436,7 @@ class Attempt:
             self.metrics.input_bytes.labels(self.config.pool).inc(input_bytes)
         now = time.time()
         message = f"{len(outputs)} output(s) written by {self.config.pod_name}"
+        self.finishing = True
         await self.client_status.patch_until(
             {
                 "phase": "Succeeded",
@@ -502,6 +506,7 @@ class Attempt:
 
     async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
         now = time.time()
+        self.finishing = True
         await self.client_status.patch_until(
             {
                 "result": {
