@@ -390,9 +390,9 @@ class Attempt:
             pct = max(pct, self._last_percent)  # monotone across passes and writes
             self._last_percent = pct
         now = time.monotonic()
-        if now - self._last_write < self.config.progress_interval and not snap.ended:
-            return
-        if snap.ended and index < passes - 1:
+        # The first write comes one interval after the Running write (which says 0 %), and the
+        # final block is never written: the Succeeded or failure write follows at once.
+        if now - max(self._last_write, self._started_monotonic) < self.config.progress_interval or snap.ended:
             return
         self._last_write = now
         progress: Obj = {
