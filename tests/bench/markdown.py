@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SKIP_PARAMS = {"clock", "create_concurrency", "encoder"}
+SKIP_PARAMS = {"clock", "create_concurrency", "encoder", "pool", "slots_per_worker", "scale_up_step"}
 
 
 def _value(v: float | None) -> str:

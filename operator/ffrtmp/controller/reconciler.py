@@ -189,7 +189,11 @@ class Reconciler:
                 since = time.monotonic() - self._last_relist
                 if since > self.settings.relist_seconds or (self._relist_requested and since > 2.0):
                     self._relist_requested = False
-                    await self.relist()
+                    try:
+                        await self.relist()
+                    except Exception as e:  # a failed relist must not block decisions
+                        self._last_relist = time.monotonic()
+                        log.warning("relist failed: %r; deciding on the watched view", e)
                 await self.pass_once()
             except Exception:
                 log.exception("reconcile pass failed")
