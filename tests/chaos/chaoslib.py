@@ -89,6 +89,7 @@ while [ "$i" -le "$steps" ]; do
 done
 printf 'frame=%d\\nfps=25.0\\nout_time_us=1000000\\ntotal_size=%d\\nspeed=1.0x\\nprogress=end\\n' \\
   "$((steps * 25))" "$((steps * 1000 + 1))"
+if [ -n "$FFRTMP_SIM_TAIL_MARK" ]; then : > "$FFRTMP_SIM_TAIL_MARK"; fi
 sleep "${FFRTMP_SIM_TAIL:-0}"
 cp "$FFRTMP_SIM_CLIP" "$out" || exit 1
 """
@@ -162,8 +163,11 @@ class ChaosFarm(_Farm):  # type: ignore[misc]
         return [p["metadata"]["name"] for p in self.cluster.list("pods", self.namespace)]
 
 
-def sim_env(simbin: Path, clip: Path, steps: int = 6, step: float = 0.25, tail: float = 0) -> dict[str, str]:
-    """Env that puts the simulated ffmpeg first on PATH (ffprobe stays the real one)."""
+def sim_env(
+    simbin: Path, clip: Path, steps: int = 6, step: float = 0.25, tail: float = 0, tail_mark: Path | None = None
+) -> dict[str, str]:
+    """Env that puts the simulated ffmpeg first on PATH (ffprobe stays the real one). The sim touches
+    `tail_mark` when its progress has ended, before it sleeps `tail` seconds and writes its output."""
     simbin.mkdir(parents=True, exist_ok=True)
     script = simbin / "ffmpeg"
     script.write_text(SIM_FFMPEG)
@@ -174,6 +178,7 @@ def sim_env(simbin: Path, clip: Path, steps: int = 6, step: float = 0.25, tail: 
         "FFRTMP_SIM_STEPS": str(steps),
         "FFRTMP_SIM_STEP": str(step),
         "FFRTMP_SIM_TAIL": str(tail),
+        "FFRTMP_SIM_TAIL_MARK": str(tail_mark or ""),
     }
 
 
