@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -11,12 +13,24 @@ Condition = dict[str, Any]
 
 def now_iso(now: float) -> str:
     """RFC 3339 with seconds precision and a Z suffix, as the API server writes times."""
-    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso_second(math.floor(now))
+
+
+# A decision pass stamps thousands of conditions with the same second, and the times read from
+# thousands of objects repeat at second resolution: formatting and parsing them is worth caching.
+@functools.lru_cache(maxsize=256)
+def _iso_second(second: int) -> str:
+    return dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: object) -> float | None:
     if not isinstance(value, str) or not value:
         return None
+    return _parse_iso(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(value: str) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
