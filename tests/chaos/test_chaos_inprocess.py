@@ -4,8 +4,8 @@ after 410 Gone, and an API outage longer than a worker Lease. The real operator 
 run; only the fault is staged.
 
 The first four failed against the code before commit d8d8797 (checked by running this file with the
-package of d8d8797^ first on PYTHONPATH) and pass since: they stay as regression tests. The last one
-is an open bug (strict xfail)."""
+package of d8d8797^ first on PYTHONPATH), the last one before commit 2925288; they stay as regression
+tests."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
 from ffrtmp.controller.settings import OperatorSettings
-from ffrtmp.kube.client import KubeClient, resource_path
+from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 from ffrtmp.kube.config import KubeConfig, load_config
 from ffrtmp.worker.agent import Agent
 from ffrtmp.worker.attempt import Attempt
@@ -135,12 +135,14 @@ async def test_stale_attempt_publishes_nothing(
 
 class _FakeApi:
     """Just enough of KubeClient for the reconciler: what the API server holds right now, the writes it
-    was sent, and an outage switch (every call then fails as a refused connection does)."""
+    was sent, an outage switch (every call then fails as a refused connection does) and a way to end a
+    kind's watches with 410 Gone. Its watches send no events."""
 
     def __init__(self, objects: dict[str, list[Obj]]) -> None:
         self.objects = objects
         self.revision = 100
         self.down = False
+        self.expire: set[str] = set()
         self.writes: list[tuple[float, str, Obj]] = []
 
     def _check(self) -> None:
@@ -151,6 +153,17 @@ class _FakeApi:
         self._check()
         kind = path.rstrip("/").rsplit("/", 1)[-1]
         return [json.loads(json.dumps(o)) for o in self.objects.get(kind, [])], str(self.revision)
+
+    async def watch(self, path: str, resource_version: str, params: Any = None) -> AsyncIterator[Obj]:
+        kind = path.rstrip("/").rsplit("/", 1)[-1]
+        while True:
+            self._check()
+            if kind in self.expire:
+                self.expire.discard(kind)
+                raise ApiError(410, "Expired", "too old resource version")
+            await asyncio.sleep(0.02)
+            if False:  # an async generator that never yields: a quiet watch
+                yield {}
 
     async def create(self, path: str, body: Obj) -> Obj:
         self._check()
@@ -179,10 +192,9 @@ def _objects(now: float) -> dict[str, Obj]:
 
 
 async def test_relist_after_410_forgets_jobs_deleted_in_the_gap() -> None:
-    """kopf answers 410 Gone by listing again, handing the objects to the handlers as type None, with no
-    DELETED for objects removed while the watch was down. The reconciler must notice the listing and
-    relist itself soon, or a job deleted in the gap keeps its worker slot busy until the periodic
-    relist (relist_seconds, 60 s)."""
+    """A watch that ends in 410 Gone is followed by a fresh list, with no DELETED for objects removed
+    while the watch was down: the jobs missing from the list must leave the store, or a job deleted in
+    the gap keeps its worker slot busy for good."""
     now = time.time()
     o = _objects(now)
     api = _FakeApi({"transcodejobs": [o["gone"], o["stays"]], "pods": [o["pod"]], "leases": [o["lease"]]})
@@ -192,11 +204,11 @@ async def test_relist_after_410_forgets_jobs_deleted_in_the_gap() -> None:
     try:
         await asyncio.sleep(0.5)
         assert "ns/gone" in reconciler.store.jobs
-        # While the watch was down "gone" was deleted; after 410 Gone kopf lists again: only "stays" is left.
+        # While the watch was down "gone" was deleted; the watch ends in 410 Gone: only "stays" is listed.
         api.objects["transcodejobs"] = [o["stays"]]
         api.revision += 10
-        reconciler.on_job(None, json.loads(json.dumps(o["stays"])))
-        await asyncio.sleep(2.0)
+        api.expire.add("transcodejobs")
+        await asyncio.sleep(1.0)
         assert not task.done(), task
         assert "ns/gone" not in reconciler.store.jobs, "a job deleted during the watch gap is still in the store"
     finally:

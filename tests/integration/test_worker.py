@@ -66,8 +66,12 @@ def test_job_succeeds_with_valid_output_and_monotonic_progress(farm: Farm) -> No
     assert codecs == {"video": "h264", "audio": "aac"}
     assert int(probe["format"]["size"]) == out["bytes"]
     assert s["queuedTime"] and s["startTime"] and s["completionTime"]
+    # The operator's decision is an Event; the worker's transitions are conditions (`--job-events all`
+    # would repeat them as Started and Completed Events).
     reasons = [e["reason"] for e in farm.events("watched")]
-    assert {"Scheduled", "Started", "Completed"} <= set(reasons), reasons
+    assert reasons == ["Scheduled"], reasons
+    conditions = {c["type"]: c for c in s["conditions"]}
+    assert conditions["Running"]["status"] == "False" and conditions["Complete"]["status"] == "True", conditions
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""kopf registration: thin handlers that feed the reconciler's store and start its loops."""
+"""kopf registration: start and stop the reconciler (whose own watches feed its store), log in,
+and answer the liveness probe."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_COMPONENT, POOL_PLURAL, VERSION, WORKER_COMPONENT
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
@@ -20,7 +20,6 @@ from ffrtmp.kube.client import KubeClient
 from ffrtmp.kube.config import KubeConfig
 
 log = logging.getLogger(__name__)
-WORKERS = {LABEL_COMPONENT: WORKER_COMPONENT}
 STALE_PASS_SECONDS = 60.0
 
 
@@ -39,20 +38,8 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
-    # kopf's own bookkeeping stays in annotations under our prefix, never in our status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 10
-    settings.networking.request_timeout = 30
-    # No cap on kopf's per-object workers: a burst of new jobs must reach the store at once.
-    settings.batching.worker_limit = None
     client = KubeClient(memo.kube_config)
     metrics = OperatorMetrics()
     elector = None
@@ -79,26 +66,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await reconciler.elector.release()
     if "client" in memo:
         await memo.client.close()
-
-
-@kopf.on.event(GROUP, VERSION, JOB_PLURAL)
-async def transcodejob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.on_job(event["type"], dict(event["object"]))
-
-
-@kopf.on.event(GROUP, VERSION, POOL_PLURAL)
-async def workerpool_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.on_pool(event["type"], dict(event["object"]))
-
-
-@kopf.on.event("", "v1", "pods", labels=WORKERS)
-async def worker_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.on_pod(event["type"], dict(event["object"]))
-
-
-@kopf.on.event("coordination.k8s.io", "v1", "leases", labels=WORKERS)
-async def worker_lease_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.on_lease(event["type"], dict(event["object"]))
 
 
 @kopf.on.probe(id="reconcile")

@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-grace-seconds", type=float, default=OperatorSettings.lease_grace_seconds)
     parser.add_argument("--retry-backoff-seconds", type=float, default=OperatorSettings.retry_backoff_seconds)
     parser.add_argument("--resync-seconds", type=float, default=OperatorSettings.resync_seconds)
-    parser.add_argument("--job-events", choices=["all", "failures", "none"], default=OperatorSettings.job_events)
+    parser.add_argument(
+        "--job-events", choices=["decisions", "all", "failures", "none"], default=OperatorSettings.job_events,
+        help="Events on TranscodeJobs: the operator's decisions and every Warning (default); all (also Started "
+        "and Completed, one more Event per transition); failures (Warnings only); none",
+    )  # fmt: skip
     parser.add_argument(
         "--device-resource", action="append", default=[], metavar="ACCEL=NAME",
         help="device-plugin resource of an accelerator, e.g. nvenc=nvidia.com/gpu",

@@ -1,6 +1,6 @@
 """The operator's single decision loop: apply what the pure functions decide, fenced and in bulk.
 
-Watch events (from kopf handlers) only update the store and wake the loop. Each pass decides
+Watch events (from `controller.watches`) only update the store and wake the loop. Each pass decides
 everything due now from the store and applies it. Only the leader decides; a standby replica
 keeps its store warm so that it can take over at once.
 """
@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_COMPONENT, POOL_PLURAL, VERSION, WORKER_COMPONENT
+from ffrtmp.api.constants import GROUP, JOB_PLURAL, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import DeleteJob, JobEvent, PatchStatus, decide_jobs, running_by_worker
@@ -22,7 +22,8 @@ from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
 from ffrtmp.controller.settings import OperatorSettings
-from ffrtmp.controller.state import JobView, Store, key_of
+from ffrtmp.controller.state import JobView, Store, key_of, store_key
+from ffrtmp.controller.watches import WATCHED, feed
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ Obj = dict[str, Any]
 # API_GAP_SECONDS or more is an outage, after which worker Leases get a fresh period.
 API_CHECK_SECONDS = 2.0
 API_GAP_SECONDS = 5.0
-WORKER_SELECTOR = f"{LABEL_COMPONENT}={WORKER_COMPONENT}"
 
 
 def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -58,24 +58,66 @@ class Reconciler:
         self.memory: dict[str, PoolMemory] = {}
         self.trigger = asyncio.Event()
         self._writes = asyncio.Semaphore(settings.max_parallel_writes)
+        # Events have slots of their own: a burst of them never delays a status write.
+        self._event_writes = asyncio.Semaphore(max(settings.max_parallel_writes // 4, 1))
         self._background: set[asyncio.Task[Any]] = set()
         self.last_pass = 0.0
-        self._last_relist = 0.0
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
-        self._relist_requested = False
+        self._synced: set[tuple[str, str]] = set()
         self._last_api_ok = 0.0
 
-    # -- events (thin kopf handlers call these) ----------------------------------------------
-    def _note_listing(self, event_type: str | None) -> None:
-        """kopf passes listed objects as type None, after a start and after a 410 Gone; it sends no
-        DELETED for what vanished meanwhile. A listing after our own start means a watch gap:
-        relist ourselves soon, so deleted objects leave the store (and free their slots)."""
-        if event_type is None and self.store.synced:
-            self._relist_requested = True
+    # -- events (the watches of `controller.watches` call these) -------------------------------
+    def on_event(self, kind: str, event_type: str, obj: Obj) -> None:
+        """One watch event of a kind ("jobs", "pools", "pods", "leases")."""
+        if kind == "jobs":
+            self.on_job(event_type, obj)
+        elif kind == "leases":
+            self.on_lease(event_type, obj)
+        else:
+            key = key_of(obj)
+            current: dict[str, Any] = self.store.pods if kind == "pods" else self.store.pools
+            if event_type == "DELETED":
+                current.pop(key, None)
+            elif kind == "pods":
+                self.store.put_pod(obj)
+            else:
+                self.store.put_pool(obj)
+            self.trigger.set()
 
-    def on_job(self, event_type: str | None, obj: Obj) -> None:
-        self._note_listing(event_type)
+    def on_sync(self, kind: str, namespace: str, items: list[Obj], resource_version: str) -> None:
+        """A (re)list of one kind in one namespace ("" = all): replace that part of the store.
+        An object missing from the list is gone, unless the store has a version newer than the list
+        (created, or written by us, after the list was taken)."""
+        store = self.store
+        by_kind: dict[str, dict[str, Any]] = {
+            "jobs": store.jobs, "pools": store.pools, "pods": store.pods, "leases": store.leases,
+        }  # fmt: skip
+        current = by_kind[kind]
+        put: Callable[[Obj], object] = {
+            "jobs": lambda o: self.on_job("SYNC", o), "pools": store.put_pool, "pods": store.put_pod,
+            "leases": store.put_lease,
+        }[kind]  # fmt: skip
+        listed: set[str] = set()
+        for obj in items:
+            put(obj)
+            listed.add(store_key(kind, obj))
+        list_rv = int(resource_version or 0)
+        prefix = f"{namespace}/" if namespace else ""
+        for key in [k for k in current if k.startswith(prefix) and k not in listed]:
+            if int(current[key].resource_version or 0) <= list_rv:
+                current.pop(key, None)
+        self._synced.add((kind, namespace))
+        if all((kind, ns) in self._synced for ns in self.namespaces):
+            self.store.synced.add(kind)
+        self._last_api_ok = time.time()
+        self.trigger.set()
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return self.settings.namespaces or ("",)
+
+    def on_job(self, event_type: str, obj: Obj) -> None:
         key = key_of(obj)
         old = self.store.jobs.get(key)
         if event_type == "DELETED":
@@ -85,30 +127,19 @@ class Reconciler:
             self._observe_transition(old, new)
         self.trigger.set()
 
-    def on_pod(self, event_type: str | None, obj: Obj) -> None:
-        self._note_listing(event_type)
+    def on_lease(self, event_type: str, obj: Obj) -> None:
+        """A plain renewal only refreshes the store: freshness is judged on every periodic pass
+        (resync_seconds, far below a Lease's duration), and a thousand workers renew a few hundred
+        times a second. A new Lease, a finished self-test or a drain changes decisions: decide now."""
+        key = store_key("leases", obj)
         if event_type == "DELETED":
-            self.store.pods.pop(key_of(obj), None)
-        else:
-            self.store.put_pod(obj)
-        self.trigger.set()
-
-    def on_lease(self, event_type: str | None, obj: Obj) -> None:
-        self._note_listing(event_type)
-        if event_type == "DELETED":
-            holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
-            self.store.leases.pop(f"{obj['metadata'].get('namespace', '')}/{holder}", None)
-        else:
-            self.store.put_lease(obj)
-        self.trigger.set()
-
-    def on_pool(self, event_type: str | None, obj: Obj) -> None:
-        self._note_listing(event_type)
-        if event_type == "DELETED":
-            self.store.pools.pop(key_of(obj), None)
-        else:
-            self.store.put_pool(obj)
-        self.trigger.set()
+            self.store.leases.pop(key, None)
+            self.trigger.set()
+            return
+        old = self.store.leases.get(key)
+        new = self.store.put_lease(obj)
+        if old is None or (old.encoder_ok, old.draining, old.duration) != (new.encoder_ok, new.draining, new.duration):
+            self.trigger.set()
 
     def _observe_transition(self, old: JobView | None, new: JobView) -> None:
         if new.phase == (old.phase if old else None):
@@ -118,11 +149,11 @@ class Reconciler:
         if old is not None and self.leading and new.worker:
             # The worker writes these two transitions; the operator tells them in Events.
             if new.phase == "Running":
-                started = f"attempt {new.attempt}: ffmpeg started on {new.worker}"
-                self._event(new.namespace, "TranscodeJob", new.name, new.uid, JobEvent("Normal", "Started", started))
+                started = JobEvent("Normal", "Started", f"attempt {new.attempt}: ffmpeg started on {new.worker}")
+                self._event(new.namespace, "TranscodeJob", new.name, new.uid, started, observed=True)
             elif new.phase == "Succeeded":
-                self._event(new.namespace, "TranscodeJob", new.name, new.uid,
-                            JobEvent("Normal", "Completed", new.message or "completed"))  # fmt: skip
+                completed = JobEvent("Normal", "Completed", new.message or "completed")
+                self._event(new.namespace, "TranscodeJob", new.name, new.uid, completed, observed=True)
         if new.phase == "Running" and new.start_time and new.queued_time is not None:
             self.metrics.queue_seconds.labels(new.namespace, pool).observe(max(new.start_time - new.created, 0.0))
         if new.terminal and old is not None and not old.terminal:
@@ -136,64 +167,30 @@ class Reconciler:
                 self.memory.setdefault(f"{new.namespace}/{pool}", PoolMemory()).record_duration(now, run)
 
     # -- the loop -----------------------------------------------------------------------------
-    async def relist(self) -> None:
-        """List every kind and merge it into the store (at start-up, and now and then to drop
-        objects whose delete event a broken watch missed). Newer objects already in the store win."""
-        namespaces = self.settings.namespaces or ("",)
-        store = self.store
-        workers: dict[str, str | int] = {"labelSelector": WORKER_SELECTOR}
-        kinds: list[tuple[str, Callable[[str], str], dict[str, str | int], dict[str, Any], Callable[[Obj], object]]] = [
-            ("jobs", job_path, {}, store.jobs, store.put_job),
-            ("pools", pool_path, {}, store.pools, store.put_pool),
-            ("pods", lambda ns: resource_path("", "v1", "pods", ns), workers, store.pods, store.put_pod),
-            ("leases", lambda ns: resource_path("coordination.k8s.io", "v1", "leases", ns), workers,
-             store.leases, store.put_lease),
-        ]  # fmt: skip
-        for kind, path_of, params, current, put in kinds:
-            listed: set[str] = set()
-            list_rv = 0
-            for ns in namespaces:
-                items, rv = await self.client.list_all(path_of(ns), params)
-                list_rv = max(list_rv, int(rv or 0))
-                for obj in items:
-                    put(obj)
-                    listed.add(self._store_key(kind, obj))
-            for key in [k for k in current if k not in listed]:
-                # Gone, unless it appeared after the list was taken.
-                if int(current[key].resource_version or 0) <= list_rv:
-                    current.pop(key, None)
-            store.synced.add(kind)
-        self._last_api_ok = time.time()
-        self._last_relist = time.monotonic()
-
-    @staticmethod
-    def _store_key(kind: str, obj: Obj) -> str:
-        if kind == "leases":
-            holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
-            return f"{obj['metadata'].get('namespace', '')}/{holder}"
-        return key_of(obj)
-
     async def run(self) -> None:
-        while not self.store.synced:
-            try:
-                await self.relist()
-            except Exception as e:  # the API server may not answer yet: keep trying
-                log.warning("initial list failed: %r; retrying", e)
-                await asyncio.sleep(2)
+        """Watch every kind, and decide once each was listed (until then "missing" is not "gone")."""
+        watches = [
+            asyncio.create_task(feed(self.client, watched, namespace, self), name=f"watch-{watched.kind}-{namespace}")
+            for watched in WATCHED
+            for namespace in self.namespaces
+        ]
+        try:
+            while len(self.store.synced) < len(WATCHED):
+                await self.trigger.wait()
+                self.trigger.clear()
+            await self._decide_forever()
+        finally:
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _decide_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.trigger.wait(), timeout=self.settings.resync_seconds)
             self.trigger.clear()
             await asyncio.sleep(0.02)  # let a burst of events land in one pass
             try:
-                since = time.monotonic() - self._last_relist
-                if since > self.settings.relist_seconds or (self._relist_requested and since > 2.0):
-                    self._relist_requested = False
-                    try:
-                        await self.relist()
-                    except Exception as e:  # a failed relist must not block decisions
-                        self._last_relist = time.monotonic()
-                        log.warning("relist failed: %r; deciding on the watched view", e)
                 await self.pass_once()
             except Exception:
                 log.exception("reconcile pass failed")
@@ -303,9 +300,14 @@ class Reconciler:
             if e.not_found:
                 self.store.jobs.pop(f"{namespace}/{name}", None)
 
-    def _post_job_event(self, event: JobEvent) -> bool:
+    def _post_job_event(self, event: JobEvent, observed: bool) -> bool:
+        """`observed`: an Event that only repeats a transition the worker wrote into the status."""
         mode = self.settings.job_events
-        return mode == "all" or (mode == "failures" and event.type == "Warning")
+        if mode == "all":
+            return True
+        if event.type == "Warning":
+            return mode != "none"
+        return mode == "decisions" and not observed
 
     async def _apply_pool(
         self, key: str, create: int, delete: list[str], status: Obj | None, events: list[JobEvent]
@@ -348,9 +350,11 @@ class Reconciler:
                 out.append(r)
         return out
 
-    def _event(self, namespace: str, kind: str, name: str, uid: str, event: JobEvent) -> None:
+    def _event(
+        self, namespace: str, kind: str, name: str, uid: str, event: JobEvent, *, observed: bool = False
+    ) -> None:
         """Post a core/v1 Event in the background: `kubectl describe` tells the story."""
-        if kind == "TranscodeJob" and not self._post_job_event(event):
+        if kind == "TranscodeJob" and not self._post_job_event(event, observed):
             return
         now = now_iso(time.time())
         body: Obj = {
@@ -371,7 +375,8 @@ class Reconciler:
 
         async def post() -> None:
             try:
-                await self._bounded(self.client.create(resource_path("", "v1", "events", namespace), body))
+                async with self._event_writes:
+                    await self.client.create(resource_path("", "v1", "events", namespace), body)
             except ApiError as e:
                 log.debug("posting event failed: %s", e)
 

@@ -31,10 +31,10 @@ class OperatorSettings:
     retry_backoff_max_seconds: float = 360.0
     # Periodic pass even without events: timeouts, lost workers, TTL, autoscaling.
     resync_seconds: float = 2.0
-    # Full relist of jobs to catch deletes missed while a watch was down.
-    relist_seconds: float = 60.0
-    # Events on job transitions: all, failures (warnings only) or none.
-    job_events: str = "all"
+    # Events on jobs: "decisions" (what the operator decided: Scheduled, Requeued, ... and every
+    # Warning), "all" (also Started and Completed, which the worker's status writes already tell),
+    # "failures" (Warnings only) or "none".
+    job_events: str = "decisions"
     max_parallel_writes: int = 32
     metrics_port: int = 9090
     health_port: int = 8080

@@ -6,9 +6,10 @@ Views are parsed once per event so that a pass over 10,000 jobs stays cheap.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -77,8 +78,15 @@ class JobView:
     result: AttemptResultView | None
     queued_reason: str | None
     suspended: bool
-    conditions: tuple[Obj, ...]
+    # The conditions as the API server sent them, kept as JSON text: they are read only to write a
+    # new status, and 10,000 jobs' decoded condition dicts would cost about 2 kB each.
+    conditions_json: str
     message: str | None
+
+    @property
+    def conditions(self) -> list[Obj]:
+        decoded: list[Obj] = json.loads(self.conditions_json)
+        return decoded
 
     @property
     def active(self) -> bool:
@@ -103,8 +111,6 @@ def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
 
 
 def parse_job(obj: Obj) -> JobView:
-    import json
-
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     generation = int(meta.get("generation", 1))
     result = status.get("result")
@@ -154,7 +160,7 @@ def parse_job(obj: Obj) -> JobView:
         result=result_view,
         queued_reason=queued.get("reason") if queued and queued.get("status") == "True" else None,
         suspended=bool(suspended and suspended.get("status") == "True"),
-        conditions=tuple(status.get("conditions") or ()),
+        conditions_json=json.dumps(status.get("conditions") or [], separators=(",", ":")),
         message=status.get("message"),
     )
 
@@ -283,17 +289,43 @@ class Store:
         self.jobs[view.key] = view
         return view
 
-    def put_pod(self, obj: Obj) -> None:
-        pod = parse_worker_pod(obj)
-        self.pods[pod.key] = pod
+    # The response to our own write (a Pod create, a pool status patch) can arrive after the watch
+    # already delivered a newer version (the Pod bound to a node): never roll the view back.
+    def put_pod(self, obj: Obj) -> WorkerPod:
+        return _put_newest(self.pods, parse_worker_pod(obj))
 
-    def put_lease(self, obj: Obj) -> None:
-        lease = parse_lease(obj)
-        self.leases[lease.key] = lease
+    def put_lease(self, obj: Obj) -> WorkerLease:
+        return _put_newest(self.leases, parse_lease(obj))
 
-    def put_pool(self, obj: Obj) -> None:
-        pool = parse_pool(obj)
-        self.pools[pool.key] = pool
+    def put_pool(self, obj: Obj) -> PoolObj:
+        return _put_newest(self.pools, parse_pool(obj))
+
+
+class _Versioned(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def resource_version(self) -> str: ...
+
+
+V = TypeVar("V", bound=_Versioned)
+
+
+def _put_newest(current: dict[str, V], view: V) -> V:
+    old = current.get(view.key)
+    if old is not None and _rv_older(view.resource_version, old.resource_version):
+        return old
+    current[view.key] = view
+    return view
+
+
+def store_key(kind: str, obj: Obj) -> str:
+    """The store's key of an object of a kind: "namespace/name", for a Lease "namespace/holder"."""
+    if kind == "leases":
+        holder = (obj.get("spec") or {}).get("holderIdentity") or obj["metadata"]["name"]
+        return f"{obj['metadata'].get('namespace', '')}/{holder}"
+    return key_of(obj)
 
 
 def _rv_older(candidate: str, current: str) -> bool:

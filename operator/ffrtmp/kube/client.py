@@ -223,19 +223,23 @@ async def informer(
     path: str,
     params: Mapping[str, str | int] | None = None,
     *,
-    retry_delay: float = 1.0,
+    retry_delay: float = 0.5,
+    max_retry_delay: float = 5.0,
 ) -> AsyncIterator[tuple[str, Obj]]:
     """List, then watch forever; relist on 410 Gone or any broken stream. Yields (type, object).
 
-    After each (re)list it yields ("SYNC", {"items": [...]}) so the consumer can replace its view:
-    objects deleted while the watch was down disappear then.
+    After each (re)list it yields ("SYNC", {"items": [...], "metadata": {"resourceVersion": rv}}) so
+    the consumer can replace its view: objects deleted while the watch was down disappear then.
+    Failures are retried after `retry_delay`, doubling up to `max_retry_delay` until a list succeeds.
     """
     resource_version = ""
+    delay = retry_delay
     while True:
         try:
             if not resource_version:
                 items, resource_version = await client.list_all(path, params)
-                yield "SYNC", {"items": items}
+                delay = retry_delay
+                yield "SYNC", {"items": items, "metadata": {"resourceVersion": resource_version}}
             async for event in client.watch(path, resource_version, params):
                 obj = event.get("object", {})
                 rv = obj.get("metadata", {}).get("resourceVersion")
@@ -244,13 +248,13 @@ async def informer(
                 if event["type"] != "BOOKMARK":
                     yield event["type"], obj
         except ApiError as e:
+            resource_version = ""
             if e.gone:
                 log.info("watch of %s expired (410 Gone); relisting", path)
-            else:
-                log.warning("watch of %s failed: %s; relisting in %.0fs", path, e, retry_delay)
-                await asyncio.sleep(retry_delay)
-            resource_version = ""
+                continue
+            log.warning("watch of %s failed: %s; relisting in %.1fs", path, e, delay)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
-            log.warning("watch of %s broke: %s; relisting in %.0fs", path, e, retry_delay)
-            await asyncio.sleep(retry_delay)
             resource_version = ""
+            log.warning("watch of %s broke: %r; relisting in %.1fs", path, e, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_retry_delay)
