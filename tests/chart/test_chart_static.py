@@ -818,13 +818,13 @@ def test_pods_meet_restricted_pod_security(helm: str, config: str) -> None:
 # RBAC
 
 OPERATOR_NAMESPACED_RULES = {
-    ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch", "patch", "delete"},
+    ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch", "delete"},
     ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch", "update"},
     ("ffmpeg-rtmp.io", "workerpools"): {"get", "list", "watch"},
     ("ffmpeg-rtmp.io", "workerpools/status"): {"get", "patch", "update"},
     ("", "pods"): {"list", "watch", "create", "delete"},
     ("coordination.k8s.io", "leases"): {"get", "list", "watch", "delete"},
-    ("", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
 }
 LEADER_LEASE = "ffmpeg-rtmp-operator"
 LEADER_RULES = [
@@ -836,10 +836,6 @@ LEADER_RULES = [
         "verbs": ["get", "update", "patch"],
     },
 ]
-CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-# kopf lists and watches Namespace objects only when it is not cluster-wide (it matches its
-# --namespace names against them); cluster-wide it never reads them.
-NAMESPACE_READ = {("", "namespaces"): {"list", "watch"}}
 WORKER_RULES = {
     ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch"},
     ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch"},
@@ -878,7 +874,7 @@ def test_rbac_cluster_wide(helm: str) -> None:
     _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
     assert cr["metadata"]["name"] == "ffmpeg-rtmp-operator"
-    assert _rules(cr) == {**OPERATOR_NAMESPACED_RULES, **CRD_READ}
+    assert _rules(cr) == OPERATOR_NAMESPACED_RULES
     crb = one(docs, "ClusterRoleBinding")
     assert crb["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -903,7 +899,7 @@ def test_rbac_cluster_wide_with_leader_election(helm: str) -> None:
     docs = render(helm, "--set", "operator.replicaCount=2")
     _no_wildcards(docs)
     (cr,) = of_kind(docs, "ClusterRole")
-    assert _rules(cr) == {**OPERATOR_NAMESPACED_RULES, **CRD_READ}
+    assert _rules(cr) == OPERATOR_NAMESPACED_RULES
     (role,) = _leader_roles(docs)
     assert role["metadata"]["name"] == "ffmpeg-rtmp-operator-leader-election"
     assert role["metadata"]["namespace"] == NAMESPACE
@@ -927,11 +923,7 @@ def test_leader_election_rbac_follows_the_setting(helm: str) -> None:
 def test_rbac_namespaced(helm: str) -> None:
     docs = render(helm, *NAMESPACED)
     _no_wildcards(docs)
-    (cr,) = of_kind(docs, "ClusterRole")
-    assert cr["metadata"]["name"] == "ffmpeg-rtmp-operator-scanning"
-    assert _rules(cr) == {**CRD_READ, **NAMESPACE_READ}, "only kopf's scanning may be cluster-wide in namespaced mode"
-    crb = one(docs, "ClusterRoleBinding")
-    assert crb["roleRef"]["name"] == cr["metadata"]["name"]
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding"), "nothing cluster-wide"
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
     assert set(roles) == {(ns, f"ffmpeg-rtmp-{who}") for ns in ("media", "media-gpu") for who in ("operator", "worker")}
     for ns in ("media", "media-gpu"):
@@ -954,8 +946,7 @@ def test_rbac_namespaced(helm: str) -> None:
 def test_rbac_namespaced_with_leader_election(helm: str) -> None:
     docs = render(helm, *ALL)
     _no_wildcards(docs)
-    (cr,) = of_kind(docs, "ClusterRole")
-    assert _rules(cr) == {**CRD_READ, **NAMESPACE_READ}
+    assert not of_kind(docs, "ClusterRole")
     operator_roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in operator_roles) == ["media", "media-gpu"]
     for role in operator_roles:

@@ -218,10 +218,8 @@ def test_install_creates_crds_service_accounts_and_rbac_only(release: Release) -
         f"rolebinding.rbac.authorization.k8s.io/{f}-worker",
         f"rolebinding.rbac.authorization.k8s.io/{f}-operator-leader-election",
     }
-    assert _names(c, "clusterrole,clusterrolebinding", "-l", selector) == {
-        f"clusterrole.rbac.authorization.k8s.io/{f}-operator-scanning",
-        f"clusterrolebinding.rbac.authorization.k8s.io/{f}-operator-scanning",
-    }
+    # Namespaced mode grants nothing cluster-wide.
+    assert _names(c, "clusterrole,clusterrolebinding", "-l", selector) == set()
     # operator.enabled=false: nothing that would need a container runtime.
     assert not _names(c, "deployment,service,pod", "-n", ns, "-l", selector)
     assert not _names(c, "serviceaccount,role,rolebinding", "-n", release.other, "-l", selector)
@@ -416,17 +414,14 @@ def test_operator_service_account_rbac(release: Release) -> None:
     ns, other = release.namespace, release.other
     leader = f"{LEASES}/{LEADER_LEASE}"
     yes: list[tuple[str, str, str | None, tuple[str, ...]]] = [
-        *[(v, TJ, ns, ()) for v in ("get", "list", "watch", "patch", "delete")],
+        *[(v, TJ, ns, ()) for v in ("get", "list", "watch", "delete")],
         *[(v, TJ, ns, STATUS) for v in ("get", "patch", "update")],
         *[(v, WP, ns, ()) for v in ("get", "list", "watch")],
         *[(v, WP, ns, STATUS) for v in ("get", "patch", "update")],
         *[(v, "pods", ns, ()) for v in ("list", "watch", "create", "delete")],
         *[(v, LEASES, ns, ()) for v in ("get", "list", "watch", "delete")],
         ("create", LEASES, ns, ()), ("get", leader, ns, ()), ("update", leader, ns, ()), ("patch", leader, ns, ()),
-        ("create", "events", ns, ()), ("patch", "events", ns, ()),
-        *[(v, "customresourcedefinitions.apiextensions.k8s.io", None, ()) for v in ("get", "list", "watch")],
-        # kopf (namespaced mode) matches its --namespace names against the Namespace objects.
-        ("list", "namespaces", None, ()), ("watch", "namespaces", None, ()),
+        ("create", "events", ns, ()),
     ]  # fmt: skip
     no: list[tuple[str, str, str | None, tuple[str, ...]]] = [
         ("get", "secrets", ns, ()), ("list", "secrets", ns, ()), ("list", "secrets", None, ("--all-namespaces",)),
@@ -438,13 +433,14 @@ def test_operator_service_account_rbac(release: Release) -> None:
         ("delete", "nodes", None, ()), ("list", "nodes", None, ()),
         ("create", "pods", ns, ("--subresource=exec",)), ("get", "pods", ns, ("--subresource=log",)),
         ("update", "pods", ns, ()), ("patch", "pods", ns, ()),
-        ("create", TJ, ns, ()), ("update", TJ, ns, ()),
+        ("create", TJ, ns, ()), ("update", TJ, ns, ()), ("patch", TJ, ns, ()), ("patch", "events", ns, ()),
         ("create", WP, ns, ()), ("update", WP, ns, ()), ("patch", WP, ns, ()), ("delete", WP, ns, ()),
         # Only its own leader Lease may be renewed; worker Leases are read and deleted, never written.
         ("update", f"{LEASES}/ffrtmp-worker-somepod", ns, ()), ("patch", f"{LEASES}/ffrtmp-worker-somepod", ns, ()),
         ("create", "serviceaccounts", ns, ("--subresource=token",)), ("impersonate", "serviceaccounts", ns, ()),
-        # Namespaced mode: nothing outside the watched namespace; namespaces are read, never changed.
-        ("get", "namespaces", None, ()), ("create", "namespaces", None, ()), ("delete", "namespaces", None, ()),
+        # Namespaced mode: nothing outside the watched namespace, nothing cluster-wide.
+        ("list", "namespaces", None, ()), ("watch", "namespaces", None, ()), ("create", "namespaces", None, ()),
+        *[(v, "customresourcedefinitions.apiextensions.k8s.io", None, ()) for v in ("get", "list", "watch")],
         ("list", TJ, other, ()), ("create", "pods", other, ()), ("create", LEASES, other, ()),
         ("list", TJ, None, ("--all-namespaces",)),
     ]  # fmt: skip
@@ -467,7 +463,6 @@ def test_helm_upgrade_with_a_changed_value(release: Release) -> None:
     f = release.fullname
     # The new label reached existing objects, and the worker ServiceAccount + Role the new value asks for exist.
     for kind, name, where in (
-        ("clusterrole", f"{f}-operator-scanning", ""),
         ("role", f"{f}-operator-leader-election", ns),
         ("serviceaccount", f"{f}-worker", ns),
         ("serviceaccount", f"{f}-worker", other),
@@ -511,7 +506,6 @@ def test_helm_uninstall_removes_the_release_objects(release: Release) -> None:
         ("serviceaccount", f"{f}-worker", ns),
         ("serviceaccount", f"{f}-worker", release.other),
         ("role", f"{f}-operator-leader-election", ns),
-        ("clusterrole", f"{f}-operator-scanning", ""),
     ):
         args = ["get", kind, name] + (["-n", where] if where else [])
         assert "NotFound" in c.kubectl(*args, check=False).stderr, (kind, name)

@@ -38,8 +38,11 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def startup(memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
+    # kopf serves no resource here (controller/watches.py does): it need not watch CRDs and
+    # namespaces, nor hold the cluster-wide permissions to.
+    settings.scanning.disabled = True
     client = KubeClient(memo.kube_config)
     metrics = OperatorMetrics()
     elector = None
