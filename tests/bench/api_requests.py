@@ -8,11 +8,11 @@ What counts as "per job": every request on `transcodejobs` (create, status patch
 operator and of the worker, fenced-write conflict re-reads, list/watch restarts) and on core
 `events` (the operator's job Events). Requests on leases (worker heartbeats: per worker and per
 second, not per job), workerpools (pool status) and pods are reported apart, per run. Progress
-writes are counted by the simulated attempts themselves (the worker's throttled writes, and the
-one it always makes on ffmpeg's `progress=end`), so "excluding progress" subtracts exactly them.
+writes are counted by the simulated attempts themselves (the worker's throttled writes), so
+"excluding progress" subtracts exactly them.
 
-Four runs: progress interval 1 s vs off (3600 s, longer than any job), x `--job-events all`
-(the operator's default) vs `none`.
+Four runs: progress interval 1 s vs off (3600 s, longer than any job), x `--job-events decisions`
+(the operator's default) vs `all` (also Started and Completed Events).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ PARAMS = {
     "full": {"jobs": 200, "workers": 50, "slots": 4, "duration": 4},
 }
 CONFIGS = [  # (label, progress interval, --job-events)
+    ("progress1s_eventsDecisions", 1.0, "decisions"),
+    ("progressOff_eventsDecisions", 3600.0, "decisions"),
     ("progress1s_eventsAll", 1.0, "all"),
     ("progressOff_eventsAll", 3600.0, "all"),
-    ("progress1s_eventsNone", 1.0, "none"),
-    ("progressOff_eventsNone", 3600.0, "none"),
 ]
 PER_JOB = {("ffmpeg-rtmp.io", "transcodejobs"), ("", "events")}
 
@@ -55,7 +55,7 @@ def workers_needed(scale: str) -> int:
 
 async def run(env: BenchEnv, scale: str) -> Report:
     report = Report(NAME, scale)
-    wanted = os.environ.get("FFRTMP_BENCH_REQUEST_CONFIGS", "")  # e.g. progressOff_eventsNone
+    wanted = os.environ.get("FFRTMP_BENCH_REQUEST_CONFIGS", "")  # e.g. progressOff_eventsDecisions
     for label, interval, events in CONFIGS:
         if not wanted or label in wanted.split(","):
             await measure(env, report, scale, label, interval, events)

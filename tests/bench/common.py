@@ -326,8 +326,8 @@ class BenchEnv:
     def start_operator(
         self, namespace: str, *extra: str, overrides: dict[str, str] | None = None, log_name: str = "operator"
     ) -> Operator:
-        """The operator as users run it; with `overrides`, through tests.bench.patched_operator
-        (the same operator plus the proposed kopf queueing settings)."""
+        """The operator as users run it; with `overrides` (diagnostic environment variables), through
+        tests.bench.patched_operator (the same operator plus a diagnostic startup handler)."""
         module = ["-m", "tests.bench.patched_operator"] if overrides else ["-m", "ffrtmp.cli"]
         health = free_port()
         argv = [
@@ -618,18 +618,15 @@ class PySpy:
 
 # Where the operator's time goes, by the frames that mark each part (inclusive samples).
 PROFILE_GROUPS = {
-    "kopf per-event processing (process_resource_event)": "process_resource_event",
-    "  of which kopf diff-base deepcopy (DiffBaseStorage.build)": "DiffBaseStorage.build",
-    "  of which our kopf handlers (controller/handlers.py)": "controller/handlers.py",
-    "our store update (Store.put_job/parse_job)": "Store.put_job",
+    "watch intake (controller/watches.py feed: stream, decode, store)": "watches.py",
+    "  of which our store update (Reconciler.on_event/on_sync)": "Reconciler.on_",
+    "JSON decoding (raw_decode, all callers)": "raw_decode",
     "reconcile pass decisions (Reconciler.pass_once)": "Reconciler.pass_once",
     "  of which decide_jobs": "decide_jobs",
     "  of which decide_pool": "decide_pool",
     "job status writes (Reconciler._apply_job)": "Reconciler._apply_job",
     "event posts (Reconciler._event)": "Reconciler._event.<locals>.post",
-    "relists (Reconciler.relist)": "Reconciler.relist",
-    "kopf watch stream (continuous_watch)": "continuous_watch",
-    "JSON decoding (raw_decode)": "raw_decode",
+    "kopf (anything under kopf/)": "kopf/",
     "TLS (SSLObject)": "SSLObject",
     "event loop waiting (EpollSelector.select)": "EpollSelector.select",
 }
@@ -681,20 +678,14 @@ def _short(frame: str) -> str:
 # --- command line of one benchmark ---------------------------------------------------------------
 
 
-# The proposed operator changes measured next to the shipped operator (see BENCHMARKS.md):
-# "proposed": kopf's per-object queue workers uncapped with a short idle timeout;
-# "proposed_events": that, and job Events only for failures (`--job-events failures`).
-PROPOSED = {"FFRTMP_BENCH_QUEUEING_WORKER_LIMIT": "none", "FFRTMP_BENCH_QUEUEING_IDLE_TIMEOUT": "0.5"}
-VARIANTS: dict[str, dict[str, str] | None] = {"shipped": None, "proposed": PROPOSED, "proposed_events": PROPOSED}
-VARIANT_ARGS: dict[str, tuple[str, ...]] = {
-    "shipped": (),
-    "proposed": (),
-    "proposed_events": ("--job-events", "failures"),
-}
+# Operator variants measured side by side: "shipped" is the operator with its defaults;
+# "events_all" posts every job Event (`--job-events all`: also Started and Completed).
+VARIANTS: dict[str, dict[str, str] | None] = {"shipped": None, "events_all": None}
+VARIANT_ARGS: dict[str, tuple[str, ...]] = {"shipped": (), "events_all": ("--job-events", "all")}
 
 
-def variants_from_env(default: str = "shipped,proposed,proposed_events") -> list[str]:
-    """FFRTMP_BENCH_VARIANTS=shipped,proposed,proposed_events (the default)."""
+def variants_from_env(default: str = "shipped") -> list[str]:
+    """FFRTMP_BENCH_VARIANTS=shipped[,events_all] (default: shipped)."""
     names = os.environ.get("FFRTMP_BENCH_VARIANTS", default).split(",")
     return [n for n in names if n in VARIANTS]
 

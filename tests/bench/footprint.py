@@ -69,7 +69,7 @@ async def run(env: BenchEnv, scale: str) -> Report:
     bare = env.client(max_connections=60)
     farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=3600).start()
     try:
-        for index, variant in enumerate(variants_from_env("shipped,proposed")):
+        for index, variant in enumerate(variants_from_env()):
             overrides = dict(VARIANTS[variant] or {})
             trace = RESULTS_DIR / f"{NAME}-tracemalloc-{variant}-{env.root.name}.json"
             if TRACE:

@@ -1,13 +1,9 @@
-"""`python -m tests.bench.patched_operator operator ...`: the unchanged operator plus ONE extra kopf
-startup handler that applies a proposed setting, to measure a proposed operator change without
-editing operator/ (the "after" figures of BENCHMARKS.md).
+"""`python -m tests.bench.patched_operator operator ...`: the unchanged operator plus one extra kopf
+startup handler for diagnostics:
 
-    FFRTMP_BENCH_QUEUEING_WORKER_LIMIT   kopf settings.queueing.worker_limit ("none": unlimited)
-    FFRTMP_BENCH_QUEUEING_IDLE_TIMEOUT   kopf settings.queueing.idle_timeout (seconds)
-    FFRTMP_BENCH_TRACEMALLOC             a file: trace allocations, write the top ones there every 5 s
-                                         (diagnostics only: tracing slows the operator and costs memory)
+    FFRTMP_BENCH_TRACEMALLOC   a file: trace allocations, write the top ones there every 5 s
+                               (diagnostics only: tracing slows the operator and costs memory)
 
-The handler runs after the project's own startup handler (registered first), so it wins.
 Importing this module registers nothing: registration happens in `main()`.
 """
 
@@ -30,20 +26,6 @@ def main() -> int:
 
     import ffrtmp.controller.handlers  # noqa: F401 - the project's handlers, registered first
     from ffrtmp.cli import main as cli_main
-
-    @kopf.on.startup()
-    async def bench_overrides(settings: kopf.OperatorSettings, **_: Any) -> None:
-        before = (settings.queueing.worker_limit, settings.queueing.idle_timeout)
-        limit = os.environ.get("FFRTMP_BENCH_QUEUEING_WORKER_LIMIT")
-        if limit is not None:
-            settings.queueing.worker_limit = None if limit.lower() == "none" else int(limit)
-        idle = os.environ.get("FFRTMP_BENCH_QUEUEING_IDLE_TIMEOUT")
-        if idle is not None:
-            settings.queueing.idle_timeout = float(idle)
-        log.warning(
-            "bench overrides: queueing (worker_limit, idle_timeout) %s -> %s",
-            before, (settings.queueing.worker_limit, settings.queueing.idle_timeout),
-        )  # fmt: skip
 
     trace = os.environ.get("FFRTMP_BENCH_TRACEMALLOC")
     if trace:

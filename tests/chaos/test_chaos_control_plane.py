@@ -32,7 +32,7 @@ pytestmark = pytest.mark.chaos
 
 MEDIUM = [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "medium"}}]
 ONE_CPU = {"limits": {"cpu": "1"}}
-# What the restart scenario saw, for the xfail tests below that name what went wrong in it.
+# What the restart scenario saw, for the tests below that check what went wrong in it.
 EVIDENCE: dict[str, list[str]] = {}
 
 
@@ -80,7 +80,7 @@ def test_apiserver_and_etcd_restart_mid_run(local_cluster: TestCluster, farm: Ch
             "kube-apiserver + etcd restart", found.jobs,
             f"SIGKILL+restart kube-apiserver (down {api_down:.0f} s), then etcd (down {etcd_down:.0f} s)",
             len(found.lost), len(found.twice), max(api_recover, etcd_recover),
-            f"redone {len(found.redone)}: attempts hit by the outage (see the two xfail tests)",
+            f"redone {len(found.redone)}: attempts hit by the outage",
         )
     )  # fmt: skip
 
