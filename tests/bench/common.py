@@ -626,7 +626,6 @@ PROFILE_GROUPS = {
     "  of which decide_pool": "decide_pool",
     "job status writes (Reconciler._apply_job)": "Reconciler._apply_job",
     "event posts (Reconciler._event)": "Reconciler._event.<locals>.post",
-    "kopf (anything under kopf/)": "kopf/",
     "TLS (SSLObject)": "SSLObject",
     "event loop waiting (EpollSelector.select)": "EpollSelector.select",
 }
@@ -680,12 +679,17 @@ def _short(frame: str) -> str:
 
 # Operator variants measured side by side: "shipped" is the operator with its defaults;
 # "events_all" posts every job Event (`--job-events all`: also Started and Completed).
-VARIANTS: dict[str, dict[str, str] | None] = {"shipped": None, "events_all": None}
-VARIANT_ARGS: dict[str, tuple[str, ...]] = {"shipped": (), "events_all": ("--job-events", "all")}
+# "writes64" doubles the operator's concurrent writes (`--max-parallel-writes 64`).
+VARIANTS: dict[str, dict[str, str] | None] = {"shipped": None, "events_all": None, "writes64": None}
+VARIANT_ARGS: dict[str, tuple[str, ...]] = {
+    "shipped": (),
+    "events_all": ("--job-events", "all"),
+    "writes64": ("--max-parallel-writes", "64"),
+}
 
 
 def variants_from_env(default: str = "shipped") -> list[str]:
-    """FFRTMP_BENCH_VARIANTS=shipped[,events_all] (default: shipped)."""
+    """FFRTMP_BENCH_VARIANTS=shipped[,events_all][,writes64] (default: shipped)."""
     names = os.environ.get("FFRTMP_BENCH_VARIANTS", default).split(",")
     return [n for n in names if n in VARIANTS]
 

@@ -170,6 +170,23 @@ async def _idle(farm: SimFarm, client: KubeClient, ns: str) -> bool:
     return not (await client.get(job_path(ns), limit=1)).get("items")
 
 
+def cpu_by_process(env: BenchEnv) -> dict[str, float]:
+    """CPU seconds (user + system) of each
+    control-plane process and of this benchmark process (which hosts the simulated workers)."""
+    import os
+
+    import psutil
+
+    out: dict[str, float] = {}
+    for name, pid in {**env.cluster.state.pids, "benchmark (simulated workers)": os.getpid()}.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[name] = float(t.user + t.system)
+    return out
+
+
 async def measure(
     env: BenchEnv, report: Report, bare: KubeClient, farm: SimFarm, op: Operator, ns: str,
     p: dict[str, int], variant: str, ceiling: dict[str, float], ready_seconds: float,
@@ -181,6 +198,7 @@ async def measure(
         await watch.synced.wait()
         sampler = ProcessSampler(op.pid, interval=0.25)
         cpu0 = sampler.cpu_seconds()
+        others0 = cpu_by_process(env)
         sampler.start()
         spy = PySpy(op.pid, RESULTS_DIR / f"{NAME}-operator-{variant}-{env.root.name}.pyspy.txt").start()
 
@@ -211,6 +229,7 @@ async def measure(
         assigned_times = [t.assigned for t in watch.jobs.values() if t.assigned is not None]
         t_end = max(assigned_times) if assigned_times else time.monotonic()
         cpu1 = sampler.cpu_seconds()
+        others1 = cpu_by_process(env)
         tracker.cancel()
         profile = spy.stop()
         await sampler.stop()
@@ -247,6 +266,10 @@ async def measure(
         "last_create_to_all_assigned_seconds": t_end - created,
         "pool_ready_seconds": ready_seconds,
         "operator_peak_rss_bytes": sampler.max_rss(),
+        "cpu_seconds_in_window_by_process": {
+            "operator": round(cpu1 - cpu0, 2),
+            **{k: round(others1[k] - others0[k], 2) for k in others1 if k in others0},
+        },
         "running_seen": watch.count(lambda t: t.running is not None),
         "profile": profile,
         "complete": complete,

@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-backoff-seconds", type=float, default=OperatorSettings.retry_backoff_seconds)
     parser.add_argument("--resync-seconds", type=float, default=OperatorSettings.resync_seconds)
     parser.add_argument(
+        "--max-parallel-writes", type=int, default=OperatorSettings.max_parallel_writes,
+        help="status writes, Pod creates and deletes in flight at once (Events get a quarter of this on top)",
+    )  # fmt: skip
+    parser.add_argument(
         "--job-events", choices=["decisions", "all", "failures", "none"], default=OperatorSettings.job_events,
         help="Events on TranscodeJobs: the operator's decisions and every Warning (default); all (also Started "
         "and Completed, one more Event per transition); failures (Warnings only); none",
@@ -52,6 +56,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         lease_grace_seconds=args.lease_grace_seconds,
         retry_backoff_seconds=args.retry_backoff_seconds,
         resync_seconds=args.resync_seconds,
+        max_parallel_writes=max(args.max_parallel_writes, 1),
         job_events=args.job_events,
         metrics_port=args.metrics_port,
         health_port=args.health_port,

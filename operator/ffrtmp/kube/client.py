@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -230,7 +231,9 @@ async def informer(
 
     After each (re)list it yields ("SYNC", {"items": [...], "metadata": {"resourceVersion": rv}}) so
     the consumer can replace its view: objects deleted while the watch was down disappear then.
-    Failures are retried after `retry_delay`, doubling up to `max_retry_delay` until a list succeeds.
+    Failures are retried after `retry_delay`, doubling up to `max_retry_delay` until a list succeeds,
+    each delay jittered by +-50 %: a thousand workers whose watches broke together must not all list
+    again at the same instant.
     """
     resource_version = ""
     delay = retry_delay
@@ -252,9 +255,9 @@ async def informer(
             if e.gone:
                 log.info("watch of %s expired (410 Gone); relisting", path)
                 continue
-            log.warning("watch of %s failed: %s; relisting in %.1fs", path, e, delay)
+            log.warning("watch of %s failed: %s; relisting in about %.1fs", path, e, delay)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             resource_version = ""
-            log.warning("watch of %s broke: %r; relisting in %.1fs", path, e, delay)
-        await asyncio.sleep(delay)
+            log.warning("watch of %s broke: %r; relisting in about %.1fs", path, e, delay)
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, max_retry_delay)
