@@ -679,11 +679,14 @@ def _short(frame: str) -> str:
 
 # Operator variants measured side by side: "shipped" is the operator with its defaults;
 # "events_all" posts every job Event (`--job-events all`: also Started and Completed).
-# "writes64" doubles the operator's concurrent writes (`--max-parallel-writes 64`).
-VARIANTS: dict[str, dict[str, str] | None] = {"shipped": None, "events_all": None, "writes64": None}
+# "events_failures" posts Warnings only; "writes64" doubles the operator's concurrent writes.
+VARIANTS: dict[str, dict[str, str] | None] = {
+    "shipped": None, "events_all": None, "events_failures": None, "writes64": None,
+}  # fmt: skip
 VARIANT_ARGS: dict[str, tuple[str, ...]] = {
     "shipped": (),
     "events_all": ("--job-events", "all"),
+    "events_failures": ("--job-events", "failures"),
     "writes64": ("--max-parallel-writes", "64"),
 }
 

@@ -14,6 +14,7 @@ progress writes are turned off (interval 3600 s) so the window measures scheduli
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from ffrtmp.conditions import now_iso
@@ -113,7 +114,13 @@ async def measure_ceiling(env: BenchEnv, jobs: int) -> dict[str, float]:
 
 
 async def run(env: BenchEnv, scale: str) -> Report:
-    p = PARAMS[scale]
+    # Diagnostics: the same 2,000 slots on fewer, larger workers (fewer watches for the API server
+    # to feed), e.g. FFRTMP_BENCH_SCHED_WORKERS=50 FFRTMP_BENCH_SCHED_SLOTS=40.
+    p = dict(PARAMS[scale])
+    for key in ("workers", "slots"):
+        override = os.environ.get(f"FFRTMP_BENCH_SCHED_{key.upper()}")
+        if override:
+            p[key] = int(override)
     workers, slots, jobs = p["workers"], p["slots"], p["jobs"]
     report = Report(NAME, scale)
     ceiling = await measure_ceiling(env, jobs)
@@ -173,8 +180,6 @@ async def _idle(farm: SimFarm, client: KubeClient, ns: str) -> bool:
 def cpu_by_process(env: BenchEnv) -> dict[str, float]:
     """CPU seconds (user + system) of each
     control-plane process and of this benchmark process (which hosts the simulated workers)."""
-    import os
-
     import psutil
 
     out: dict[str, float] = {}
