@@ -256,7 +256,7 @@ class BenchEnv:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         self.root = root or Path(tempfile.mkdtemp(prefix="env-", dir=RESULTS_DIR))
         self.extra_nodes = extra_nodes
-        self.cluster = LocalCluster(self.root / "cluster")
+        self.cluster = LocalCluster(self.root / "cluster", apiserver_profiling=True)
         self.config: KubeConfig | None = None
         self.up_seconds = 0.0
 
@@ -342,6 +342,31 @@ class BenchEnv:
                 cwd=REPO, env={**os.environ, **(overrides or {})},
             )  # fmt: skip
         return Operator(proc, log, argv, health)
+
+    async def apiserver_cpu_profile(self, seconds: int, out: Path) -> Obj:
+        """kube-apiserver's own Go CPU profile (`/debug/pprof/profile`, admin certificate) over the
+        next `seconds`, and its top functions by `go tool pprof -top` (cumulative and flat %)."""
+        assert self.config is not None
+        connector = aiohttp.TCPConnector(ssl=self.config.ssl_context())
+        async with (
+            aiohttp.ClientSession(base_url=self.config.server, connector=connector) as session,
+            session.get(
+                "/debug/pprof/profile", params={"seconds": str(seconds)},
+                timeout=aiohttp.ClientTimeout(total=seconds + 60),
+            ) as resp,
+        ):  # fmt: skip
+            resp.raise_for_status()
+            body = await resp.read()
+        await asyncio.to_thread(out.write_bytes, body)
+        tops: Obj = {"profile": str(out)}
+        for order in ("cum", "flat"):
+            proc = await asyncio.create_subprocess_exec(
+                "go", "tool", "pprof", "-top", f"-{order}", "-nodecount=30", str(out),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            stdout, stderr = await proc.communicate()
+            tops[order] = (stdout or stderr).decode(errors="replace").splitlines()
+        return tops
 
     async def apiserver_requests(self) -> dict[tuple[str, str, str, str], float]:
         """apiserver_request_total summed over code/scope/version: {(verb, group, resource, subresource): n}."""

@@ -206,6 +206,8 @@ async def measure(
         others0 = cpu_by_process(env)
         sampler.start()
         spy = PySpy(op.pid, RESULTS_DIR / f"{NAME}-operator-{variant}-{env.root.name}.pyspy.txt").start()
+        pprof_path = RESULTS_DIR / f"{NAME}-apiserver-{variant}-{env.root.name}.pprof"
+        apiserver_profile = asyncio.create_task(env.apiserver_cpu_profile(15, pprof_path))
 
         t0 = time.monotonic()
         prefix = f"{variant[0]}-"
@@ -236,6 +238,10 @@ async def measure(
         cpu1 = sampler.cpu_seconds()
         others1 = cpu_by_process(env)
         tracker.cancel()
+        try:
+            apiserver_top: object = await apiserver_profile
+        except Exception as e:  # the figures stand without it
+            apiserver_top = {"error": repr(e)}
         profile = spy.stop()
         await sampler.stop()
     finally:
@@ -277,6 +283,7 @@ async def measure(
         },
         "running_seen": watch.count(lambda t: t.running is not None),
         "profile": profile,
+        "apiserver_profile_first_15s": apiserver_top,
         "complete": complete,
         "timeline_t_sent_seen_assigned_running": timeline,
     }

@@ -104,8 +104,10 @@ def generate_nodes(count: int, prefix: str = "sim-cpu") -> list[dict[str, object
 class LocalCluster:
     """A control plane under `root`: pki/, etcd/, logs/, kubeconfig, state.json."""
 
-    def __init__(self, root: Path, bin_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, bin_dir: Path | None = None, *, apiserver_profiling: bool = False) -> None:
         self.root = root.resolve()
+        # kube-apiserver's /debug/pprof (admin only): the benchmarks profile the API server with it.
+        self.apiserver_profiling = apiserver_profiling
         self.bin_dir = bin_dir or default_bin_dir()
         self.pki = Pki(self.root / "pki")
         self.kubeconfig = self.root / "kubeconfig"
@@ -236,7 +238,7 @@ class LocalCluster:
             "--endpoint-reconciler-type", "none",
             "--allow-privileged=true",
             "--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "500",
-            "--profiling=false", "--v", "1",
+            f"--profiling={str(self.apiserver_profiling).lower()}", "--v", "1",
         ])  # fmt: skip
         self.kubeconfig.write_text(_kubeconfig(self.state.server, self.pki.ca.cert, admin, "ffrtmp-admin"))
         self._wait("kube-apiserver", proc, lambda: self._https_ok("/readyz"), timeout)
