@@ -66,6 +66,7 @@ class Reconciler:
         self._waiting: dict[str, int] = {}
         self._synced: set[tuple[str, str]] = set()
         self._last_api_ok = 0.0
+        self._api_down = False
 
     # -- events (the watches of `controller.watches` call these) -------------------------------
     def on_event(self, kind: str, event_type: str, obj: Obj) -> None:
@@ -110,7 +111,7 @@ class Reconciler:
         self._synced.add((kind, namespace))
         if all((kind, ns) in self._synced for ns in self.namespaces):
             self.store.synced.add(kind)
-        self._last_api_ok = time.time()
+        self._api_answered(time.time())
         self.trigger.set()
 
     @property
@@ -236,13 +237,24 @@ class Reconciler:
         try:
             await self.client.request("GET", "/readyz")
         except Exception as e:
-            log.warning("the API server does not answer (%r): no decisions until it does", e)
+            if not self._api_down:
+                log.warning("the API server does not answer (%r): no decisions until it does", e)
+            self._api_down = True
             return False
-        if self._last_api_ok and now - self._last_api_ok > API_GAP_SECONDS:
-            self.store.api_ok_since = now
-            log.info("the API server answers again after %.0fs; Leases count from now", now - self._last_api_ok)
-        self._last_api_ok = now
+        self._api_answered(now)
         return True
+
+    def _api_answered(self, now: float) -> None:
+        """Every answer of the API server goes through here (a list, a write, a readiness check), so
+        that the first one after an outage starts the Leases' fresh period, whichever it is. An
+        outage: a readiness check failed, or nothing answered for API_GAP_SECONDS (this process
+        may have been stopped)."""
+        silent = now - self._last_api_ok
+        if self._last_api_ok and (self._api_down or silent > API_GAP_SECONDS):
+            self.store.api_ok_since = now
+            log.info("the API server answers again after %.0fs; Leases count from now", silent)
+        self._api_down = False
+        self._last_api_ok = max(self._last_api_ok, now)
 
     def _wake_at(self, at: float) -> None:
         delay = max(at - time.time(), 0.0)
@@ -266,7 +278,7 @@ class Reconciler:
             if isinstance(action, PatchStatus):
                 body: Obj = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
                 updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
-                self._last_api_ok = time.time()
+                self._api_answered(time.time())
                 old = self.store.jobs.get(action.key)
                 new = self.store.put_job(updated)
                 if old is None or old.phase != new.phase or action.event is not None:
