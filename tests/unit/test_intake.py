@@ -4,6 +4,8 @@ methods only touch the in-memory store."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -110,3 +112,37 @@ def test_a_late_create_response_does_not_roll_a_pod_back(reconciler: Reconciler)
     reconciler.on_event("pods", "MODIFIED", bound)
     reconciler.store.put_pod(created)
     assert reconciler.store.pods["ns/w1"].node == "cpu-1"
+
+
+class _QuietApi:
+    """Lists return nothing, watches stay quiet: just enough for `Reconciler.run`."""
+
+    async def list_all(self, path: str, params: Any = None) -> tuple[list[Obj], str]:
+        return [], "1"
+
+    async def watch(self, path: str, resource_version: str, params: Any = None) -> Any:
+        await asyncio.Event().wait()
+        yield {}
+
+
+async def test_the_first_pass_follows_the_initial_lists_not_the_resync_period() -> None:
+    """After a (re)start the operator decides as soon as every kind is listed: a restarted operator
+    used to sit out one resync period (2 s by default) before its first assignment."""
+    settings = OperatorSettings(resync_seconds=3600, metrics_port=0, health_port=0)
+    reconciler = Reconciler(_QuietApi(), settings, OperatorMetrics())  # type: ignore[arg-type]
+    passes: list[float] = []
+
+    async def record_pass() -> None:
+        passes.append(time.monotonic())
+
+    reconciler.pass_once = record_pass  # type: ignore[method-assign]
+    task = asyncio.ensure_future(reconciler.run())
+    try:
+        for _ in range(200):
+            if passes:
+                break
+            await asyncio.sleep(0.01)
+        assert passes, "no decision pass within 2 s of the initial lists (resync period: 1 h)"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

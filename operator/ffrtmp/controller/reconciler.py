@@ -179,6 +179,7 @@ class Reconciler:
             while len(self.store.synced) < len(WATCHED):
                 await self.trigger.wait()
                 self.trigger.clear()
+            self.trigger.set()  # decide at once, not after the first resync period
             await self._decide_forever()
         finally:
             for task in watches:
