@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, POOL_PLURAL, VERSION
@@ -76,32 +76,23 @@ class Reconciler:
         elif kind == "leases":
             self.on_lease(event_type, obj)
         else:
-            key = key_of(obj)
-            current: dict[str, Any] = self.store.pods if kind == "pods" else self.store.pools
             if event_type == "DELETED":
-                current.pop(key, None)
-            elif kind == "pods":
-                self.store.put_pod(obj)
+                self.store.of_kind(kind).pop(key_of(obj), None)
             else:
-                self.store.put_pool(obj)
+                self.store.put(kind, obj)
             self.trigger.set()
 
     def on_sync(self, kind: str, namespace: str, items: list[Obj], resource_version: str) -> None:
         """A (re)list of one kind in one namespace ("" = all): replace that part of the store.
         An object missing from the list is gone, unless the store has a version newer than the list
         (created, or written by us, after the list was taken)."""
-        store = self.store
-        by_kind: dict[str, dict[str, Any]] = {
-            "jobs": store.jobs, "pools": store.pools, "pods": store.pods, "leases": store.leases,
-        }  # fmt: skip
-        current = by_kind[kind]
-        put: Callable[[Obj], object] = {
-            "jobs": lambda o: self.on_job("SYNC", o), "pools": store.put_pool, "pods": store.put_pod,
-            "leases": store.put_lease,
-        }[kind]  # fmt: skip
+        current = self.store.of_kind(kind)
         listed: set[str] = set()
         for obj in items:
-            put(obj)
+            if kind == "jobs":
+                self.on_job("SYNC", obj)  # a listed job may have changed phase while the watch was down
+            else:
+                self.store.put(kind, obj)
             listed.add(store_key(kind, obj))
         list_rv = int(resource_version or 0)
         prefix = f"{namespace}/" if namespace else ""

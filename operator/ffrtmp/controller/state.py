@@ -7,6 +7,7 @@ Views are parsed once per event so that a pass over 10,000 jobs stays cheap.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
@@ -288,6 +289,19 @@ class Store:
             return old
         self.jobs[view.key] = view
         return view
+
+    def of_kind(self, kind: str) -> dict[str, Any]:
+        """The views of a kind as the watches name it: jobs, pools, pods or leases."""
+        views: dict[str, dict[str, Any]] = {
+            "jobs": self.jobs, "pools": self.pools, "pods": self.pods, "leases": self.leases,
+        }  # fmt: skip
+        return views[kind]
+
+    def put(self, kind: str, obj: Obj) -> object:
+        put: dict[str, Callable[[Obj], object]] = {
+            "jobs": self.put_job, "pools": self.put_pool, "pods": self.put_pod, "leases": self.put_lease,
+        }  # fmt: skip
+        return put[kind](obj)
 
     # The response to our own write (a Pod create, a pool status patch) can arrive after the watch
     # already delivered a newer version (the Pod bound to a node): never roll the view back.
