@@ -23,7 +23,6 @@ from ffrtmp.kube.client import KubeClient, informer
 
 from .common import (
     VARIANT_ARGS,
-    VARIANTS,
     BenchEnv,
     Report,
     create_jobs,
@@ -72,7 +71,7 @@ async def measure(env: BenchEnv, report: Report, scale: str, variant: str) -> No
     recommended = -(-jobs // slots)
     suffix = "" if variant == "shipped" else f"_{variant}"
     ns = env.create_namespace("autoscale")
-    op = env.start_operator(ns, *VARIANT_ARGS[variant], overrides=VARIANTS[variant], log_name=f"operator-{variant}")
+    op = env.start_operator(ns, *VARIANT_ARGS[variant], log_name=f"operator-{variant}")
     client = env.client(max_connections=max_workers + 100)
     bare = env.client(max_connections=60)
     farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=3600).start()

@@ -324,11 +324,12 @@ class BenchEnv:
             time.sleep(1)
 
     def start_operator(
-        self, namespace: str, *extra: str, overrides: dict[str, str] | None = None, log_name: str = "operator"
+        self, namespace: str, *extra: str, trace: Path | None = None, log_name: str = "operator"
     ) -> Operator:
-        """The operator as users run it; with `overrides` (diagnostic environment variables), through
-        tests.bench.patched_operator (the same operator plus a diagnostic startup handler)."""
-        module = ["-m", "tests.bench.patched_operator"] if overrides else ["-m", "ffrtmp.cli"]
+        """The operator as users run it; with `trace`, through tests.bench.traced_operator (the same
+        operator, tracing its allocations into that file)."""
+        module = ["-m", "tests.bench.traced_operator"] if trace else ["-m", "ffrtmp.cli"]
+        env = {**os.environ, "FFRTMP_BENCH_TRACEMALLOC": str(trace)} if trace else None
         health = free_port()
         argv = [
             sys.executable, *module, "operator", "--kubeconfig", str(self.kubeconfig),
@@ -339,24 +340,25 @@ class BenchEnv:
         with open(log, "ab") as f:
             proc = subprocess.Popen(
                 argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=REPO, env={**os.environ, **(overrides or {})},
+                cwd=REPO, env=env,
             )  # fmt: skip
         return Operator(proc, log, argv, health)
 
-    async def apiserver_cpu_profile(self, seconds: int, out: Path) -> Obj:
-        """kube-apiserver's own Go CPU profile (`/debug/pprof/profile`, admin certificate) over the
-        next `seconds`, and its top functions by `go tool pprof -top` (cumulative and flat %)."""
+    async def _admin_get(self, path: str, limit_seconds: float, **params: str) -> bytes:
+        """GET a non-resource path of kube-apiserver (/metrics, /debug/pprof) with the admin certificate."""
         assert self.config is not None
         connector = aiohttp.TCPConnector(ssl=self.config.ssl_context())
         async with (
             aiohttp.ClientSession(base_url=self.config.server, connector=connector) as session,
-            session.get(
-                "/debug/pprof/profile", params={"seconds": str(seconds)},
-                timeout=aiohttp.ClientTimeout(total=seconds + 60),
-            ) as resp,
-        ):  # fmt: skip
+            session.get(path, params=params, timeout=aiohttp.ClientTimeout(total=limit_seconds)) as resp,
+        ):
             resp.raise_for_status()
-            body = await resp.read()
+            return await resp.read()
+
+    async def apiserver_cpu_profile(self, seconds: int, out: Path) -> Obj:
+        """kube-apiserver's own Go CPU profile (`/debug/pprof/profile`, admin certificate) over the
+        next `seconds`, and its top functions by `go tool pprof -top` (cumulative and flat %)."""
+        body = await self._admin_get("/debug/pprof/profile", seconds + 60, seconds=str(seconds))
         await asyncio.to_thread(out.write_bytes, body)
         tops: Obj = {"profile": str(out)}
         for order in ("cum", "flat"):
@@ -372,14 +374,7 @@ class BenchEnv:
         """apiserver_request_total summed over code/scope/version: {(verb, group, resource, subresource): n}."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        assert self.config is not None
-        connector = aiohttp.TCPConnector(ssl=self.config.ssl_context())
-        async with (
-            aiohttp.ClientSession(base_url=self.config.server, connector=connector) as session,
-            session.get("/metrics", timeout=aiohttp.ClientTimeout(total=30)) as resp,
-        ):
-            resp.raise_for_status()
-            text = await resp.text()
+        text = (await self._admin_get("/metrics", 30)).decode()
         out: dict[tuple[str, str, str, str], float] = defaultdict(float)
         for family in text_string_to_metric_families(text):
             if family.name != "apiserver_request":
@@ -705,9 +700,6 @@ def _short(frame: str) -> str:
 # Operator variants measured side by side: "shipped" is the operator with its defaults;
 # "events_all" posts every job Event (`--job-events all`: also Started and Completed).
 # "events_failures" posts Warnings only; "writes64" doubles the operator's concurrent writes.
-VARIANTS: dict[str, dict[str, str] | None] = {
-    "shipped": None, "events_all": None, "events_failures": None, "writes64": None,
-}  # fmt: skip
 VARIANT_ARGS: dict[str, tuple[str, ...]] = {
     "shipped": (),
     "events_all": ("--job-events", "all"),
@@ -717,9 +709,9 @@ VARIANT_ARGS: dict[str, tuple[str, ...]] = {
 
 
 def variants_from_env(default: str = "shipped") -> list[str]:
-    """FFRTMP_BENCH_VARIANTS=shipped[,events_all][,writes64] (default: shipped)."""
+    """FFRTMP_BENCH_VARIANTS=shipped[,events_all][,events_failures][,writes64] (default: shipped)."""
     names = os.environ.get("FFRTMP_BENCH_VARIANTS", default).split(",")
-    return [n for n in names if n in VARIANTS]
+    return [n for n in names if n in VARIANT_ARGS]
 
 
 def extra_nodes_for(workers: int) -> int:

@@ -26,7 +26,7 @@ from ffrtmp.kube.client import KubeClient
 
 from .common import (
     RESULTS_DIR,
-    VARIANTS,
+    VARIANT_ARGS,
     BenchEnv,
     JobWatch,
     ProcessSampler,
@@ -70,11 +70,10 @@ async def run(env: BenchEnv, scale: str) -> Report:
     farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=3600).start()
     try:
         for index, variant in enumerate(variants_from_env()):
-            overrides = dict(VARIANTS[variant] or {})
             trace = RESULTS_DIR / f"{NAME}-tracemalloc-{variant}-{env.root.name}.json"
-            if TRACE:
-                overrides["FFRTMP_BENCH_TRACEMALLOC"] = str(trace)
-            op = env.start_operator(ns, overrides=overrides or None, log_name=f"operator-{variant}")
+            op = env.start_operator(
+                ns, *VARIANT_ARGS[variant], trace=trace if TRACE else None, log_name=f"operator-{variant}"
+            )
             try:
                 await op.wait_ready()
                 if index == 0:

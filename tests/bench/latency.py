@@ -14,7 +14,6 @@ import time
 
 from .common import (
     VARIANT_ARGS,
-    VARIANTS,
     BenchEnv,
     JobWatch,
     Report,
@@ -53,7 +52,7 @@ async def measure(env: BenchEnv, report: Report, scale: str, variant: str) -> No
     total = rate * seconds
     suffix = "" if variant == "shipped" else f"_{variant}"
     ns = env.create_namespace("latency")
-    op = env.start_operator(ns, *VARIANT_ARGS[variant], overrides=VARIANTS[variant], log_name=f"operator-{variant}")
+    op = env.start_operator(ns, *VARIANT_ARGS[variant], log_name=f"operator-{variant}")
     client = env.client(max_connections=workers + 100)
     bare = env.client(max_connections=100)
     farm = SimFarm(client, ns, env.root / "sim" / ns).start()  # worker default progress interval (5 s)

@@ -23,7 +23,6 @@ from ffrtmp.kube.client import KubeClient
 from .common import (
     RESULTS_DIR,
     VARIANT_ARGS,
-    VARIANTS,
     BenchEnv,
     JobWatch,
     Operator,
@@ -141,9 +140,7 @@ async def run(env: BenchEnv, scale: str) -> Report:
     op = None
     try:
         for index, variant in enumerate(variants_from_env()):
-            op = env.start_operator(
-                ns, *VARIANT_ARGS[variant], overrides=VARIANTS[variant], log_name=f"operator-{variant}"
-            )
+            op = env.start_operator(ns, *VARIANT_ARGS[variant], log_name=f"operator-{variant}")
             await op.wait_ready()
             if index == 0:
                 await bare.create(pool_path(ns), pool_manifest(

@@ -1,4 +1,4 @@
-"""`python -m tests.bench.patched_operator operator ...`: the unchanged operator plus one extra kopf
+"""`python -m tests.bench.traced_operator operator ...`: the unchanged operator plus one extra kopf
 startup handler for diagnostics:
 
     FFRTMP_BENCH_TRACEMALLOC   a file: trace allocations, write the top ones there every 5 s
