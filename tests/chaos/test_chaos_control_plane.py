@@ -115,6 +115,9 @@ def test_quiet_watch_410_relists_and_misses_nothing(local_cluster: TestCluster, 
     with JobRecorder(farm.cluster, farm.namespace) as rec:
         os.killpg(op.proc.pid, signal.SIGSTOP)
         try:
+            # One write past old_rv, so that the restarted apiserver's watch cache starts after it (were
+            # nothing written in between, the cache could start exactly at old_rv and serve that watch).
+            farm.cluster.kubectl("create", "configmap", "chaos-gap-mark", "-n", farm.namespace)
             # The restart ends the operator's watch connections: what follows reaches it only by a relist.
             restart_apiserver(farm.cluster, down_seconds=0.5)
             farm.apply_all([farm.job_doc(f"gap-{i}", str(clip)) for i in range(8)])
