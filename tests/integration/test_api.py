@@ -247,6 +247,8 @@ INVALID = [
     Bad("snake-case-field", tj(backoff_limit=5), "spec.backoff_limit", "unknown field"),
     # required fields
     Bad("input-missing", without(tj(), "spec", "input"), "spec.input", "Required value"),
+    Bad("realtime-live-input", tj(input={"uri": "rtmp://h/live/k", "realtime": True}), "spec.input",
+        "input.realtime is for file and http(s) inputs: a live input arrives in real time already"),
     Bad("output-name-missing", tj({"container": "mp4"}), "spec.outputs[0].name", "Required value"),
     # extraArgs
     Bad("extra-args-shell-string", tj(extraArgs=["-vf scale=1:1; rm -rf /"]), "spec.extraArgs",

@@ -679,7 +679,12 @@ def test_rtmp_restream_output() -> None:
     p = plan(s)
     assert p.passes == [
         [
-            *FILE_INPUT,
+            *HEAD,
+            "-protocol_whitelist",
+            "file",
+            "-re",
+            "-i",
+            IN,  # a recorded input is restreamed in real time
             "-filter_complex",
             "[0:v:0]null[v0]",
             "-map",
@@ -989,3 +994,19 @@ def test_argv_items_are_plain_strings_without_shell_quoting() -> None:
     for argv in plan(s).passes:
         assert all(isinstance(item, str) and item for item in argv)
         assert "title=My Film" in argv
+
+
+def test_realtime_input_reads_at_native_rate_in_the_final_pass_only() -> None:
+    s = spec([{"name": "a", "video": {"bitrate": "1M", "twoPass": True}}], input={"uri": IN, "realtime": True})
+    first, final = plan(s).passes
+    assert "-re" not in first
+    assert final[final.index("-re") + 1 : final.index("-re") + 3] == ["-i", IN]
+
+
+def test_realtime_defaults_on_only_for_a_recorded_input_restreamed_to_rtmp() -> None:
+    restream = {"name": "yt", "container": "flv", "url": "rtmp://h/app/k"}
+    assert "-re" in plan(spec([restream])).passes[0]
+    assert "-re" not in plan(spec([{"name": "file"}])).passes[0]
+    live = spec([restream], input={"uri": "rtmp://h/live/in"})
+    assert "-re" not in plan(live, input_url="rtmp://h/live/in").passes[0]
+    assert "-re" not in plan(spec([restream], input={"uri": IN, "realtime": False})).passes[0]

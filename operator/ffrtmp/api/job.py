@@ -86,6 +86,16 @@ class LiveRestartPolicy(ApiModel):
 class InputSpec(ApiModel):
     """What to transcode."""
 
+    model_config = api_config(
+        json_schema_extra=rules(
+            (
+                "!has(self.realtime) || !self.realtime || "
+                "!(self.uri.startsWith('rtmp') || (has(self.live) && self.live))",
+                "input.realtime is for file and http(s) inputs: a live input arrives in real time already",
+            ),
+        )
+    )
+
     uri: str = Field(
         min_length=1,
         max_length=2048,
@@ -117,6 +127,15 @@ class InputSpec(ApiModel):
     )
     restart_policy: LiveRestartPolicy | None = Field(
         default=None, description="For live inputs: reconnect with backoff when the stream drops."
+    )
+    realtime: bool | None = Field(
+        default=None,
+        description=(
+            "Read the input at its native frame rate (ffmpeg -re), as a live source would arrive, so "
+            "the job takes at least the input's duration. Default: on when a file or http(s) input is "
+            "restreamed to an rtmp(s):// output (faster than real time would flood the server and its "
+            "viewers), off otherwise. Not for live inputs: they arrive in real time already."
+        ),
     )
 
 

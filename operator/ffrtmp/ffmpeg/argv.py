@@ -278,6 +278,13 @@ def is_live(spec: TranscodeJobSpec) -> bool:
     return _scheme(spec.input.uri) in ("rtmp", "rtmps")
 
 
+def reads_in_real_time(spec: TranscodeJobSpec) -> bool:
+    """`input.realtime`, or by default: a recorded input restreamed to an rtmp(s) output."""
+    if spec.input.realtime is not None:
+        return spec.input.realtime
+    return not is_live(spec) and any(o.url is not None for o in spec.outputs)
+
+
 def _bitrate_bps(value: str) -> int:
     factor = {"k": 1_000, "M": 1_000_000}.get(value[-1], 1)
     number = value[:-1] if factor != 1 else value
@@ -601,6 +608,7 @@ def build_encode_plan(
         raise ValueError("threads must be at least 1")
     _check_folders(output_dir, scratch_dir)
     live = is_live(spec)
+    realtime = reads_in_real_time(spec)
     whitelist = protocol_whitelist(input_url, allowed_protocols)
     hls_outputs = [o for o in spec.outputs if o.container == "hls"]
     if spec.hls is not None and not hls_outputs:
@@ -657,7 +665,7 @@ def build_encode_plan(
         if thumbs.sprite is not None:
             branches.append(("sprite", _thumbnail_filters(thumbs, hardware, sprite=True)))
 
-    def head(graph_branches: Sequence[tuple[str, list[str]]]) -> list[str]:
+    def head(graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True) -> list[str]:
         argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", whitelist]
         argv += network_input_options(input_url, live=live)
         if hardware:
@@ -668,6 +676,8 @@ def build_encode_plan(
             argv += ["-ss", str(spec.input.start_seconds)]
         if spec.input.duration_seconds is not None:
             argv += ["-t", str(spec.input.duration_seconds)]
+        if final and realtime:
+            argv += ["-re"]  # a first pass only analyses: it runs at full speed
         argv += ["-i", input_url]
         if graph_branches:
             if threads is not None:
@@ -695,7 +705,7 @@ def build_encode_plan(
         raise InvalidSpec("extraArgs -x264-params/-x265-params cannot be combined with twoPass")
     passes: list[list[str]] = []
     if two_pass:
-        first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass])
+        first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass], final=False)
         for r in two_pass:
             in_hls = r.output.container == "hls"
             video_args = video_opts(r, ":v", 1, in_hls)
