@@ -145,13 +145,16 @@ def worker_pool(name: str, accelerator: str = "cpu", **spec: Any) -> Obj:
     }
 
 
-def transcode_job(name: str, uri: str, outputs: list[Obj] | None = None, **spec: Any) -> Obj:
+def transcode_job(name: str, uri: str, outputs: list[Obj] | None = None, *, realtime: bool = False, **spec: Any) -> Obj:
+    """`realtime`: ffmpeg reads the input at its native frame rate (`input.realtime`), so the encode
+    lasts at least the clip's duration on any machine. Tests that act on a job mid-encode use it
+    instead of guessing how fast this machine encodes."""
     return {
         "apiVersion": "ffmpeg-rtmp.io/v1alpha1",
         "kind": "TranscodeJob",
         "metadata": {"name": name},
         "spec": {
-            "input": {"uri": uri},
+            "input": {"uri": uri, **({"realtime": True} if realtime else {})},
             "outputs": outputs or [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "ultrafast"}}],
             **spec,
         },

@@ -31,7 +31,7 @@ from ffrtmp.api.constants import GROUP, JOB_PLURAL, VERSION
 from ffrtmp.dev.cluster import LocalCluster, free_port
 from ffrtmp.kube.client import KubeClient, informer, resource_path
 from ffrtmp.kube.config import load_config
-from helpers import REPO, Service, TestCluster, operator_argv, transcode_job, wait_for, workers_argv
+from helpers import REPO, Service, TestCluster, operator_argv, wait_for, workers_argv
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -143,10 +143,6 @@ class ChaosFarm(_Farm):  # type: ignore[misc]
 
     def apply_all(self, docs: list[Obj]) -> None:
         self.cluster.apply({"apiVersion": "v1", "kind": "List", "items": docs}, self.namespace)
-
-    def job_doc(self, name: str, uri: str, outputs: list[Obj] | None = None, **spec: Any) -> Obj:
-        fast = [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}]
-        return transcode_job(name, uri, outputs or fast, **spec)
 
     def worker_pid(self, pod: str) -> int:
         return int(self.workers_state()[pod]["pid"])

@@ -24,6 +24,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "one": make_clip(d / "one.mp4", seconds=1),
         "short": make_clip(d / "short.mp4", seconds=2),
         "long": make_clip(d / "long.mp4", seconds=4),
+        "paced": make_clip(d / "paced.mp4", seconds=8),  # for jobs read in real time (input.realtime)
         "tiny5": make_clip(d / "tiny5.mp4", seconds=1, rate=5, audio=False),
     }
     audio = d / "audio.m4a"

@@ -19,8 +19,6 @@ from helpers import wait_for
 
 pytestmark = pytest.mark.chaos
 
-# About 3.5 s of ffmpeg on one core for the 4 s clip: long enough to be hit mid-encode.
-SLOW = [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "veryslow"}}]
 ONE_CPU = {"limits": {"cpu": "1"}}
 
 
@@ -37,14 +35,15 @@ def test_worker_killed_and_pods_deleted_mid_job(farm: ChaosFarm, clips: dict) ->
     """Three workers each run a slow job; one worker is SIGKILLed, one Pod deleted (graceful: the worker
     drains), one Pod force-deleted (the operator requeues at once while the old process still runs).
     Every job still succeeds exactly once, from its current attempt, with nothing left behind."""
-    long = copy_clip(clips["long"], farm.media)
+    paced = copy_clip(clips["paced"], farm.media)
     short = copy_clip(clips["short"], farm.media)
     farm.pool("cpu", "cpu", minWorkers=3, maxWorkers=3, maxConcurrentJobs=1, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers("--restart-delay", "2")
     farm.wait_ready("cpu", 3)
     victims = ["kill", "delete", "force"]
-    docs = [farm.job_doc(v, str(long), SLOW, resources=ONE_CPU, priority=100) for v in victims]
+    # Read in real time: each victim encodes for 8 s whatever this machine's speed, so it is hit mid-encode.
+    docs = [farm.job_doc(v, str(paced), realtime=True, resources=ONE_CPU, priority=100) for v in victims]
     docs += [farm.job_doc(f"filler-{i}", str(short), resources=ONE_CPU) for i in range(6)]
     with JobRecorder(farm.cluster, farm.namespace) as rec:
         farm.apply_all(docs)
@@ -86,13 +85,13 @@ def test_partitioned_worker_is_fenced(farm: ChaosFarm, clips: dict) -> None:
     """SIGSTOP a worker's agent mid-encode (its ffmpeg child keeps running and finishes): its Lease
     expires, the job is requeued and redone on the other worker. SIGCONT: the stale attempt's writes are
     refused, the job stays Succeeded with the other worker's result and files, redone exactly once."""
-    long = copy_clip(clips["long"], farm.media)
+    paced = copy_clip(clips["paced"], farm.media)
     farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=1, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers()
     farm.wait_ready("cpu", 2)
     with JobRecorder(farm.cluster, farm.namespace) as rec:
-        farm.job("split", str(long), SLOW, resources=ONE_CPU)
+        farm.job("split", str(paced), realtime=True, resources=ONE_CPU)  # encodes for 8 s on any machine
         first = _running_with_progress(farm, "split")["worker"]
         pid = farm.worker_pid(first)
         stopped = time.time()
@@ -116,7 +115,7 @@ def test_partitioned_worker_is_fenced(farm: ChaosFarm, clips: dict) -> None:
     assert after["completionTime"] == s["completionTime"]
     assert _sha(out) == before, "the stale attempt replaced the published output"
     # The resumed worker renews its Lease again and takes new work.
-    farm.job("after", str(long), [{"name": "out", "video": {"codec": "h264", "preset": "ultrafast"}}])
+    farm.job("after", str(paced), [{"name": "out", "video": {"codec": "h264", "preset": "ultrafast"}}])
     farm.wait_phase("after", "Succeeded", timeout=60)
     found = invariants.check(farm)
     print(found.summary(), found.redone, found.overlaps)

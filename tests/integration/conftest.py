@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Service, TestCluster, operator_argv, start_service, wait_for, workers_argv
+from helpers import Service, TestCluster, operator_argv, start_service, transcode_job, wait_for, workers_argv
 
 
 @dataclass
@@ -54,17 +54,13 @@ class Farm:
         self.cluster.apply(doc, self.namespace)
         return doc
 
+    def job_doc(self, name: str, uri: str, outputs: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+        """A TranscodeJob (default: one fast h264 output); `realtime=True` paces the encode (helpers.transcode_job)."""
+        fast = [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}]
+        return transcode_job(name, uri, outputs or fast, **spec)
+
     def job(self, name: str, uri: str, outputs: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
-        doc = {
-            "apiVersion": "ffmpeg-rtmp.io/v1alpha1",
-            "kind": "TranscodeJob",
-            "metadata": {"name": name},
-            "spec": {
-                "input": {"uri": uri},
-                "outputs": outputs or [{"name": "out", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}],
-                **spec,
-            },
-        }
+        doc = self.job_doc(name, uri, outputs, **spec)
         self.cluster.apply(doc, self.namespace)
         return doc
 

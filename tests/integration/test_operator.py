@@ -20,7 +20,6 @@ from helpers import ffprobe, make_clip, wait_for
 
 pytestmark = pytest.mark.integration
 
-SLOW = [{"name": "out", "video": {"codec": "h264", "crf": 30, "preset": "veryslow"}}]
 ONE_CPU = {"limits": {"cpu": "1"}}
 
 
@@ -124,7 +123,7 @@ def test_fifty_jobs_three_workers_two_slots(farm: Farm) -> None:
 
 
 def test_killed_worker_requeues_job_and_late_write_is_fenced(farm: Farm) -> None:
-    clip = make_clip(farm.media / "long.mp4", seconds=16, size="640x360")
+    clip = make_clip(farm.media / "paced.mp4", seconds=8)
     farm.pool("cpu", "cpu", maxConcurrentJobs=1, minWorkers=2, maxWorkers=2, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers("--restart-delay", "30")
@@ -133,7 +132,7 @@ def test_killed_worker_requeues_job_and_late_write_is_fenced(farm: Farm) -> None
         60,
         "2 ready workers",
     )
-    farm.job("victim", str(clip), SLOW, resources=ONE_CPU)
+    farm.job("victim", str(clip), realtime=True, resources=ONE_CPU)  # 8 s of encoding on any machine
     running = farm.wait_phase("victim", "Running", timeout=60)
     first_worker = status(running)["worker"]
     wait_for(lambda: (status(farm.get_job("victim")).get("progress") or {}).get("percent", 0) > 0, 30, "progress")
@@ -200,11 +199,11 @@ def test_operator_sigkill_midflight_every_job_succeeds_once(farm: Farm) -> None:
 
 
 def test_timeout_fails_with_deadline_exceeded_and_stops_ffmpeg(farm: Farm) -> None:
-    clip = make_clip(farm.media / "long.mp4", seconds=16, size="640x360")
+    clip = make_clip(farm.media / "paced.mp4", seconds=8)
     farm.pool("cpu", "cpu", minWorkers=1, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers()
-    farm.job("slow", str(clip), SLOW, timeoutSeconds=2, resources=ONE_CPU)
+    farm.job("slow", str(clip), realtime=True, timeoutSeconds=2, resources=ONE_CPU)  # cannot end within 2 s
     started = time.monotonic()
     done = farm.wait_phase("slow", "Failed", timeout=60)
     assert status(done)["reason"] == "DeadlineExceeded"
@@ -266,11 +265,11 @@ def test_permanent_failure_fails_at_once(farm: Farm) -> None:
 
 
 def test_delete_running_job_stops_ffmpeg(farm: Farm) -> None:
-    clip = make_clip(farm.media / "long.mp4", seconds=16, size="640x360")
+    clip = make_clip(farm.media / "paced.mp4", seconds=8)
     farm.pool("cpu", "cpu", minWorkers=1, autoscaling={"enabled": False})
     farm.start_operator()
     farm.start_workers()
-    farm.job("doomed", str(clip), SLOW, resources=ONE_CPU)
+    farm.job("doomed", str(clip), realtime=True, resources=ONE_CPU)
     farm.wait_phase("doomed", "Running", timeout=60)
     wait_for(lambda: "doomed" in _ffmpeg_cmdlines(farm.output), 15, "ffmpeg running")
     farm.cluster.kubectl("delete", "tj", "doomed", "-n", farm.namespace)
