@@ -10,6 +10,7 @@ tests."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
 from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.controller.watches import WATCHED
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 from ffrtmp.kube.config import KubeConfig, load_config
 from ffrtmp.worker.agent import Agent
@@ -79,6 +81,78 @@ async def test_worker_lease_loop_survives_a_dropped_connection() -> None:
         agent = Agent(client, WorkerConfig(pod_name="w", namespace="ns", pool="p", renew_seconds=0.2))
         died = await _survives(agent._lease_loop())
     assert died is None, f"the Lease loop stopped: {died!r}"
+
+
+async def _slow_server(delay: float | None) -> tuple[asyncio.Server, str, list[float]]:
+    """An 'API server' that answers every request with an empty object after `delay` seconds, or never
+    (None), as a loaded kube-apiserver or a dead connection behind a load balancer would. Records when
+    each request arrived."""
+    arrivals: list[float] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return  # the client gave up on this connection
+            length = next(
+                (int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0
+            )
+            await reader.readexactly(length)
+            arrivals.append(time.monotonic())
+            if delay is None:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(delay)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", arrivals
+
+
+def _sample(metrics: WorkerMetrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+async def test_a_slow_lease_renewal_is_measured_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19: the worker's renewals must not stall silently. A renewal answered after 1.5 s with a 4 s
+    Lease (slower than its quarter) is logged as a warning and lands in the latency histogram."""
+    server, url, arrivals = await _slow_server(1.5)
+    async with server, KubeClient(KubeConfig(server=url)) as client:
+        metrics = WorkerMetrics()
+        config = WorkerConfig(pod_name="w", namespace="ns", pool="p", lease_seconds=4, renew_seconds=1.3)
+        agent = Agent(client, config, metrics)
+        with caplog.at_level("WARNING", logger="ffrtmp.worker.agent"):
+            died = await _survives(agent._lease_loop(), seconds=2.5)
+    assert died is None, died
+    assert arrivals and _sample(metrics, "ffrtmp_worker_lease_renew_seconds_count") >= 1
+    assert _sample(metrics, "ffrtmp_worker_lease_renew_seconds_sum") >= 1.5
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("renewing the Lease took")]
+    assert slow and "(Lease 4s;" in slow[0] and float(slow[0].split()[4][:-1]) >= 1.5, caplog.text
+
+
+async def test_a_stuck_lease_renewal_is_given_up_and_sent_again() -> None:
+    """A renewal that is never answered is given up after half the Lease and sent again at once, so that
+    one dead connection cannot let the Lease expire (the client's own timeout is 30 s)."""
+    server, url, arrivals = await _slow_server(None)
+    async with server, KubeClient(KubeConfig(server=url)) as client:
+        metrics = WorkerMetrics()
+        config = WorkerConfig(pod_name="w", namespace="ns", pool="p", lease_seconds=2, renew_seconds=0.7)
+        agent = Agent(client, config, metrics)
+        task = asyncio.ensure_future(agent._lease_loop())
+        try:
+            deadline = time.monotonic() + 20
+            while len(arrivals) < 3 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a plain list
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert len(arrivals) >= 3, arrivals
+    # Each was given up after half the 2 s Lease, and the next one went out at once.
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert all(0.9 <= g < 1.9 for g in gaps), gaps
+    assert _sample(metrics, "ffrtmp_worker_lease_renew_failures_total") >= 2
 
 
 @pytest.fixture
@@ -142,12 +216,28 @@ class _FakeApi:
         self.objects = objects
         self.revision = 100
         self.down = False
+        self.stalled = False
         self.expire: set[str] = set()
         self.writes: list[tuple[float, str, Obj]] = []
 
     def _check(self) -> None:
         if self.down:
             raise ConnectionRefusedError(111, "Connect call failed")
+
+    async def request(self, method: str, path: str, **_: Any) -> Obj:
+        """The operator's readiness check (GET /readyz): held while the server is stalled."""
+        self._check()
+        while self.stalled:  # noqa: ASYNC110 - a flag the test flips
+            await asyncio.sleep(0.02)
+        return {}
+
+    async def get(self, path: str) -> Obj:
+        self._check()
+        kind, name = path.rstrip("/").rsplit("/", 2)[-2:]
+        found = [o for o in self.objects.get(kind, []) if o["metadata"]["name"] == name]
+        if not found:
+            raise ApiError(404, "NotFound", f"{kind} {name} not found")
+        return json.loads(json.dumps(found[0]))
 
     async def list_all(self, path: str, params: Any = None) -> tuple[list[Obj], str]:
         self._check()
@@ -216,7 +306,18 @@ async def test_relist_after_410_forgets_jobs_deleted_in_the_gap() -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_api_outage_is_not_taken_for_dead_workers() -> None:
+def _renewed(lease: Obj, revision: int) -> Obj:
+    renewed = json.loads(json.dumps(lease))
+    renewed["spec"]["renewTime"] = _micro(time.time())
+    renewed["metadata"]["resourceVersion"] = str(revision)
+    return renewed
+
+
+async def _no_loss_after(fault: str) -> None:
+    """A worker with a 3 s Lease (operator grace 0.5 s) cannot renew during an API `fault` ("down": every
+    call refused; "stalled": the readiness check is answered only after 4 s) longer than the two together;
+    it renews 1.5 s after the API is back. Its job must not be requeued. Then it really stops renewing:
+    now the job is requeued (the operator decides again after the fault, so no-loss is no accident)."""
     now = time.time()
     o = _objects(now)
     o["lease"]["spec"]["leaseDurationSeconds"] = 3
@@ -229,21 +330,96 @@ async def test_api_outage_is_not_taken_for_dead_workers() -> None:
     try:
         await asyncio.sleep(0.3)
         assert api.writes == []  # the worker is fine: its Lease is fresh
-        api.down = True  # nobody can write now: not the worker's Lease renewals, not the operator
+        setattr(api, fault, True)  # nobody can write now: not the worker's Lease renewals, not the operator
         await asyncio.sleep(4.0)  # longer than the Lease (3 s) and the grace (0.5 s) together
-        api.down = False
+        setattr(api, fault, False)
         back = time.time()
         # The worker renews as soon as it can again (its renew interval is a third of the Lease).
         await asyncio.sleep(1.5)
-        renewed = json.loads(json.dumps(o["lease"]))
-        t = time.time()
-        renewed["spec"]["renewTime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-        renewed["metadata"]["resourceVersion"] = "11"
+        renewed = _renewed(o["lease"], 11)
         api.objects["leases"] = [renewed]
         reconciler.on_lease("MODIFIED", renewed)
         await asyncio.sleep(1.0)
         lost = [(round(t - back, 2), body["status"].get("reason")) for t, _, body in api.writes]
-        assert lost == [], f"requeued right after the outage although the worker was fine: {lost}"
+        assert lost == [], f"requeued right after the {fault} API although the worker was fine: {lost}"
+        # The worker stops renewing for real: 3.5 s later its job is requeued.
+        await asyncio.sleep(4.0)
+        reasons = [body["status"].get("reason") for _, _, body in api.writes]
+        assert reasons[:1] == ["WorkerLost"], reasons
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_api_outage_is_not_taken_for_dead_workers() -> None:
+    await _no_loss_after("down")
+
+
+async def test_a_stalled_api_server_is_not_taken_for_dead_workers() -> None:
+    """Issue 19: an API server that answers the readiness check only after 4 s stalled the workers'
+    renewals just as long. The operator took the time of its question for the time of the answer, saw no
+    outage, and requeued the job of a worker that was fine (the check failed against the code before)."""
+    await _no_loss_after("stalled")
+
+
+def _micro(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+async def test_a_renewal_the_lease_watch_has_not_delivered_loses_no_worker(
+    cluster: TestCluster, namespace: str, admin: KubeClient
+) -> None:
+    """Issue 19's false WorkerLost: a worker renews its Lease on time, but the operator's view of it lags
+    (a watch delivers late on a loaded API server), so the Lease looks expired. Before the attempt is given
+    away the operator reads the Lease again: renewed, the job stays with its worker. A Lease that really
+    expired is still lost at once. (Against the code before this test, the first pass requeued the job.)"""
+    now = time.time()
+    pod = {
+        "metadata": {"name": "w-a", "labels": {"app.kubernetes.io/component": "worker", "ffmpeg-rtmp.io/pool": "p"}},
+        "spec": {
+            "containers": [{
+                "name": "worker", "image": "worker",
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }],
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        },
+    }  # fmt: skip
+    await admin.create(resource_path("", "v1", "pods", namespace), pod)
+    leases = resource_path("coordination.k8s.io", "v1", "leases", namespace)
+    lease = {
+        "metadata": {"name": "ffrtmp-worker-w-a", "labels": {"app.kubernetes.io/component": "worker"}},
+        "spec": {"holderIdentity": "w-a", "leaseDurationSeconds": 5, "renewTime": _micro(now - 30)},
+    }
+    await admin.create(leases, lease)
+    cluster.apply(
+        {"apiVersion": "ffmpeg-rtmp.io/v1alpha1", "kind": "TranscodeJob", "metadata": {"name": "busy"},
+         "spec": {"input": {"uri": "/media/a.mp4"}, "outputs": [{"name": "out"}]}},
+        namespace,
+    )  # fmt: skip
+    job = resource_path("ffmpeg-rtmp.io", "v1alpha1", "transcodejobs", namespace, "busy")
+    running = {"phase": "Running", "worker": "w-a", "pool": "p", "attempt": 1, "startTime": now_iso(now - 10),
+               "scheduledTime": now_iso(now - 11), "heartbeatTime": now_iso(now - 1)}  # fmt: skip
+    await admin.merge_patch(job + "/status", {"status": running})
+    settings = OperatorSettings(namespaces=(namespace,), lease_grace_seconds=2, metrics_port=0, health_port=0)
+    metrics = OperatorMetrics()
+    reconciler = Reconciler(admin, settings, metrics)
+    # The operator's view, listed while the Lease was 30 s old; its watches are not running, as if lagging.
+    for watched in WATCHED:
+        items, rv = await admin.list_all(watched.path(namespace), watched.params)
+        reconciler.on_sync(watched.kind, namespace, items, rv)
+    renewed = await admin.merge_patch(f"{leases}/ffrtmp-worker-w-a", {"spec": {"renewTime": _micro(time.time())}})
+
+    await reconciler.pass_once()
+    s = (await admin.get(job))["status"]
+    assert (s["phase"], s["attempt"], s.get("reason")) == ("Running", 1, None), s
+    assert metrics.lease_confirmations.labels("renewed")._value.get() == 1
+    assert reconciler.store.leases[f"{namespace}/w-a"].resource_version == renewed["metadata"]["resourceVersion"]
+
+    # The worker stops for real: the fresh read agrees, and the job is requeued.
+    expired = await admin.merge_patch(f"{leases}/ffrtmp-worker-w-a", {"spec": {"renewTime": _micro(time.time() - 30)}})
+    reconciler.on_lease("MODIFIED", expired)
+    await reconciler.pass_once()
+    s = (await admin.get(job))["status"]
+    assert (s["phase"], s.get("reason")) == ("Queued", "WorkerLost"), s
+    assert "stopped renewing its Lease 30s ago" in s["message"], s["message"]
+    assert metrics.lease_confirmations.labels("expired")._value.get() == 1

@@ -54,7 +54,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.client, memo.reconciler, memo.metrics = client, reconciler, metrics
     if ours.metrics_port:
         start_http_server(ours.metrics_port, registry=metrics.registry)
-    tasks = [asyncio.create_task(reconciler.run(), name="reconcile")]
+    tasks = [
+        asyncio.create_task(reconciler.run(), name="reconcile"),
+        asyncio.create_task(metrics.loop_lag.run(), name="loop-lag"),
+    ]
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
     memo.tasks = tasks

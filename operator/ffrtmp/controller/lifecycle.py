@@ -36,6 +36,9 @@ class PatchStatus:
     resource_version: str
     status: Obj
     event: JobEvent | None = None
+    # Applied only if a fresh read shows this worker Lease ("namespace/worker") still expired: the
+    # decision rests on the watch's view of it, and a renewal may be on its way (a slow API server).
+    unless_lease_renewed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,36 +76,43 @@ def lease_fresh(lease: WorkerLease | None, now: float, settings: OperatorSetting
     return max(lease.renew_time, since) + lease.duration + settings.lease_grace_seconds >= now
 
 
-def worker_lost_reason(
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    message: str
+    # Set when the only evidence is an expired Lease (namespace/worker): worth one fresh read.
+    expired_lease: str | None = None
+
+
+def worker_lost(
     job: JobView,
     pods: dict[str, WorkerPod],
     leases: dict[str, WorkerLease],
     now: float,
     settings: OperatorSettings,
     since: float = 0.0,
-) -> str | None:
+) -> WorkerLost | None:
     """Why the job's worker can no longer run it, or None while it can."""
     wkey = f"{job.namespace}/{job.worker}"
     pod = pods.get(wkey)
     if pod is None:
-        return f"worker Pod {job.worker} no longer exists"
+        return WorkerLost(f"worker Pod {job.worker} no longer exists")
     if pod.failed:
-        return f"worker Pod {job.worker} has terminated"
+        return WorkerLost(f"worker Pod {job.worker} has terminated")
     lease = leases.get(wkey)
     if lease is None:
         # A worker only gets jobs once its Lease exists; give a just-created one a moment.
         since = job.scheduled_time or now
         if now - since > 30 + settings.lease_grace_seconds:
-            return f"worker {job.worker} has no Lease"
+            return WorkerLost(f"worker {job.worker} has no Lease")
         return None
     if not lease_fresh(lease, now, settings, since):
         age = now - (lease.renew_time or 0)
-        return f"worker {job.worker} stopped renewing its Lease {age:.0f}s ago"
+        return WorkerLost(f"worker {job.worker} stopped renewing its Lease {age:.0f}s ago", expired_lease=wkey)
     if job.phase == "Scheduled" and job.scheduled_time and now - job.scheduled_time > settings.start_timeout_seconds:
-        return f"worker {job.worker} did not start the attempt within {settings.start_timeout_seconds:.0f}s"
+        return WorkerLost(f"worker {job.worker} did not start the attempt within {settings.start_timeout_seconds:.0f}s")
     last_sign = job.heartbeat_time or job.start_time
     if job.phase == "Running" and last_sign and now - last_sign > settings.heartbeat_timeout_seconds:
-        return f"worker {job.worker} reported no progress for {now - last_sign:.0f}s"
+        return WorkerLost(f"worker {job.worker} reported no progress for {now - last_sign:.0f}s")
     return None
 
 
@@ -259,11 +269,12 @@ def _decide_one(
         if result is not None and result.attempt == job.attempt and result.outcome != "Succeeded":
             out.actions.append(_after_attempt(job, now, settings))
             return None
-        lost = worker_lost_reason(job, store.pods, store.leases, now, settings, store.api_ok_since)
+        lost = worker_lost(job, store.pods, store.leases, now, settings, store.api_ok_since)
         if lost is not None:
-            msg = f"attempt {job.attempt} lost: {lost}; requeued (does not count against backoffLimit)"
+            msg = f"attempt {job.attempt} lost: {lost.message}; requeued (does not count against backoffLimit)"
             status = _queued_status(job, "WorkerLost", msg, now, extra={"reason": "WorkerLost"})
-            out.actions.append(PatchStatus(job.key, rv, status, JobEvent("Warning", "WorkerLost", msg)))
+            event = JobEvent("Warning", "WorkerLost", msg)
+            out.actions.append(PatchStatus(job.key, rv, status, event, unless_lease_renewed=lost.expired_lease))
             return None
         if job.timeout_seconds is not None:
             started = job.start_time or job.scheduled_time

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from ffrtmp.controller.state import Store
+from ffrtmp.looplag import LoopLag
 
 SLA_WINDOW_SECONDS = 3600.0
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
@@ -56,6 +57,20 @@ class OperatorMetrics:
             "ffrtmp_reconcile_errors_total", "Failed API writes and passes.", ["kind"], registry=r
         )
         self.leader = Gauge("ffrtmp_operator_leader", "1 while this replica leads.", registry=r)
+        self.worker_lease_age = Gauge(
+            "ffrtmp_operator_worker_lease_age_seconds",
+            "Seconds since the freshest renewal of each worker's Lease that the operator has seen.",
+            ["namespace", "worker"],
+            registry=r,
+        )
+        self.lease_confirmations = PromCounter(
+            "ffrtmp_operator_lease_confirmations_total",
+            "Leases that looked expired and were read again before a worker was declared lost, by what "
+            "the read showed: expired (the worker is lost) or renewed (the watch had not delivered it yet).",
+            ["outcome"],
+            registry=r,
+        )
+        self.loop_lag = LoopLag(r, "ffrtmp_operator")
         self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
 
     def job_finished(self, namespace: str, pool: str, phase: str, reason: str | None, run_seconds: float | None,
@@ -85,6 +100,11 @@ class OperatorMetrics:
                 window.popleft()
             if window:
                 self.sla.labels(ns, pool).set(100.0 * sum(ok for _, ok in window) / len(window))
+        self.worker_lease_age.clear()
+        for lease in store.leases.values():
+            if lease.renew_time is not None:
+                ns, _, worker = lease.key.partition("/")
+                self.worker_lease_age.labels(ns, worker).set(round(max(now - lease.renew_time, 0.0), 3))
         for p in store.pools.values():
             s = p.status
             self.pool_workers.labels(p.namespace, p.name).set(s.get("workers") or 0)

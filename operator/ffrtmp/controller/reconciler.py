@@ -14,10 +14,20 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ffrtmp.api.constants import GROUP, JOB_PLURAL, POOL_PLURAL, VERSION
+import aiohttp
+
+from ffrtmp.api.constants import GROUP, JOB_PLURAL, LEASE_PREFIX, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
 from ffrtmp.controller.leader import LeaderElector
-from ffrtmp.controller.lifecycle import DeleteJob, JobEvent, PatchStatus, decide_jobs, running_by_worker
+from ffrtmp.controller.lifecycle import (
+    DeleteJob,
+    JobAction,
+    JobEvent,
+    PatchStatus,
+    decide_jobs,
+    lease_fresh,
+    running_by_worker,
+)
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
@@ -29,9 +39,12 @@ from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 # Re-check the API server before deciding when nothing confirmed it for this long; a silence of
-# API_GAP_SECONDS or more is an outage, after which worker Leases get a fresh period.
+# API_GAP_SECONDS or more, a failed check or a stalled one is an outage, after which worker Leases get
+# a fresh period.
 API_CHECK_SECONDS = 2.0
 API_GAP_SECONDS = 5.0
+# A readiness check (a few milliseconds when healthy) answered this late means a stalled API server.
+API_STALL_SECONDS = 1.0
 
 
 def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -202,7 +215,8 @@ class Reconciler:
             return
         now = time.time()
         decisions = decide_jobs(self.store, now, self.settings)
-        await self._gather(self._apply_job(a) for a in decisions.actions)
+        actions = await self._unless_leases_renewed(decisions.actions)
+        await self._gather(self._apply_job(a) for a in actions)
         self._waiting = decisions.waiting_by_pool
         # Pools see the jobs as they are after this pass's writes.
         running = running_by_worker(self.store.jobs.values())
@@ -220,11 +234,52 @@ class Reconciler:
         if decisions.wake_at is not None:
             self._wake_at(decisions.wake_at)
 
+    async def _unless_leases_renewed(self, actions: list[JobAction]) -> list[JobAction]:
+        """Drop the WorkerLost decisions whose expired Lease turns out renewed when read again."""
+        keys = sorted(
+            {a.unless_lease_renewed for a in actions if isinstance(a, PatchStatus) and a.unless_lease_renewed}
+        )
+        if not keys:
+            return actions
+        results = await asyncio.gather(*(self._lease_renewed(key) for key in keys))
+        renewed = {key for key, ok in zip(keys, results, strict=True) if ok}
+        return [a for a in actions if not (isinstance(a, PatchStatus) and a.unless_lease_renewed in renewed)]
+
+    async def _lease_renewed(self, key: str) -> bool:
+        """Read a worker Lease that looked expired before its jobs are given away: a watch can deliver a
+        renewal late (a loaded API server), and redoing an attempt that is still running costs a whole
+        encode. True when the read shows it renewed (the store takes that version), or could not be made."""
+        namespace, _, worker = key.partition("/")
+        path = resource_path("coordination.k8s.io", "v1", "leases", namespace, f"{LEASE_PREFIX}{worker}")
+        try:
+            obj = await self._bounded(self.client.get(path))
+        except ApiError as e:
+            if e.not_found:
+                self.metrics.lease_confirmations.labels("expired").inc()
+                return False
+            log.warning("reading the Lease of %s failed (%s): deciding again next pass", key, e)
+            return True
+        except (OSError, TimeoutError, aiohttp.ClientError) as e:
+            log.warning("reading the Lease of %s failed (%r): deciding again next pass", key, e)
+            return True
+        answered = time.time()
+        self._api_answered(answered)
+        lease = self.store.put_lease(obj)
+        if lease_fresh(lease, answered, self.settings, self.store.api_ok_since):
+            self.metrics.lease_confirmations.labels("renewed").inc()
+            log.warning(
+                "the Lease of %s was renewed %.1fs ago, later than its watch showed: not lost",
+                key, answered - (lease.renew_time or answered),
+            )  # fmt: skip
+            return True
+        self.metrics.lease_confirmations.labels("expired").inc()
+        return False
+
     async def _api_reachable(self) -> bool:
         """Decide only on a view the API server confirmed recently. After an outage, Leases could
         not be renewed: they count from the moment the API answered again."""
-        now = time.time()
-        if now - self._last_api_ok < API_CHECK_SECONDS:
+        asked = time.time()
+        if asked - self._last_api_ok < API_CHECK_SECONDS:
             return True
         try:
             await self.client.request("GET", "/readyz")
@@ -233,7 +288,12 @@ class Reconciler:
                 log.warning("the API server does not answer (%r): no decisions until it does", e)
             self._api_down = True
             return False
-        self._api_answered(now)
+        answered = time.time()
+        if answered - asked >= API_STALL_SECONDS:
+            # No worker could renew its Lease while the API server stalled either: a stall is an outage.
+            log.warning("the API server took %.1fs to answer its readiness check", answered - asked)
+            self._api_down = True
+        self._api_answered(answered)
         return True
 
     def _api_answered(self, now: float) -> None:

@@ -135,15 +135,19 @@ class KubeClient:
     async def get(self, path: str, **params: str | int) -> Obj:
         return await self.request("GET", path, params=params)
 
-    async def create(self, path: str, body: Obj, **params: str | int) -> Obj:
-        return await self.request("POST", path, body=body, params=params)
+    async def create(self, path: str, body: Obj, *, request_timeout: float | None = None, **params: str | int) -> Obj:
+        return await self.request("POST", path, body=body, params=params, request_timeout=request_timeout)
 
     async def replace(self, path: str, body: Obj) -> Obj:
         return await self.request("PUT", path, body=body)
 
-    async def merge_patch(self, path: str, body: Obj, **params: str | int) -> Obj:
+    async def merge_patch(
+        self, path: str, body: Obj, *, request_timeout: float | None = None, **params: str | int
+    ) -> Obj:
         """JSON merge patch. Put `metadata.resourceVersion` in the body to make it conditional."""
-        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH, params=params)
+        return await self.request(
+            "PATCH", path, body=body, content_type=MERGE_PATCH, params=params, request_timeout=request_timeout
+        )
 
     async def json_patch(self, path: str, ops: list[Obj]) -> Obj:
         """RFC 6902 patch; a `test` op makes it conditional on current values."""

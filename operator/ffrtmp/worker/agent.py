@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 # How long a job may say "ours, running" while this process runs nothing for it.
 ORPHAN_GRACE_SECONDS = 10.0
+# A renewal slower than this share of the Lease is logged; one still unanswered after RENEWAL_TIMEOUT
+# of it is given up and sent again on a fresh connection, with time left before the Lease expires.
+SLOW_RENEWAL = 0.25
+RENEWAL_TIMEOUT = 0.5
 
 
 class Agent:
@@ -84,14 +88,16 @@ class Agent:
         lease = asyncio.create_task(self._lease_loop(), name="lease")
         watch = asyncio.create_task(self._watch_loop(), name="watch")
         recheck = asyncio.create_task(self._recheck_loop(), name="recheck")
+        lag = asyncio.create_task(self.metrics.loop_lag.run(), name="loop-lag")
         try:
             await self._drained.wait()
         finally:
             watch.cancel()
             recheck.cancel()
+            lag.cancel()
             await self._release_lease()
             lease.cancel()
-            await asyncio.gather(lease, watch, return_exceptions=True)
+            await asyncio.gather(lease, watch, lag, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
 
@@ -121,22 +127,38 @@ class Agent:
         }
 
     async def renew_lease(self) -> None:
+        """One renewal. A request unanswered after half the Lease is given up (and the loop tries again at
+        once, on another connection): waiting out the client's default timeout would let the Lease expire
+        behind one stuck request."""
         body = self._lease_body()
+        timeout = self.config.lease_seconds * RENEWAL_TIMEOUT
         try:
-            await self.client.merge_patch(f"{self._lease_path}/{self._lease_name}", body)
+            await self.client.merge_patch(f"{self._lease_path}/{self._lease_name}", body, request_timeout=timeout)
         except ApiError as e:
             if not e.not_found:
                 raise
             body["spec"]["acquireTime"] = body["spec"]["renewTime"]
-            await self.client.create(self._lease_path, body)
+            await self.client.create(self._lease_path, body, request_timeout=timeout)
 
     async def _lease_loop(self) -> None:
+        slow = self.config.lease_seconds * SLOW_RENEWAL
         while True:
+            sent = time.monotonic()
             try:
                 await self.renew_lease()
                 self._alive = time.monotonic()
+                took = self._alive - sent
+                self.metrics.lease_renew_seconds.observe(took)
+                if took > slow:
+                    log.warning(
+                        "renewing the Lease took %.1fs (Lease %ds; event loop lag %.1fs): the API server is slow",
+                        took, self.config.lease_seconds, self.metrics.loop_lag.latest,
+                    )  # fmt: skip
             except Exception as e:  # keep renewing, whatever broke this round
-                log.warning("renewing the Lease failed: %r", e)
+                self.metrics.lease_renew_failures.inc()
+                log.warning("renewing the Lease failed after %.1fs: %r", time.monotonic() - sent, e)
+                if isinstance(e, TimeoutError):
+                    continue  # the period already passed waiting: try again now
             self._lease_dirty.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lease_dirty.wait(), self.config.renew_seconds)

@@ -14,7 +14,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ffrtmp.looplag import LoopLag
+
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+RENEW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class WorkerMetrics:
@@ -34,6 +37,16 @@ class WorkerMetrics:
             "job_duration_seconds", "Attempt wall time.", ["pool"], buckets=DURATION_BUCKETS, registry=r
         )
         self.encoder_ok = Gauge("ffrtmp_worker_encoder_ok", "1 when the encoder self-test passed.", registry=r)
+        self.lease_renew_seconds = Histogram(
+            "ffrtmp_worker_lease_renew_seconds",
+            "Time from sending a Lease renewal to the API server's answer.",
+            buckets=RENEW_BUCKETS,
+            registry=r,
+        )
+        self.lease_renew_failures = Counter(
+            "ffrtmp_worker_lease_renew_failures_total", "Lease renewals that failed or timed out.", registry=r
+        )
+        self.loop_lag = LoopLag(r, "ffrtmp_worker")
 
 
 async def serve(

@@ -1,0 +1,46 @@
+"""How late the event loop runs: the lag of a timer that should fire every `interval` seconds.
+
+Everything the operator and the worker do (Lease renewals, watches, progress writes, decisions)
+shares one asyncio loop. A synchronous call, a stopped or starved process shows here as lag, so a
+missed Lease renewal can be told apart from a slow API server (whose latency the callers measure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Histogram
+
+log = logging.getLogger(__name__)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class LoopLag:
+    """A histogram `<prefix>_event_loop_lag_seconds`, fed by `run()`; a warning above `warn_seconds`."""
+
+    def __init__(
+        self, registry: CollectorRegistry, prefix: str, *, interval: float = 0.5, warn_seconds: float = 1.0
+    ) -> None:
+        self.interval = interval
+        self.warn_seconds = warn_seconds
+        self.latest = 0.0
+        self.histogram = Histogram(
+            f"{prefix}_event_loop_lag_seconds",
+            f"How much later than planned a {interval}s timer of the event loop fired.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, lag: float) -> None:
+        self.latest = lag
+        self.histogram.observe(lag)
+        if lag >= self.warn_seconds:
+            log.warning("the event loop ran %.1fs late (blocked, stopped or starved of CPU)", lag)
+
+    async def run(self) -> None:
+        while True:
+            planned = time.monotonic() + self.interval
+            await asyncio.sleep(self.interval)
+            self.observe(max(time.monotonic() - planned, 0.0))
