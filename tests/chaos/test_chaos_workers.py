@@ -27,7 +27,7 @@ def _running_with_progress(farm: ChaosFarm, name: str, timeout: float = 60) -> d
         s = status(farm.get_job(name))
         return s if s.get("phase") == "Running" and (s.get("progress") or {}).get("percent", 0) > 0 else None
 
-    result: dict[str, Any] = wait_for(check, timeout, f"{name} running with progress", interval=0.1)
+    result: dict[str, Any] = wait_for(check, timeout, f"{name} running with progress", interval=0.25)
     return result
 
 

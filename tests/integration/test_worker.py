@@ -213,6 +213,10 @@ def test_worker_and_operator_metrics(farm: Farm) -> None:
     assert _value(worker, "ffrtmp_worker_free_slots") == 2
     assert _value(worker, "ffrtmp_worker_encoder_ok") == 1
     assert re.search(r"ffrtmp_worker_encode_fps \d", worker)
+    # The Lease's health, measured where it could fail (issue 19).
+    assert _value(worker, "ffrtmp_worker_lease_renew_seconds_count") >= 1
+    assert _value(worker, "ffrtmp_worker_lease_renew_failures_total") == 0
+    assert _value(worker, "ffrtmp_worker_event_loop_lag_seconds_count") >= 1
     port = int(info["env"]["FFRTMP_METRICS_PORT"])
     for path in ("healthz", "readyz"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as resp:
@@ -242,3 +246,7 @@ def test_worker_and_operator_metrics(farm: Farm) -> None:
     assert _value(op, "job_duration_seconds_count", namespace=ns, pool="cpu") == 3
     assert _value(op, "ffrtmp_job_queue_seconds_count", namespace=ns, pool="cpu") >= 3
     assert _value(op, "ffrtmp_operator_leader") == 1
+    [pod] = farm.workers_state()
+    # Workers here renew a 5 s Lease every 1.7 s: the freshest renewal the operator saw is younger than that.
+    assert 0 <= _value(op, "ffrtmp_operator_worker_lease_age_seconds", namespace=ns, worker=pod) < 5
+    assert _value(op, "ffrtmp_operator_event_loop_lag_seconds_count") >= 1
