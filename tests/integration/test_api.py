@@ -358,6 +358,25 @@ INVALID = [
         'Unsupported value: "always"'),
     Bad("pool-cpu-request-unit", wp(resources={"requests": {"cpu": "2 cores"}}), "spec.resources.requests.cpu",
         SHOULD_MATCH),
+    Bad("pool-storage-media-outside-roots", wp(storage={"media": [{"claimName": "m", "mountPath": "/films"}]}),
+        "spec", "every storage.media mountPath must be one of mediaRoots"),
+    Bad("pool-storage-media-same-path", wp(mediaRoots=["/media", "/b"], storage={"media": [
+        {"claimName": "a", "mountPath": "/media"}, {"claimName": "b", "mountPath": "/media"}]}),
+        "spec", "two storage.media claims must not share a mountPath"),
+    Bad("pool-storage-media-at-output", wp(mediaRoots=["/output"], storage={
+        "media": [{"claimName": "a", "mountPath": "/output"}], "output": {"claimName": "o"}}),
+        "spec", "no storage.media claim may use that mountPath"),
+    Bad("pool-volume-mount-at-output", wp(storage={"output": {"claimName": "o"}},
+        volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x", "mountPath": "/output"}]),
+        "spec", "a volumeMounts entry must not use a mountPath that spec.storage mounts"),
+    Bad("pool-volume-mount-without-path", wp(volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x"}]),
+        "spec.volumeMounts[0].mountPath", "Required value"),
+    Bad("pool-storage-subpath-dotdot", wp(storage={"output": {"claimName": "o", "subPath": "../etc"}}),
+        "spec.storage.output.subPath", SHOULD_MATCH),
+    Bad("pool-storage-claim-capitals", wp(storage={"output": {"claimName": "Out"}}),
+        "spec.storage.output.claimName", SHOULD_MATCH),
+    Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",
+        "should be greater than or equal to 0"),
 ]  # fmt: skip
 
 

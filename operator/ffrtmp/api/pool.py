@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
@@ -12,6 +12,16 @@ from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^/[A-Za-z0-9._/-]*$")]
+# A folder inside a volume: relative, and no step starts with a dot (so never `..`).
+SubPath = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+]
+ClaimName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+]
+DEFAULT_RENDER_DEVICE = "/dev/dri/renderD128"
+DEFAULT_RENDER_GROUP_ID = 109
 
 
 class Toleration(ApiModel):
@@ -25,6 +35,42 @@ class Toleration(ApiModel):
     )
     toleration_seconds: int | None = Field(
         default=None, ge=0, le=31536000, description="For NoExecute: how long to stay (at most a year)."
+    )
+
+
+class MediaClaim(ApiModel):
+    """A PersistentVolumeClaim with input media, mounted read-only at one of the pool's mediaRoots."""
+
+    claim_name: ClaimName = Field(description="Name of the PersistentVolumeClaim, in the pool's namespace.")
+    mount_path: AbsolutePath = Field(description="Where it is mounted: one of spec.mediaRoots.")
+    sub_path: SubPath | None = Field(
+        default=None,
+        description="Folder inside the volume to mount instead of its root (relative; no step may start with a dot).",
+    )
+
+
+class OutputClaim(ApiModel):
+    """A PersistentVolumeClaim mounted read-write at the pool's outputRoot; jobs write into it."""
+
+    claim_name: ClaimName = Field(description="Name of the PersistentVolumeClaim, in the pool's namespace.")
+    sub_path: SubPath | None = Field(
+        default=None,
+        description="Folder inside the volume to mount instead of its root (relative; no step may start with a dot).",
+    )
+
+
+class PoolStorage(ApiModel):
+    """Where worker Pods read media and write outputs. Each worker checks at start that every media
+    root is readable and the output root writable; until then it takes no job."""
+
+    media: list[MediaClaim] | None = Field(
+        default=None,
+        max_length=8,
+        description="Claims with input media, each mounted read-only at one of spec.mediaRoots.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    output: OutputClaim | None = Field(
+        default=None, description="The claim mounted read-write at spec.outputRoot, where jobs write."
     )
 
 
@@ -70,6 +116,27 @@ class WorkerPoolSpec(ApiModel):
                 "replicas must lie within minWorkers..maxWorkers",
             ),
             ("self.accelerator == oldSelf.accelerator", "accelerator is immutable: create another pool"),
+            (
+                "!has(self.storage) || !has(self.storage.media)"
+                " || self.storage.media.all(m, m.mountPath in self.mediaRoots)",
+                "every storage.media mountPath must be one of mediaRoots",
+            ),
+            (
+                "!has(self.storage) || !has(self.storage.media)"
+                " || self.storage.media.all(a, self.storage.media.exists_one(b, b.mountPath == a.mountPath))",
+                "two storage.media claims must not share a mountPath",
+            ),
+            (
+                "!has(self.storage) || !has(self.storage.media) || !has(self.storage.output)"
+                " || !self.storage.media.exists(m, m.mountPath == self.outputRoot)",
+                "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath",
+            ),
+            (
+                "!has(self.volumeMounts) || !has(self.storage) || self.volumeMounts.all(v,"
+                " ((!has(self.storage.output) || v.mountPath != self.outputRoot)"
+                " && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == v.mountPath))))",
+                "a volumeMounts entry must not use a mountPath that spec.storage mounts",
+            ),
         )
     )
 
@@ -143,10 +210,32 @@ class WorkerPoolSpec(ApiModel):
         description="Input protocols workers accept (passed to ffmpeg's -protocol_whitelist too).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    storage: PoolStorage | None = Field(
+        default=None,
+        description=(
+            "PersistentVolumeClaims with media (read-only at mediaRoots) and for outputs (read-write at "
+            "outputRoot). Without it those folders must come from volumes/volumeMounts, or workers fail "
+            "their storage check."
+        ),
+    )
+    render_device: AbsolutePath = Field(
+        default=DEFAULT_RENDER_DEVICE,
+        description="qsv/vaapi pools: the DRI render node the encoder opens (`ls /dev/dri` on the node).",
+    )
+    render_group_id: int = Field(
+        default=DEFAULT_RENDER_GROUP_ID,
+        ge=0,
+        le=2147483647,
+        description=(
+            "qsv/vaapi pools: gid owning the render node, added to the worker's supplementalGroups so it may "
+            "open it. It varies by host: `stat -c %g /dev/dri/renderD128` or `getent group render` on the node "
+            "(109 is common on Debian)."
+        ),
+    )
     volumes: list[dict[str, object]] | None = Field(
         default=None,
         max_length=16,
-        description="Extra Pod volumes (core API shape), e.g. the PVC with media and outputs.",
+        description="Extra Pod volumes (core API shape), an escape hatch beside spec.storage.",
         json_schema_extra={
             "x-kubernetes-list-type": "atomic",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -158,9 +247,46 @@ class WorkerPoolSpec(ApiModel):
         description="Mounts of those volumes in the worker container (core API shape).",
         json_schema_extra={
             "x-kubernetes-list-type": "atomic",
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "items": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                # Declared so that CEL can compare mount paths with spec.storage's.
+                "required": ["name", "mountPath"],
+                "properties": {
+                    "name": {"type": "string", "description": "Name of a volume in spec.volumes."},
+                    "mountPath": {"type": "string", "description": "Where it is mounted in the container."},
+                },
+            },
         },
     )
+
+    @model_validator(mode="after")
+    def _storage_paths(self) -> WorkerPoolSpec:
+        """The storage rules of the CEL above, for specs that did not pass the API server."""
+        problem = storage_path_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def storage_path_problem(spec: WorkerPoolSpec) -> str | None:
+    """What is wrong with where spec.storage mounts its claims, or None (pure; mirrors the CEL)."""
+    if spec.storage is None:
+        return None
+    media = [m.mount_path for m in spec.storage.media or []]
+    outside = [p for p in media if p not in spec.media_roots]
+    if outside:
+        return f"every storage.media mountPath must be one of mediaRoots ({outside[0]} is not)"
+    if len(set(media)) != len(media):
+        return "two storage.media claims must not share a mountPath"
+    taken = set(media)
+    if spec.storage.output is not None:
+        if spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
+        taken.add(spec.output_root)
+    if any(m.get("mountPath") in taken for m in spec.volume_mounts or []):
+        return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
+    return None
 
 
 class Capacity(ApiModel):

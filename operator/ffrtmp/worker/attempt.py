@@ -228,6 +228,7 @@ class Attempt:
                 allowed_protocols=list(self.config.allowed_protocols),
                 threads=self._threads(),
                 input_has_audio=None if info is None else info.audio_codec is not None,
+                render_device=self.config.render_device,
             )
         except InvalidSpec as e:
             raise _Failed(Failure("InvalidSpec", str(e), False)) from e
