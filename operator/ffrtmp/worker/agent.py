@@ -13,6 +13,7 @@ from typing import Any
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
+    ANNOTATION_STORAGE,
     GROUP,
     JOB_PLURAL,
     LABEL_COMPONENT,
@@ -29,6 +30,7 @@ from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, owns
 from ffrtmp.worker.metrics import WorkerMetrics, serve
 from ffrtmp.worker.selftest import SelfTestResult, run_self_test
+from ffrtmp.worker.storage import StorageCheck, check_storage
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -46,6 +48,7 @@ class Agent:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.self_test: SelfTestResult | None = None
+        self.storage: StorageCheck | None = None
         self.draining = False
         self.attempts: dict[str, Attempt] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
@@ -63,7 +66,7 @@ class Agent:
     # -- readiness ----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return bool(self.self_test and self.self_test.ok and not self.draining)
+        return bool(self.self_test and self.self_test.ok and self.storage and self.storage.ok and not self.draining)
 
     def healthy(self) -> bool:
         return time.monotonic() - self._alive < 60
@@ -81,7 +84,9 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_drain)
-        self.self_test = await run_self_test(self.config.accelerator)
+        self.storage = await asyncio.to_thread(check_storage, self.config.media_roots, self.config.output_root)
+        log.info("storage check: %s", self.storage.annotation())
+        self.self_test = await run_self_test(self.config.accelerator, render_device=self.config.render_device)
         self.metrics.encoder_ok.set(1 if self.self_test.ok else 0)
         log.info("encoder self-test: %s", self.self_test.annotation())
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
@@ -110,6 +115,7 @@ class Agent:
             "labels": {LABEL_COMPONENT: WORKER_COMPONENT, LABEL_POOL: self.config.pool},
             "annotations": {
                 ANNOTATION_ENCODER: self.self_test.annotation() if self.self_test else "pending",
+                ANNOTATION_STORAGE: self.storage.annotation() if self.storage else "pending",
                 ANNOTATION_DRAINING: "true" if self.draining else "false",
             },
         }
