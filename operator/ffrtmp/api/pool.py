@@ -253,8 +253,12 @@ class WorkerPoolSpec(ApiModel):
                 # Declared so that CEL can compare mount paths with spec.storage's.
                 "required": ["name", "mountPath"],
                 "properties": {
-                    "name": {"type": "string", "description": "Name of a volume in spec.volumes."},
-                    "mountPath": {"type": "string", "description": "Where it is mounted in the container."},
+                    "name": {"type": "string", "maxLength": 253, "description": "Name of a volume in spec.volumes."},
+                    "mountPath": {
+                        "type": "string",
+                        "maxLength": 1024,
+                        "description": "Where it is mounted in the container.",
+                    },
                 },
             },
         },
