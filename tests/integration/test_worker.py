@@ -190,6 +190,26 @@ def test_a_pool_whose_output_root_is_not_writable_is_degraded_and_its_job_stays_
     assert ready_seen == [], f"the pool was Ready at some point: {ready_seen}"
 
 
+def test_a_job_over_its_memory_limit_is_stopped_with_memory_limit_exceeded(farm: Farm) -> None:
+    clip = make_clip(farm.media / "hd.mp4", seconds=4, size="1920x1080")
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
+    farm.start_operator()
+    farm.start_workers()
+    outputs = [{"name": "hd", "video": {"codec": "h264", "crf": 23, "preset": "medium"}}]
+    farm.job("greedy", str(clip), outputs, resources={"limits": {"cpu": "1", "memory": "40Mi"}}, backoffLimit=2)
+    s = status(farm.wait_phase("greedy", "Succeeded", "Failed", timeout=120))
+    assert s["phase"] == "Failed" and s["reason"] == "MemoryLimitExceeded", s
+    assert s["attempt"] == 1, "going over the job's own limit is not retried"
+    match = re.search(
+        r"ffmpeg used (\d+)Mi of resident memory, over the job's limit of 40Mi "
+        r"\(spec\.resources\.limits\.memory\), and was stopped\.$",
+        s["message"],
+    )
+    assert match and int(match[1]) > 40, s["message"]
+    job_dir = farm.output / farm.namespace / "greedy"
+    assert not job_dir.exists() or not any(job_dir.iterdir()), list(job_dir.iterdir())
+
+
 def test_sigterm_drains_running_job_to_completion(farm: Farm) -> None:
     clip = make_clip(farm.media / "clip.mp4", seconds=6)
     farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, terminationGracePeriodSeconds=40)
