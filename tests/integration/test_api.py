@@ -33,7 +33,7 @@ from helpers import REPO, TestCluster, wait_for
 pytestmark = pytest.mark.integration
 
 Obj = dict[str, Any]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml")) + sorted((REPO / "examples" / "kind").glob("*.yaml"))
 API = "ffmpeg-rtmp.io/v1alpha1"
 
 
@@ -58,9 +58,9 @@ def words(text: str) -> str:
 def test_example_passes_server_side_dry_run(cluster: TestCluster, ns: str, path: Path) -> None:
     out = cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(path), "-o", "json").stdout
     stored = json.loads(out)
-    doc = yaml.safe_load(path.read_text())
-    assert stored["kind"] == doc["kind"]
-    assert stored["metadata"]["name"] == doc["metadata"]["name"]
+    items = stored["items"] if stored["kind"] == "List" else [stored]
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert [(i["kind"], i["metadata"]["name"]) for i in items] == [(d["kind"], d["metadata"]["name"]) for d in docs]
 
 
 @pytest.fixture(scope="module")

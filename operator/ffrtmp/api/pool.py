@@ -20,6 +20,7 @@ ClaimName = Annotated[
     str,
     Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
 ]
+DEFAULT_MEDIA_ROOTS = ("/media",)  # the CRD has no list defaults: CEL rules spell this out
 DEFAULT_RENDER_DEVICE = "/dev/dri/renderD128"
 DEFAULT_RENDER_GROUP_ID = 109
 
@@ -118,7 +119,8 @@ class WorkerPoolSpec(ApiModel):
             ("self.accelerator == oldSelf.accelerator", "accelerator is immutable: create another pool"),
             (
                 "!has(self.storage) || !has(self.storage.media)"
-                " || self.storage.media.all(m, m.mountPath in self.mediaRoots)",
+                " || self.storage.media.all(m, m.mountPath in (has(self.mediaRoots) ? self.mediaRoots : "
+                f"{list(DEFAULT_MEDIA_ROOTS)}))",
                 "every storage.media mountPath must be one of mediaRoots",
             ),
             (
@@ -196,7 +198,7 @@ class WorkerPoolSpec(ApiModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-driven scaling.")
     paused: bool = Field(default=False, description="Hand out no new jobs; running ones finish.")
     media_roots: list[AbsolutePath] = Field(
-        default_factory=lambda: ["/media"],
+        default_factory=lambda: list(DEFAULT_MEDIA_ROOTS),
         max_length=8,
         description="Folders file inputs may come from; anything else is InputNotAllowed.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
