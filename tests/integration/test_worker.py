@@ -190,6 +190,28 @@ def test_a_pool_whose_output_root_is_not_writable_is_degraded_and_its_job_stays_
     assert ready_seen == [], f"the pool was Ready at some point: {ready_seen}"
 
 
+def test_a_worker_whose_output_root_appears_late_recovers_and_runs_the_job(farm: Farm) -> None:
+    late = farm.root / "mounted-late"
+    clip = make_clip(farm.media / "clip.mp4", seconds=1)
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, outputRoot=str(late))
+    farm.start_operator()
+    farm.start_workers()
+
+    def degraded_reason() -> str | None:
+        conds = {c["type"]: c for c in status(farm.cluster.get("wp", "cpu", farm.namespace)).get("conditions", [])}
+        d = conds.get("Degraded")
+        return d["message"] if d and d["reason"] == "StorageUnavailable" else None
+
+    message = wait_for(degraded_reason, 60, "pool Degraded with StorageUnavailable")
+    assert f"output root {late} is not writable: does not exist (no volume mounted there?)" in message
+    farm.job("later", str(clip))
+    late.mkdir()
+    s = status(farm.wait_phase("later", "Succeeded", "Failed", timeout=120))
+    assert s["phase"] == "Succeeded", s
+    assert s["outputs"][0]["path"].startswith(str(late)), s["outputs"]
+    ready_pool(farm)
+
+
 def test_a_job_over_its_memory_limit_is_stopped_with_memory_limit_exceeded(farm: Farm) -> None:
     clip = make_clip(farm.media / "hd.mp4", seconds=4, size="1920x1080")
     farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
