@@ -48,7 +48,7 @@ FORBIDDEN_EXTRA_OPTIONS = (
     "-i", "-y", "-n", "-f", "-filter_script", "-filter_complex_script", "-attach",
     "-dump_attachment", "-passlogfile", "-vstats_file", "-vstats", "-report", "-progress",
     "-protocol_whitelist", "-protocol_blacklist", "-init_hw_device", "-hwaccel_device",
-    "-vaapi_device", "-filter_hw_device", "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
+    "-vaapi_device", "-qsv_device", "-filter_hw_device", "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
     "-sdp_file", "-benchmark_all",
 )  # fmt: skip
 # Filters that open files by name.
