@@ -371,6 +371,8 @@ INVALID = [
     Bad("pool-volume-mount-at-output", wp(storage={"output": {"claimName": "o"}},
         volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x", "mountPath": "/output"}]),
         "spec", "a volumeMounts entry must not use a mountPath that spec.storage mounts"),
+    Bad("pool-storage-output-at-scratch", wp(outputRoot="/tmp", storage={"output": {"claimName": "o"}}),
+        "spec", "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there"),
     Bad("pool-volume-mount-without-path", wp(volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x"}]),
         "spec.volumeMounts[0].mountPath", "Required value"),
     Bad("pool-storage-subpath-dotdot", wp(storage={"output": {"claimName": "o", "subPath": "../etc"}}),

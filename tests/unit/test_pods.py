@@ -397,6 +397,14 @@ def test_storage_claims_mount_media_read_only_at_their_roots_and_output_read_wri
             },
             "a volumeMounts entry must not use a mountPath that spec.storage mounts",
         ),
+        (
+            {"mediaRoots": ["/tmp"], "storage": {"media": [{"claimName": "m", "mountPath": "/tmp"}]}},
+            "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there",
+        ),
+        (
+            {"outputRoot": "/tmp", "storage": {"output": {"claimName": "o"}}},
+            "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there",
+        ),
         ({"storage": {"output": {"claimName": "o", "subPath": "../etc"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "o", "subPath": "/abs"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "Output"}}}, "should match pattern"),

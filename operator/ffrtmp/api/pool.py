@@ -22,6 +22,7 @@ ClaimName = Annotated[
 ]
 DEFAULT_MEDIA_ROOTS = ("/media",)  # the CRD has no list defaults: CEL rules spell this out
 DEFAULT_RENDER_DEVICE = "/dev/dri/renderD128"
+SCRATCH_DIR = "/tmp"  # an emptyDir in every worker Pod
 DEFAULT_RENDER_GROUP_ID = 109
 
 
@@ -138,6 +139,11 @@ class WorkerPoolSpec(ApiModel):
                 " ((!has(self.storage.output) || v.mountPath != self.outputRoot)"
                 " && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == v.mountPath))))",
                 "a volumeMounts entry must not use a mountPath that spec.storage mounts",
+            ),
+            (
+                f"!has(self.storage) || ((!has(self.storage.output) || self.outputRoot != '{SCRATCH_DIR}')"
+                f" && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == '{SCRATCH_DIR}')))",
+                f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there",
             ),
         )
     )
@@ -287,6 +293,26 @@ def storage_path_problem(spec: WorkerPoolSpec) -> str | None:
         return "two storage.media claims must not share a mountPath"
     taken = set(media)
     if spec.storage.output is not None:
+        if spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
+        taken.add(spec.output_root)
+    if any(m.get("mountPath") in taken for m in spec.volume_mounts or []):
+        return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
+    if SCRATCH_DIR in taken:
+        return f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there"
+    return None
+    media = [m.mount_path for m in spec.storage.media or []]
+    outside = [p for p in media if p not in spec.media_roots]
+    if outside:
+        return f"every storage.media mountPath must be one of mediaRoots ({outside[0]} is not)"
+    if len(set(media)) != len(media):
+        return "two storage.media claims must not share a mountPath"
+    taken = set(media)
+    if spec.storage.output is not None:
+        if spec.output_root == SCRATCH_DIR:
+            taken.add(SCRATCH_DIR)
+        elif spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
         if spec.output_root in taken:
             return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
         taken.add(spec.output_root)

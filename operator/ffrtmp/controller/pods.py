@@ -14,7 +14,7 @@ from ffrtmp.api.constants import (
     LABEL_POOL,
     WORKER_COMPONENT,
 )
-from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.api.pool import SCRATCH_DIR, WorkerPoolSpec
 from ffrtmp.controller.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -115,7 +115,7 @@ def build_worker_pod(
     if spec.accelerator in RENDER_NODE_ACCELERATORS:
         env.append({"name": "FFRTMP_RENDER_DEVICE", "value": spec.render_device})
     storage_vols, storage_mounts = storage_volumes(spec)
-    mounts: list[Obj] = [{"name": "scratch", "mountPath": "/tmp"}, *storage_mounts, *(spec.volume_mounts or [])]
+    mounts: list[Obj] = [{"name": "scratch", "mountPath": SCRATCH_DIR}, *storage_mounts, *(spec.volume_mounts or [])]
     container: Obj = {
         "name": "worker",
         "image": spec.image or settings.worker_image,
