@@ -334,7 +334,9 @@ class WorkerPoolStatus(ApiModel):
     replicas: int | None = Field(default=None, description="Worker Pods that exist (for /scale).")
     selector: str | None = Field(default=None, max_length=1024, description="Label selector of the worker Pods.")
     workers: int | None = Field(default=None, description="Worker Pods that exist.")
-    ready_workers: int | None = Field(default=None, description="Workers that passed their storage check and encoder self-test.")
+    ready_workers: int | None = Field(
+        default=None, description="Workers that passed their storage check and encoder self-test."
+    )
     desired_workers: int | None = Field(default=None, description="What the autoscaler (or replicas) asks for.")
     busy_slots: int | None = Field(default=None, description="Slots running a job.")
     free_slots: int | None = Field(default=None, description="Slots of ready workers with no job.")
