@@ -43,6 +43,7 @@ from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
 from ffrtmp.worker.metrics import WorkerMetrics
 from ffrtmp.worker.selftest import SelfTestResult
+from ffrtmp.worker.storage import StorageCheck
 
 from .common import pods_path
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 STATS_PERIOD = 0.5  # ffmpeg writes a -progress block every 0.5 s by default
 SIM_SELF_TEST = SelfTestResult(True, "libx264", "", 0.0)
+SIM_STORAGE = StorageCheck(True, "simulated: no media read, no output written")
 
 
 @dataclass
@@ -141,8 +143,9 @@ class SimAgent(Agent):
             self.lease_written = time.monotonic()
 
     async def run_simulated(self) -> None:
-        """Agent.run without signal handlers, metrics server and ffmpeg self-test."""
+        """Agent.run without signal handlers, metrics server, storage check and ffmpeg self-test."""
         self.self_test = SIM_SELF_TEST
+        self.storage = SIM_STORAGE
         lease = asyncio.create_task(self._lease_loop(), name=f"lease-{self.config.pod_name}")
         watch = asyncio.create_task(self._watch_loop(), name=f"watch-{self.config.pod_name}")
         recheck = asyncio.create_task(self._recheck_loop(), name=f"recheck-{self.config.pod_name}")

@@ -19,6 +19,7 @@ import copy
 import functools
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import textwrap
@@ -28,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from ffrtmp.api.pool import WorkerPoolSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -1039,6 +1042,35 @@ def test_workerpool_examples_in_values_render(helm: str, kubeconform: str, schem
     out = render_text(helm, "-f", str(values))
     rc, msg = kubeconform_check(kubeconform, schema_dir, out)
     assert rc == 0, msg
+
+
+def readme_helm_commands() -> list[list[str]]:
+    """The `helm install`/`helm upgrade` command lines of README.md's shell blocks, as argv."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            if argv[:1] == ["helm"] and argv[1:2] in (["install"], ["upgrade"]):
+                commands.append(argv)
+    return commands
+
+
+def test_readme_helm_commands_render_and_pass_the_schemas(helm: str, kubeconform: str, schema_dir: Path) -> None:
+    """Each helm command of the README, run as `helm template` (values.schema.json applies), renders
+    manifests that pass kubeconform, WorkerPools included."""
+    commands = readme_helm_commands()
+    assert commands, "README.md shows no helm install command"
+    for argv in commands:
+        args = [a for a in argv[2:] if a not in ("--install", "--wait", "--atomic")]
+        proc = run([helm, "template", *args, "--kube-version", KUBE_VERSION], cwd=ROOT)
+        assert proc.returncode == 0, f"{shlex.join(argv)}\nfailed as helm template:\n{proc.stderr}"
+        rc, msg = kubeconform_check(kubeconform, schema_dir, proc.stdout)
+        assert rc == 0, msg
+        pools = of_kind([d for d in yaml.safe_load_all(proc.stdout) if d], "WorkerPool")
+        assert pools, f"{shlex.join(argv)} creates no WorkerPool"
+        for pool in pools:
+            WorkerPoolSpec.model_validate(pool["spec"])
 
 
 def test_dashboard_configmap(helm: str) -> None:

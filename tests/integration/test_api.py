@@ -34,6 +34,8 @@ pytestmark = pytest.mark.integration
 
 Obj = dict[str, Any]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# Manifests for one setup (several objects a file, cluster-scoped ones too): dry-run only.
+SETUP_EXAMPLES = sorted((REPO / "examples" / "kind").glob("*.yaml"))
 API = "ffmpeg-rtmp.io/v1alpha1"
 
 
@@ -54,13 +56,13 @@ def words(text: str) -> str:
 # --- examples and kubectl output ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES + SETUP_EXAMPLES, ids=lambda p: str(p.relative_to(REPO / "examples")))
 def test_example_passes_server_side_dry_run(cluster: TestCluster, ns: str, path: Path) -> None:
     out = cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(path), "-o", "json").stdout
     stored = json.loads(out)
-    doc = yaml.safe_load(path.read_text())
-    assert stored["kind"] == doc["kind"]
-    assert stored["metadata"]["name"] == doc["metadata"]["name"]
+    items = stored["items"] if stored["kind"] == "List" else [stored]
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert [(i["kind"], i["metadata"]["name"]) for i in items] == [(d["kind"], d["metadata"]["name"]) for d in docs]
 
 
 @pytest.fixture(scope="module")
@@ -358,6 +360,27 @@ INVALID = [
         'Unsupported value: "always"'),
     Bad("pool-cpu-request-unit", wp(resources={"requests": {"cpu": "2 cores"}}), "spec.resources.requests.cpu",
         SHOULD_MATCH),
+    Bad("pool-storage-media-outside-roots", wp(storage={"media": [{"claimName": "m", "mountPath": "/films"}]}),
+        "spec", "every storage.media mountPath must be one of mediaRoots"),
+    Bad("pool-storage-media-same-path", wp(mediaRoots=["/media", "/b"], storage={"media": [
+        {"claimName": "a", "mountPath": "/media"}, {"claimName": "b", "mountPath": "/media"}]}),
+        "spec", "two storage.media claims must not share a mountPath"),
+    Bad("pool-storage-media-at-output", wp(mediaRoots=["/output"], storage={
+        "media": [{"claimName": "a", "mountPath": "/output"}], "output": {"claimName": "o"}}),
+        "spec", "no storage.media claim may use that mountPath"),
+    Bad("pool-volume-mount-at-output", wp(storage={"output": {"claimName": "o"}},
+        volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x", "mountPath": "/output"}]),
+        "spec", "a volumeMounts entry must not use a mountPath that spec.storage mounts"),
+    Bad("pool-storage-output-at-scratch", wp(outputRoot="/tmp", storage={"output": {"claimName": "o"}}),
+        "spec", "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there"),
+    Bad("pool-volume-mount-without-path", wp(volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x"}]),
+        "spec.volumeMounts[0].mountPath", "Required value"),
+    Bad("pool-storage-subpath-dotdot", wp(storage={"output": {"claimName": "o", "subPath": "../etc"}}),
+        "spec.storage.output.subPath", SHOULD_MATCH),
+    Bad("pool-storage-claim-capitals", wp(storage={"output": {"claimName": "Out"}}),
+        "spec.storage.output.claimName", SHOULD_MATCH),
+    Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",
+        "should be greater than or equal to 0"),
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import urllib.request
@@ -141,6 +142,94 @@ def test_gpu_workers_fail_self_test_required_waits_preferred_falls_back(farm: Fa
     queued = next(c for c in waiting["conditions"] if c["type"] == "Queued")
     assert queued["status"] == "True" and queued["reason"] == "NoReadyWorker", queued
     assert "nvenc" in queued["message"]
+
+
+def test_a_pool_whose_output_root_is_not_writable_is_degraded_and_its_job_stays_queued(farm: Farm) -> None:
+    if os.geteuid() == 0:
+        unwritable = "/sys"  # sysfs refuses new files even to root
+    else:
+        (farm.root / "read-only").mkdir(mode=0o555)
+        unwritable = str(farm.root / "read-only")
+    clip = make_clip(farm.media / "clip.mp4", seconds=1)
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, outputRoot=unwritable)
+    farm.start_operator()
+    farm.start_workers()
+    ready_seen: list[dict[str, Any]] = []
+
+    def degraded() -> dict[str, Any] | None:
+        conds = {c["type"]: c for c in status(farm.cluster.get("wp", "cpu", farm.namespace)).get("conditions", [])}
+        if conds.get("Ready", {}).get("status") == "True":
+            ready_seen.append(conds["Ready"])
+        d = conds.get("Degraded")
+        return d if d and d["status"] == "True" and d["reason"] == "StorageUnavailable" else None
+
+    cond = wait_for(degraded, 60, "pool Degraded with StorageUnavailable")
+    assert f"output root {unwritable} is not writable: cannot create a file (Permission denied)" in cond["message"]
+    lease = farm.cluster.list("lease", farm.namespace, "-l", "ffmpeg-rtmp.io/pool=cpu")[0]
+    assert lease["metadata"]["annotations"]["ffmpeg-rtmp.io/storage-check"].startswith(
+        f"failed: output root {unwritable}"
+    )
+
+    farm.job("waits", str(clip))
+
+    def queued_reason() -> dict[str, Any] | None:
+        degraded()
+        conds = {c["type"]: c for c in status(farm.get_job("waits")).get("conditions", [])}
+        q = conds.get("Queued")
+        return q if q and q["reason"] == "StorageUnavailable" else None
+
+    queued = wait_for(queued_reason, 60, "job Queued with StorageUnavailable")
+    assert queued["status"] == "True"
+    assert f"output root {unwritable} is not writable" in queued["message"], queued
+    job = status(farm.get_job("waits"))
+    assert job["phase"] == "Queued" and "worker" not in job, job
+    pool = status(farm.cluster.get("wp", "cpu", farm.namespace))
+    assert pool["readyWorkers"] == 0 and pool["workers"] == 1, pool
+    ready = next(c for c in pool["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "NoReadyWorkers", ready
+    assert ready_seen == [], f"the pool was Ready at some point: {ready_seen}"
+
+
+def test_a_worker_whose_output_root_appears_late_recovers_and_runs_the_job(farm: Farm) -> None:
+    late = farm.root / "mounted-late"
+    clip = make_clip(farm.media / "clip.mp4", seconds=1)
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, outputRoot=str(late))
+    farm.start_operator()
+    farm.start_workers()
+
+    def degraded_reason() -> str | None:
+        conds = {c["type"]: c for c in status(farm.cluster.get("wp", "cpu", farm.namespace)).get("conditions", [])}
+        d = conds.get("Degraded")
+        return d["message"] if d and d["reason"] == "StorageUnavailable" else None
+
+    message = wait_for(degraded_reason, 60, "pool Degraded with StorageUnavailable")
+    assert f"output root {late} is not writable: does not exist (no volume mounted there?)" in message
+    farm.job("later", str(clip))
+    late.mkdir()
+    s = status(farm.wait_phase("later", "Succeeded", "Failed", timeout=120))
+    assert s["phase"] == "Succeeded", s
+    assert s["outputs"][0]["path"].startswith(str(late)), s["outputs"]
+    ready_pool(farm)
+
+
+def test_a_job_over_its_memory_limit_is_stopped_with_memory_limit_exceeded(farm: Farm) -> None:
+    clip = make_clip(farm.media / "hd.mp4", seconds=4, size="1920x1080")
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
+    farm.start_operator()
+    farm.start_workers()
+    outputs = [{"name": "hd", "video": {"codec": "h264", "crf": 23, "preset": "medium"}}]
+    farm.job("greedy", str(clip), outputs, resources={"limits": {"cpu": "1", "memory": "40Mi"}}, backoffLimit=2)
+    s = status(farm.wait_phase("greedy", "Succeeded", "Failed", timeout=120))
+    assert s["phase"] == "Failed" and s["reason"] == "MemoryLimitExceeded", s
+    assert s["attempt"] == 1, "going over the job's own limit is not retried"
+    match = re.search(
+        r"ffmpeg used (\d+)Mi of resident memory, over the job's limit of 40Mi "
+        r"\(spec\.resources\.limits\.memory\), and was stopped\.$",
+        s["message"],
+    )
+    assert match and int(match[1]) > 40, s["message"]
+    job_dir = farm.output / farm.namespace / "greedy"
+    assert not job_dir.exists() or not any(job_dir.iterdir()), list(job_dir.iterdir())
 
 
 def test_sigterm_drains_running_job_to_completion(farm: Farm) -> None:

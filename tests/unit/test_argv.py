@@ -442,7 +442,8 @@ def test_qsv() -> None:
     p = plan(s, "qsv")
     assert p.passes == [
         [
-            *HEAD, "-protocol_whitelist", "file", "-hwaccel", "qsv", "-hwaccel_output_format", "qsv",
+            *HEAD, "-protocol_whitelist", "file", "-qsv_device", "/dev/dri/renderD128", "-hwaccel", "qsv",
+            "-hwaccel_output_format", "qsv",
             "-i", IN,
             "-filter_complex",
             "[0:v:0]split=3[s0][s1][s2];[s0]vpp_qsv=w=1280:h=trunc(ow*ih/iw/2)*2[v0];"
@@ -491,7 +492,7 @@ def test_vaapi() -> None:
 
 
 def test_vaapi_device_is_a_parameter() -> None:
-    p = plan(spec([{"name": "a"}]), "vaapi", vaapi_device="/dev/dri/renderD129")
+    p = plan(spec([{"name": "a"}]), "vaapi", render_device="/dev/dri/renderD129")
     assert p.passes[0][p.passes[0].index("-vaapi_device") + 1] == "/dev/dri/renderD129"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ffrtmp.ffmpeg.errors import Failure, classify_failure
+from ffrtmp.ffmpeg.errors import Failure, classify_failure, format_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -150,6 +150,7 @@ def test_hls_write_failure_is_an_output_error_even_with_exit_status_zero() -> No
     [
         ("timeout", "DeadlineExceeded", False),
         ("oom", "OOMKilled", False),
+        ("memory", "MemoryLimitExceeded", False),
         ("stall", "Stalled", True),
         ("cancel", "FfmpegError", True),
     ],
@@ -161,22 +162,32 @@ def test_killed_by_the_worker(killed_by: str, reason: str, retryable: bool) -> N
 
 
 @pytest.mark.parametrize("returncode", [-9, 137])
-def test_sigkill_under_a_memory_limit_is_oom(returncode: int) -> None:
-    assert classify_failure(returncode, "", memory_limited=True) == Failure(
-        "OOMKilled", "ffmpeg was killed, most likely for going over its memory limit.", False
-    )
+def test_a_sigkill_nobody_explains_is_a_plain_kill(returncode: int) -> None:
     killed = classify_failure(returncode, "")
-    assert (killed.reason, killed.retryable, killed.message) == (
-        "FfmpegError",
-        True,
-        "ffmpeg was killed (SIGKILL).",
+    assert (killed.reason, killed.retryable, killed.message) == ("FfmpegError", True, "ffmpeg was killed (SIGKILL).")
+
+
+def test_going_over_the_jobs_memory_limit_states_the_limit_and_the_peak() -> None:
+    failure = classify_failure(-15, "", killed_by="memory", memory_limit=40 << 20, memory_peak=197_000_000)
+    assert failure == Failure(
+        "MemoryLimitExceeded",
+        "ffmpeg used 188Mi of resident memory, over the job's limit of 40Mi (spec.resources.limits.memory), "
+        "and was stopped.",
+        False,
     )
 
 
-def test_allocation_failure_under_a_memory_limit_is_not_retried() -> None:
-    failure = classify_failure(1, MALLOC_FAILED, memory_limited=True)
+def test_an_oom_kill_of_the_container_names_the_pool_limit() -> None:
+    failure = classify_failure(-9, "", killed_by="oom")
     assert (failure.reason, failure.retryable) == ("OOMKilled", False)
-    assert "memory limit" in failure.message
+    assert "WorkerPool spec.resources.limits.memory" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("n", "text"), [(512, "512B"), (1536, "1.5Ki"), (40 << 20, "40Mi"), (int(1.25 * (1 << 30)), "1.2Gi")]
+)
+def test_format_bytes(n: int, text: str) -> None:
+    assert format_bytes(n) == text
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from ffrtmp.api.pool import WorkerPoolSpec
 from ffrtmp.controller.pods import DEFAULT_TOLERATIONS, build_worker_pod, worker_labels, worker_selector
@@ -18,6 +20,15 @@ NS = "media"
 POOL_UID = "0a1b2c3d-0000-4000-8000-000000000001"
 IMAGE = "registry.example/ffrtmp/worker:1.2.3"
 SETTINGS = OperatorSettings(worker_image=IMAGE, worker_service_account="ffrtmp-worker")
+
+
+POD_SECURITY: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def spec(**fields: Any) -> WorkerPoolSpec:
@@ -37,6 +48,8 @@ def expected_pod(
     mounts: list[Obj] | None = None,
     volumes: list[Obj] | None = None,
     pod_spec_extra: Obj | None = None,
+    media_roots: str = "/media",
+    output_root: str = "/output",
 ) -> Obj:
     """The whole manifest, spelt out: a change to the Pod shows up here as a diff."""
     return {
@@ -78,8 +91,8 @@ def expected_pod(
                         {"name": "FFRTMP_POOL", "value": pool},
                         {"name": "FFRTMP_ACCELERATOR", "value": accelerator},
                         {"name": "FFRTMP_SLOTS", "value": slots},
-                        {"name": "FFRTMP_MEDIA_ROOTS", "value": "/media"},
-                        {"name": "FFRTMP_OUTPUT_ROOT", "value": "/output"},
+                        {"name": "FFRTMP_MEDIA_ROOTS", "value": media_roots},
+                        {"name": "FFRTMP_OUTPUT_ROOT", "value": output_root},
                         {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": "file,http,https,rtmp,rtmps"},
                         {"name": "FFRTMP_DRAIN_SECONDS", "value": drain},
                         *(extra_env or []),
@@ -108,13 +121,7 @@ def expected_pod(
             "terminationGracePeriodSeconds": grace,
             "automountServiceAccountToken": True,
             "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 10001,
-                "runAsGroup": 10001,
-                "fsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": POD_SECURITY,
             "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *(volumes or [])],
             **(pod_spec_extra or {}),
         },
@@ -234,7 +241,11 @@ def test_qsv_pool_uses_the_device_resource_name_from_settings() -> None:
         "qsv",
         slots="4",
         resources={"limits": {"gpu.intel.com/xe": "1"}},
-        pod_spec_extra={"tolerations": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}]},
+        extra_env=[{"name": "FFRTMP_RENDER_DEVICE", "value": "/dev/dri/renderD128"}],
+        pod_spec_extra={
+            "tolerations": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}],
+            "securityContext": {**POD_SECURITY, "supplementalGroups": [109]},
+        },
     )
     # No NVIDIA variables outside nvenc pools.
     assert all(e["name"] != "NVIDIA_DRIVER_CAPABILITIES" for e in pod["spec"]["containers"][0]["env"])
@@ -314,6 +325,111 @@ def test_extra_volumes_and_mounts_come_after_the_scratch_dir_and_affinity_passes
     assert [v["name"] for v in pod["spec"]["volumes"]] == ["scratch", "media", "output"]
     assert [m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]] == ["scratch", "media", "output"]
     assert_restricted(pod)
+
+
+def test_storage_claims_mount_media_read_only_at_their_roots_and_output_read_write() -> None:
+    pool_spec = spec(
+        accelerator="cpu",
+        mediaRoots=["/media", "/archive"],
+        outputRoot="/srv/out",
+        storage={
+            "media": [
+                {"claimName": "media-library", "mountPath": "/media"},
+                {"claimName": "archive.v2", "mountPath": "/archive", "subPath": "films/2024"},
+            ],
+            "output": {"claimName": "renditions", "subPath": "farm-a"},
+        },
+        volumes=[{"name": "fonts", "configMap": {"name": "fonts"}}],
+        volumeMounts=[{"name": "fonts", "mountPath": "/usr/share/fonts/extra", "readOnly": True}],
+    )
+    pod = build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)
+    assert pod == expected_pod(
+        "cpu",
+        "cpu",
+        extra_env=[],
+        mounts=[
+            {"name": "media-0", "mountPath": "/media", "readOnly": True},
+            {"name": "media-1", "mountPath": "/archive", "readOnly": True, "subPath": "films/2024"},
+            {"name": "output", "mountPath": "/srv/out", "subPath": "farm-a"},
+            {"name": "fonts", "mountPath": "/usr/share/fonts/extra", "readOnly": True},
+        ],
+        volumes=[
+            {"name": "media-0", "persistentVolumeClaim": {"claimName": "media-library", "readOnly": True}},
+            {"name": "media-1", "persistentVolumeClaim": {"claimName": "archive.v2", "readOnly": True}},
+            {"name": "output", "persistentVolumeClaim": {"claimName": "renditions"}},
+            {"name": "fonts", "configMap": {"name": "fonts"}},
+        ],
+        pod_spec_extra={"serviceAccountName": "ffrtmp-worker"},
+        media_roots="/media:/archive",
+        output_root="/srv/out",
+    )
+    assert_restricted(pod)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"storage": {"media": [{"claimName": "m", "mountPath": "/films"}]}},
+            "every storage.media mountPath must be one of mediaRoots (/films is not)",
+        ),
+        (
+            {
+                "mediaRoots": ["/media"],
+                "storage": {
+                    "media": [{"claimName": "a", "mountPath": "/media"}, {"claimName": "b", "mountPath": "/media"}]
+                },
+            },
+            "two storage.media claims must not share a mountPath",
+        ),
+        (
+            {
+                "mediaRoots": ["/media", "/output"],
+                "storage": {"media": [{"claimName": "a", "mountPath": "/output"}], "output": {"claimName": "o"}},
+            },
+            "no storage.media claim may use that mountPath",
+        ),
+        (
+            {
+                "storage": {"output": {"claimName": "o"}},
+                "volumes": [{"name": "x", "emptyDir": {}}],
+                "volumeMounts": [{"name": "x", "mountPath": "/output"}],
+            },
+            "a volumeMounts entry must not use a mountPath that spec.storage mounts",
+        ),
+        (
+            {"mediaRoots": ["/tmp"], "storage": {"media": [{"claimName": "m", "mountPath": "/tmp"}]}},
+            "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there",
+        ),
+        (
+            {"outputRoot": "/tmp", "storage": {"output": {"claimName": "o"}}},
+            "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there",
+        ),
+        ({"storage": {"output": {"claimName": "o", "subPath": "../etc"}}}, "should match pattern"),
+        ({"storage": {"output": {"claimName": "o", "subPath": "/abs"}}}, "should match pattern"),
+        ({"storage": {"output": {"claimName": "Output"}}}, "should match pattern"),
+    ],
+)
+def test_storage_paths_are_checked_like_the_crd_does(fields: Obj, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        spec(accelerator="cpu", **fields)
+
+
+@pytest.mark.parametrize("accelerator", ["qsv", "vaapi"])
+def test_render_node_pools_get_the_render_group_and_device_from_the_pool(accelerator: str) -> None:
+    pool_spec = spec(accelerator=accelerator, renderDevice="/dev/dri/renderD129", renderGroupId=993)
+    pod = build_worker_pod("intel", NS, POOL_UID, pool_spec, SETTINGS)
+    assert pod["spec"]["securityContext"] == {**POD_SECURITY, "supplementalGroups": [993]}
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["FFRTMP_RENDER_DEVICE"] == "/dev/dri/renderD129"
+    assert_restricted(pod)
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvenc"])
+def test_other_pools_get_no_render_group_or_device(accelerator: str) -> None:
+    pod = build_worker_pod("p", NS, POOL_UID, spec(accelerator=accelerator, renderGroupId=993), SETTINGS)
+    assert pod["spec"]["securityContext"] == POD_SECURITY
+    assert all(e["name"] != "FFRTMP_RENDER_DEVICE" for e in pod["spec"]["containers"][0]["env"])
 
 
 def test_media_roots_protocols_and_output_root_reach_the_worker_env() -> None:

@@ -70,11 +70,18 @@ def pod(
 
 
 def lease(
-    name: str, *, encoder: str | None = "ok: libx264", renewed: float = NOW - 2, draining: bool = False
+    name: str,
+    *,
+    encoder: str | None = "ok: libx264",
+    storage: str | None = None,
+    renewed: float = NOW - 2,
+    draining: bool = False,
 ) -> WorkerLease:
     annotations: Obj = {}
     if encoder is not None:
         annotations["ffmpeg-rtmp.io/encoder-self-test"] = encoder
+    if storage is not None:
+        annotations["ffmpeg-rtmp.io/storage-check"] = storage
     if draining:
         annotations["ffmpeg-rtmp.io/draining"] = "true"
     return parse_lease(
@@ -336,6 +343,49 @@ def test_a_failed_encoder_self_test_degrades_the_pool_and_the_worker_is_not_read
     assert decision.status["workers"] == 2
 
 
+STORAGE_FAILED = "failed: output root /output is not writable: cannot create a file (Read-only file system)"
+
+
+def test_a_failed_storage_check_degrades_the_pool_and_its_workers_are_never_ready() -> None:
+    p = pool("cpu", "cpu", status={"desiredWorkers": 2})
+    pods = [pod("a"), pod("b")]
+    leases = {f"{NS}/{n}": lease(n, storage=STORAGE_FAILED) for n in ("a", "b")}
+    decision = decide(p, pods, leases, waiting=1)
+    assert decision.status is not None
+    assert conditions(decision.status)["Degraded"] == (
+        "True",
+        "StorageUnavailable",
+        "2 worker(s) failed the storage check; a: output root /output is not writable: "
+        "cannot create a file (Read-only file system)",
+    )
+    assert conditions(decision.status)["Ready"] == ("False", "NoReadyWorkers", "0 of 1 desired workers are ready")
+    assert decision.status["readyWorkers"] == 0
+    assert decision.status["freeSlots"] == 0
+
+
+def test_a_storage_failure_outranks_an_encoder_failure_and_a_pending_check_is_not_ready() -> None:
+    p = pool("cpu", "cpu", status={"desiredWorkers": 3})
+    pods = [pod("a"), pod("b"), pod("c")]
+    leases = {
+        f"{NS}/a": lease("a", encoder="failed: libx264: Unknown encoder"),
+        f"{NS}/b": lease("b", storage=STORAGE_FAILED),
+        f"{NS}/c": lease("c", storage="pending"),
+    }
+    decision = decide(p, pods, leases, waiting=3)
+    assert decision.status is not None
+    assert conditions(decision.status)["Degraded"][1] == "StorageUnavailable"
+    assert decision.status["readyWorkers"] == 0
+
+
+def test_a_passed_storage_check_leaves_the_worker_ready() -> None:
+    p = pool("cpu", "cpu", status={"desiredWorkers": 1})
+    leases = {f"{NS}/a": lease("a", storage="ok: media roots /media readable, output root /output writable")}
+    decision = decide(p, [pod("a")], leases, waiting=0)
+    assert decision.status is not None
+    assert decision.status["readyWorkers"] == 1
+    assert conditions(decision.status)["Degraded"][1] == "AsExpected"
+
+
 def test_a_healthy_pool_is_ready_and_not_degraded() -> None:
     pods, leases = ready("a")
     decision = decide(pool(minWorkers=1), pods, leases)
@@ -343,7 +393,7 @@ def test_a_healthy_pool_is_ready_and_not_degraded() -> None:
     assert conditions(decision.status) == {
         "Ready": ("True", "WorkersReady", "1 worker(s) ready"),
         "ScalingLimited": ("False", "WithinLimits", "the pool can grow to what its queue needs"),
-        "Degraded": ("False", "AsExpected", "all workers schedulable and their encoders work"),
+        "Degraded": ("False", "AsExpected", "all workers schedulable, their storage and encoders work"),
     }
     assert all(c["observedGeneration"] == 3 for c in decision.status["conditions"])
 

@@ -394,6 +394,29 @@ def test_no_ready_worker_when_the_encoder_self_test_failed() -> None:
     assert "no worker in pool gpu is ready" in blocked[0].message
 
 
+def test_storage_unavailable_when_the_workers_failed_their_storage_check() -> None:
+    problem = "output root /output is not writable: cannot create a file (Permission denied)"
+    workers = [
+        WorkerSlots("c1", "media", "cpu", "cpu", 1, 0, False, storage_problem=problem),
+        worker("c2", "cpu", "cpu", accepting=False),
+    ]
+    assignments, blocked = plan([job("j", "cpu"), job("k", "cpu")], workers, [CPU], NOW)
+    assert assignments == []
+    assert [(b.reason, b.message) for b in blocked] == [
+        ("StorageUnavailable", f"workers of pool cpu failed their storage check: {problem}")
+    ] * 2
+
+
+def test_one_accepting_worker_beats_a_storage_failure_elsewhere_in_the_pool() -> None:
+    workers = [
+        WorkerSlots("c1", "media", "cpu", "cpu", 1, 0, False, storage_problem="media root /media is not readable"),
+        worker("c2", "cpu", "cpu"),
+    ]
+    assignments, blocked = plan([job("j", "cpu")], workers, [CPU], NOW)
+    assert [a.worker for a in assignments] == ["c2"]
+    assert blocked == []
+
+
 def test_no_ready_worker_when_the_pool_has_no_worker_yet() -> None:
     _, blocked = plan([job("j", "cpu")], [], [CPU], NOW)
     assert blocked[0].reason == "NoReadyWorker"

@@ -19,6 +19,7 @@ WORKER_COMPONENT: Final = "worker"
 
 # Annotations a worker sets on its own Lease, read by the operator for pool status.
 ANNOTATION_ENCODER: Final = f"{GROUP}/encoder-self-test"
+ANNOTATION_STORAGE: Final = f"{GROUP}/storage-check"
 ANNOTATION_DRAINING: Final = f"{GROUP}/draining"
 
 LEASE_PREFIX: Final = "ffrtmp-worker-"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
@@ -48,7 +48,7 @@ FORBIDDEN_EXTRA_OPTIONS = (
     "-i", "-y", "-n", "-f", "-filter_script", "-filter_complex_script", "-attach",
     "-dump_attachment", "-passlogfile", "-vstats_file", "-vstats", "-report", "-progress",
     "-protocol_whitelist", "-protocol_blacklist", "-init_hw_device", "-hwaccel_device",
-    "-vaapi_device", "-filter_hw_device", "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
+    "-vaapi_device", "-qsv_device", "-filter_hw_device", "-stats_enc_pre", "-stats_enc_post", "-stats_mux_pre",
     "-sdp_file", "-benchmark_all",
 )  # fmt: skip
 # Filters that open files by name.
@@ -302,7 +302,10 @@ class JobResources(ApiModel):
 
     limits: ResourceList | None = Field(
         default=None,
-        description="cpu caps ffmpeg's threads; memory caps its address space (exceeding it is OOMKilled).",
+        description=(
+            "cpu caps ffmpeg's threads; memory caps the resident memory of ffmpeg and its children, "
+            "measured every 0.5 s (going over it stops the job: MemoryLimitExceeded, not retried)."
+        ),
     )
 
 
@@ -466,7 +469,7 @@ class TranscodeJobSpec(ApiModel):
 Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled"]
 FailureReason = Literal[
     "InputNotFound", "InputNotAllowed", "InvalidInput", "EncoderUnavailable", "DeadlineExceeded",
-    "WorkerLost", "OOMKilled", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
+    "WorkerLost", "OOMKilled", "MemoryLimitExceeded", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
     "BackoffLimitExceeded", "StreamEnded",
 ]  # fmt: skip
 
@@ -538,7 +541,9 @@ class TranscodeJobStatus(ApiModel):
     )
     result: AttemptResult | None = None
     restarts: int | None = Field(default=None, ge=0, description="Live restarts after stream loss.")
-    reason: str | None = Field(default=None, max_length=64, description="Why the job failed.")
+    reason: str | None = Field(
+        default=None, max_length=64, description=f"Why the job failed: {', '.join(get_args(FailureReason))}."
+    )
     message: str | None = Field(default=None, max_length=4096, description="Human-readable status.")
 
 

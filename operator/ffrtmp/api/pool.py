@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
@@ -12,6 +12,18 @@ from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^/[A-Za-z0-9._/-]*$")]
+# A folder inside a volume: relative, and no step starts with a dot (so never `..`).
+SubPath = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+]
+ClaimName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+]
+DEFAULT_MEDIA_ROOTS = ("/media",)  # the CRD has no list defaults: CEL rules spell this out
+DEFAULT_RENDER_DEVICE = "/dev/dri/renderD128"
+SCRATCH_DIR = "/tmp"  # an emptyDir in every worker Pod
+DEFAULT_RENDER_GROUP_ID = 109
 
 
 class Toleration(ApiModel):
@@ -25,6 +37,42 @@ class Toleration(ApiModel):
     )
     toleration_seconds: int | None = Field(
         default=None, ge=0, le=31536000, description="For NoExecute: how long to stay (at most a year)."
+    )
+
+
+class MediaClaim(ApiModel):
+    """A PersistentVolumeClaim with input media, mounted read-only at one of the pool's mediaRoots."""
+
+    claim_name: ClaimName = Field(description="Name of the PersistentVolumeClaim, in the pool's namespace.")
+    mount_path: AbsolutePath = Field(description="Where it is mounted: one of spec.mediaRoots.")
+    sub_path: SubPath | None = Field(
+        default=None,
+        description="Folder inside the volume to mount instead of its root (relative; no step may start with a dot).",
+    )
+
+
+class OutputClaim(ApiModel):
+    """A PersistentVolumeClaim mounted read-write at the pool's outputRoot; jobs write into it."""
+
+    claim_name: ClaimName = Field(description="Name of the PersistentVolumeClaim, in the pool's namespace.")
+    sub_path: SubPath | None = Field(
+        default=None,
+        description="Folder inside the volume to mount instead of its root (relative; no step may start with a dot).",
+    )
+
+
+class PoolStorage(ApiModel):
+    """Where worker Pods read media and write outputs. Each worker checks at start that every media
+    root is readable and the output root writable; until then it takes no job."""
+
+    media: list[MediaClaim] | None = Field(
+        default=None,
+        max_length=8,
+        description="Claims with input media, each mounted read-only at one of spec.mediaRoots.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    output: OutputClaim | None = Field(
+        default=None, description="The claim mounted read-write at spec.outputRoot, where jobs write."
     )
 
 
@@ -70,6 +118,33 @@ class WorkerPoolSpec(ApiModel):
                 "replicas must lie within minWorkers..maxWorkers",
             ),
             ("self.accelerator == oldSelf.accelerator", "accelerator is immutable: create another pool"),
+            (
+                "!has(self.storage) || !has(self.storage.media)"
+                " || self.storage.media.all(m, m.mountPath in (has(self.mediaRoots) ? self.mediaRoots : "
+                f"{list(DEFAULT_MEDIA_ROOTS)}))",
+                "every storage.media mountPath must be one of mediaRoots",
+            ),
+            (
+                "!has(self.storage) || !has(self.storage.media)"
+                " || self.storage.media.all(a, self.storage.media.exists_one(b, b.mountPath == a.mountPath))",
+                "two storage.media claims must not share a mountPath",
+            ),
+            (
+                "!has(self.storage) || !has(self.storage.media) || !has(self.storage.output)"
+                " || !self.storage.media.exists(m, m.mountPath == self.outputRoot)",
+                "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath",
+            ),
+            (
+                "!has(self.volumeMounts) || !has(self.storage) || self.volumeMounts.all(v,"
+                " ((!has(self.storage.output) || v.mountPath != self.outputRoot)"
+                " && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == v.mountPath))))",
+                "a volumeMounts entry must not use a mountPath that spec.storage mounts",
+            ),
+            (
+                f"!has(self.storage) || ((!has(self.storage.output) || self.outputRoot != '{SCRATCH_DIR}')"
+                f" && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == '{SCRATCH_DIR}')))",
+                f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there",
+            ),
         )
     )
 
@@ -129,7 +204,7 @@ class WorkerPoolSpec(ApiModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Queue-driven scaling.")
     paused: bool = Field(default=False, description="Hand out no new jobs; running ones finish.")
     media_roots: list[AbsolutePath] = Field(
-        default_factory=lambda: ["/media"],
+        default_factory=lambda: list(DEFAULT_MEDIA_ROOTS),
         max_length=8,
         description="Folders file inputs may come from; anything else is InputNotAllowed.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -143,10 +218,32 @@ class WorkerPoolSpec(ApiModel):
         description="Input protocols workers accept (passed to ffmpeg's -protocol_whitelist too).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    storage: PoolStorage | None = Field(
+        default=None,
+        description=(
+            "PersistentVolumeClaims with media (read-only at mediaRoots) and for outputs (read-write at "
+            "outputRoot). Without it those folders must come from volumes/volumeMounts, or workers fail "
+            "their storage check."
+        ),
+    )
+    render_device: AbsolutePath = Field(
+        default=DEFAULT_RENDER_DEVICE,
+        description="qsv/vaapi pools: the DRI render node the encoder opens (`ls /dev/dri` on the node).",
+    )
+    render_group_id: int = Field(
+        default=DEFAULT_RENDER_GROUP_ID,
+        ge=0,
+        le=2147483647,
+        description=(
+            "qsv/vaapi pools: gid owning the render node, added to the worker's supplementalGroups so it may "
+            "open it. It varies by host: `stat -c %g /dev/dri/renderD128` or `getent group render` on the node "
+            "(109 is common on Debian)."
+        ),
+    )
     volumes: list[dict[str, object]] | None = Field(
         default=None,
         max_length=16,
-        description="Extra Pod volumes (core API shape), e.g. the PVC with media and outputs.",
+        description="Extra Pod volumes (core API shape), an escape hatch beside spec.storage.",
         json_schema_extra={
             "x-kubernetes-list-type": "atomic",
             "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -158,9 +255,70 @@ class WorkerPoolSpec(ApiModel):
         description="Mounts of those volumes in the worker container (core API shape).",
         json_schema_extra={
             "x-kubernetes-list-type": "atomic",
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "items": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                # Declared so that CEL can compare mount paths with spec.storage's.
+                "required": ["name", "mountPath"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253, "description": "Name of a volume in spec.volumes."},
+                    "mountPath": {
+                        "type": "string",
+                        "maxLength": 1024,
+                        "description": "Where it is mounted in the container.",
+                    },
+                },
+            },
         },
     )
+
+    @model_validator(mode="after")
+    def _storage_paths(self) -> WorkerPoolSpec:
+        """The storage rules of the CEL above, for specs that did not pass the API server."""
+        problem = storage_path_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def storage_path_problem(spec: WorkerPoolSpec) -> str | None:
+    """What is wrong with where spec.storage mounts its claims, or None (pure; mirrors the CEL)."""
+    if spec.storage is None:
+        return None
+    media = [m.mount_path for m in spec.storage.media or []]
+    outside = [p for p in media if p not in spec.media_roots]
+    if outside:
+        return f"every storage.media mountPath must be one of mediaRoots ({outside[0]} is not)"
+    if len(set(media)) != len(media):
+        return "two storage.media claims must not share a mountPath"
+    taken = set(media)
+    if spec.storage.output is not None:
+        if spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
+        taken.add(spec.output_root)
+    if any(m.get("mountPath") in taken for m in spec.volume_mounts or []):
+        return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
+    if SCRATCH_DIR in taken:
+        return f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there"
+    return None
+    media = [m.mount_path for m in spec.storage.media or []]
+    outside = [p for p in media if p not in spec.media_roots]
+    if outside:
+        return f"every storage.media mountPath must be one of mediaRoots ({outside[0]} is not)"
+    if len(set(media)) != len(media):
+        return "two storage.media claims must not share a mountPath"
+    taken = set(media)
+    if spec.storage.output is not None:
+        if spec.output_root == SCRATCH_DIR:
+            taken.add(SCRATCH_DIR)
+        elif spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
+        if spec.output_root in taken:
+            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
+        taken.add(spec.output_root)
+    if any(m.get("mountPath") in taken for m in spec.volume_mounts or []):
+        return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
+    return None
 
 
 class Capacity(ApiModel):
@@ -176,7 +334,9 @@ class WorkerPoolStatus(ApiModel):
     replicas: int | None = Field(default=None, description="Worker Pods that exist (for /scale).")
     selector: str | None = Field(default=None, max_length=1024, description="Label selector of the worker Pods.")
     workers: int | None = Field(default=None, description="Worker Pods that exist.")
-    ready_workers: int | None = Field(default=None, description="Workers that passed their encoder self-test.")
+    ready_workers: int | None = Field(
+        default=None, description="Workers that passed their storage check and encoder self-test."
+    )
     desired_workers: int | None = Field(default=None, description="What the autoscaler (or replicas) asks for.")
     busy_slots: int | None = Field(default=None, description="Slots running a job.")
     free_slots: int | None = Field(default=None, description="Slots of ready workers with no job.")

@@ -354,6 +354,7 @@ def worker_slots(
             and pod.key not in retiring
             and lease is not None
             and lease.encoder_ok is True
+            and lease.storage_ok is True
             and not lease.draining
             and lease_fresh(lease, now, settings, store.api_ok_since)
         )
@@ -366,6 +367,7 @@ def worker_slots(
                 capacity=pool.spec.max_concurrent_jobs,
                 running=running.get(pod.key, 0),
                 accepting=accepting,
+                storage_problem=lease.storage_message if lease is not None and lease.storage_ok is False else None,
             )
         )
     return slots

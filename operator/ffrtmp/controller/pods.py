@@ -14,7 +14,7 @@ from ffrtmp.api.constants import (
     LABEL_POOL,
     WORKER_COMPONENT,
 )
-from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.api.pool import SCRATCH_DIR, WorkerPoolSpec
 from ffrtmp.controller.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -26,6 +26,10 @@ DEFAULT_TOLERATIONS = {
     "qsv": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}],
     "vaapi": [{"key": "gpu.intel.com/i915", "operator": "Exists", "effect": "NoSchedule"}],
 }
+
+
+# Accelerators that open a DRI render node (spec.renderDevice) and so need the host's render group.
+RENDER_NODE_ACCELERATORS = ("qsv", "vaapi")
 
 
 def worker_labels(pool_name: str) -> dict[str, str]:
@@ -66,6 +70,29 @@ def _resources(spec: WorkerPoolSpec, settings: OperatorSettings) -> Obj:
     return out
 
 
+def storage_volumes(spec: WorkerPoolSpec) -> tuple[list[Obj], list[Obj]]:
+    """The Pod volumes and container mounts of spec.storage: media read-only, output read-write."""
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    if spec.storage is None:
+        return volumes, mounts
+    for i, media in enumerate(spec.storage.media or []):
+        name = f"media-{i}"
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": media.claim_name, "readOnly": True}})
+        mount: Obj = {"name": name, "mountPath": media.mount_path, "readOnly": True}
+        if media.sub_path:
+            mount["subPath"] = media.sub_path
+        mounts.append(mount)
+    output = spec.storage.output
+    if output is not None:
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output.claim_name}})
+        mount = {"name": "output", "mountPath": spec.output_root}
+        if output.sub_path:
+            mount["subPath"] = output.sub_path
+        mounts.append(mount)
+    return volumes, mounts
+
+
 def build_worker_pod(
     pool_name: str, namespace: str, pool_uid: str, spec: WorkerPoolSpec, settings: OperatorSettings
 ) -> Obj:
@@ -85,7 +112,10 @@ def build_worker_pod(
     ]
     if spec.accelerator == "nvenc":
         env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"})
-    mounts: list[Obj] = [{"name": "scratch", "mountPath": "/tmp"}, *(spec.volume_mounts or [])]
+    if spec.accelerator in RENDER_NODE_ACCELERATORS:
+        env.append({"name": "FFRTMP_RENDER_DEVICE", "value": spec.render_device})
+    storage_vols, storage_mounts = storage_volumes(spec)
+    mounts: list[Obj] = [{"name": "scratch", "mountPath": SCRATCH_DIR}, *storage_mounts, *(spec.volume_mounts or [])]
     container: Obj = {
         "name": "worker",
         "image": spec.image or settings.worker_image,
@@ -124,8 +154,11 @@ def build_worker_pod(
             "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *(spec.volumes or [])],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *storage_vols, *(spec.volumes or [])],
     }
+    if spec.accelerator in RENDER_NODE_ACCELERATORS:
+        # The render node belongs to the host's render group; the non-root worker needs that gid.
+        pod_spec["securityContext"]["supplementalGroups"] = [spec.render_group_id]
     service_account = spec.service_account_name or settings.worker_service_account
     if service_account:
         pod_spec["serviceAccountName"] = service_account

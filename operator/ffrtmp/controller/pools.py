@@ -108,14 +108,17 @@ def decide_pool(
     failed = [p for p in mine if p.failed and not p.deleting]
     live = [p for p in mine if not p.failed and not p.deleting]
     running = sum(running_by_worker.get(p.key, 0) for p in mine)
-    ready, encoder_failures = [], []
+    ready, encoder_failures, storage_failures = [], [], []
     for p in live:
         lease = leases.get(p.key)
-        if lease is not None and lease.encoder_ok is False:
+        if lease is not None and lease.storage_ok is False:
+            storage_failures.append((p, lease.storage_message))
+        elif lease is not None and lease.encoder_ok is False:
             encoder_failures.append((p, lease.encoder_message))
         elif (
             lease is not None
             and lease.encoder_ok
+            and lease.storage_ok
             and p.node
             and lease_fresh(lease, now, settings, api_ok_since)
             and not lease.draining
@@ -178,7 +181,9 @@ def decide_pool(
     capacity = spec.max_concurrent_jobs * len(ready)
     busy = sum(min(running_by_worker.get(p.key, 0), spec.max_concurrent_jobs) for p in ready)
     avg = memory.average_duration(now)
-    conditions = _conditions(pool, len(ready), desired, limited, limited_message, unschedulable, encoder_failures, now)
+    conditions = _conditions(
+        pool, len(ready), desired, limited, limited_message, unschedulable, storage_failures, encoder_failures, now
+    )
     status: Obj = {
         "replicas": len(live),
         "selector": worker_selector(pool.name),
@@ -236,6 +241,7 @@ def _conditions(
     limited: str | None,
     limited_message: str | None,
     unschedulable: list[WorkerPod],
+    storage_failures: list[tuple[WorkerPod, str]],
     encoder_failures: list[tuple[WorkerPod, str]],
     now: float,
 ) -> list[Obj]:
@@ -253,10 +259,14 @@ def _conditions(
     if unschedulable:
         msg = f"{len(unschedulable)} worker Pod(s) cannot be scheduled: {unschedulable[0].unschedulable}"
         updates.append(("Degraded", "True", "Unschedulable", msg))
+    elif storage_failures:
+        pod, why = storage_failures[0]
+        msg = f"{len(storage_failures)} worker(s) failed the storage check; {pod.name}: {why}"
+        updates.append(("Degraded", "True", "StorageUnavailable", msg))
     elif encoder_failures:
         pod, why = encoder_failures[0]
         msg = f"{len(encoder_failures)} worker(s) failed the encoder self-test; {pod.name}: {why}"
         updates.append(("Degraded", "True", "EncoderUnavailable", msg))
     else:
-        updates.append(("Degraded", "False", "AsExpected", "all workers schedulable and their encoders work"))
+        updates.append(("Degraded", "False", "AsExpected", "all workers schedulable, their storage and encoders work"))
     return set_conditions(pool.status.get("conditions"), updates, now=now, generation=pool.generation)

@@ -143,7 +143,12 @@ class Reconciler:
             return
         old = self.store.leases.get(key)
         new = self.store.put_lease(obj)
-        if old is None or (old.encoder_ok, old.draining, old.duration) != (new.encoder_ok, new.draining, new.duration):
+        if old is None or (old.encoder_ok, old.storage_ok, old.draining, old.duration) != (
+            new.encoder_ok,
+            new.storage_ok,
+            new.draining,
+            new.duration,
+        ):
             self.trigger.set()
 
     def _observe_transition(self, old: JobView | None, new: JobView) -> None:

@@ -41,6 +41,7 @@ NO_MATCHING_POOL: Final = "NoMatchingPool"
 POOL_PAUSED: Final = "PoolPaused"
 NO_READY_WORKER: Final = "NoReadyWorker"
 NO_FREE_SLOT: Final = "NoFreeSlot"
+STORAGE_UNAVAILABLE: Final = "StorageUnavailable"
 BACKOFF: Final = "Backoff"
 
 
@@ -68,7 +69,8 @@ class WorkerSlots:
     accelerator: str  # accelerator of its pool: nvenc|qsv|vaapi|cpu
     capacity: int  # maxConcurrentJobs
     running: int  # jobs assigned and not finished (may exceed capacity transiently: free is then 0)
-    accepting: bool  # ready (encoder self-test passed), not draining, not retiring, Lease fresh
+    accepting: bool  # ready (storage check and encoder self-test passed), not draining, not retiring, Lease fresh
+    storage_problem: str | None = None  # what its storage check found wrong, when it failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class Blocked:
     """Why a queued job was not assigned, for its Queued condition."""
 
     job: str
-    reason: str  # NoMatchingPool, PoolPaused, NoReadyWorker, NoFreeSlot, Backoff
+    reason: str  # NoMatchingPool, PoolPaused, NoReadyWorker, StorageUnavailable, NoFreeSlot, Backoff
     message: str
 
 
@@ -108,6 +110,7 @@ class _PoolStats:
     pool: PoolView
     workers: int = 0  # worker Pods of the pool
     accepting: int = 0  # of those, accepting new jobs
+    storage_problem: str | None = None  # the first failed storage check among its workers
 
 
 @dataclass(slots=True)
@@ -132,6 +135,8 @@ def _index(pools: Iterable[PoolView], workers: Iterable[WorkerSlots]) -> dict[st
         if ns_or_none is None or stats_or_none is None:
             continue  # a worker of a pool that is gone (or not yet seen): not schedulable
         stats_or_none.workers += 1
+        if worker.storage_problem and stats_or_none.storage_problem is None:
+            stats_or_none.storage_problem = worker.storage_problem
         if worker.accepting:
             stats_or_none.accepting += 1
             ns_or_none.ready_accelerators.add(stats_or_none.pool.accelerator)
@@ -271,11 +276,16 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
         return POOL_PAUSED, f"{note}{_pools_phrase(paused)} paused (spec.paused): no new jobs are handed out"
     accepting = sum(s.accepting for s in live)
     if accepting == 0:
+        reason = NO_READY_WORKER
         existing = sum(s.workers for s in live)
         pools = _pools_phrase(s.pool for s in live)
+        storage = next((s for s in live if s.storage_problem), None)
         if existing == 0:
             has = "has" if len(live) == 1 else "have"
             detail = f"{pools} {has} no worker yet (waiting for scale-up)"
+        elif storage is not None:
+            reason = STORAGE_UNAVAILABLE
+            detail = f"workers of pool {storage.pool.name} failed their storage check: {storage.storage_problem}"
         else:
             detail = f"no worker in {pools} is ready (starting, encoder self-test failed, draining or retiring)"
         if _mode(job.accelerator, job.hardware_policy) == "hardware" and job.pool_ref is None:
@@ -283,7 +293,7 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
                 detail += "; hardwarePolicy required: no cpu fallback"
             elif all(s.pool.accelerator != CPU for s in live):
                 detail += "; no cpu WorkerPool to fall back to"
-        return NO_READY_WORKER, note + detail + paused_note
+        return reason, note + detail + paused_note
     busy = [s.pool for s in live if s.accepting]
     return (
         NO_FREE_SLOT,

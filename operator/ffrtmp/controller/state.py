@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
+    ANNOTATION_STORAGE,
     LABEL_POOL,
 )
 from ffrtmp.api.job import TranscodeJobSpec
@@ -211,17 +212,17 @@ class WorkerLease:
     encoder_message: str
     draining: bool
     resource_version: str
+    # None: check not finished. A Lease without the annotation (a worker from before the check) passes.
+    storage_ok: bool | None = True
+    storage_message: str = ""
 
 
 def parse_lease(obj: Obj) -> WorkerLease:
     meta, spec = obj["metadata"], obj.get("spec") or {}
     annotations = meta.get("annotations") or {}
     encoder = str(annotations.get(ANNOTATION_ENCODER, ""))
-    encoder_ok: bool | None = None
-    if encoder.startswith("ok"):
-        encoder_ok = True
-    elif encoder.startswith("failed"):
-        encoder_ok = False
+    encoder_ok = _check_ok(encoder)
+    storage = annotations.get(ANNOTATION_STORAGE)
     holder = spec.get("holderIdentity") or meta["name"]
     return WorkerLease(
         key=f"{meta.get('namespace', '')}/{holder}",
@@ -231,7 +232,18 @@ def parse_lease(obj: Obj) -> WorkerLease:
         encoder_message=encoder.partition(":")[2].strip(),
         draining=annotations.get(ANNOTATION_DRAINING) == "true",
         resource_version=meta.get("resourceVersion", ""),
+        storage_ok=_check_ok(str(storage)) if storage is not None else True,
+        storage_message=str(storage or "").partition(":")[2].strip(),
     )
+
+
+def _check_ok(annotation: str) -> bool | None:
+    """`ok: ...` True, `failed: ...` False, anything else (`pending`) None."""
+    if annotation.startswith("ok"):
+        return True
+    if annotation.startswith("failed"):
+        return False
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from ffrtmp.api.job import (
     TranscodeJobSpec,
     VideoSpec,
 )
+from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.ffmpeg.inputs import InputNotAllowed
 
 FFMPEG = "ffmpeg"
@@ -56,7 +57,6 @@ BASE_ARGS = ("-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress"
 ACCELERATORS = ("nvenc", "qsv", "vaapi", "cpu")
 AV1_CPU_ENCODER = "libsvtav1"  # Debian 12's ffmpeg 5.1 has libsvtav1 and libaom-av1
 AV1_CPU_ENCODERS = ("libsvtav1", "libaom-av1")
-DEFAULT_VAAPI_DEVICE = "/dev/dri/renderD128"
 NETWORK_RW_TIMEOUT_US = 15_000_000
 RECONNECT_DELAY_MAX_SECONDS = 10
 DEFAULT_AUDIO_BITRATE = "128k"
@@ -566,13 +566,13 @@ def _expected_size(video: VideoSpec) -> tuple[int | None, int | None]:
     return video.width, video.height
 
 
-def _hardware_input_args(accelerator: str, vaapi_device: str) -> list[str]:
+def _hardware_input_args(accelerator: str, render_device: str) -> list[str]:
     if accelerator == "nvenc":
         return ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
     if accelerator == "qsv":
-        return ["-hwaccel", "qsv", "-hwaccel_output_format", "qsv"]
+        return ["-qsv_device", render_device, "-hwaccel", "qsv", "-hwaccel_output_format", "qsv"]
     if accelerator == "vaapi":
-        return ["-vaapi_device", vaapi_device, "-hwaccel", "vaapi", "-hwaccel_output_format", "vaapi"]
+        return ["-vaapi_device", render_device, "-hwaccel", "vaapi", "-hwaccel_output_format", "vaapi"]
     return []
 
 
@@ -587,7 +587,7 @@ def build_encode_plan(
     threads: int | None = None,
     input_has_audio: bool | None = None,
     av1_cpu_encoder: str = AV1_CPU_ENCODER,
-    vaapi_device: str = DEFAULT_VAAPI_DEVICE,
+    render_device: str = DEFAULT_RENDER_DEVICE,
 ) -> EncodePlan:
     """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
 
@@ -669,7 +669,7 @@ def build_encode_plan(
         argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", whitelist]
         argv += network_input_options(input_url, live=live)
         if hardware:
-            argv += _hardware_input_args(accelerator, vaapi_device)
+            argv += _hardware_input_args(accelerator, render_device)
         if threads is not None:
             argv += ["-threads", str(threads)]
         if spec.input.start_seconds is not None:

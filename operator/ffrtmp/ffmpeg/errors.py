@@ -28,9 +28,9 @@ from ffrtmp.api.job import FailureReason
 # The reasons classify_failure returns (Failure itself takes any status reason, e.g. InvalidSpec).
 ClassifiedReason = Literal[
     "InputNotFound", "InvalidInput", "EncoderUnavailable", "OutputError", "DeadlineExceeded",
-    "OOMKilled", "FfmpegError", "InputNotAllowed", "Stalled",
+    "OOMKilled", "MemoryLimitExceeded", "FfmpegError", "InputNotAllowed", "Stalled",
 ]  # fmt: skip
-KilledBy = Literal["oom", "timeout", "cancel", "stall"]
+KilledBy = Literal["memory", "oom", "timeout", "cancel", "stall"]
 MESSAGE_LIMIT = 300
 
 _PREFIX_RE = re.compile(r"^\s*(\[[^\]]* @ (0x)?[0-9a-fA-F]+\]\s*)+")
@@ -155,25 +155,48 @@ def _input_failure(subject: str, error: str, lines: list[str]) -> Failure | None
     return None
 
 
+def format_bytes(n: int) -> str:
+    """Bytes as a Kubernetes-style quantity, rounded: `40Mi`, `1.5Gi`."""
+    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{unit}" if value >= 10 or value == int(value) else f"{value:.1f}{unit}"
+    return f"{n}B"
+
+
 def classify_failure(
     returncode: int | None,
     stderr_tail: str,
     *,
     killed_by: KilledBy | str | None = None,
     input_url: str | None = None,
-    memory_limited: bool = False,
+    memory_limit: int = 0,
+    memory_peak: int = 0,
 ) -> Failure:
     """Classify a failed run.
 
-    `killed_by` says the worker stopped ffmpeg itself: "oom" (memory limit), "timeout" (the
-    job's timeoutSeconds), "stall" (no progress), "cancel" (cancelled or suspended).
-    `memory_limited` says a memory limit applied to ffmpeg, so SIGKILL and allocation
-    failures mean the job needs more memory (OOMKilled, not retryable).
+    `killed_by` says why ffmpeg ended: the worker stopped it for "memory" (its process tree's
+    resident memory went over the job's limit, `memory_limit` bytes; `memory_peak` is the most
+    it measured), "timeout" (the job's timeoutSeconds), "stall" (no progress), "cancel"
+    (cancelled or suspended); or "oom": it was SIGKILLed without the worker stopping it, which
+    in a container is the kernel's OOM killer at the Pod's cgroup memory limit.
     """
     if killed_by == "timeout":
         return Failure("DeadlineExceeded", "ffmpeg ran longer than the job's timeout and was stopped.", False)
+    if killed_by == "memory":
+        return Failure(
+            "MemoryLimitExceeded",
+            f"ffmpeg used {format_bytes(memory_peak)} of resident memory, over the job's limit of "
+            f"{format_bytes(memory_limit)} (spec.resources.limits.memory), and was stopped.",
+            False,
+        )
     if killed_by == "oom":
-        return Failure("OOMKilled", "ffmpeg went over the job's memory limit and was killed.", False)
+        return Failure(
+            "OOMKilled",
+            "ffmpeg was killed (SIGKILL) by the system, most likely the out-of-memory killer at the worker "
+            "Pod's memory limit (WorkerPool spec.resources.limits.memory).",
+            False,
+        )
     if killed_by == "stall":
         return Failure("Stalled", "ffmpeg made no progress for too long and was stopped.", True)
     if killed_by == "cancel":
@@ -213,8 +236,7 @@ def classify_failure(
 
     memory = _find(lines, _MEMORY)
     if memory:
-        limit = " (the job's memory limit)" if memory_limited else ""
-        return Failure("OOMKilled", f"ffmpeg ran out of memory{limit}: {memory}", not memory_limited)
+        return Failure("OOMKilled", f"ffmpeg ran out of memory: {memory}", True)
     unknown = next((m for m in map(_UNKNOWN_ENCODER_RE.search, lines) if m), None)
     if unknown:
         return Failure("EncoderUnavailable", f"This worker's ffmpeg has no encoder {unknown[1]}.", False)
@@ -237,8 +259,6 @@ def classify_failure(
     if ended is not None:
         number, name = ended
         if number == signal.SIGKILL:
-            if memory_limited:
-                return Failure("OOMKilled", "ffmpeg was killed, most likely for going over its memory limit.", False)
             return Failure("FfmpegError", "ffmpeg was killed (SIGKILL).", True)
         verb = "terminated" if number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) else "crashed"
         return Failure("FfmpegError", f"ffmpeg {verb} ({name}).", True)

@@ -13,6 +13,7 @@ from typing import Any
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
+    ANNOTATION_STORAGE,
     GROUP,
     JOB_PLURAL,
     LABEL_COMPONENT,
@@ -29,6 +30,7 @@ from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, owns
 from ffrtmp.worker.metrics import WorkerMetrics, serve
 from ffrtmp.worker.selftest import SelfTestResult, run_self_test
+from ffrtmp.worker.storage import StorageCheck, check_storage
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -38,6 +40,8 @@ ORPHAN_GRACE_SECONDS = 10.0
 # of it is given up and sent again on a fresh connection, with time left before the Lease expires.
 SLOW_RENEWAL = 0.25
 RENEWAL_TIMEOUT = 0.5
+# While the storage check fails, how often it is repeated (a volume mounted late, a fixed owner).
+STORAGE_RECHECK_SECONDS = 15.0
 
 
 class Agent:
@@ -46,6 +50,7 @@ class Agent:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.self_test: SelfTestResult | None = None
+        self.storage: StorageCheck | None = None
         self.draining = False
         self.attempts: dict[str, Attempt] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
@@ -63,7 +68,7 @@ class Agent:
     # -- readiness ----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return bool(self.self_test and self.self_test.ok and not self.draining)
+        return bool(self.self_test and self.self_test.ok and self.storage and self.storage.ok and not self.draining)
 
     def healthy(self) -> bool:
         return time.monotonic() - self._alive < 60
@@ -81,7 +86,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_drain)
-        self.self_test = await run_self_test(self.config.accelerator)
+        await self.check_storage()
+        self.self_test = await run_self_test(self.config.accelerator, render_device=self.config.render_device)
         self.metrics.encoder_ok.set(1 if self.self_test.ok else 0)
         log.info("encoder self-test: %s", self.self_test.annotation())
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
@@ -89,17 +95,34 @@ class Agent:
         watch = asyncio.create_task(self._watch_loop(), name="watch")
         recheck = asyncio.create_task(self._recheck_loop(), name="recheck")
         lag = asyncio.create_task(self.metrics.loop_lag.run(), name="loop-lag")
+        storage = asyncio.create_task(self._storage_loop(), name="storage")
         try:
             await self._drained.wait()
         finally:
             watch.cancel()
             recheck.cancel()
             lag.cancel()
+            storage.cancel()
             await self._release_lease()
             lease.cancel()
             await asyncio.gather(lease, watch, lag, return_exceptions=True)
             if runner is not None:
                 await runner.cleanup()
+
+    async def check_storage(self) -> None:
+        self.storage = await asyncio.to_thread(check_storage, self.config.media_roots, self.config.output_root)
+        self.metrics.storage_ok.set(1 if self.storage.ok else 0)
+        log.info("storage check: %s", self.storage.annotation())
+
+    async def _storage_loop(self) -> None:
+        """Repeat a failed storage check until it passes; then the next Lease renewal says so."""
+        while self.storage is not None and not self.storage.ok:
+            await asyncio.sleep(STORAGE_RECHECK_SECONDS)
+            before = self.storage
+            await self.check_storage()
+            if self.storage != before:
+                self.metrics.free_slots.set(self.free_slots if self.ready else 0)
+                self._lease_dirty.set()
 
     # -- Lease --------------------------------------------------------------------------------
     def _lease_body(self) -> Obj:
@@ -110,6 +133,7 @@ class Agent:
             "labels": {LABEL_COMPONENT: WORKER_COMPONENT, LABEL_POOL: self.config.pool},
             "annotations": {
                 ANNOTATION_ENCODER: self.self_test.annotation() if self.self_test else "pending",
+                ANNOTATION_STORAGE: self.storage.annotation() if self.storage else "pending",
                 ANNOTATION_DRAINING: "true" if self.draining else "false",
             },
         }

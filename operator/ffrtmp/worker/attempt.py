@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import resource
 import shutil
 import signal
 import time
@@ -29,6 +28,7 @@ from ffrtmp.ffmpeg.probe import probe, probe_input
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, transient
+from ffrtmp.worker.memory import SAMPLE_SECONDS, read_process_table, tree_rss
 from ffrtmp.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class FfmpegRun:
     returncode: int | None
     stderr_tail: str
     killed_by: str | None
+    memory_peak: int = 0  # most resident bytes of ffmpeg's process tree measured (0: not measured)
 
 
 def parse_quantity(value: str) -> float:
@@ -228,6 +229,7 @@ class Attempt:
                 allowed_protocols=list(self.config.allowed_protocols),
                 threads=self._threads(),
                 input_has_audio=None if info is None else info.audio_codec is not None,
+                render_device=self.config.render_device,
             )
         except InvalidSpec as e:
             raise _Failed(Failure("InvalidSpec", str(e), False)) from e
@@ -266,8 +268,8 @@ class Attempt:
                 if run.returncode != 0 or run.killed_by:
                     self._stderr_tail = run.stderr_tail
                     failure = classify_failure(
-                        run.returncode, run.stderr_tail, killed_by=run.killed_by,
-                        input_url=self._input_url, memory_limited=self._memory_limit() is not None,
+                        run.returncode, run.stderr_tail, killed_by=run.killed_by, input_url=self._input_url,
+                        memory_limit=self._memory_limit() or 0, memory_peak=run.memory_peak,
                     )  # fmt: skip
                     break
             if not plan.live or self.stop_reason is not None:
@@ -301,17 +303,10 @@ class Attempt:
         index: int,
         passes: int,
     ) -> FfmpegRun:
-        memory = self._memory_limit()
-
-        def limits() -> None:
-            # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
-            _die_with_parent()
-            if memory:
-                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
+        # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=limits, env={**os.environ, **env}, cwd=self.scratch,
+            start_new_session=True, preexec_fn=_die_with_parent, env={**os.environ, **env}, cwd=self.scratch,
         )  # fmt: skip
         if self.stop_reason is not None:
             self.stop(self.stop_reason)
@@ -329,7 +324,23 @@ class Attempt:
             async for raw in proc.stderr:
                 stderr_tail.append(raw.decode(errors="replace").rstrip())
 
+        memory = self._memory_limit()
+        peak = 0
+        over_memory = False
+
+        async def watch_memory() -> None:
+            nonlocal peak, over_memory
+            while proc.returncode is None:
+                rss = tree_rss(await asyncio.to_thread(read_process_table), proc.pid)
+                peak = max(peak, rss)
+                if memory and rss > memory and not over_memory:
+                    over_memory = True
+                    log.info("%s ffmpeg uses %d bytes, over its limit of %d: stopping it", self.key, rss, memory)
+                    self.stop("memory")
+                await asyncio.sleep(SAMPLE_SECONDS)
+
         stderr_task = asyncio.create_task(read_stderr())
+        memory_task = asyncio.create_task(watch_memory()) if memory else None
         assert proc.stdout is not None
         try:
             while True:
@@ -361,10 +372,16 @@ class Attempt:
                 self._kill_now()
                 await proc.wait()
             await stderr_task
+            if memory_task is not None:
+                memory_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await memory_task
             self._proc = None
-        if killed_by is None and memory and returncode in (-signal.SIGKILL, 137):
-            killed_by = "oom"
-        return FfmpegRun(returncode, "\n".join(stderr_tail), killed_by)
+        if over_memory:
+            killed_by = "memory"
+        elif killed_by is None and returncode in (-signal.SIGKILL, 137):
+            killed_by = "oom"  # not our stop: the kernel's OOM killer at the container's cgroup limit
+        return FfmpegRun(returncode, "\n".join(stderr_tail), killed_by, peak)
 
     async def _wait_or_kill(self, proc: asyncio.subprocess.Process) -> int:
         grace = self.config.kill_grace_seconds

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -19,6 +21,7 @@ class WorkerConfig:
     output_root: str = "/output"
     allowed_protocols: tuple[str, ...] = ("file", "http", "https", "rtmp", "rtmps")
     scratch_dir: str = "/tmp"
+    render_device: str = DEFAULT_RENDER_DEVICE
     lease_seconds: int = 15
     renew_seconds: float = 5.0
     progress_interval: float = 5.0
@@ -46,6 +49,7 @@ class WorkerConfig:
             output_root=get("FFRTMP_OUTPUT_ROOT", "/output"),
             allowed_protocols=tuple(get("FFRTMP_ALLOWED_PROTOCOLS", "file,http,https,rtmp,rtmps").split(",")),
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
+            render_device=get("FFRTMP_RENDER_DEVICE", DEFAULT_RENDER_DEVICE),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),
             renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0"))
             or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),

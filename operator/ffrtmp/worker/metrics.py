@@ -47,6 +47,9 @@ class WorkerMetrics:
             "ffrtmp_worker_lease_renew_failures_total", "Lease renewals that failed or timed out.", registry=r
         )
         self.loop_lag = LoopLag(r, "ffrtmp_worker")
+        self.storage_ok = Gauge(
+            "ffrtmp_worker_storage_ok", "1 when the media roots are readable and the output root writable.", registry=r
+        )
 
 
 async def serve(

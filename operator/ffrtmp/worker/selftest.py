@@ -7,6 +7,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+
 SELF_TEST_TIMEOUT = 60.0
 SOURCE = ["-f", "lavfi", "-i", "color=c=black:s=256x144:r=25:d=0.2"]
 ENCODERS = {"cpu": "libx264", "nvenc": "h264_nvenc", "qsv": "h264_qsv", "vaapi": "h264_vaapi"}
@@ -25,16 +27,17 @@ class SelfTestResult:
         return f"failed: {self.encoder}: {self.message}"
 
 
-def self_test_argv(accelerator: str, ffmpeg: str = "ffmpeg") -> list[str]:
-    """The argv of the one-frame test encode for an accelerator (pure)."""
+def self_test_argv(accelerator: str, ffmpeg: str = "ffmpeg", render_device: str = DEFAULT_RENDER_DEVICE) -> list[str]:
+    """The argv of the one-frame test encode for an accelerator (pure); qsv and vaapi open `render_device`."""
     encoder = ENCODERS[accelerator]
     head = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error"]
     tail = ["-frames:v", "1", "-c:v", encoder, "-f", "null", "-"]
     if accelerator == "qsv":
-        return [*head, "-init_hw_device", "qsv=hw", "-filter_hw_device", "hw", *SOURCE,
+        device = f"qsv=hw:hw_any,child_device={render_device}"
+        return [*head, "-init_hw_device", device, "-filter_hw_device", "hw", *SOURCE,
                 "-vf", "format=nv12,hwupload=extra_hw_frames=16", *tail]  # fmt: skip
     if accelerator == "vaapi":
-        return [*head, "-vaapi_device", "/dev/dri/renderD128", *SOURCE, "-vf", "format=nv12,hwupload", *tail]
+        return [*head, "-vaapi_device", render_device, *SOURCE, "-vf", "format=nv12,hwupload", *tail]
     if accelerator == "nvenc":
         return [*head, *SOURCE, "-pix_fmt", "yuv420p", *tail]
     return [*head, *SOURCE, "-pix_fmt", "yuv420p", *tail]
@@ -49,14 +52,16 @@ def _summarize(stderr: str) -> str:
     return "; ".join((interesting or lines)[:2])[:400]
 
 
-async def run_self_test(accelerator: str, ffmpeg: str = "ffmpeg") -> SelfTestResult:
+async def run_self_test(
+    accelerator: str, ffmpeg: str = "ffmpeg", render_device: str = DEFAULT_RENDER_DEVICE
+) -> SelfTestResult:
     encoder = ENCODERS.get(accelerator, accelerator)
     if accelerator not in ENCODERS:
         return SelfTestResult(False, encoder, f"unknown accelerator {accelerator!r}", 0.0)
     started = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *self_test_argv(accelerator, ffmpeg),
+            *self_test_argv(accelerator, ffmpeg, render_device),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
