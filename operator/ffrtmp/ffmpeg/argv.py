@@ -49,7 +49,19 @@ from ffrtmp.api.job import (
     TranscodeJobSpec,
     VideoSpec,
 )
+from ffrtmp.ffmpeg.filters import (
+    UnsupportedProcessing,
+    VideoProcessing,
+    colour_options,
+    filter_graph,
+    rendition_filters,
+    thumbnail_filters,
+    video_processing,
+    x265_hdr_params,
+)
 from ffrtmp.ffmpeg.inputs import InputNotAllowed
+from ffrtmp.ffmpeg.loudness import LoudnessMeasurePass, apply_filter, measure_filter
+from ffrtmp.ffmpeg.media import SourceMedia
 
 FFMPEG = "ffmpeg"
 BASE_ARGS = ("-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
@@ -63,7 +75,6 @@ DEFAULT_AUDIO_BITRATE = "128k"
 HLS_DIR = "hls"
 THUMBS_DIR = "thumbs"
 MAX_CRF_H26X = 51
-HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
 
 ENCODERS: dict[str, dict[str, str]] = {
     "cpu": {"h264": "libx264", "hevc": "libx265"},
@@ -130,6 +141,8 @@ _VIDEO_SETTINGS = (
     "maxrate",
     "bufsize",
     "two_pass",
+    "deinterlace",
+    "hdr",
 )
 
 OutputKind = Literal["file", "hls-master", "hls-variant", "thumbnails", "sprite", "stream"]
@@ -169,6 +182,9 @@ class EncodePlan:
     duration_seconds: float | None
     directories: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Runs before `passes`; their loudnorm measurements fill the placeholders in `passes`
+    # (`loudness.apply_measurements`).
+    loudness_measure_passes: list[LoudnessMeasurePass] = field(default_factory=list)
 
 
 @dataclass
@@ -180,6 +196,9 @@ class _Rendition:
     target: str  # what ffmpeg writes to
     branch: str | None = None  # filter-graph label of the encoded video
     preset: str | None = None  # resolved for the accelerator
+    processing: VideoProcessing | None = None  # for encoded video
+    audio_stream: str = "0:a:0"  # the source audio stream it maps
+    filters: list[str] = field(default_factory=list)
 
 
 # (rendition, stream specifier suffix, pass number or None, inside the hls output) -> options
@@ -356,7 +375,11 @@ def _validate_output(output: OutputSpec, video: VideoSpec, audio: AudioSpec, acc
                 f"{name}: hls outputs need video.bitrate or video.maxrate: the master playlist's "
                 "BANDWIDTH comes from it, and ffmpeg leaves variants without one out"
             )
+    if audio.loudness is not None and live:
+        raise InvalidSpec(f"{name}: loudness normalisation measures the whole input first; a live stream cannot be")
     if audio.codec in ("copy", "none"):
+        if audio.loudness is not None:
+            raise InvalidSpec(f"{name}: loudness normalisation re-encodes audio: not with codec {audio.codec}")
         if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
             raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
     elif audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES:
@@ -385,6 +408,8 @@ def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -
         value = getattr(video, dimension)
         if value is not None and value % 2:
             raise InvalidSpec(f"{name}: {dimension} {value} must be even (4:2:0 video)")
+    if video.hdr == "passthrough" and video.codec not in ("hevc", "av1"):
+        raise InvalidSpec(f"{name}: hdr passthrough needs codec hevc or av1 (10-bit); {video.codec} gets tonemap")
     if video.codec == "av1" and accelerator == "cpu" and video.two_pass:
         raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
     if video.two_pass:
@@ -396,48 +421,6 @@ def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -
             raise InvalidSpec(f"{name}: twoPass needs a bitrate target")
         if live:
             raise InvalidSpec(f"{name}: twoPass needs a file input; a live stream cannot be read twice")
-
-
-def _scale_filter(accelerator: str, width: int | None, height: int | None) -> str | None:
-    if width is None and height is None:
-        return None
-    if accelerator == "qsv":  # vpp_qsv refuses -2; round to even by expression
-        w = str(width) if width is not None else "trunc(oh*iw/ih/2)*2"
-        h = str(height) if height is not None else "trunc(ow*ih/iw/2)*2"
-        return f"vpp_qsv=w={w}:h={h}"
-    name = {"cpu": "scale", "nvenc": "scale_cuda", "vaapi": "scale_vaapi"}[accelerator]
-    return f"{name}=w={width if width is not None else -2}:h={height if height is not None else -2}"
-
-
-def _rendition_filters(video: VideoSpec, accelerator: str) -> list[str]:
-    filters = [f"fps={video.fps}"] if video.fps is not None else []
-    scale = _scale_filter(accelerator, video.width, video.height)
-    return [*filters, scale] if scale else filters
-
-
-def _thumbnail_filters(thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool) -> list[str]:
-    filters = [f"fps=1/{thumbs.interval_seconds}"]
-    if hardware_frames:
-        filters.append(HW_DOWNLOAD)
-    filters.append(f"scale=w={thumbs.width}:h=-2")
-    if sprite and thumbs.sprite is not None:
-        filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
-    return filters
-
-
-def _filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
-    if len(branches) == 1:
-        label, filters = branches[0]
-        return f"[0:v:0]{','.join(filters) or 'null'}[{label}]"
-    heads: list[str] = []
-    chains: list[str] = []
-    for index, (label, filters) in enumerate(branches):
-        if filters:
-            heads.append(f"[s{index}]")
-            chains.append(f"[s{index}]{','.join(filters)}[{label}]")
-        else:
-            heads.append(f"[{label}]")
-    return ";".join([f"[0:v:0]split={len(branches)}{''.join(heads)}", *chains])
 
 
 def _stats_prefix(scratch_dir: str, name: str) -> str:
@@ -453,6 +436,7 @@ def _video_args(
     pass_number: int | None,
     scratch_dir: str,
     av1_cpu_encoder: str,
+    source: SourceMedia | None = None,
 ) -> list[str]:
     """Encoder options of one video stream; `spec_suffix` is `:v` or `:v:N` (in the hls output)."""
     v = r.video
@@ -510,8 +494,13 @@ def _video_args(
             args += [f"-forced-idr{s}", "1"]
         elif accelerator == "qsv":
             args += [f"-forced_idr{s}", "1"]
+    ten_bit = r.processing is not None and r.processing.hdr_passthrough is not None
     if accelerator == "cpu":
-        args += [f"-pix_fmt{s}", "yuv420p"]
+        args += [f"-pix_fmt{s}", "yuv420p10le" if ten_bit else "yuv420p"]
+    elif ten_bit and v.codec == "hevc":
+        args += [f"-profile{s}", "main10"]
+    if r.processing is not None:
+        args += colour_options(r.processing, s)
     if v.codec == "hevc" and (r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")):
         args += [f"-tag{s}", "hvc1"]  # what Apple players expect
     stats = _stats_prefix(scratch_dir, r.output.name)
@@ -525,15 +514,17 @@ def _video_args(
             f"stats={stats}.log",
         ]
     if encoder == "libx265":  # x265 logs to stderr unless told otherwise
-        params = "log-level=error"
+        params = (
+            ":".join(["log-level=error", *x265_hdr_params(r.processing, source)]) if r.processing else "log-level=error"
+        )
         if pass_number is not None:
             params += f":pass={pass_number}:stats={stats}.log"
         args += [f"-x265-params{s}", params]
     return args
 
 
-def _audio_args(audio: AudioSpec, spec_suffix: str) -> list[str]:
-    s = spec_suffix
+def _audio_args(r: _Rendition, spec_suffix: str) -> list[str]:
+    audio, s = r.audio, spec_suffix
     if audio.codec == "none":
         return ["-an"]
     if audio.codec == "copy":
@@ -543,7 +534,31 @@ def _audio_args(audio: AudioSpec, spec_suffix: str) -> list[str]:
         args += [f"-ac{s}", str(audio.channels)]
     if audio.sample_rate is not None:
         args += [f"-ar{s}", str(audio.sample_rate)]
+    if audio.loudness is not None:
+        args += [f"-filter{s}", apply_filter(audio.loudness, r.audio_stream, audio.sample_rate)]
     return args
+
+
+def _audio_stream(output_name: str, audio: AudioSpec, source: SourceMedia | None) -> str:
+    """The source audio stream a rendition maps: by `track`, by `language`, else the first.
+
+    With a probed source a track or language that is not there is InvalidSpec; without one a
+    language becomes ffmpeg's metadata specifier `0:a:m:language:<lang>`.
+    """
+    if audio.track is not None:
+        if source is not None and audio.track >= len(source.audio_streams):
+            count = len(source.audio_streams)
+            raise InvalidSpec(f"output {output_name}: audio track {audio.track} does not exist (the input has {count})")
+        return f"0:a:{audio.track}"
+    if audio.language is not None:
+        if source is None:
+            return f"0:a:m:language:{audio.language}"
+        for stream in source.audio_streams:
+            if stream.language == audio.language:
+                return f"0:a:{stream.position}"
+        found = ", ".join(sorted({s.language for s in source.audio_streams if s.language})) or "none tagged"
+        raise InvalidSpec(f"output {output_name}: the input has no audio in language {audio.language} ({found})")
+    return "0:a:0"
 
 
 def _video_map(r: _Rendition) -> list[str]:
@@ -557,13 +572,15 @@ def _video_map(r: _Rendition) -> list[str]:
 def _audio_map(r: _Rendition, *, required: bool) -> list[str]:
     if r.audio.codec == "none":
         return []
-    return ["-map", "0:a:0" if required else "0:a:0?"]
+    return ["-map", r.audio_stream if required else f"{r.audio_stream}?"]
 
 
-def _expected_size(video: VideoSpec) -> tuple[int | None, int | None]:
-    if video.codec in ("copy", "none"):
+def _expected_size(r: _Rendition) -> tuple[int | None, int | None]:
+    if r.video.codec in ("copy", "none"):
         return None, None
-    return video.width, video.height
+    if r.processing is not None and r.processing.size is not None:
+        return r.processing.size
+    return r.video.width, r.video.height
 
 
 def _hardware_input_args(accelerator: str, vaapi_device: str) -> list[str]:
@@ -586,6 +603,7 @@ def build_encode_plan(
     allowed_protocols: list[str],
     threads: int | None = None,
     input_has_audio: bool | None = None,
+    source: SourceMedia | None = None,
     av1_cpu_encoder: str = AV1_CPU_ENCODER,
     vaapi_device: str = DEFAULT_VAAPI_DEVICE,
 ) -> EncodePlan:
@@ -597,6 +615,10 @@ def build_encode_plan(
     (from probing, when known): False drops audio everywhere; None maps audio optionally
     for files (`0:a:0?`) and requires it for hls (the variant map needs it).
 
+    `source` (the probed input, see `media.SourceMedia`) decides output sizes, deinterlacing,
+    colour conversion and audio track choice; it implies `input_has_audio` when that is None.
+    Loudness normalisation adds `loudness_measure_passes` before `passes`.
+
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
     """
@@ -607,6 +629,8 @@ def build_encode_plan(
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
     _check_folders(output_dir, scratch_dir)
+    if input_has_audio is None and source is not None:
+        input_has_audio = bool(source.audio_streams)
     live = is_live(spec)
     realtime = reads_in_real_time(spec)
     whitelist = protocol_whitelist(input_url, allowed_protocols)
@@ -631,6 +655,9 @@ def build_encode_plan(
             raise InvalidSpec(f"output names must be unique: {output.name}")
         names.add(output.name)
         _validate_output(output, video, audio, accelerator, live)
+        processing = None
+        if video.codec not in ("copy", "none"):
+            processing = video_processing(video, source)
         path = default_output_path(output)
         if output.url is None:
             if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):
@@ -649,6 +676,8 @@ def build_encode_plan(
                 path=path,
                 target=target,
                 preset=_resolve_preset(video.preset, accelerator, spec.accelerator),
+                processing=processing,
+                audio_stream=_audio_stream(output.name, audio, source),
             )
         )
 
@@ -656,19 +685,26 @@ def build_encode_plan(
     hardware = accelerator != "cpu" and bool(encoded)
     for index, r in enumerate(encoded):
         r.branch = f"v{index}"
+        try:
+            r.filters = rendition_filters(r.video, accelerator, r.processing)
+        except UnsupportedProcessing as e:
+            raise InvalidSpec(f"output {r.output.name}: {e}") from e
     thumbs = spec.thumbnails
-    branches: list[tuple[str, list[str]]] = [
-        (r.branch or "", _rendition_filters(r.video, accelerator)) for r in encoded
-    ]
+    branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", _thumbnail_filters(thumbs, hardware, sprite=False)))
+        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", _thumbnail_filters(thumbs, hardware, sprite=True)))
+            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True)))
 
-    def head(graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True) -> list[str]:
-        argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", whitelist]
+    def head(
+        graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False
+    ) -> list[str]:
+        base = list(BASE_ARGS)
+        if measuring:  # loudnorm prints its measurement at info level; the audio is decoded on CPU
+            base[base.index("-loglevel") + 1] = "info"
+        argv = [FFMPEG, *base, "-protocol_whitelist", whitelist]
         argv += network_input_options(input_url, live=live)
-        if hardware:
+        if hardware and not measuring:
             argv += _hardware_input_args(accelerator, vaapi_device)
         if threads is not None:
             argv += ["-threads", str(threads)]
@@ -682,7 +718,7 @@ def build_encode_plan(
         if graph_branches:
             if threads is not None:
                 argv += ["-filter_complex_threads", str(threads)]
-            argv += ["-filter_complex", _filter_graph(graph_branches)]
+            argv += ["-filter_complex", filter_graph(graph_branches)]
         return argv
 
     thread_args = ["-threads", str(threads)] if threads is not None else []
@@ -698,6 +734,7 @@ def build_encode_plan(
             pass_number=pass_number,
             scratch_dir=scratch_dir,
             av1_cpu_encoder=av1_cpu_encoder,
+            source=source,
         )
 
     two_pass = [r for r in encoded if r.video.two_pass]
@@ -705,7 +742,7 @@ def build_encode_plan(
         raise InvalidSpec("extraArgs -x264-params/-x265-params cannot be combined with twoPass")
     passes: list[list[str]] = []
     if two_pass:
-        first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass], final=False)
+        first = head([(r.branch or "", r.filters) for r in two_pass], final=False)
         for r in two_pass:
             in_hls = r.output.container == "hls"
             video_args = video_opts(r, ":v", 1, in_hls)
@@ -720,7 +757,7 @@ def build_encode_plan(
         pass_number = 2 if r.video.two_pass else None
         if r.output.container != "hls":
             main += [*_video_map(r), *_audio_map(r, required=input_has_audio is True)]
-            main += [*video_opts(r, ":v", pass_number, False), *_audio_args(r.audio, ":a"), *thread_args]
+            main += [*video_opts(r, ":v", pass_number, False), *_audio_args(r, ":a"), *thread_args]
             main += ["-f", MUXERS[r.output.container]]
             if r.output.container == "mp4":
                 main += ["-movflags", "+faststart"]
@@ -732,7 +769,7 @@ def build_encode_plan(
                 renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra
             )
             hls_written = True
-        width, height = _expected_size(r.video)
+        width, height = _expected_size(r)
         kind: OutputKind = "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
         planned.append(PlannedOutput(r.output.name, kind, r.path, width, height))
     directories: set[str] = {os.path.dirname(r.path) for r in renditions if r.output.url is None}
@@ -759,7 +796,26 @@ def build_encode_plan(
         duration_seconds=float(duration) if duration is not None else None,
         directories=sorted(d for d in directories if d),
         env={"SVT_LOG": "1"} if uses_svt else {},
+        loudness_measure_passes=_loudness_measure_passes(renditions, head([], final=False, measuring=True)),
     )
+
+
+def _loudness_measure_passes(renditions: Sequence[_Rendition], head: list[str]) -> list[LoudnessMeasurePass]:
+    """One measuring run per source audio stream that some rendition normalises.
+
+    Renditions normalising the same stream to different targets share its measurement:
+    loudnorm's measured_* figures describe the input, not the target.
+    """
+    passes: list[LoudnessMeasurePass] = []
+    for r in renditions:
+        loudness = r.audio.loudness
+        if loudness is None or r.audio.codec in ("copy", "none"):
+            continue
+        if any(p.stream == r.audio_stream for p in passes):
+            continue
+        argv = [*head, "-map", r.audio_stream, "-filter:a", measure_filter(loudness), "-vn", "-f", "null", "-"]
+        passes.append(LoudnessMeasurePass(r.audio_stream, argv))
+    return passes
 
 
 def _image_output(label: str, thumbs: ThumbnailSpec, target: str) -> list[str]:
@@ -789,7 +845,7 @@ def _hls_output(
         entry = f"v:{video_index}"
         if r.audio.codec != "none":
             maps += _audio_map(r, required=True)  # the variant map needs it to exist
-            codecs += _audio_args(r.audio, f":a:{audio_index}")
+            codecs += _audio_args(r, f":a:{audio_index}")
             entry += f",a:{audio_index}"
             audio_index += 1
         variants.append(f"{entry},name:{r.output.name}")

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.ffmpeg.argv import NETWORK_RW_TIMEOUT_US
+from ffrtmp.ffmpeg.media import SourceMedia, source_media_from_probe
 
 FFPROBE = "ffprobe"
 PROBE_TIMEOUT_SECONDS = 30.0
@@ -35,6 +36,7 @@ class ProbeResult:
     width: int | None
     height: int | None
     audio_codec: str | None
+    media: SourceMedia = field(default_factory=SourceMedia)  # what the planner needs of an input
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def parse_probe_output(document: dict[str, Any], *, size_fallback: int | None = 
         width=_int(video.get("width")) if video else None,
         height=_int(video.get("height")) if video else None,
         audio_codec=audio.get("codec_name") if audio else None,
+        media=source_media_from_probe(document),
     )
 
 

@@ -1,0 +1,195 @@
+"""Video filter graphs: per-rendition chains (deinterlace, fps, size, colour) and the split.
+
+`video_processing` decides, from the rendition's VideoSpec and the probed source, what a
+rendition's picture needs; `rendition_filters` and `colour_options` turn that into filters
+and encoder options for an accelerator. Order in a chain: deinterlace, fps, scale (+
+`setsar=1`), tone map.
+
+* Deinterlace (`deinterlace` auto/on/off; auto = the probe's field order is tt, bb, tb or
+  bt): one frame out per frame in, both fields' order taken from the stream. CPU
+  `bwdif=mode=send_frame:parity=auto:deint=all`, nvenc `yadif_cuda` (same options), vaapi
+  `deinterlace_vaapi=rate=frame`, qsv `vpp_qsv=deinterlace=2` (advanced).
+* Size: see `media.output_size`; with a probed source every output is even and square-pixel.
+  Without a probe (live inputs) the old rule holds: the given dimension, the other `-2`.
+* Colour, with a probed SDR source or an HDR source being tone-mapped: outputs are tagged
+  BT.709 (`-color_primaries/-color_trc/-colorspace bt709`) and limited range (`-color_range
+  tv`); on CPU the scaler converts full-range (yuvj / pc) input to limited range and the
+  matrix to BT.709 (`out_range=tv:out_color_matrix=bt709`).
+* HDR (PQ `smpte2084`, HLG `arib-std-b67`), `hdr` tonemap (default): to SDR BT.709 by
+  linearising with zscale (nominal peak 100 nits), converting primaries to BT.709 in float,
+  the `hable` curve (`tonemap=hable:desat=0`), then BT.709 transfer and matrix in limited
+  range. On nvenc the frames are downloaded for this and uploaded again; vaapi uses
+  `tonemap_vaapi`; qsv has no tone mapper in ffmpeg 5.1 (InvalidSpec: use passthrough or
+  another pool). `hdr` passthrough (hevc/av1): 10-bit output keeping BT.2020 primaries and
+  matrix and the source transfer; libx265 also gets `hdr10`, `master-display` and `max-cll`
+  when the probe reported them.
+* Unknown source (no probe): no deinterlace in auto, no colour tags, nothing tone-mapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ffrtmp.api.job import ThumbnailSpec, VideoSpec
+from ffrtmp.ffmpeg.media import HdrKind, SourceMedia, output_size
+
+HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
+TONEMAP_OPERATOR = "hable"
+TONEMAP_PEAK_NITS = 100
+CPU_TONEMAP = (
+    f"zscale=t=linear:npl={TONEMAP_PEAK_NITS}",
+    "format=gbrpf32le",
+    "zscale=p=bt709",
+    f"tonemap=tonemap={TONEMAP_OPERATOR}:desat=0",
+    "zscale=t=bt709:m=bt709:r=tv",
+    "format=yuv420p",
+)
+DEINTERLACE_FILTERS = {
+    "cpu": "bwdif=mode=send_frame:parity=auto:deint=all",
+    "nvenc": "yadif_cuda=mode=send_frame:parity=auto:deint=all",
+    "vaapi": "deinterlace_vaapi=rate=frame",
+    "qsv": "vpp_qsv=deinterlace=2",
+}
+HDR_TRANSFERS: dict[HdrKind, str] = {"pq": "smpte2084", "hlg": "arib-std-b67"}
+BT709_TAGS = ("bt709", "bt709", "bt709")  # primaries, transfer, matrix
+
+
+class UnsupportedProcessing(ValueError):
+    """The accelerator cannot do what the rendition needs (the planner raises InvalidSpec)."""
+
+
+@dataclass(frozen=True)
+class VideoProcessing:
+    """What one encoded rendition's picture needs."""
+
+    size: tuple[int, int] | None  # exact output size; None: the request's own w/h (-2 rule)
+    deinterlace: bool
+    tonemap: bool
+    hdr_passthrough: HdrKind | None
+    tag_bt709: bool  # tag (and on CPU convert to) BT.709 limited range
+
+
+def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProcessing:
+    """The decisions for one rendition (see the module doc)."""
+    mode = video.deinterlace or "auto"
+    deinterlace = mode == "on" or (mode == "auto" and source is not None and source.interlaced)
+    if source is None or not source.has_video:
+        return VideoProcessing(None, deinterlace, False, None, False)
+    size = output_size(source, video.width, video.height)
+    if source.has_video and size == (source.width, source.height) and source.sample_aspect == 1:
+        size = None if (video.width, video.height) == (None, None) else size
+    hdr = source.hdr
+    passthrough = hdr if hdr is not None and video.hdr == "passthrough" else None
+    return VideoProcessing(
+        size=size,
+        deinterlace=deinterlace,
+        tonemap=hdr is not None and passthrough is None,
+        hdr_passthrough=passthrough,
+        tag_bt709=passthrough is None,
+    )
+
+
+def _scale_filter(accelerator: str, width: int | None, height: int | None, *, to_bt709: bool) -> str | None:
+    if width is None and height is None:
+        return None
+    if accelerator == "qsv":  # vpp_qsv refuses -2; round to even by expression
+        w = str(width) if width is not None else "trunc(oh*iw/ih/2)*2"
+        h = str(height) if height is not None else "trunc(ow*ih/iw/2)*2"
+        return f"vpp_qsv=w={w}:h={h}"
+    name = {"cpu": "scale", "nvenc": "scale_cuda", "vaapi": "scale_vaapi"}[accelerator]
+    scale = f"{name}=w={width if width is not None else -2}:h={height if height is not None else -2}"
+    if to_bt709 and accelerator == "cpu":
+        scale += ":out_color_matrix=bt709:out_range=tv"
+    return scale
+
+
+def _tonemap_filters(accelerator: str) -> list[str]:
+    if accelerator == "cpu":
+        return list(CPU_TONEMAP)
+    if accelerator == "nvenc":
+        return ["hwdownload", "format=p010le", *CPU_TONEMAP, "hwupload_cuda"]
+    if accelerator == "vaapi":
+        return ["tonemap_vaapi=format=nv12:t=bt709:m=bt709:p=bt709"]
+    raise UnsupportedProcessing(
+        "qsv cannot tone-map HDR to SDR in this ffmpeg: set video.hdr passthrough (hevc/av1) or use a cpu pool"
+    )
+
+
+def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProcessing | None = None) -> list[str]:
+    """The filter chain of one encoded rendition."""
+    p = processing or VideoProcessing(None, False, False, None, False)
+    filters = [DEINTERLACE_FILTERS[accelerator]] if p.deinterlace else []
+    if video.fps is not None:
+        filters.append(f"fps={video.fps}")
+    width, height = p.size if p.size is not None else (video.width, video.height)
+    # BT.709 conversion by the scaler only when no tone map follows (that chain does its own).
+    scale = _scale_filter(accelerator, width, height, to_bt709=p.tag_bt709 and not p.tonemap)
+    if scale is None and p.tag_bt709 and not p.tonemap and accelerator == "cpu":
+        scale = "scale=out_color_matrix=bt709:out_range=tv"
+    if scale is not None:
+        filters.append(scale)
+    if p.size is not None:
+        filters.append("setsar=1")
+    if p.tonemap:
+        filters += _tonemap_filters(accelerator)
+    return filters
+
+
+def colour_options(processing: VideoProcessing, spec_suffix: str) -> list[str]:
+    """Colour tags of the encoded stream: BT.709 limited range, or the HDR source's own."""
+    s = spec_suffix
+    if processing.hdr_passthrough is not None:
+        transfer = HDR_TRANSFERS[processing.hdr_passthrough]
+        return [
+            f"-color_primaries{s}", "bt2020", f"-color_trc{s}", transfer,
+            f"-colorspace{s}", "bt2020nc", f"-color_range{s}", "tv",
+        ]  # fmt: skip
+    if not processing.tag_bt709:
+        return []
+    primaries, transfer, matrix = BT709_TAGS
+    return [
+        f"-color_primaries{s}", primaries, f"-color_trc{s}", transfer,
+        f"-colorspace{s}", matrix, f"-color_range{s}", "tv",
+    ]  # fmt: skip
+
+
+def x265_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> list[str]:
+    """x265 parameters that write the HDR signalling (VUI and SEI) into the stream."""
+    if processing.hdr_passthrough is None:
+        return []
+    transfer = HDR_TRANSFERS[processing.hdr_passthrough]
+    params = ["colorprim=bt2020", f"transfer={transfer}", "colormatrix=bt2020nc", "range=limited"]
+    if processing.hdr_passthrough == "pq":
+        params += ["hdr10=1", "repeat-headers=1"]
+        if source is not None and source.mastering_display is not None:
+            params.append(f"master-display={source.mastering_display}")
+        if source is not None and source.content_light is not None:
+            params.append(f"max-cll={source.content_light}")
+    return params
+
+
+def thumbnail_filters(thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool) -> list[str]:
+    filters = [f"fps=1/{thumbs.interval_seconds}"]
+    if hardware_frames:
+        filters.append(HW_DOWNLOAD)
+    filters.append(f"scale=w={thumbs.width}:h=-2")
+    if sprite and thumbs.sprite is not None:
+        filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
+    return filters
+
+
+def filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
+    """One decode of `0:v:0`, split into one labelled chain per branch."""
+    if len(branches) == 1:
+        label, filters = branches[0]
+        return f"[0:v:0]{','.join(filters) or 'null'}[{label}]"
+    heads: list[str] = []
+    chains: list[str] = []
+    for index, (label, filters) in enumerate(branches):
+        if filters:
+            heads.append(f"[s{index}]")
+            chains.append(f"[s{index}]{','.join(filters)}[{label}]")
+        else:
+            heads.append(f"[{label}]")
+    return ";".join([f"[0:v:0]split={len(branches)}{''.join(heads)}", *chains])
