@@ -7,11 +7,12 @@ passes carry a placeholder where the measured values go; `apply_measurements` (p
 it in from `parse_loudnorm_output`, giving
 
     loudnorm=I=-23:TP=-1:LRA=11:measured_I=..:measured_TP=..:measured_LRA=..:
-        measured_thresh=..:offset=..:linear=true:print_format=none,aresample=48000
+        measured_thresh=..:offset=..:linear=true:print_format=none,aformat=sample_rates=48000
 
 `linear=true` applies one gain to the whole programme; loudnorm itself falls back to its
 dynamic mode when the source's range or peaks make one gain miss the targets. The trailing
-`aresample` brings loudnorm's 192 kHz working rate back to the output rate. A silent source
+`aformat` brings loudnorm's 192 kHz working rate back to the output rate (ffmpeg 5.1 cannot
+link an explicit `aresample` after loudnorm to the encoder). A silent source
 (measured integrated loudness -inf) gets single-pass loudnorm: there is nothing to measure.
 """
 
@@ -88,7 +89,7 @@ def measure_filter(loudness: LoudnessSpec) -> str:
 def apply_filter(loudness: LoudnessSpec, stream: str, sample_rate: int | None) -> str:
     """The encode pass's audio filter, with the placeholder for `stream`'s measurement."""
     rate = sample_rate or DEFAULT_OUTPUT_SAMPLE_RATE
-    return f"loudnorm={target_options(loudness)}:{placeholder(stream)}:print_format=none,aresample={rate}"
+    return f"loudnorm={target_options(loudness)}:{placeholder(stream)}:print_format=none,aformat=sample_rates={rate}"
 
 
 def parse_loudnorm_output(stderr: str) -> LoudnessMeasurement:
