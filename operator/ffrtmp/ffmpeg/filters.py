@@ -68,6 +68,7 @@ class VideoProcessing:
     tonemap: bool
     hdr_passthrough: HdrKind | None
     tag_bt709: bool  # tag (and on CPU convert to) BT.709 limited range
+    rescale: bool = True  # False: `size` is the source's own (even, square pixels): no scaler
 
 
 def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProcessing:
@@ -77,8 +78,7 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
     if source is None or not source.has_video:
         return VideoProcessing(None, deinterlace, False, None, False)
     size = output_size(source, video.width, video.height)
-    if source.has_video and size == (source.width, source.height) and source.sample_aspect == 1:
-        size = None if (video.width, video.height) == (None, None) else size
+    rescale = size != (source.width, source.height) or source.sample_aspect != 1
     hdr = source.hdr
     passthrough = hdr if hdr is not None and video.hdr == "passthrough" else None
     return VideoProcessing(
@@ -87,6 +87,7 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
         tonemap=hdr is not None and passthrough is None,
         hdr_passthrough=passthrough,
         tag_bt709=passthrough is None,
+        rescale=rescale,
     )
 
 
@@ -122,14 +123,17 @@ def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProce
     filters = [DEINTERLACE_FILTERS[accelerator]] if p.deinterlace else []
     if video.fps is not None:
         filters.append(f"fps={video.fps}")
-    width, height = p.size if p.size is not None else (video.width, video.height)
+    if p.size is None:
+        width, height = video.width, video.height
+    else:
+        width, height = p.size if p.rescale else (None, None)
     # BT.709 conversion by the scaler only when no tone map follows (that chain does its own).
     scale = _scale_filter(accelerator, width, height, to_bt709=p.tag_bt709 and not p.tonemap)
     if scale is None and p.tag_bt709 and not p.tonemap and accelerator == "cpu":
         scale = "scale=out_color_matrix=bt709:out_range=tv"
     if scale is not None:
         filters.append(scale)
-    if p.size is not None:
+    if p.size is not None and p.rescale:
         filters.append("setsar=1")
     if p.tonemap:
         filters += _tonemap_filters(accelerator)
