@@ -260,6 +260,10 @@ async def test_hdr10_passthrough_keeps_pq_in_ten_bit_hevc(tmp_path: Path) -> Non
         "bt2020nc",
     )
     assert stream["pix_fmt"] == "yuv420p10le"
+    info = await probe_input(str(out / "hdr.mp4"), "file")  # reads the first frame's SEI
+    assert info is not None
+    assert info.media.mastering_display == "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+    assert info.media.content_light == "1000,400"
 
 
 async def test_full_range_source_comes_out_limited_range_bt709(tmp_path: Path) -> None:

@@ -386,3 +386,13 @@ def test_silence_gets_single_pass_loudnorm() -> None:
 def test_a_missing_measurement_is_an_error() -> None:
     with pytest.raises(LoudnessParseError, match="no loudness measurement"):
         apply_measurements([["loudnorm=I=-23:@measured(0:a:0)@"]], {})
+
+
+def test_hdr10_metadata_from_the_first_frame() -> None:
+    document = {
+        "streams": [{"codec_type": "video", "width": 64, "height": 64, "color_transfer": "smpte2084"}],
+        "frames": [
+            {"side_data_list": [{"side_data_type": "Content light level metadata", "max_content": 0, "max_average": 0}]}
+        ],
+    }
+    assert source_media_from_probe(document).content_light == "0,0"

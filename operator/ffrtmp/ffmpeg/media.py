@@ -133,7 +133,8 @@ def _x265_master_display(side: dict[str, Any]) -> str | None:
 
 
 def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
-    """A SourceMedia from ffprobe's `-show_format -show_streams` JSON."""
+    """A SourceMedia from ffprobe's `-show_format -show_streams` JSON (plus, optionally, the
+    first video frame's `frames` entry, where HEVC's mastering display metadata appears)."""
     streams: list[dict[str, Any]] = document.get("streams") or []
     fmt: dict[str, Any] = document.get("format") or {}
     video = next(
@@ -142,7 +143,13 @@ def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
     )
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     mastering = content_light = None
-    for side in (video or {}).get("side_data_list") or []:
+    # HEVC carries HDR10 metadata in SEI: ffprobe shows it on frames (`-show_frames`), not streams
+    frames: list[dict[str, Any]] = document.get("frames") or []
+    side_data = [
+        *((video or {}).get("side_data_list") or []),
+        *(frames[0].get("side_data_list") or [] if frames else []),
+    ]
+    for side in side_data:
         kind = side.get("side_data_type", "")
         if kind == "Mastering display metadata":
             mastering = _x265_master_display(side)

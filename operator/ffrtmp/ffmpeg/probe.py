@@ -139,9 +139,22 @@ async def probe_input(
     args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
     if "://" in url:
         args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
-    args += ["-print_format", "json", "-show_format", "-show_streams", url]
-    document = await run_ffprobe(args, timeout_seconds=timeout_seconds)
-    return parse_probe_output(document) if document is not None else None
+    document = await run_ffprobe(
+        [*args, "-print_format", "json", "-show_format", "-show_streams", url], timeout_seconds=timeout_seconds
+    )
+    if document is None:
+        return None
+    result = parse_probe_output(document)
+    if result.media.hdr == "pq" and result.media.mastering_display is None:
+        # HDR10 mastering display / content light levels of HEVC are SEI: on the first frame
+        first_frame = await run_ffprobe(
+            [*args, "-select_streams", "v:0", "-read_intervals", "%+#1", "-print_format", "json",
+             "-show_frames", "-show_entries", "frame=side_data_list", url],
+            timeout_seconds=timeout_seconds,
+        )  # fmt: skip
+        if first_frame is not None:
+            result = parse_probe_output({**document, "frames": first_frame.get("frames") or []})
+    return result
 
 
 async def input_duration(
