@@ -14,6 +14,11 @@ segments next to it and the master playlist at `hls/<masterPlaylist>`.
 
 Nothing here builds a shell string: `passes` are argv lists for `create_subprocess_exec`.
 
+This module assembles the runs; the concerns it draws on live beside it: `encoders` (encoder
+and preset tables per accelerator, codecs per container), `validation` (InvalidSpec checks),
+`filters` (per-rendition filter chains: deinterlace, size, colour, tone map; the split graph),
+`media` (the probed source and the size rule), `loudness` (the two-pass loudnorm data).
+
 Decisions (see also the module constants):
 
 * Protocol whitelist: only what the input's own scheme needs, intersected with the pool's
@@ -40,14 +45,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ffrtmp.api.job import (
-    NVENC_PRESETS,
-    X264_PRESETS,
     AudioSpec,
     HlsSpec,
     OutputSpec,
     ThumbnailSpec,
     TranscodeJobSpec,
     VideoSpec,
+)
+from ffrtmp.ffmpeg.encoders import (
+    AOM_CPU_USED_MAP,
+    AUDIO_ENCODERS,
+    AV1_CPU_ENCODER,
+    AV1_CPU_ENCODERS,
+    ENCODERS,
+    FILE_EXTENSIONS,
+    MUXERS,
+    NVENC_PRESET_MAP,
+    SVTAV1_PRESET_MAP,
+    resolve_preset,
 )
 from ffrtmp.ffmpeg.filters import (
     UnsupportedProcessing,
@@ -60,100 +75,37 @@ from ffrtmp.ffmpeg.filters import (
     x265_hdr_params,
 )
 from ffrtmp.ffmpeg.inputs import InputNotAllowed
+from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
 from ffrtmp.ffmpeg.loudness import LoudnessMeasurePass, apply_filter, measure_filter
 from ffrtmp.ffmpeg.media import SourceMedia
+from ffrtmp.ffmpeg.validation import check_extra_args, check_folders, validate_output
+
+# Names other modules import from here (the planner's public face).
+__all__ = [
+    "NETWORK_RW_TIMEOUT_US",
+    "NVENC_PRESET_MAP",
+    "EncodePlan",
+    "InvalidSpec",
+    "PlannedOutput",
+    "build_encode_plan",
+    "check_extra_args",
+    "default_output_path",
+    "is_live",
+    "network_input_options",
+    "protocol_whitelist",
+]
 
 FFMPEG = "ffmpeg"
 BASE_ARGS = ("-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
 ACCELERATORS = ("nvenc", "qsv", "vaapi", "cpu")
-AV1_CPU_ENCODER = "libsvtav1"  # Debian 12's ffmpeg 5.1 has libsvtav1 and libaom-av1
-AV1_CPU_ENCODERS = ("libsvtav1", "libaom-av1")
 DEFAULT_VAAPI_DEVICE = "/dev/dri/renderD128"
 NETWORK_RW_TIMEOUT_US = 15_000_000
 RECONNECT_DELAY_MAX_SECONDS = 10
 DEFAULT_AUDIO_BITRATE = "128k"
 HLS_DIR = "hls"
 THUMBS_DIR = "thumbs"
-MAX_CRF_H26X = 51
-
-ENCODERS: dict[str, dict[str, str]] = {
-    "cpu": {"h264": "libx264", "hevc": "libx265"},
-    "nvenc": {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
-    "qsv": {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
-    "vaapi": {"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
-}
-AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
-OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
-MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-
-# x264 preset names on other encoders. NVENC: p1 fastest .. p7 best, p4 is NVENC's default
-# (as medium is x264's); the two fastest x264 presets share p1 and faster/fast share p3.
-NVENC_PRESET_MAP = {
-    "ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
-    "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7",
-}  # fmt: skip
-# Used only when a job asking for NVENC falls back to a CPU pool (hardwarePolicy preferred).
-X264_FROM_NVENC = {
-    "p1": "superfast", "p2": "veryfast", "p3": "faster", "p4": "medium", "p5": "slow",
-    "p6": "slower", "p7": "veryslow",
-}  # fmt: skip
-# QSV has veryfast..veryslow; the two faster x264 names become veryfast.
-QSV_PRESET_MAP = {name: ("veryfast" if name in ("ultrafast", "superfast") else name) for name in X264_PRESETS}
-# VAAPI -compression_level: 1 = best quality (slowest) .. 7 = fastest (Intel's TU scale).
-VAAPI_COMPRESSION_LEVEL = {
-    "ultrafast": 7, "superfast": 7, "veryfast": 7, "faster": 6, "fast": 6, "medium": 4,
-    "slow": 2, "slower": 1, "veryslow": 1,
-}  # fmt: skip
-# SVT-AV1 -preset 0 (best) .. 13 (fastest); libaom -cpu-used 0 (best) .. 8 (fastest).
-SVTAV1_PRESET_MAP = {
-    "ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 7,
-    "slow": 5, "slower": 4, "veryslow": 2,
-}  # fmt: skip
-AOM_CPU_USED_MAP = {
-    "ultrafast": 8, "superfast": 8, "veryfast": 7, "faster": 6, "fast": 5, "medium": 4,
-    "slow": 3, "slower": 2, "veryslow": 1,
-}  # fmt: skip
-
-VIDEO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
-    "mp4": ("h264", "hevc", "av1", "copy", "none"),
-    "mkv": ("h264", "hevc", "av1", "copy", "none"),
-    "mpegts": ("h264", "hevc", "copy", "none"),
-    "flv": ("h264", "copy", "none"),
-    "hls": ("h264", "hevc", "av1", "copy"),
-}
-AUDIO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
-    "mp4": ("aac", "opus", "mp3", "copy", "none"),
-    "mkv": ("aac", "opus", "mp3", "copy", "none"),
-    "mpegts": ("aac", "opus", "mp3", "copy", "none"),
-    "flv": ("aac", "mp3", "copy", "none"),
-    "hls": ("aac", "opus", "mp3", "copy", "none"),
-}
-FILE_EXTENSIONS = {"mp4": "mp4", "mkv": "mkv", "mpegts": "ts", "flv": "flv"}
-MUXERS = {"mp4": "mp4", "mkv": "matroska", "mpegts": "mpegts", "flv": "flv", "hls": "hls"}
-_VIDEO_SETTINGS = (
-    "width",
-    "height",
-    "fps",
-    "gop",
-    "preset",
-    "bitrate",
-    "crf",
-    "maxrate",
-    "bufsize",
-    "two_pass",
-    "deinterlace",
-    "hdr",
-)
 
 OutputKind = Literal["file", "hls-master", "hls-variant", "thumbnails", "sprite", "stream"]
-
-
-class InvalidSpec(ValueError):
-    """The spec asks for something ffmpeg cannot do on this accelerator (reason InvalidSpec)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -203,36 +155,6 @@ class _Rendition:
 
 # (rendition, stream specifier suffix, pass number or None, inside the hls output) -> options
 _VideoArgs = Callable[[_Rendition, str, int | None, bool], list[str]]
-
-
-# Output options that take no value: what follows them is a new item, never their value.
-FLAG_OPTIONS = frozenset({
-    "-an", "-vn", "-sn", "-dn", "-shortest", "-copyts", "-start_at_zero", "-xerror", "-bitexact",
-    "-apad", "-reinit_filter", "-autorotate", "-noautorotate", "-autoscale", "-noautoscale",
-})  # fmt: skip
-
-
-def check_extra_args(extra: list[str]) -> None:
-    """extraArgs are options and their values only: a bare item that is not an option's value
-    would be taken by ffmpeg as one more output file (written outside the job's folder)."""
-    expects_value = False
-    for item in extra:
-        if item.startswith("-") and not _is_number(item):
-            expects_value = item not in FLAG_OPTIONS
-            continue
-        if not expects_value:
-            raise InvalidSpec(
-                f"extraArgs item {item!r} is not the value of an option: ffmpeg would take it as another output file"
-            )
-        expects_value = False
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def default_output_path(output: OutputSpec) -> str:
@@ -316,111 +238,6 @@ def _format_bps(bps: int) -> str:
     if bps % 1_000 == 0:
         return f"{bps // 1_000}k"
     return str(bps)
-
-
-def _check_folders(output_dir: str, scratch_dir: str) -> None:
-    for name, folder in (("output_dir", output_dir), ("scratch_dir", scratch_dir)):
-        if not folder.startswith("/"):
-            raise ValueError(f"{name} must be an absolute path: {folder}")
-        # '%' is a pattern in hls/image2 names; ':' and '=' split -x264-params values.
-        if any(c in folder for c in "%:=,;") or any(c.isspace() for c in folder):
-            raise ValueError(f"{name} must not contain '%', ':', '=', ',', ';' or spaces: {folder}")
-
-
-def _resolve_preset(preset: str | None, accelerator: str, spec_accelerator: str) -> str | None:
-    if preset is None:
-        return None
-    if preset in NVENC_PRESETS:
-        if accelerator == "nvenc":
-            return preset
-        if accelerator == "cpu" and spec_accelerator == "nvenc":
-            return X264_FROM_NVENC[preset]  # hardwarePolicy preferred fell back to a CPU pool
-        raise InvalidSpec(
-            f"preset {preset} is an NVENC preset (p1..p7) but this job runs on {accelerator}: use ultrafast..veryslow"
-        )
-    if accelerator == "nvenc":
-        return NVENC_PRESET_MAP[preset]
-    if accelerator == "qsv":
-        return QSV_PRESET_MAP[preset]
-    if accelerator == "vaapi":
-        return str(VAAPI_COMPRESSION_LEVEL[preset])
-    return preset
-
-
-def _validate_output(output: OutputSpec, video: VideoSpec, audio: AudioSpec, accelerator: str, live: bool) -> None:
-    name = f"output {output.name}"
-    if output.url is not None and output.path is not None:
-        raise InvalidSpec(f"{name}: set path or url, not both")
-    if output.url is not None and output.container != "flv":
-        raise InvalidSpec(f"{name}: an rtmp:// url output needs container flv")
-    if output.container == "hls" and (output.path is not None or output.url is not None):
-        raise InvalidSpec(f"{name}: hls outputs are written under the job's hls folder; set no path or url")
-    if video.codec not in VIDEO_CODECS_BY_CONTAINER[output.container]:
-        if output.container == "hls" and video.codec == "none":
-            raise InvalidSpec(f"{name}: every hls output needs a video stream")
-        raise InvalidSpec(f"{name}: container {output.container} cannot carry {video.codec} video")
-    if audio.codec not in AUDIO_CODECS_BY_CONTAINER[output.container]:
-        raise InvalidSpec(f"{name}: container {output.container} cannot carry {audio.codec} audio")
-    if video.codec == "none" and audio.codec == "none":
-        raise InvalidSpec(f"{name}: video and audio are both none; the output would be empty")
-    if video.codec in ("copy", "none"):
-        given = [f for f in _VIDEO_SETTINGS if getattr(video, f) is not None]
-        if given:
-            what = "re-uses the input stream" if video.codec == "copy" else "drops the video"
-            raise InvalidSpec(f"{name}: video codec {video.codec} {what}; {', '.join(given)} must not be set")
-    else:
-        _validate_video(name, video, accelerator, live)
-        if output.container == "hls" and video.bitrate is None and video.maxrate is None:
-            raise InvalidSpec(
-                f"{name}: hls outputs need video.bitrate or video.maxrate: the master playlist's "
-                "BANDWIDTH comes from it, and ffmpeg leaves variants without one out"
-            )
-    if audio.loudness is not None and live:
-        raise InvalidSpec(f"{name}: loudness normalisation measures the whole input first; a live stream cannot be")
-    if audio.codec in ("copy", "none"):
-        if audio.loudness is not None:
-            raise InvalidSpec(f"{name}: loudness normalisation re-encodes audio: not with codec {audio.codec}")
-        if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
-            raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
-    elif audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES:
-        raise InvalidSpec(f"{name}: opus supports sample rates {', '.join(map(str, OPUS_SAMPLE_RATES))}")
-    elif audio.codec == "mp3":
-        if audio.sample_rate is not None and audio.sample_rate not in MP3_SAMPLE_RATES:
-            raise InvalidSpec(f"{name}: mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))}")
-        if audio.channels is not None and audio.channels > 2:
-            raise InvalidSpec(f"{name}: mp3 carries at most 2 channels")
-
-
-def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -> None:
-    if video.bitrate is not None and video.crf is not None:
-        raise InvalidSpec(f"{name}: bitrate and crf are mutually exclusive: set one")
-    if video.maxrate is not None and video.bitrate is None and video.crf is None:
-        raise InvalidSpec(f"{name}: maxrate needs bitrate or crf")
-    if video.bufsize is not None and video.maxrate is None:
-        raise InvalidSpec(f"{name}: bufsize needs maxrate")
-    if video.crf is not None:
-        limit = 63 if video.codec == "av1" and accelerator == "cpu" else MAX_CRF_H26X
-        if video.crf > limit:
-            raise InvalidSpec(f"{name}: crf {video.crf} is out of range for {video.codec}: 0..{limit}")
-        if accelerator == "qsv" and video.crf < 1:
-            raise InvalidSpec(f"{name}: qsv quality (crf) ranges 1..{MAX_CRF_H26X}")
-    for dimension in ("width", "height"):
-        value = getattr(video, dimension)
-        if value is not None and value % 2:
-            raise InvalidSpec(f"{name}: {dimension} {value} must be even (4:2:0 video)")
-    if video.hdr == "passthrough" and video.codec not in ("hevc", "av1"):
-        raise InvalidSpec(f"{name}: hdr passthrough needs codec hevc or av1 (10-bit); {video.codec} gets tonemap")
-    if video.codec == "av1" and accelerator == "cpu" and video.two_pass:
-        raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
-    if video.two_pass:
-        if accelerator != "cpu":
-            raise InvalidSpec(f"{name}: twoPass is CPU-only (libx264/libx265); this job runs on {accelerator}")
-        if video.codec not in ("h264", "hevc"):
-            raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
-        if video.bitrate is None:
-            raise InvalidSpec(f"{name}: twoPass needs a bitrate target")
-        if live:
-            raise InvalidSpec(f"{name}: twoPass needs a file input; a live stream cannot be read twice")
 
 
 def _stats_prefix(scratch_dir: str, name: str) -> str:
@@ -628,7 +445,7 @@ def build_encode_plan(
         raise ValueError(f"av1_cpu_encoder must be one of {', '.join(AV1_CPU_ENCODERS)}")
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
-    _check_folders(output_dir, scratch_dir)
+    check_folders(output_dir, scratch_dir)
     if input_has_audio is None and source is not None:
         input_has_audio = bool(source.audio_streams)
     live = is_live(spec)
@@ -654,7 +471,7 @@ def build_encode_plan(
         if output.name in names:
             raise InvalidSpec(f"output names must be unique: {output.name}")
         names.add(output.name)
-        _validate_output(output, video, audio, accelerator, live)
+        validate_output(output, video, audio, accelerator, live)
         processing = None
         if video.codec not in ("copy", "none"):
             processing = video_processing(video, source)
@@ -675,7 +492,7 @@ def build_encode_plan(
                 audio=audio,
                 path=path,
                 target=target,
-                preset=_resolve_preset(video.preset, accelerator, spec.accelerator),
+                preset=resolve_preset(video.preset, accelerator, spec.accelerator),
                 processing=processing,
                 audio_stream=_audio_stream(output.name, audio, source),
             )
