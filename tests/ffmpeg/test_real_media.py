@@ -282,6 +282,34 @@ async def test_full_range_source_comes_out_limited_range_bt709(tmp_path: Path) -
     assert peaks and min(peaks) >= 225 and max(peaks) <= 240  # white is 235 in limited range
 
 
+def centre_rgb(path: Path) -> tuple[int, int, int]:
+    """The first frame's centre pixel as RGB, decoded with the matrix the file is tagged with."""
+    done = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-frames:v", "1",
+         "-vf", "scale=in_color_matrix=auto:in_range=auto,format=rgb24", "-f", "rawvideo", "-"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    stream = video_stream(path)
+    width, height = stream["width"], stream["height"]
+    offset = 3 * ((height // 2) * width + width // 2)
+    r, g, b = done.stdout[offset : offset + 3]
+    return r, g, b
+
+
+async def test_bt601_sd_source_is_converted_not_just_retagged(tmp_path: Path) -> None:
+    source = generate(tmp_path / "sd601.mp4", "-f", "lavfi", "-i", "color=c=red:size=320x240:rate=10",
+                      "-vf", "scale=out_color_matrix=bt601,format=yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
+                      "-crf", "10", "-color_primaries", "smpte170m", "-color_trc", "smpte170m",
+                      "-colorspace", "smpte170m")  # fmt: skip
+    assert all(abs(a - e) <= 8 for a, e in zip(centre_rgb(source), (255, 0, 0), strict=True))
+
+    out, _, _ = await encode(source, tmp_path, [{"name": "hd", "video": h264(crf=10), "audio": {"codec": "none"}}])
+
+    assert video_stream(out / "hd.mp4")["color_space"] == "bt709"
+    red = centre_rgb(out / "hd.mp4")
+    assert all(abs(a - e) <= 8 for a, e in zip(red, (255, 0, 0), strict=True)), red
+
+
 # -- timestamps far from zero -----------------------------------------------------------------
 
 

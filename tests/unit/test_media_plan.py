@@ -173,9 +173,9 @@ def test_nearest_even_rounds_halves_up_and_never_below_two() -> None:
 # -- golden argv per accelerator: interlaced anamorphic SD, second audio track by language -----
 
 SD_FILTERS = {
-    "cpu": "bwdif=mode=send_frame:parity=auto:deint=all,scale=w=854:h=480:out_color_matrix=bt709:out_range=tv,setsar=1",
+    "cpu": "bwdif=mode=send_frame:parity=auto:deint=all,scale=w=854:h=480:out_color_matrix=bt709,setsar=1",
     "nvenc": "yadif_cuda=mode=send_frame:parity=auto:deint=all,scale_cuda=w=854:h=480,setsar=1",
-    "vaapi": "deinterlace_vaapi=rate=frame,scale_vaapi=w=854:h=480,setsar=1",
+    "vaapi": "deinterlace_vaapi=rate=frame,scale_vaapi=w=854:h=480:out_color_matrix=bt709,setsar=1",
     "qsv": "vpp_qsv=deinterlace=2,vpp_qsv=w=854:h=480,setsar=1",
 }
 SD_ENCODER = {
@@ -213,13 +213,28 @@ def test_without_a_probe_the_plan_is_as_before() -> None:
     assert "-color_primaries:v" not in p.passes[0]
 
 
-def test_progressive_square_even_source_is_not_rescaled_but_converted_to_bt709_tv() -> None:
-    source = SourceMedia(width=1920, height=1080, pix_fmt="yuvj420p", color_range="pc")
-    p = plan([{"name": "a"}], source=source)
-    assert p.passes[0][p.passes[0].index("-filter_complex") + 1] == (
-        "[0:v:0]scale=out_color_matrix=bt709:out_range=tv[v0]"
-    )
-    assert p.outputs[0] == PlannedOutput("a", "file", "a.mp4", 1920, 1080)
+@pytest.mark.parametrize(
+    ("source", "accelerator", "graph"),
+    [
+        (SourceMedia(width=1920, height=1080, pix_fmt="yuvj420p", color_range="pc"), "cpu", "scale=out_range=tv"),
+        (SourceMedia(width=1920, height=1080, color_space="bt709", color_range="tv"), "cpu", "null"),
+        (SourceMedia(width=1920, height=1080), "cpu", "null"),  # untagged HD is BT.709
+        (SourceMedia(width=640, height=480), "cpu", "scale=out_color_matrix=bt709"),  # untagged SD is BT.601
+        (
+            SourceMedia(width=640, height=480, color_space="bt470bg", pix_fmt="yuvj420p"),
+            "vaapi",
+            "scale_vaapi=out_color_matrix=bt709:out_range=tv",
+        ),
+        (SourceMedia(width=640, height=480, color_range="pc"), "nvenc", "null"),  # nvenc only tags
+    ],
+)
+def test_same_size_source_is_only_converted_where_its_colour_differs(
+    source: SourceMedia, accelerator: str, graph: str
+) -> None:
+    p = plan([{"name": "a"}], accelerator, source=source)
+    assert p.passes[0][p.passes[0].index("-filter_complex") + 1] == f"[0:v:0]{graph}[v0]"
+    assert p.outputs[0] == PlannedOutput("a", "file", "a.mp4", source.width, source.height)
+    assert p.passes[0][p.passes[0].index("-colorspace:v") + 1] == "bt709"
 
 
 # -- HDR ---------------------------------------------------------------------------------------

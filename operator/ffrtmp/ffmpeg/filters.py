@@ -13,8 +13,11 @@ and encoder options for an accelerator. Order in a chain: deinterlace, fps, scal
   Without a probe (live inputs) the old rule holds: the given dimension, the other `-2`.
 * Colour, with a probed SDR source or an HDR source being tone-mapped: outputs are tagged
   BT.709 (`-color_primaries/-color_trc/-colorspace bt709`) and limited range (`-color_range
-  tv`); on CPU the scaler converts full-range (yuvj / pc) input to limited range and the
-  matrix to BT.709 (`out_range=tv:out_color_matrix=bt709`).
+  tv`). The scaler (cpu `scale`, vaapi `scale_vaapi`) converts what differs: full-range
+  (yuvj / pc) input to limited range (`out_range=tv`), another matrix to BT.709
+  (`out_color_matrix=bt709`). An untagged matrix is taken as BT.601 below 720 lines (what
+  swscale assumes for untagged frames, and what SD is) and BT.709 from 720 lines up. nvenc and
+  qsv scalers only tag.
 * HDR (PQ `smpte2084`, HLG `arib-std-b67`), `hdr` tonemap (default): to SDR BT.709 by
   linearising with zscale (nominal peak 100 nits), converting primaries to BT.709 in float,
   the `hable` curve (`tonemap=hable:desat=0`), then BT.709 transfer and matrix in limited
@@ -67,8 +70,10 @@ class VideoProcessing:
     deinterlace: bool
     tonemap: bool
     hdr_passthrough: HdrKind | None
-    tag_bt709: bool  # tag (and on CPU convert to) BT.709 limited range
+    tag_bt709: bool  # tag BT.709 limited range
     rescale: bool = True  # False: `size` is the source's own (even, square pixels): no scaler
+    to_bt709_matrix: bool = False  # the source's matrix is another (BT.601, ...): convert
+    to_limited_range: bool = False  # the source is full range: convert
 
 
 def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProcessing:
@@ -81,6 +86,7 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
     rescale = size != (source.width, source.height) or source.sample_aspect != 1
     hdr = source.hdr
     passthrough = hdr if hdr is not None and video.hdr == "passthrough" else None
+    converts = passthrough is None and hdr is None  # the tone map chain does its own conversion
     return VideoProcessing(
         size=size,
         deinterlace=deinterlace,
@@ -88,10 +94,31 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
         hdr_passthrough=passthrough,
         tag_bt709=passthrough is None,
         rescale=rescale,
+        to_bt709_matrix=converts and source_matrix(source) not in BT709_MATRICES,
+        to_limited_range=converts and source.full_range,
     )
 
 
-def _scale_filter(accelerator: str, width: int | None, height: int | None, *, to_bt709: bool) -> str | None:
+BT709_MATRICES = ("bt709",)
+UNTAGGED = (None, "unknown", "")
+SD_MAX_HEIGHT = 719
+
+
+def source_matrix(source: SourceMedia) -> str:
+    """The source's YCbCr matrix; untagged: BT.601 (smpte170m) for SD, BT.709 from 720 lines."""
+    if source.color_space not in UNTAGGED and source.color_space is not None:
+        return source.color_space
+    return "smpte170m" if (source.height or 0) <= SD_MAX_HEIGHT else "bt709"
+
+
+def _colour_conversion(p: VideoProcessing) -> str:
+    options = ":out_color_matrix=bt709" if p.to_bt709_matrix else ""
+    return options + (":out_range=tv" if p.to_limited_range else "")
+
+
+def _scale_filter(accelerator: str, width: int | None, height: int | None, *, conversion: str) -> str | None:
+    if conversion and accelerator in ("cpu", "vaapi") and width is None and height is None:
+        return f"{'scale' if accelerator == 'cpu' else 'scale_vaapi'}={conversion.lstrip(':')}"
     if width is None and height is None:
         return None
     if accelerator == "qsv":  # vpp_qsv refuses -2; round to even by expression
@@ -100,9 +127,7 @@ def _scale_filter(accelerator: str, width: int | None, height: int | None, *, to
         return f"vpp_qsv=w={w}:h={h}"
     name = {"cpu": "scale", "nvenc": "scale_cuda", "vaapi": "scale_vaapi"}[accelerator]
     scale = f"{name}=w={width if width is not None else -2}:h={height if height is not None else -2}"
-    if to_bt709 and accelerator == "cpu":
-        scale += ":out_color_matrix=bt709:out_range=tv"
-    return scale
+    return scale + conversion if accelerator in ("cpu", "vaapi") else scale
 
 
 def _tonemap_filters(accelerator: str) -> list[str]:
@@ -127,10 +152,7 @@ def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProce
         width, height = video.width, video.height
     else:
         width, height = p.size if p.rescale else (None, None)
-    # BT.709 conversion by the scaler only when no tone map follows (that chain does its own).
-    scale = _scale_filter(accelerator, width, height, to_bt709=p.tag_bt709 and not p.tonemap)
-    if scale is None and p.tag_bt709 and not p.tonemap and accelerator == "cpu":
-        scale = "scale=out_color_matrix=bt709:out_range=tv"
+    scale = _scale_filter(accelerator, width, height, conversion=_colour_conversion(p))
     if scale is not None:
         filters.append(scale)
     if p.size is not None and p.rescale:
