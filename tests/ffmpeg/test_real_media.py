@@ -372,18 +372,23 @@ EBUR128_PEAK_RE = re.compile(r"True peak:\s+Peak:\s+(-?[\d.]+|-inf) dBFS")
 
 
 async def test_loudness_is_normalised_in_two_passes(tmp_path: Path) -> None:
-    # speech-like level changes, about -35 LUFS
     source = generate(tmp_path / "quiet.mkv", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=10",
                       "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000,volume=0.03",
                       "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "flac")  # fmt: skip
-    loudness = {"integratedLufs": -16, "truePeakDb": "-1.5", "loudnessRangeLu": 11}
+    web = {"integratedLufs": -16, "truePeakDb": "-1.5", "loudnessRangeLu": 11}
     out, plan, _ = await encode(
-        source, tmp_path, [{"name": "loud", "video": {"codec": "none"}, "audio": {"loudness": loudness}}]
+        source,
+        tmp_path,
+        [
+            {"name": "web", "video": {"codec": "none"}, "audio": {"loudness": web}},
+            {"name": "broadcast", "video": {"codec": "none"}, "audio": {"loudness": {}}},  # EBU R128 -23, -1 dBTP
+        ],
     )
 
-    assert len(plan.loudness_measure_passes) == 1
-    report = analyse(out / "loud.mp4", "ebur128=peak=true", "-af")
-    integrated = float(EBUR128_I_RE.findall(report)[-1])
-    true_peak = float(EBUR128_PEAK_RE.findall(report)[-1])
-    assert integrated == pytest.approx(-16, abs=1)
-    assert true_peak <= -1.5
+    assert len(plan.loudness_measure_passes) == 1  # one measurement of the source serves both targets
+    for name, target, peak_limit in (("web", -16, -1.5), ("broadcast", -23, -1.0)):
+        report = analyse(out / f"{name}.mp4", "ebur128=peak=true", "-af")
+        integrated = float(EBUR128_I_RE.findall(report)[-1])
+        true_peak = float(EBUR128_PEAK_RE.findall(report)[-1])
+        assert integrated == pytest.approx(target, abs=1), name
+        assert true_peak <= peak_limit, name

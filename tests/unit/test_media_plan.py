@@ -335,19 +335,19 @@ def test_loudness_adds_one_measuring_pass_per_source_stream() -> None:
             ],
         )
     ]  # fmt: skip
-    measured = LoudnessMeasurement("-30.52", "-12.01", "3.40", "-40.83", "0.27")
+    measured = LoudnessMeasurement("-30.52", "-12.01", "3.40", "-40.83")
     (encode,) = apply_measurements(p.passes, {"0:a:1": measured})
     assert encode == [
         *HEAD, "-protocol_whitelist", "file", "-i", IN,
         "-map", "0:a:1", "-vn", *AUDIO,
         "-filter:a",
         "loudnorm=I=-16:TP=-1.5:LRA=11:measured_I=-30.52:measured_TP=-12.01:measured_LRA=3.40:"
-        "measured_thresh=-40.83:offset=0.27:linear=true:print_format=none,aformat=sample_rates=48000",
+        "measured_thresh=-40.83:linear=true:print_format=none,aformat=sample_rates=48000",
         *MP4, f"{OUT}/a.mp4",
         "-map", "0:a:1", "-vn", *AUDIO,
         "-filter:a",
         "loudnorm=I=-23:TP=-1:LRA=11:measured_I=-30.52:measured_TP=-12.01:measured_LRA=3.40:"
-        "measured_thresh=-40.83:offset=0.27:linear=true:print_format=none,aformat=sample_rates=48000",
+        "measured_thresh=-40.83:linear=true:print_format=none,aformat=sample_rates=48000",
         *MP4, f"{OUT}/b.mp4",
     ]  # fmt: skip
 
@@ -385,13 +385,13 @@ video:0kB audio:94kB subtitle:0kB other streams:0kB global headers:0kB muxing ov
 
 
 def test_parse_loudnorm_output() -> None:
-    assert parse_loudnorm_output(LOUDNORM_STDERR) == LoudnessMeasurement("-35.41", "-31.47", "0.00", "-45.41", "0.48")
+    assert parse_loudnorm_output(LOUDNORM_STDERR) == LoudnessMeasurement("-35.41", "-31.47", "0.00", "-45.41")
     with pytest.raises(LoudnessParseError):
         parse_loudnorm_output("Output #0, null, to 'pipe:':\n{ not json }")
 
 
 def test_silence_gets_single_pass_loudnorm() -> None:
-    silent = LoudnessMeasurement("-inf", "-inf", "0.00", "-70.00", "inf")
+    silent = LoudnessMeasurement("-inf", "-inf", "0.00", "-70.00")
     filled = apply_measurements(
         [["-filter:a", "loudnorm=I=-23:TP=-1:LRA=11:@measured(0:a:0)@:print_format=none"]], {"0:a:0": silent}
     )

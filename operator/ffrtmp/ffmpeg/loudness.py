@@ -7,8 +7,11 @@ passes carry a placeholder where the measured values go; `apply_measurements` (p
 it in from `parse_loudnorm_output`, giving
 
     loudnorm=I=-23:TP=-1:LRA=11:measured_I=..:measured_TP=..:measured_LRA=..:
-        measured_thresh=..:offset=..:linear=true:print_format=none,aformat=sample_rates=48000
+        measured_thresh=..:linear=true:print_format=none,aformat=sample_rates=48000
 
+The figures describe the input, not the target, so renditions with different targets share
+one measurement; loudnorm's `target_offset` is not passed on (it belongs to the measuring
+pass's target, and in linear mode loudnorm computes the gain itself: target - measured_I).
 `linear=true` applies one gain to the whole programme; loudnorm itself falls back to its
 dynamic mode when the source's range or peaks make one gain miss the targets. The trailing
 `aformat` brings loudnorm's 192 kHz working rate back to the output rate (ffmpeg 5.1 cannot
@@ -34,7 +37,6 @@ _MEASURED_KEYS = (
     ("measured_TP", "input_tp"),
     ("measured_LRA", "input_lra"),
     ("measured_thresh", "input_thresh"),
-    ("offset", "target_offset"),
 )
 
 
@@ -54,7 +56,6 @@ class LoudnessMeasurement:
     input_tp: str
     input_lra: str
     input_thresh: str
-    target_offset: str
 
     @property
     def measurable(self) -> bool:
