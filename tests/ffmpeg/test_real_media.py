@@ -89,10 +89,12 @@ def run(argv: list[str]) -> tuple[str, list[ProgressSnapshot]]:
     return done.stderr, snapshots
 
 
-async def plan_for(source: Path, tmp_path: Path, outputs: list[dict[str, Any]]) -> tuple[EncodePlan, SourceMedia]:
+async def plan_for(
+    source: Path, tmp_path: Path, outputs: list[dict[str, Any]], **spec_fields: Any
+) -> tuple[EncodePlan, SourceMedia]:
     info = await probe_input(str(source), "file")
     assert info is not None
-    spec = TranscodeJobSpec.model_validate({"input": {"uri": str(source)}, "outputs": outputs})
+    spec = TranscodeJobSpec.model_validate({"input": {"uri": str(source)}, "outputs": outputs, **spec_fields})
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "scratch").mkdir(exist_ok=True)
     plan = build_encode_plan(
@@ -110,10 +112,12 @@ async def plan_for(source: Path, tmp_path: Path, outputs: list[dict[str, Any]]) 
 
 
 async def encode(
-    source: Path, tmp_path: Path, outputs: list[dict[str, Any]]
+    source: Path, tmp_path: Path, outputs: list[dict[str, Any]], **spec_fields: Any
 ) -> tuple[Path, EncodePlan, list[ProgressSnapshot]]:
     """Plan and run like the worker's attempt: measuring passes, then the encode passes."""
-    plan, _ = await plan_for(source, tmp_path, outputs)
+    plan, _ = await plan_for(source, tmp_path, outputs, **spec_fields)
+    for folder in plan.directories:
+        (tmp_path / "out" / folder).mkdir(parents=True, exist_ok=True)
     measurements = {}
     for measure in plan.loudness_measure_passes:
         stderr, _ = await asyncio.to_thread(run, measure.argv)
@@ -173,12 +177,15 @@ async def test_anamorphic_ntsc_keeps_sixteen_by_nine_with_square_pixels(tmp_path
             {"name": "keep", "video": h264(), "audio": {"codec": "none"}},
             {"name": "small", "video": h264(width=320), "audio": {"codec": "none"}},
         ],
+        thumbnails={"intervalSeconds": 1, "width": 160},
     )
     keep, small = video_stream(out / "keep.mp4"), video_stream(out / "small.mp4")
     assert (keep["width"], keep["height"], keep.get("sample_aspect_ratio", "1:1")) == (854, 480, "1:1")
     assert (small["width"], small["height"], small.get("sample_aspect_ratio", "1:1")) == (320, 180, "1:1")
-    for stream in (keep, small):
+    thumb = video_stream(out / "thumbs" / "thumb_00001.jpg")
+    for stream in (keep, small, thumb):
         assert abs(display_aspect(stream) / Fraction(16, 9) - 1) < Fraction(1, 100)
+    assert (thumb["width"], thumb["height"]) == (160, 90)
 
 
 # -- interlaced -----------------------------------------------------------------------------

@@ -411,3 +411,21 @@ def test_hdr10_metadata_from_the_first_frame() -> None:
         ],
     }
     assert source_media_from_probe(document).content_light == "0,0"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "source", "filters"),
+    [
+        ("cpu", DVD, "bwdif=mode=send_frame:parity=auto:deint=all,fps=1/10,scale=w=320:h=180,setsar=1"),
+        ("cpu", HDR10, f"fps=1/10,{TONEMAP},scale=w=320:h=180,setsar=1"),
+        ("nvenc", DVD, "fps=1/10,hwdownload,format=nv12|p010le,scale=w=320:h=180,setsar=1"),
+        ("cpu", None, "fps=1/10,scale=w=320:h=-2"),
+    ],
+)
+def test_thumbnails_follow_the_source(accelerator: str, source: SourceMedia | None, filters: str) -> None:
+    s = TranscodeJobSpec.model_validate({"input": {"uri": IN}, "outputs": [{"name": "a"}], "thumbnails": {}})
+    p = build_encode_plan(
+        s, accelerator, input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=source
+    )
+    graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
+    assert graph.endswith(f"[s1]{filters}[thumbs]")

@@ -509,9 +509,9 @@ def build_encode_plan(
     thumbs = spec.thumbnails
     branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False)))
+        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=source)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True)))
+            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=source)))
 
     def head(
         graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ffrtmp.api.job import ThumbnailSpec, VideoSpec
-from ffrtmp.ffmpeg.media import HdrKind, SourceMedia, output_size
+from ffrtmp.ffmpeg.media import HdrKind, SourceMedia, nearest_even, output_size
 
 HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
 TONEMAP_OPERATOR = "hable"
@@ -195,11 +195,26 @@ def x265_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> 
     return params
 
 
-def thumbnail_filters(thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool) -> list[str]:
+def thumbnail_filters(
+    thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool, source: SourceMedia | None = None
+) -> list[str]:
+    """Stills every N seconds, `thumbs.width` wide. With a probed source they have its display
+    aspect in square pixels; on CPU frames an interlaced source is deinterlaced (bwdif) and an
+    HDR one tone-mapped like the renditions. Hardware frames are downloaded first (and get the
+    aspect only: bwdif and zscale do not take the downloaded nv12/p010 frames)."""
     filters = [f"fps=1/{thumbs.interval_seconds}"]
     if hardware_frames:
         filters.append(HW_DOWNLOAD)
-    filters.append(f"scale=w={thumbs.width}:h=-2")
+    elif source is not None:
+        if source.interlaced:
+            filters.insert(0, DEINTERLACE_FILTERS["cpu"])  # before fps: bwdif needs neighbouring frames
+        if source.hdr is not None:
+            filters += CPU_TONEMAP
+    aspect = source.display_aspect if source is not None else None
+    if aspect is None:
+        filters.append(f"scale=w={thumbs.width}:h=-2")
+    else:
+        filters += [f"scale=w={thumbs.width}:h={nearest_even(thumbs.width / aspect)}", "setsar=1"]
     if sprite and thumbs.sprite is not None:
         filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
     return filters
