@@ -243,8 +243,8 @@ class AudioSpec(ApiModel):
     """The audio stream of one rendition.
 
     Channel layout: with `channels` 2 a 5.1 or 7.1 source is downmixed by ffmpeg's default
-    matrix (`-ac 2`: centre and surrounds mixed in at -3 dB, LFE dropped); without `channels`
-    the source layout is kept.
+    matrix (`-ac 2`: centre and surrounds mixed in at -3 dB, LFE dropped, the sum normalised
+    against clipping); without `channels` the source layout is kept.
     """
 
     model_config = api_config(
@@ -268,7 +268,15 @@ class AudioSpec(ApiModel):
 
     codec: AudioCodec = Field(default="aac", description="aac, opus, mp3, copy or none (drop audio).")
     bitrate: Bitrate | None = Field(default=None, description="e.g. `128k`.")
-    channels: int | None = Field(default=None, ge=1, le=8, description="1 mono, 2 stereo, 6 for 5.1.")
+    channels: int | None = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description=(
+            "1 mono, 2 stereo, 6 for 5.1 (default: the source's). 5.1/7.1 to stereo uses ffmpeg's default "
+            "downmix: centre and surrounds mixed in at -3 dB, LFE dropped, normalised against clipping."
+        ),
+    )
     sample_rate: int | None = Field(default=None, ge=8000, le=192000, description="Samples per second.")
     track: int | None = Field(
         default=None,
