@@ -166,6 +166,24 @@ async def test_odd_sources_come_out_even_with_their_aspect(
     assert abs(display_aspect(stream) / Fraction(w, h) - 1) < Fraction(1, 100)
 
 
+def with_display_rotation(stored: Path, path: Path, *, degrees: int) -> Path:
+    """The same stream, to be shown turned (ffmpeg 5.1's mov muxer writes the display matrix)."""
+    command = [*QUIET, "-i", str(stored), "-c", "copy", "-metadata:s:v:0", f"rotate={degrees}", str(path)]
+    subprocess.run(command, check=True, timeout=60)
+    return path
+
+
+async def test_phone_clip_with_display_rotation_comes_out_upright_and_even(tmp_path: Path) -> None:
+    stored = generate(tmp_path / "stored.mp4", "-f", "lavfi", "-i", "testsrc=size=639x359:rate=10",
+                      "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")  # fmt: skip
+    source = with_display_rotation(stored, tmp_path / "phone.mp4", degrees=90)
+
+    out, plan, _ = await encode(source, tmp_path, [{"name": "web", "video": h264(), "audio": {"codec": "none"}}])
+
+    stream = video_stream(out / "web.mp4")
+    assert (stream["width"], stream["height"]) == (360, 640) == (plan.outputs[0].width, plan.outputs[0].height)
+
+
 async def test_anamorphic_ntsc_keeps_sixteen_by_nine_with_square_pixels(tmp_path: Path) -> None:
     source = generate(tmp_path / "dvd.mpg", "-f", "lavfi", "-i", "testsrc2=size=720x480:rate=10",
                       "-vf", "setsar=32/27", "-c:v", "mpeg2video", "-q:v", "10")  # fmt: skip

@@ -429,3 +429,16 @@ def test_thumbnails_follow_the_source(accelerator: str, source: SourceMedia | No
     )
     graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
     assert graph.endswith(f"[s1]{filters}[thumbs]")
+
+
+@pytest.mark.parametrize(
+    ("stream", "size", "sar"),
+    [
+        ({"side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]}, (1080, 1920), Fraction(1)),
+        ({"tags": {"rotate": "270"}, "sample_aspect_ratio": "4:3"}, (1080, 1920), Fraction(3, 4)),
+        ({"side_data_list": [{"side_data_type": "Display Matrix", "rotation": 180}]}, (1920, 1080), Fraction(1)),
+    ],
+)
+def test_rotated_sources_are_described_upright(stream: dict[str, Any], size: tuple[int, int], sar: Fraction) -> None:
+    media = source_media_from_probe({"streams": [{"codec_type": "video", "width": 1920, "height": 1080, **stream}]})
+    assert ((media.width, media.height), media.sample_aspect) == (size, sar)

@@ -15,6 +15,10 @@ width * SAR / height) is kept:
 * one dimension given: the other is the given one over (or times) the DAR, nearest even;
 * both given: used as they are (the caller asked for that frame).
 
+A phone clip stored 1920x1080 with a 90-degree display rotation is 1080x1920 to the planner:
+ffmpeg rotates decoded frames upright (autorotate) before the filter graph sees them, so the
+summary swaps width and height (and inverts the SAR) for rotations of 90 and 270 degrees.
+
 Rounding to the nearest even size moves the aspect by at most one pixel in each dimension
 (under 1 % for anything 100 pixels or larger).
 """
@@ -58,6 +62,7 @@ class SourceMedia:
     color_space: str | None = None
     audio_streams: tuple[AudioStream, ...] = ()
     start_seconds: float | None = None
+    rotation: int = 0  # display rotation in degrees; width/height above are already upright
     mastering_display: str | None = None  # x265 `master-display` syntax, when ffprobe reported it
     content_light: str | None = None  # x265 `max-cll` syntax "MaxCLL,MaxFALL"
 
@@ -106,7 +111,7 @@ def _ratio(value: object) -> Fraction:
     return Fraction(n, d)
 
 
-def _start(value: object) -> float | None:
+def _finite_number(value: object) -> float | None:
     try:
         number = float(str(value))
     except ValueError:
@@ -130,6 +135,16 @@ def _x265_master_display(side: dict[str, Any]) -> str | None:
         return None
     g = f"G({chroma[0]},{chroma[1]})B({chroma[2]},{chroma[3]})R({chroma[4]},{chroma[5]})"
     return f"{g}WP({chroma[6]},{chroma[7]})L({light[0]},{light[1]})"
+
+
+def _rotation(video: dict[str, Any]) -> int:
+    """Display rotation in degrees, 0..359: the display matrix side data, else the old `rotate` tag."""
+    value: object = (video.get("tags") or {}).get("rotate", 0)
+    for side in video.get("side_data_list") or []:
+        if side.get("side_data_type") == "Display Matrix" and side.get("rotation") is not None:
+            value = side["rotation"]
+    degrees = _finite_number(value)  # a number, possibly written as a float ("-90.00")
+    return round(degrees) % 360 if degrees is not None else 0
 
 
 def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
@@ -158,10 +173,15 @@ def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
             if max_cll is not None and max_fall is not None:
                 content_light = f"{max_cll},{max_fall}"
     v = video or {}
+    rotation = _rotation(v)
+    width, height = (_int(v.get("width")), _int(v.get("height"))) if video else (None, None)
+    sample_aspect = _ratio(v.get("sample_aspect_ratio"))
+    if rotation % 180 == 90:  # autorotate turns the frames: the filter graph sees them upright
+        width, height, sample_aspect = height, width, 1 / sample_aspect
     return SourceMedia(
-        width=_int(v.get("width")) if video else None,
-        height=_int(v.get("height")) if video else None,
-        sample_aspect=_ratio(v.get("sample_aspect_ratio")),
+        width=width,
+        height=height,
+        sample_aspect=sample_aspect,
         field_order=v.get("field_order"),
         pix_fmt=v.get("pix_fmt"),
         color_range=v.get("color_range"),
@@ -177,7 +197,8 @@ def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
             )
             for i, s in enumerate(audio)
         ),
-        start_seconds=_start(fmt.get("start_time")),
+        start_seconds=_finite_number(fmt.get("start_time")),
+        rotation=rotation,
         mastering_display=mastering,
         content_light=content_light,
     )
