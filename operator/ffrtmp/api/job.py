@@ -209,8 +209,9 @@ class VideoSpec(ApiModel):
         default=None,
         description=(
             "For HDR10 (PQ) and HLG sources. tonemap (default): convert to SDR BT.709 (zscale + "
-            "tonemap hable on CPU). passthrough: keep the HDR transfer, BT.2020 primaries and matrix "
-            "and the mastering / content-light metadata; needs codec hevc or av1 (10-bit output)."
+            "tonemap hable on CPU, tonemap_vaapi on vaapi; not on qsv). passthrough: 10-bit output keeping "
+            "the HDR transfer and BT.2020 primaries and matrix; needs codec hevc or av1. HDR10 mastering "
+            "display and content light levels are carried by libx265 (cpu hevc) only."
         ),
     )
 
