@@ -17,7 +17,8 @@ Nothing here builds a shell string: `passes` are argv lists for `create_subproce
 This module assembles the runs; the concerns it draws on live beside it: `encoders` (encoder
 and preset tables per accelerator, codecs per container), `validation` (InvalidSpec checks),
 `filters` (per-rendition filter chains: deinterlace, size, colour, tone map; the split graph),
-`media` (the probed source and the size rule), `loudness` (the two-pass loudnorm data).
+`media` (the probed source and the size rule), `loudness` (the two-pass loudnorm data),
+`rendition` (one output's stream choices: maps, audio options), `hls` (the one hls muxer).
 
 Decisions (see also the module constants):
 
@@ -40,7 +41,7 @@ Decisions (see also the module constants):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,7 +55,6 @@ from ffrtmp.api.job import (
 )
 from ffrtmp.ffmpeg.encoders import (
     AOM_CPU_USED_MAP,
-    AUDIO_ENCODERS,
     AV1_CPU_ENCODER,
     AV1_CPU_ENCODERS,
     ENCODERS,
@@ -66,7 +66,6 @@ from ffrtmp.ffmpeg.encoders import (
 )
 from ffrtmp.ffmpeg.filters import (
     UnsupportedProcessing,
-    VideoProcessing,
     colour_options,
     filter_graph,
     rendition_filters,
@@ -74,10 +73,19 @@ from ffrtmp.ffmpeg.filters import (
     video_processing,
     x265_hdr_params,
 )
+from ffrtmp.ffmpeg.hls import HLS_DIR, hls_output
 from ffrtmp.ffmpeg.inputs import InputNotAllowed
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
-from ffrtmp.ffmpeg.loudness import LoudnessMeasurePass, apply_filter, measure_filter
+from ffrtmp.ffmpeg.loudness import LoudnessMeasurePass, measure_filter
 from ffrtmp.ffmpeg.media import SourceMedia
+from ffrtmp.ffmpeg.rendition import (
+    Rendition,
+    audio_args,
+    audio_map,
+    audio_stream,
+    expected_size,
+    video_map,
+)
 from ffrtmp.ffmpeg.validation import check_extra_args, check_folders, validate_output
 
 # Names other modules import from here (the planner's public face).
@@ -101,8 +109,6 @@ ACCELERATORS = ("nvenc", "qsv", "vaapi", "cpu")
 DEFAULT_VAAPI_DEVICE = "/dev/dri/renderD128"
 NETWORK_RW_TIMEOUT_US = 15_000_000
 RECONNECT_DELAY_MAX_SECONDS = 10
-DEFAULT_AUDIO_BITRATE = "128k"
-HLS_DIR = "hls"
 THUMBS_DIR = "thumbs"
 
 OutputKind = Literal["file", "hls-master", "hls-variant", "thumbnails", "sprite", "stream"]
@@ -137,24 +143,6 @@ class EncodePlan:
     # Runs before `passes`; their loudnorm measurements fill the placeholders in `passes`
     # (`loudness.apply_measurements`).
     loudness_measure_passes: list[LoudnessMeasurePass] = field(default_factory=list)
-
-
-@dataclass
-class _Rendition:
-    output: OutputSpec
-    video: VideoSpec
-    audio: AudioSpec
-    path: str  # relative to the output folder, or the URL
-    target: str  # what ffmpeg writes to
-    branch: str | None = None  # filter-graph label of the encoded video
-    preset: str | None = None  # resolved for the accelerator
-    processing: VideoProcessing | None = None  # for encoded video
-    audio_stream: str = "0:a:0"  # the source audio stream it maps
-    filters: list[str] = field(default_factory=list)
-
-
-# (rendition, stream specifier suffix, pass number or None, inside the hls output) -> options
-_VideoArgs = Callable[[_Rendition, str, int | None, bool], list[str]]
 
 
 def default_output_path(output: OutputSpec) -> str:
@@ -245,7 +233,7 @@ def _stats_prefix(scratch_dir: str, name: str) -> str:
 
 
 def _video_args(
-    r: _Rendition,
+    r: Rendition,
     accelerator: str,
     spec_suffix: str,
     *,
@@ -340,66 +328,6 @@ def _video_args(
     return args
 
 
-def _audio_args(r: _Rendition, spec_suffix: str) -> list[str]:
-    audio, s = r.audio, spec_suffix
-    if audio.codec == "none":
-        return ["-an"]
-    if audio.codec == "copy":
-        return [f"-c{s}", "copy"]
-    args = [f"-c{s}", AUDIO_ENCODERS[audio.codec], f"-b{s}", audio.bitrate or DEFAULT_AUDIO_BITRATE]
-    if audio.channels is not None:
-        args += [f"-ac{s}", str(audio.channels)]
-    if audio.sample_rate is not None:
-        args += [f"-ar{s}", str(audio.sample_rate)]
-    if audio.loudness is not None:
-        args += [f"-filter{s}", apply_filter(audio.loudness, r.audio_stream, audio.sample_rate)]
-    return args
-
-
-def _audio_stream(output_name: str, audio: AudioSpec, source: SourceMedia | None) -> str:
-    """The source audio stream a rendition maps: by `track`, by `language`, else the first.
-
-    With a probed source a track or language that is not there is InvalidSpec; without one a
-    language becomes ffmpeg's metadata specifier `0:a:m:language:<lang>`.
-    """
-    if audio.track is not None:
-        if source is not None and audio.track >= len(source.audio_streams):
-            count = len(source.audio_streams)
-            raise InvalidSpec(f"output {output_name}: audio track {audio.track} does not exist (the input has {count})")
-        return f"0:a:{audio.track}"
-    if audio.language is not None:
-        if source is None:
-            return f"0:a:m:language:{audio.language}"
-        for stream in source.audio_streams:
-            if stream.language == audio.language:
-                return f"0:a:{stream.position}"
-        found = ", ".join(sorted({s.language for s in source.audio_streams if s.language})) or "none tagged"
-        raise InvalidSpec(f"output {output_name}: the input has no audio in language {audio.language} ({found})")
-    return "0:a:0"
-
-
-def _video_map(r: _Rendition) -> list[str]:
-    if r.video.codec == "none":
-        return []
-    if r.video.codec == "copy":
-        return ["-map", "0:v:0"]
-    return ["-map", f"[{r.branch}]"]
-
-
-def _audio_map(r: _Rendition, *, required: bool) -> list[str]:
-    if r.audio.codec == "none":
-        return []
-    return ["-map", r.audio_stream if required else f"{r.audio_stream}?"]
-
-
-def _expected_size(r: _Rendition) -> tuple[int | None, int | None]:
-    if r.video.codec in ("copy", "none"):
-        return None, None
-    if r.processing is not None and r.processing.size is not None:
-        return r.processing.size
-    return r.video.width, r.video.height
-
-
 def _hardware_input_args(accelerator: str, vaapi_device: str) -> list[str]:
     if accelerator == "nvenc":
         return ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
@@ -460,7 +388,7 @@ def build_encode_plan(
             if o.video is not None and o.video.codec == "av1":
                 raise InvalidSpec(f"output {o.name}: av1 in hls needs segmentType fmp4")
 
-    renditions: list[_Rendition] = []
+    renditions: list[Rendition] = []
     names: set[str] = set()
     paths: set[str] = set()
     for output in spec.outputs:
@@ -486,7 +414,7 @@ def build_encode_plan(
         if target == input_url:
             raise InvalidSpec(f"output {output.name} would overwrite the input")
         renditions.append(
-            _Rendition(
+            Rendition(
                 output=output,
                 video=video,
                 audio=audio,
@@ -494,7 +422,7 @@ def build_encode_plan(
                 target=target,
                 preset=resolve_preset(video.preset, accelerator, spec.accelerator),
                 processing=processing,
-                audio_stream=_audio_stream(output.name, audio, source),
+                audio_stream=audio_stream(output.name, audio, source),
             )
         )
 
@@ -542,7 +470,7 @@ def build_encode_plan(
     extra = list(spec.extra_args or [])
     check_extra_args(extra)
 
-    def video_opts(r: _Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
+    def video_opts(r: Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
         return _video_args(
             r,
             accelerator,
@@ -573,8 +501,8 @@ def build_encode_plan(
     for r in renditions:
         pass_number = 2 if r.video.two_pass else None
         if r.output.container != "hls":
-            main += [*_video_map(r), *_audio_map(r, required=input_has_audio is True)]
-            main += [*video_opts(r, ":v", pass_number, False), *_audio_args(r, ":a"), *thread_args]
+            main += [*video_map(r), *audio_map(r, required=input_has_audio is True)]
+            main += [*video_opts(r, ":v", pass_number, False), *audio_args(r, ":a"), *thread_args]
             main += ["-f", MUXERS[r.output.container]]
             if r.output.container == "mp4":
                 main += ["-movflags", "+faststart"]
@@ -582,11 +510,9 @@ def build_encode_plan(
                 main += ["-flvflags", "no_duration_filesize"]
             main += [*extra, r.target]
         elif not hls_written and hls is not None:
-            main += _hls_output(
-                renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra
-            )
+            main += hls_output(renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra)
             hls_written = True
-        width, height = _expected_size(r)
+        width, height = expected_size(r)
         kind: OutputKind = "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
         planned.append(PlannedOutput(r.output.name, kind, r.path, width, height))
     directories: set[str] = {os.path.dirname(r.path) for r in renditions if r.output.url is None}
@@ -617,7 +543,7 @@ def build_encode_plan(
     )
 
 
-def _loudness_measure_passes(renditions: Sequence[_Rendition], head: list[str]) -> list[LoudnessMeasurePass]:
+def _loudness_measure_passes(renditions: Sequence[Rendition], head: list[str]) -> list[LoudnessMeasurePass]:
     """One measuring run per source audio stream that some rendition normalises.
 
     Renditions normalising the same stream to different targets share its measurement:
@@ -639,54 +565,3 @@ def _image_output(label: str, thumbs: ThumbnailSpec, target: str) -> list[str]:
     """A numbered-image output (thumbnails or sprite sheets) of the filter branch `label`."""
     codec = ["-c:v", "mjpeg", "-q:v", "3"] if thumbs.format == "jpg" else ["-c:v", "png"]
     return ["-map", f"[{label}]", *codec, "-f", "image2", target]
-
-
-def _hls_output(
-    renditions: Sequence[_Rendition],
-    hls: HlsSpec,
-    output_dir: str,
-    *,
-    video_opts: _VideoArgs,
-    thread_args: list[str],
-    extra: list[str],
-) -> list[str]:
-    """The one hls muxer output carrying every hls rendition as a variant stream."""
-    members = [r for r in renditions if r.output.container == "hls"]
-    maps: list[str] = []
-    codecs: list[str] = []
-    variants: list[str] = []
-    audio_index = 0
-    for video_index, r in enumerate(members):
-        maps += _video_map(r)
-        codecs += video_opts(r, f":v:{video_index}", 2 if r.video.two_pass else None, True)
-        entry = f"v:{video_index}"
-        if r.audio.codec != "none":
-            maps += _audio_map(r, required=True)  # the variant map needs it to exist
-            codecs += _audio_args(r, f":a:{audio_index}")
-            entry += f",a:{audio_index}"
-            audio_index += 1
-        variants.append(f"{entry},name:{r.output.name}")
-    extension = "m4s" if hls.segment_type == "fmp4" else "ts"
-    muxer = ["-f", "hls", "-hls_time", str(hls.segment_seconds)]
-    flags = "independent_segments"
-    if hls.playlist_type == "live":
-        muxer += ["-hls_list_size", str(hls.list_size)]
-        flags += "+delete_segments"
-    else:
-        muxer += ["-hls_playlist_type", hls.playlist_type, "-hls_list_size", "0"]
-    if hls.segment_type == "fmp4":
-        muxer += ["-hls_segment_type", "fmp4"]
-    muxer += [
-        "-hls_flags", flags,
-        "-hls_segment_filename", os.path.join(output_dir, HLS_DIR, "%v", f"seg_%05d.{extension}"),
-        "-master_pl_name", hls.master_playlist,
-        "-var_stream_map", " ".join(variants),
-    ]  # fmt: skip
-    return [
-        *maps,
-        *codecs,
-        *thread_args,
-        *muxer,
-        *extra,
-        os.path.join(output_dir, HLS_DIR, "%v", "index.m3u8"),
-    ]
