@@ -442,3 +442,13 @@ def test_thumbnails_follow_the_source(accelerator: str, source: SourceMedia | No
 def test_rotated_sources_are_described_upright(stream: dict[str, Any], size: tuple[int, int], sar: Fraction) -> None:
     media = source_media_from_probe({"streams": [{"codec_type": "video", "width": 1920, "height": 1080, **stream}]})
     assert ((media.width, media.height), media.sample_aspect) == (size, sar)
+
+
+def test_the_loudness_measuring_pass_reads_at_full_speed_when_the_encode_is_realtime() -> None:
+    s = TranscodeJobSpec.model_validate(
+        {"input": {"uri": IN, "realtime": True}, "outputs": [{"name": "a", "audio": {"loudness": {}}}]}
+    )
+    p = build_encode_plan(s, "cpu", input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"])
+    (measure,) = p.loudness_measure_passes
+    assert "-re" not in measure.argv
+    assert p.passes[0][p.passes[0].index("-i") - 1] == "-re"
