@@ -452,3 +452,30 @@ def test_the_loudness_measuring_pass_reads_at_full_speed_when_the_encode_is_real
     (measure,) = p.loudness_measure_passes
     assert "-re" not in measure.argv
     assert p.passes[0][p.passes[0].index("-i") - 1] == "-re"
+
+
+PHONE = SourceMedia(width=1080, height=1920, rotation=90)  # stored 1920x1080, shown turned
+ROTATED_FILTERS = {
+    "cpu": "",  # ffmpeg's autorotate turns software frames before the graph
+    "nvenc": "hwdownload,format=nv12|p010le,transpose=cclock,hwupload_cuda,scale_cuda=w=720:h=1280,setsar=1",
+    "vaapi": "transpose_vaapi=dir=cclock,scale_vaapi=w=720:h=1280,setsar=1",
+    "qsv": "vpp_qsv=transpose=cclock,vpp_qsv=w=720:h=1280,setsar=1",
+}
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "nvenc", "vaapi", "qsv"])
+def test_hardware_chains_turn_rotated_sources_themselves(accelerator: str) -> None:
+    p = plan([{"name": "a", "video": {"width": 720}}], accelerator, source=PHONE)
+    chain = ROTATED_FILTERS[accelerator] or "scale=w=720:h=1280,setsar=1"
+    assert p.passes[0][p.passes[0].index("-filter_complex") + 1] == f"[0:v:0]{chain}[v0]"
+    assert p.outputs[0] == PlannedOutput("a", "file", "a.mp4", 720, 1280)
+
+
+def test_thumbnails_of_downloaded_hardware_frames_are_turned() -> None:
+    s = TranscodeJobSpec.model_validate({"input": {"uri": IN}, "outputs": [{"name": "a"}], "thumbnails": {}})
+    upside_down = SourceMedia(width=1920, height=1080, rotation=180)
+    p = build_encode_plan(
+        s, "vaapi", input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=upside_down
+    )
+    graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
+    assert graph.endswith("[s1]fps=1/10,hwdownload,format=nv12|p010le,hflip,vflip,scale=w=320:h=180,setsar=1[thumbs]")

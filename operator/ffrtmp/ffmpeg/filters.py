@@ -2,8 +2,13 @@
 
 `video_processing` decides, from the rendition's VideoSpec and the probed source, what a
 rendition's picture needs; `rendition_filters` and `colour_options` turn that into filters
-and encoder options for an accelerator. Order in a chain: deinterlace, fps, scale (+
-`setsar=1`), tone map.
+and encoder options for an accelerator. Order in a chain: rotate (hardware frames only),
+deinterlace, fps, scale (+ `setsar=1`), tone map.
+
+* Rotation (display matrix / rotate tag): ffmpeg turns software frames upright itself
+  (autorotate) but leaves hardware frames as stored, so hardware chains start with the
+  turn: vaapi `transpose_vaapi`, qsv `vpp_qsv=transpose`, nvenc (no CUDA transpose in
+  ffmpeg 5.1) download, `transpose`, upload. ffprobe's rotation 90 is `cclock`, 270 `clock`.
 
 * Deinterlace (`deinterlace` auto/on/off; auto = the probe's field order is tt, bb, tb or
   bt): one frame out per frame in, both fields' order taken from the stream. CPU
@@ -74,6 +79,7 @@ class VideoProcessing:
     rescale: bool = True  # False: `size` is the source's own (even, square pixels): no scaler
     to_bt709_matrix: bool = False  # the source's matrix is another (BT.601, ...): convert
     to_limited_range: bool = False  # the source is full range: convert
+    rotation: int = 0  # the source's display rotation (0, 90, 180, 270): hardware chains turn it
 
 
 def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProcessing:
@@ -96,7 +102,27 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
         rescale=rescale,
         to_bt709_matrix=converts and source_matrix(source) not in BT709_MATRICES,
         to_limited_range=converts and source.full_range,
+        rotation=source.rotation if source.rotation in TRANSPOSE_DIRECTIONS else 0,
     )
+
+
+TRANSPOSE_DIRECTIONS = {90: "cclock", 180: "reversal", 270: "clock"}  # by ffprobe's rotation
+
+
+def rotation_filters(accelerator: str, rotation: int, *, downloaded: bool = False) -> list[str]:
+    """Turn frames upright where ffmpeg's autorotate does not (hardware frames, or frames
+    downloaded from them); nothing for software decoding."""
+    direction = TRANSPOSE_DIRECTIONS.get(rotation)
+    if direction is None or (accelerator == "cpu" and not downloaded):
+        return []
+    software = ["hflip", "vflip"] if rotation == 180 else [f"transpose={direction}"]
+    if downloaded:
+        return software
+    if accelerator == "vaapi":
+        return [f"transpose_vaapi=dir={direction}"]
+    if accelerator == "qsv":
+        return [f"vpp_qsv=transpose={direction}"]
+    return ["hwdownload", "format=nv12|p010le", *software, "hwupload_cuda"]
 
 
 BT709_MATRICES = ("bt709",)
@@ -145,7 +171,9 @@ def _tonemap_filters(accelerator: str) -> list[str]:
 def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProcessing | None = None) -> list[str]:
     """The filter chain of one encoded rendition."""
     p = processing or VideoProcessing(None, False, False, None, False)
-    filters = [DEINTERLACE_FILTERS[accelerator]] if p.deinterlace else []
+    filters = rotation_filters(accelerator, p.rotation)
+    if p.deinterlace:
+        filters.append(DEINTERLACE_FILTERS[accelerator])
     if video.fps is not None:
         filters.append(f"fps={video.fps}")
     if p.size is None:
@@ -200,11 +228,13 @@ def thumbnail_filters(
 ) -> list[str]:
     """Stills every N seconds, `thumbs.width` wide. With a probed source they have its display
     aspect in square pixels; on CPU frames an interlaced source is deinterlaced (bwdif) and an
-    HDR one tone-mapped like the renditions. Hardware frames are downloaded first (and get the
-    aspect only: bwdif and zscale do not take the downloaded nv12/p010 frames)."""
+    HDR one tone-mapped like the renditions. Hardware frames are downloaded first and get the
+    turn and the aspect only (bwdif and zscale do not take the downloaded nv12/p010 frames)."""
     filters = [f"fps=1/{thumbs.interval_seconds}"]
     if hardware_frames:
         filters.append(HW_DOWNLOAD)
+        if source is not None:
+            filters += rotation_filters("cpu", source.rotation, downloaded=True)
     elif source is not None:
         if source.interlaced:
             filters.insert(0, DEINTERLACE_FILTERS["cpu"])  # before fps: bwdif needs neighbouring frames
