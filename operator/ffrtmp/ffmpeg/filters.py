@@ -61,6 +61,10 @@ DEINTERLACE_FILTERS = {
 }
 HDR_TRANSFERS: dict[HdrKind, str] = {"pq": "smpte2084", "hlg": "arib-std-b67"}
 BT709_TAGS = ("bt709", "bt709", "bt709")  # primaries, transfer, matrix
+BT709_MATRICES = ("bt709",)
+UNTAGGED = (None, "unknown", "")
+SD_MAX_HEIGHT = 719  # untagged sources up to this height are taken as BT.601
+TRANSPOSE_DIRECTIONS = {90: "cclock", 180: "reversal", 270: "clock"}  # by ffprobe's rotation
 
 
 class UnsupportedProcessing(ValueError):
@@ -106,9 +110,6 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
     )
 
 
-TRANSPOSE_DIRECTIONS = {90: "cclock", 180: "reversal", 270: "clock"}  # by ffprobe's rotation
-
-
 def rotation_filters(accelerator: str, rotation: int, *, downloaded: bool = False) -> list[str]:
     """Turn frames upright where ffmpeg's autorotate does not (hardware frames, or frames
     downloaded from them); nothing for software decoding."""
@@ -123,11 +124,6 @@ def rotation_filters(accelerator: str, rotation: int, *, downloaded: bool = Fals
     if accelerator == "qsv":
         return [f"vpp_qsv=transpose={direction}"]
     return ["hwdownload", "format=nv12|p010le", *software, "hwupload_cuda"]
-
-
-BT709_MATRICES = ("bt709",)
-UNTAGGED = (None, "unknown", "")
-SD_MAX_HEIGHT = 719
 
 
 def source_matrix(source: SourceMedia) -> str:
