@@ -186,6 +186,11 @@ SD_ENCODER = {
 }
 
 
+# nvenc and qsv scale without converting the matrix: their tags keep the source's BT.601
+TAGS_601 = [*TAGS_709[:5], "smpte170m", *TAGS_709[6:]]
+SD_TAGS = {"cpu": TAGS_709, "vaapi": TAGS_709, "nvenc": TAGS_601, "qsv": TAGS_601}
+
+
 @pytest.mark.parametrize("accelerator", ["cpu", "nvenc", "vaapi", "qsv"])
 def test_interlaced_anamorphic_source_on_every_accelerator(accelerator: str) -> None:
     p = plan([{"name": "sd", "video": {"crf": 23}, "audio": {"language": "deu"}}], accelerator, source=DVD)
@@ -194,7 +199,7 @@ def test_interlaced_anamorphic_source_on_every_accelerator(accelerator: str) -> 
             *HEAD, "-protocol_whitelist", "file", *HW_INPUT[accelerator], "-i", IN,
             "-filter_complex", f"[0:v:0]{SD_FILTERS[accelerator]}[v0]",
             "-map", "[v0]", "-map", "0:a:1",
-            *SD_ENCODER[accelerator], *TAGS_709, *AUDIO, *MP4, f"{OUT}/sd.mp4",
+            *SD_ENCODER[accelerator], *SD_TAGS[accelerator], *AUDIO, *MP4, f"{OUT}/sd.mp4",
         ]
     ]  # fmt: skip
     assert p.outputs == [PlannedOutput("sd", "file", "sd.mp4", 854, 480)]
@@ -225,16 +230,20 @@ def test_without_a_probe_the_plan_is_as_before() -> None:
             "vaapi",
             "scale_vaapi=out_color_matrix=bt709:out_range=tv",
         ),
-        (SourceMedia(width=640, height=480, color_range="pc"), "nvenc", "null"),  # nvenc only tags
+        # nvenc cannot convert: the tags say what the pixels are
+        (SourceMedia(width=640, height=480, color_range="pc"), "nvenc", "null"),
     ],
 )
 def test_same_size_source_is_only_converted_where_its_colour_differs(
     source: SourceMedia, accelerator: str, graph: str
 ) -> None:
     p = plan([{"name": "a"}], accelerator, source=source)
-    assert p.passes[0][p.passes[0].index("-filter_complex") + 1] == f"[0:v:0]{graph}[v0]"
+    argv = p.passes[0]
+    assert argv[argv.index("-filter_complex") + 1] == f"[0:v:0]{graph}[v0]"
     assert p.outputs[0] == PlannedOutput("a", "file", "a.mp4", source.width, source.height)
-    assert p.passes[0][p.passes[0].index("-colorspace:v") + 1] == "bt709"
+    converted = accelerator != "nvenc"
+    assert argv[argv.index("-colorspace:v") + 1] == ("bt709" if converted else "smpte170m")
+    assert argv[argv.index("-color_range:v") + 1] == ("tv" if converted else "pc")
 
 
 # -- HDR ---------------------------------------------------------------------------------------

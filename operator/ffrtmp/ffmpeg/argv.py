@@ -305,7 +305,7 @@ def _video_args(
     elif ten_bit and v.codec == "hevc":
         args += [f"-profile{s}", "main10"]
     if r.processing is not None:
-        args += colour_options(r.processing, s)
+        args += colour_options(r.processing, s, accelerator)
     if v.codec == "hevc" and (r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")):
         args += [f"-tag{s}", "hvc1"]  # what Apple players expect
     stats = _stats_prefix(scratch_dir, r.output.name)

@@ -21,8 +21,9 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
   tv`). The scaler (cpu `scale`, vaapi `scale_vaapi`) converts what differs: full-range
   (yuvj / pc) input to limited range (`out_range=tv`), another matrix to BT.709
   (`out_color_matrix=bt709`). An untagged matrix is taken as BT.601 below 720 lines (what
-  swscale assumes for untagged frames, and what SD is) and BT.709 from 720 lines up. nvenc and
-  qsv scalers only tag.
+  swscale assumes for untagged frames, and what SD is) and BT.709 from 720 lines up. The nvenc
+  and qsv scalers cannot convert either, so there the tags say what the pixels still are: the
+  source's matrix, and full range (`pc`) for a full-range source.
 * HDR (PQ `smpte2084`, HLG `arib-std-b67`), `hdr` tonemap (default): to SDR BT.709 by
   linearising with zscale (nominal peak 100 nits), converting primaries to BT.709 in float,
   the `hable` curve (`tonemap=hable:desat=0`), then BT.709 transfer and matrix in limited
@@ -84,6 +85,7 @@ class VideoProcessing:
     to_bt709_matrix: bool = False  # the source's matrix is another (BT.601, ...): convert
     to_limited_range: bool = False  # the source is full range: convert
     rotation: int = 0  # the source's display rotation (0, 90, 180, 270): hardware chains turn it
+    source_matrix: str = "bt709"  # the source's YCbCr matrix (tagged, or inferred: see source_matrix)
 
 
 def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProcessing:
@@ -107,6 +109,7 @@ def video_processing(video: VideoSpec, source: SourceMedia | None) -> VideoProce
         to_bt709_matrix=converts and source_matrix(source) not in BT709_MATRICES,
         to_limited_range=converts and source.full_range,
         rotation=source.rotation if source.rotation in TRANSPOSE_DIRECTIONS else 0,
+        source_matrix=source_matrix(source),
     )
 
 
@@ -186,8 +189,12 @@ def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProce
     return filters
 
 
-def colour_options(processing: VideoProcessing, spec_suffix: str) -> list[str]:
-    """Colour tags of the encoded stream: BT.709 limited range, or the HDR source's own."""
+SCALERS_CONVERTING_COLOUR = ("cpu", "vaapi")
+
+
+def colour_options(processing: VideoProcessing, spec_suffix: str, accelerator: str = "cpu") -> list[str]:
+    """Colour tags of the encoded stream: BT.709 limited range, or the HDR source's own; where
+    the accelerator's scaler cannot convert, the matrix and range the pixels still have."""
     s = spec_suffix
     if processing.hdr_passthrough is not None:
         transfer = HDR_TRANSFERS[processing.hdr_passthrough]
@@ -198,9 +205,13 @@ def colour_options(processing: VideoProcessing, spec_suffix: str) -> list[str]:
     if not processing.tag_bt709:
         return []
     primaries, transfer, matrix = BT709_TAGS
+    colour_range = "tv"
+    if accelerator not in SCALERS_CONVERTING_COLOUR and not processing.tonemap:
+        matrix = processing.source_matrix if processing.to_bt709_matrix else matrix
+        colour_range = "pc" if processing.to_limited_range else colour_range
     return [
         f"-color_primaries{s}", primaries, f"-color_trc{s}", transfer,
-        f"-colorspace{s}", matrix, f"-color_range{s}", "tv",
+        f"-colorspace{s}", matrix, f"-color_range{s}", colour_range,
     ]  # fmt: skip
 
 
