@@ -26,6 +26,8 @@ X264_PRESETS = (
     "veryslow",
 )
 NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+Deinterlace = Literal["auto", "on", "off"]
+HdrMode = Literal["tonemap", "passthrough"]
 Preset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
     "p1", "p2", "p3", "p4", "p5", "p6", "p7",
@@ -147,9 +149,10 @@ class VideoSpec(ApiModel):
             ("!(has(self.bitrate) && has(self.crf))", "bitrate and crf are mutually exclusive: set one"),
             (
                 "self.codec != 'copy' || !(has(self.width) || has(self.height) || has(self.preset) || "
-                "has(self.bitrate) || has(self.crf) || has(self.fps) || has(self.gop) || has(self.maxrate))",
+                "has(self.bitrate) || has(self.crf) || has(self.fps) || has(self.gop) || has(self.maxrate) || "
+                "has(self.deinterlace) || has(self.hdr))",
                 "codec copy re-uses the input stream: width, height, fps, gop, preset, bitrate, "
-                "maxrate and crf must not be set",
+                "maxrate, crf, deinterlace and hdr must not be set",
             ),
             ("!has(self.maxrate) || has(self.bitrate) || has(self.crf)", "maxrate needs bitrate or crf"),
             ("!has(self.bufsize) || has(self.maxrate)", "bufsize needs maxrate"),
@@ -161,6 +164,10 @@ class VideoSpec(ApiModel):
             (
                 "(!has(self.width) || self.width % 2 == 0) && (!has(self.height) || self.height % 2 == 0)",
                 "width and height must be even (4:2:0 video)",
+            ),
+            (
+                "!has(self.hdr) || self.hdr != 'passthrough' || self.codec in ['hevc', 'av1']",
+                "hdr passthrough needs codec hevc or av1 (10-bit)",
             ),
         )
     )
@@ -190,10 +197,56 @@ class VideoSpec(ApiModel):
     two_pass: bool | None = Field(
         default=None, description="Two-pass encode for an exact bitrate target (CPU h264/hevc)."
     )
+    deinterlace: Deinterlace | None = Field(
+        default=None,
+        description=(
+            "auto (default): deinterlace when the probed source is interlaced (field order tt, bb, tb "
+            "or bt); on: always; off: never. One progressive frame per frame (bwdif send_frame on CPU, "
+            "yadif_cuda on nvenc, deinterlace_vaapi on vaapi, vpp_qsv deinterlace on qsv)."
+        ),
+    )
+    hdr: HdrMode | None = Field(
+        default=None,
+        description=(
+            "For HDR10 (PQ) and HLG sources. tonemap (default): convert to SDR BT.709 (zscale + "
+            "tonemap hable on CPU, tonemap_vaapi on vaapi; not on qsv). passthrough: 10-bit output keeping "
+            "the HDR transfer and BT.2020 primaries and matrix; needs codec hevc or av1. HDR10 mastering "
+            "display and content light levels are carried by libx265 (cpu hevc) only."
+        ),
+    )
+
+
+class LoudnessSpec(ApiModel):
+    """EBU R128 loudness normalisation, two-pass: ffmpeg's loudnorm measures the whole input
+    first, then the encode applies one linear gain (linear=true) with the measured values."""
+
+    integrated_lufs: int = Field(
+        default=-23, ge=-70, le=-5, description="Integrated loudness target in LUFS (EBU R128: -23; web: -16)."
+    )
+    true_peak_db: str = Field(
+        default="-1",
+        max_length=4,
+        pattern=r"^-(0|[1-9])(\.[0-9])?$",
+        description="Maximum true peak in dBTP, a decimal string from `-9.9` to `-0`, e.g. `-1` or `-1.5`.",
+    )
+    loudness_range_lu: int = Field(
+        default=11,
+        ge=1,
+        le=50,
+        description=(
+            "Loudness range target in LU. When the source's range is wider, loudnorm falls back "
+            "from one linear gain to its dynamic mode."
+        ),
+    )
 
 
 class AudioSpec(ApiModel):
-    """The audio stream of one rendition."""
+    """The audio stream of one rendition.
+
+    Channel layout: with `channels` 2 a 5.1 or 7.1 source is downmixed by ffmpeg's default
+    matrix (`-ac 2`: centre and surrounds mixed in at -3 dB, LFE dropped, the sum normalised
+    against clipping); without `channels` the source layout is kept.
+    """
 
     model_config = api_config(
         json_schema_extra=rules(
@@ -202,13 +255,49 @@ class AudioSpec(ApiModel):
                 "has(self.sampleRate))",
                 "audio codec copy or none takes no bitrate, channels or sampleRate",
             ),
+            ("!(has(self.track) && has(self.language))", "set audio track or language, not both"),
+            (
+                "self.codec != 'none' || !(has(self.track) || has(self.language))",
+                "audio codec none takes no track or language",
+            ),
+            (
+                "!(self.codec in ['copy', 'none']) || !has(self.loudness)",
+                "loudness normalisation re-encodes audio: not with codec copy or none",
+            ),
         )
     )
 
     codec: AudioCodec = Field(default="aac", description="aac, opus, mp3, copy or none (drop audio).")
     bitrate: Bitrate | None = Field(default=None, description="e.g. `128k`.")
-    channels: int | None = Field(default=None, ge=1, le=8, description="1 mono, 2 stereo, 6 for 5.1.")
+    channels: int | None = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description=(
+            "1 mono, 2 stereo, 6 for 5.1 (default: the source's). 5.1/7.1 to stereo uses ffmpeg's default "
+            "downmix: centre and surrounds mixed in at -3 dB, LFE dropped, normalised against clipping."
+        ),
+    )
     sample_rate: int | None = Field(default=None, ge=8000, le=192000, description="Samples per second.")
+    track: int | None = Field(
+        default=None,
+        ge=0,
+        le=63,
+        description="Which audio stream of the input, counted from 0 among audio streams (default: the first).",
+    )
+    language: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=3,
+        pattern=r"^[a-z]{2,3}$",
+        description=(
+            "Take the first audio stream tagged with this language (ISO 639-2, e.g. `eng`, `deu`); "
+            "the job fails with InvalidSpec when the input has none."
+        ),
+    )
+    loudness: LoudnessSpec | None = Field(
+        default=None, description="Normalise loudness to an EBU R128 target (a measuring pass runs first)."
+    )
 
 
 class OutputSpec(ApiModel):

@@ -14,6 +14,12 @@ segments next to it and the master playlist at `hls/<masterPlaylist>`.
 
 Nothing here builds a shell string: `passes` are argv lists for `create_subprocess_exec`.
 
+This module assembles the runs; the concerns it draws on live beside it: `encoders` (encoder
+and preset tables per accelerator, codecs per container), `validation` (InvalidSpec checks),
+`filters` (per-rendition filter chains: deinterlace, size, colour, tone map; the split graph),
+`media` (the probed source and the size rule), `loudness` (the two-pass loudnorm data),
+`rendition` (one output's stream choices: maps, audio options), `hls` (the one hls muxer).
+
 Decisions (see also the module constants):
 
 * Protocol whitelist: only what the input's own scheme needs, intersected with the pool's
@@ -35,13 +41,11 @@ Decisions (see also the module constants):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ffrtmp.api.job import (
-    NVENC_PRESETS,
-    X264_PRESETS,
     AudioSpec,
     HlsSpec,
     OutputSpec,
@@ -50,97 +54,64 @@ from ffrtmp.api.job import (
     VideoSpec,
 )
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+from ffrtmp.ffmpeg.encoders import (
+    AOM_CPU_USED_MAP,
+    AV1_CPU_ENCODER,
+    AV1_CPU_ENCODERS,
+    ENCODERS,
+    FILE_EXTENSIONS,
+    MUXERS,
+    NVENC_PRESET_MAP,
+    SVTAV1_PRESET_MAP,
+    resolve_preset,
+)
+from ffrtmp.ffmpeg.filters import (
+    UnsupportedProcessing,
+    colour_options,
+    filter_graph,
+    rendition_filters,
+    thumbnail_filters,
+    video_processing,
+    x265_hdr_params,
+)
+from ffrtmp.ffmpeg.hls import HLS_DIR, hls_output
 from ffrtmp.ffmpeg.inputs import InputNotAllowed
+from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
+from ffrtmp.ffmpeg.loudness import LoudnessMeasurePass, measure_filter
+from ffrtmp.ffmpeg.media import SourceMedia
+from ffrtmp.ffmpeg.rendition import (
+    Rendition,
+    audio_args,
+    audio_map,
+    audio_stream,
+    expected_size,
+    video_map,
+)
+from ffrtmp.ffmpeg.validation import check_extra_args, check_folders, validate_output
+
+# Names other modules import from here (the planner's public face).
+__all__ = [
+    "NETWORK_RW_TIMEOUT_US",
+    "NVENC_PRESET_MAP",
+    "EncodePlan",
+    "InvalidSpec",
+    "PlannedOutput",
+    "build_encode_plan",
+    "check_extra_args",
+    "default_output_path",
+    "is_live",
+    "network_input_options",
+    "protocol_whitelist",
+]
 
 FFMPEG = "ffmpeg"
 BASE_ARGS = ("-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
 ACCELERATORS = ("nvenc", "qsv", "vaapi", "cpu")
-AV1_CPU_ENCODER = "libsvtav1"  # Debian 12's ffmpeg 5.1 has libsvtav1 and libaom-av1
-AV1_CPU_ENCODERS = ("libsvtav1", "libaom-av1")
 NETWORK_RW_TIMEOUT_US = 15_000_000
 RECONNECT_DELAY_MAX_SECONDS = 10
-DEFAULT_AUDIO_BITRATE = "128k"
-HLS_DIR = "hls"
 THUMBS_DIR = "thumbs"
-MAX_CRF_H26X = 51
-HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
-
-ENCODERS: dict[str, dict[str, str]] = {
-    "cpu": {"h264": "libx264", "hevc": "libx265"},
-    "nvenc": {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
-    "qsv": {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
-    "vaapi": {"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
-}
-AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
-OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
-MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-
-# x264 preset names on other encoders. NVENC: p1 fastest .. p7 best, p4 is NVENC's default
-# (as medium is x264's); the two fastest x264 presets share p1 and faster/fast share p3.
-NVENC_PRESET_MAP = {
-    "ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
-    "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7",
-}  # fmt: skip
-# Used only when a job asking for NVENC falls back to a CPU pool (hardwarePolicy preferred).
-X264_FROM_NVENC = {
-    "p1": "superfast", "p2": "veryfast", "p3": "faster", "p4": "medium", "p5": "slow",
-    "p6": "slower", "p7": "veryslow",
-}  # fmt: skip
-# QSV has veryfast..veryslow; the two faster x264 names become veryfast.
-QSV_PRESET_MAP = {name: ("veryfast" if name in ("ultrafast", "superfast") else name) for name in X264_PRESETS}
-# VAAPI -compression_level: 1 = best quality (slowest) .. 7 = fastest (Intel's TU scale).
-VAAPI_COMPRESSION_LEVEL = {
-    "ultrafast": 7, "superfast": 7, "veryfast": 7, "faster": 6, "fast": 6, "medium": 4,
-    "slow": 2, "slower": 1, "veryslow": 1,
-}  # fmt: skip
-# SVT-AV1 -preset 0 (best) .. 13 (fastest); libaom -cpu-used 0 (best) .. 8 (fastest).
-SVTAV1_PRESET_MAP = {
-    "ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 7,
-    "slow": 5, "slower": 4, "veryslow": 2,
-}  # fmt: skip
-AOM_CPU_USED_MAP = {
-    "ultrafast": 8, "superfast": 8, "veryfast": 7, "faster": 6, "fast": 5, "medium": 4,
-    "slow": 3, "slower": 2, "veryslow": 1,
-}  # fmt: skip
-
-VIDEO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
-    "mp4": ("h264", "hevc", "av1", "copy", "none"),
-    "mkv": ("h264", "hevc", "av1", "copy", "none"),
-    "mpegts": ("h264", "hevc", "copy", "none"),
-    "flv": ("h264", "copy", "none"),
-    "hls": ("h264", "hevc", "av1", "copy"),
-}
-AUDIO_CODECS_BY_CONTAINER: dict[str, tuple[str, ...]] = {
-    "mp4": ("aac", "opus", "mp3", "copy", "none"),
-    "mkv": ("aac", "opus", "mp3", "copy", "none"),
-    "mpegts": ("aac", "opus", "mp3", "copy", "none"),
-    "flv": ("aac", "mp3", "copy", "none"),
-    "hls": ("aac", "opus", "mp3", "copy", "none"),
-}
-FILE_EXTENSIONS = {"mp4": "mp4", "mkv": "mkv", "mpegts": "ts", "flv": "flv"}
-MUXERS = {"mp4": "mp4", "mkv": "matroska", "mpegts": "mpegts", "flv": "flv", "hls": "hls"}
-_VIDEO_SETTINGS = (
-    "width",
-    "height",
-    "fps",
-    "gop",
-    "preset",
-    "bitrate",
-    "crf",
-    "maxrate",
-    "bufsize",
-    "two_pass",
-)
 
 OutputKind = Literal["file", "hls-master", "hls-variant", "thumbnails", "sprite", "stream"]
-
-
-class InvalidSpec(ValueError):
-    """The spec asks for something ffmpeg cannot do on this accelerator (reason InvalidSpec)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -169,51 +140,9 @@ class EncodePlan:
     duration_seconds: float | None
     directories: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Rendition:
-    output: OutputSpec
-    video: VideoSpec
-    audio: AudioSpec
-    path: str  # relative to the output folder, or the URL
-    target: str  # what ffmpeg writes to
-    branch: str | None = None  # filter-graph label of the encoded video
-    preset: str | None = None  # resolved for the accelerator
-
-
-# (rendition, stream specifier suffix, pass number or None, inside the hls output) -> options
-_VideoArgs = Callable[[_Rendition, str, int | None, bool], list[str]]
-
-
-# Output options that take no value: what follows them is a new item, never their value.
-FLAG_OPTIONS = frozenset({
-    "-an", "-vn", "-sn", "-dn", "-shortest", "-copyts", "-start_at_zero", "-xerror", "-bitexact",
-    "-apad", "-reinit_filter", "-autorotate", "-noautorotate", "-autoscale", "-noautoscale",
-})  # fmt: skip
-
-
-def check_extra_args(extra: list[str]) -> None:
-    """extraArgs are options and their values only: a bare item that is not an option's value
-    would be taken by ffmpeg as one more output file (written outside the job's folder)."""
-    expects_value = False
-    for item in extra:
-        if item.startswith("-") and not _is_number(item):
-            expects_value = item not in FLAG_OPTIONS
-            continue
-        if not expects_value:
-            raise InvalidSpec(
-                f"extraArgs item {item!r} is not the value of an option: ffmpeg would take it as another output file"
-            )
-        expects_value = False
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    # Runs before `passes`; their loudnorm measurements fill the placeholders in `passes`
+    # (`loudness.apply_measurements`).
+    loudness_measure_passes: list[LoudnessMeasurePass] = field(default_factory=list)
 
 
 def default_output_path(output: OutputSpec) -> str:
@@ -299,153 +228,12 @@ def _format_bps(bps: int) -> str:
     return str(bps)
 
 
-def _check_folders(output_dir: str, scratch_dir: str) -> None:
-    for name, folder in (("output_dir", output_dir), ("scratch_dir", scratch_dir)):
-        if not folder.startswith("/"):
-            raise ValueError(f"{name} must be an absolute path: {folder}")
-        # '%' is a pattern in hls/image2 names; ':' and '=' split -x264-params values.
-        if any(c in folder for c in "%:=,;") or any(c.isspace() for c in folder):
-            raise ValueError(f"{name} must not contain '%', ':', '=', ',', ';' or spaces: {folder}")
-
-
-def _resolve_preset(preset: str | None, accelerator: str, spec_accelerator: str) -> str | None:
-    if preset is None:
-        return None
-    if preset in NVENC_PRESETS:
-        if accelerator == "nvenc":
-            return preset
-        if accelerator == "cpu" and spec_accelerator == "nvenc":
-            return X264_FROM_NVENC[preset]  # hardwarePolicy preferred fell back to a CPU pool
-        raise InvalidSpec(
-            f"preset {preset} is an NVENC preset (p1..p7) but this job runs on {accelerator}: use ultrafast..veryslow"
-        )
-    if accelerator == "nvenc":
-        return NVENC_PRESET_MAP[preset]
-    if accelerator == "qsv":
-        return QSV_PRESET_MAP[preset]
-    if accelerator == "vaapi":
-        return str(VAAPI_COMPRESSION_LEVEL[preset])
-    return preset
-
-
-def _validate_output(output: OutputSpec, video: VideoSpec, audio: AudioSpec, accelerator: str, live: bool) -> None:
-    name = f"output {output.name}"
-    if output.url is not None and output.path is not None:
-        raise InvalidSpec(f"{name}: set path or url, not both")
-    if output.url is not None and output.container != "flv":
-        raise InvalidSpec(f"{name}: an rtmp:// url output needs container flv")
-    if output.container == "hls" and (output.path is not None or output.url is not None):
-        raise InvalidSpec(f"{name}: hls outputs are written under the job's hls folder; set no path or url")
-    if video.codec not in VIDEO_CODECS_BY_CONTAINER[output.container]:
-        if output.container == "hls" and video.codec == "none":
-            raise InvalidSpec(f"{name}: every hls output needs a video stream")
-        raise InvalidSpec(f"{name}: container {output.container} cannot carry {video.codec} video")
-    if audio.codec not in AUDIO_CODECS_BY_CONTAINER[output.container]:
-        raise InvalidSpec(f"{name}: container {output.container} cannot carry {audio.codec} audio")
-    if video.codec == "none" and audio.codec == "none":
-        raise InvalidSpec(f"{name}: video and audio are both none; the output would be empty")
-    if video.codec in ("copy", "none"):
-        given = [f for f in _VIDEO_SETTINGS if getattr(video, f) is not None]
-        if given:
-            what = "re-uses the input stream" if video.codec == "copy" else "drops the video"
-            raise InvalidSpec(f"{name}: video codec {video.codec} {what}; {', '.join(given)} must not be set")
-    else:
-        _validate_video(name, video, accelerator, live)
-        if output.container == "hls" and video.bitrate is None and video.maxrate is None:
-            raise InvalidSpec(
-                f"{name}: hls outputs need video.bitrate or video.maxrate: the master playlist's "
-                "BANDWIDTH comes from it, and ffmpeg leaves variants without one out"
-            )
-    if audio.codec in ("copy", "none"):
-        if audio.bitrate is not None or audio.channels is not None or audio.sample_rate is not None:
-            raise InvalidSpec(f"{name}: audio codec {audio.codec} takes no bitrate, channels or sampleRate")
-    elif audio.codec == "opus" and audio.sample_rate is not None and audio.sample_rate not in OPUS_SAMPLE_RATES:
-        raise InvalidSpec(f"{name}: opus supports sample rates {', '.join(map(str, OPUS_SAMPLE_RATES))}")
-    elif audio.codec == "mp3":
-        if audio.sample_rate is not None and audio.sample_rate not in MP3_SAMPLE_RATES:
-            raise InvalidSpec(f"{name}: mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))}")
-        if audio.channels is not None and audio.channels > 2:
-            raise InvalidSpec(f"{name}: mp3 carries at most 2 channels")
-
-
-def _validate_video(name: str, video: VideoSpec, accelerator: str, live: bool) -> None:
-    if video.bitrate is not None and video.crf is not None:
-        raise InvalidSpec(f"{name}: bitrate and crf are mutually exclusive: set one")
-    if video.maxrate is not None and video.bitrate is None and video.crf is None:
-        raise InvalidSpec(f"{name}: maxrate needs bitrate or crf")
-    if video.bufsize is not None and video.maxrate is None:
-        raise InvalidSpec(f"{name}: bufsize needs maxrate")
-    if video.crf is not None:
-        limit = 63 if video.codec == "av1" and accelerator == "cpu" else MAX_CRF_H26X
-        if video.crf > limit:
-            raise InvalidSpec(f"{name}: crf {video.crf} is out of range for {video.codec}: 0..{limit}")
-        if accelerator == "qsv" and video.crf < 1:
-            raise InvalidSpec(f"{name}: qsv quality (crf) ranges 1..{MAX_CRF_H26X}")
-    for dimension in ("width", "height"):
-        value = getattr(video, dimension)
-        if value is not None and value % 2:
-            raise InvalidSpec(f"{name}: {dimension} {value} must be even (4:2:0 video)")
-    if video.codec == "av1" and accelerator == "cpu" and video.two_pass:
-        raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
-    if video.two_pass:
-        if accelerator != "cpu":
-            raise InvalidSpec(f"{name}: twoPass is CPU-only (libx264/libx265); this job runs on {accelerator}")
-        if video.codec not in ("h264", "hevc"):
-            raise InvalidSpec(f"{name}: twoPass is supported for h264 and hevc")
-        if video.bitrate is None:
-            raise InvalidSpec(f"{name}: twoPass needs a bitrate target")
-        if live:
-            raise InvalidSpec(f"{name}: twoPass needs a file input; a live stream cannot be read twice")
-
-
-def _scale_filter(accelerator: str, width: int | None, height: int | None) -> str | None:
-    if width is None and height is None:
-        return None
-    if accelerator == "qsv":  # vpp_qsv refuses -2; round to even by expression
-        w = str(width) if width is not None else "trunc(oh*iw/ih/2)*2"
-        h = str(height) if height is not None else "trunc(ow*ih/iw/2)*2"
-        return f"vpp_qsv=w={w}:h={h}"
-    name = {"cpu": "scale", "nvenc": "scale_cuda", "vaapi": "scale_vaapi"}[accelerator]
-    return f"{name}=w={width if width is not None else -2}:h={height if height is not None else -2}"
-
-
-def _rendition_filters(video: VideoSpec, accelerator: str) -> list[str]:
-    filters = [f"fps={video.fps}"] if video.fps is not None else []
-    scale = _scale_filter(accelerator, video.width, video.height)
-    return [*filters, scale] if scale else filters
-
-
-def _thumbnail_filters(thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool) -> list[str]:
-    filters = [f"fps=1/{thumbs.interval_seconds}"]
-    if hardware_frames:
-        filters.append(HW_DOWNLOAD)
-    filters.append(f"scale=w={thumbs.width}:h=-2")
-    if sprite and thumbs.sprite is not None:
-        filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
-    return filters
-
-
-def _filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
-    if len(branches) == 1:
-        label, filters = branches[0]
-        return f"[0:v:0]{','.join(filters) or 'null'}[{label}]"
-    heads: list[str] = []
-    chains: list[str] = []
-    for index, (label, filters) in enumerate(branches):
-        if filters:
-            heads.append(f"[s{index}]")
-            chains.append(f"[s{index}]{','.join(filters)}[{label}]")
-        else:
-            heads.append(f"[{label}]")
-    return ";".join([f"[0:v:0]split={len(branches)}{''.join(heads)}", *chains])
-
-
 def _stats_prefix(scratch_dir: str, name: str) -> str:
     return os.path.join(scratch_dir, f"2pass-{name}")
 
 
 def _video_args(
-    r: _Rendition,
+    r: Rendition,
     accelerator: str,
     spec_suffix: str,
     *,
@@ -453,6 +241,7 @@ def _video_args(
     pass_number: int | None,
     scratch_dir: str,
     av1_cpu_encoder: str,
+    source: SourceMedia | None = None,
 ) -> list[str]:
     """Encoder options of one video stream; `spec_suffix` is `:v` or `:v:N` (in the hls output)."""
     v = r.video
@@ -510,8 +299,13 @@ def _video_args(
             args += [f"-forced-idr{s}", "1"]
         elif accelerator == "qsv":
             args += [f"-forced_idr{s}", "1"]
+    ten_bit = r.processing is not None and r.processing.hdr_passthrough is not None
     if accelerator == "cpu":
-        args += [f"-pix_fmt{s}", "yuv420p"]
+        args += [f"-pix_fmt{s}", "yuv420p10le" if ten_bit else "yuv420p"]
+    elif ten_bit and v.codec == "hevc":
+        args += [f"-profile{s}", "main10"]
+    if r.processing is not None:
+        args += colour_options(r.processing, s, accelerator)
     if v.codec == "hevc" and (r.output.container == "mp4" or (hls is not None and hls.segment_type == "fmp4")):
         args += [f"-tag{s}", "hvc1"]  # what Apple players expect
     stats = _stats_prefix(scratch_dir, r.output.name)
@@ -525,45 +319,13 @@ def _video_args(
             f"stats={stats}.log",
         ]
     if encoder == "libx265":  # x265 logs to stderr unless told otherwise
-        params = "log-level=error"
+        params = (
+            ":".join(["log-level=error", *x265_hdr_params(r.processing, source)]) if r.processing else "log-level=error"
+        )
         if pass_number is not None:
             params += f":pass={pass_number}:stats={stats}.log"
         args += [f"-x265-params{s}", params]
     return args
-
-
-def _audio_args(audio: AudioSpec, spec_suffix: str) -> list[str]:
-    s = spec_suffix
-    if audio.codec == "none":
-        return ["-an"]
-    if audio.codec == "copy":
-        return [f"-c{s}", "copy"]
-    args = [f"-c{s}", AUDIO_ENCODERS[audio.codec], f"-b{s}", audio.bitrate or DEFAULT_AUDIO_BITRATE]
-    if audio.channels is not None:
-        args += [f"-ac{s}", str(audio.channels)]
-    if audio.sample_rate is not None:
-        args += [f"-ar{s}", str(audio.sample_rate)]
-    return args
-
-
-def _video_map(r: _Rendition) -> list[str]:
-    if r.video.codec == "none":
-        return []
-    if r.video.codec == "copy":
-        return ["-map", "0:v:0"]
-    return ["-map", f"[{r.branch}]"]
-
-
-def _audio_map(r: _Rendition, *, required: bool) -> list[str]:
-    if r.audio.codec == "none":
-        return []
-    return ["-map", "0:a:0" if required else "0:a:0?"]
-
-
-def _expected_size(video: VideoSpec) -> tuple[int | None, int | None]:
-    if video.codec in ("copy", "none"):
-        return None, None
-    return video.width, video.height
 
 
 def _hardware_input_args(accelerator: str, render_device: str) -> list[str]:
@@ -586,6 +348,7 @@ def build_encode_plan(
     allowed_protocols: list[str],
     threads: int | None = None,
     input_has_audio: bool | None = None,
+    source: SourceMedia | None = None,
     av1_cpu_encoder: str = AV1_CPU_ENCODER,
     render_device: str = DEFAULT_RENDER_DEVICE,
 ) -> EncodePlan:
@@ -597,6 +360,10 @@ def build_encode_plan(
     (from probing, when known): False drops audio everywhere; None maps audio optionally
     for files (`0:a:0?`) and requires it for hls (the variant map needs it).
 
+    `source` (the probed input, see `media.SourceMedia`) decides output sizes, deinterlacing,
+    colour conversion and audio track choice; it implies `input_has_audio` when that is None.
+    Loudness normalisation adds `loudness_measure_passes` before `passes`.
+
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
     """
@@ -606,7 +373,9 @@ def build_encode_plan(
         raise ValueError(f"av1_cpu_encoder must be one of {', '.join(AV1_CPU_ENCODERS)}")
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
-    _check_folders(output_dir, scratch_dir)
+    check_folders(output_dir, scratch_dir)
+    if input_has_audio is None and source is not None:
+        input_has_audio = bool(source.audio_streams)
     live = is_live(spec)
     realtime = reads_in_real_time(spec)
     whitelist = protocol_whitelist(input_url, allowed_protocols)
@@ -619,7 +388,7 @@ def build_encode_plan(
             if o.video is not None and o.video.codec == "av1":
                 raise InvalidSpec(f"output {o.name}: av1 in hls needs segmentType fmp4")
 
-    renditions: list[_Rendition] = []
+    renditions: list[Rendition] = []
     names: set[str] = set()
     paths: set[str] = set()
     for output in spec.outputs:
@@ -630,7 +399,10 @@ def build_encode_plan(
         if output.name in names:
             raise InvalidSpec(f"output names must be unique: {output.name}")
         names.add(output.name)
-        _validate_output(output, video, audio, accelerator, live)
+        validate_output(output, video, audio, accelerator, live)
+        processing = None
+        if video.codec not in ("copy", "none"):
+            processing = video_processing(video, source)
         path = default_output_path(output)
         if output.url is None:
             if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):
@@ -642,13 +414,15 @@ def build_encode_plan(
         if target == input_url:
             raise InvalidSpec(f"output {output.name} would overwrite the input")
         renditions.append(
-            _Rendition(
+            Rendition(
                 output=output,
                 video=video,
                 audio=audio,
                 path=path,
                 target=target,
-                preset=_resolve_preset(video.preset, accelerator, spec.accelerator),
+                preset=resolve_preset(video.preset, accelerator, spec.accelerator),
+                processing=processing,
+                audio_stream=audio_stream(output.name, audio, source),
             )
         )
 
@@ -656,19 +430,26 @@ def build_encode_plan(
     hardware = accelerator != "cpu" and bool(encoded)
     for index, r in enumerate(encoded):
         r.branch = f"v{index}"
+        try:
+            r.filters = rendition_filters(r.video, accelerator, r.processing)
+        except UnsupportedProcessing as e:
+            raise InvalidSpec(f"output {r.output.name}: {e}") from e
     thumbs = spec.thumbnails
-    branches: list[tuple[str, list[str]]] = [
-        (r.branch or "", _rendition_filters(r.video, accelerator)) for r in encoded
-    ]
+    branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", _thumbnail_filters(thumbs, hardware, sprite=False)))
+        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=source)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", _thumbnail_filters(thumbs, hardware, sprite=True)))
+            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=source)))
 
-    def head(graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True) -> list[str]:
-        argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", whitelist]
+    def head(
+        graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False
+    ) -> list[str]:
+        base = list(BASE_ARGS)
+        if measuring:  # loudnorm prints its measurement at info level; the audio is decoded on CPU
+            base[base.index("-loglevel") + 1] = "info"
+        argv = [FFMPEG, *base, "-protocol_whitelist", whitelist]
         argv += network_input_options(input_url, live=live)
-        if hardware:
+        if hardware and not measuring:
             argv += _hardware_input_args(accelerator, render_device)
         if threads is not None:
             argv += ["-threads", str(threads)]
@@ -682,14 +463,14 @@ def build_encode_plan(
         if graph_branches:
             if threads is not None:
                 argv += ["-filter_complex_threads", str(threads)]
-            argv += ["-filter_complex", _filter_graph(graph_branches)]
+            argv += ["-filter_complex", filter_graph(graph_branches)]
         return argv
 
     thread_args = ["-threads", str(threads)] if threads is not None else []
     extra = list(spec.extra_args or [])
     check_extra_args(extra)
 
-    def video_opts(r: _Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
+    def video_opts(r: Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
         return _video_args(
             r,
             accelerator,
@@ -698,6 +479,7 @@ def build_encode_plan(
             pass_number=pass_number,
             scratch_dir=scratch_dir,
             av1_cpu_encoder=av1_cpu_encoder,
+            source=source,
         )
 
     two_pass = [r for r in encoded if r.video.two_pass]
@@ -705,7 +487,7 @@ def build_encode_plan(
         raise InvalidSpec("extraArgs -x264-params/-x265-params cannot be combined with twoPass")
     passes: list[list[str]] = []
     if two_pass:
-        first = head([(r.branch or "", _rendition_filters(r.video, accelerator)) for r in two_pass], final=False)
+        first = head([(r.branch or "", r.filters) for r in two_pass], final=False)
         for r in two_pass:
             in_hls = r.output.container == "hls"
             video_args = video_opts(r, ":v", 1, in_hls)
@@ -719,8 +501,8 @@ def build_encode_plan(
     for r in renditions:
         pass_number = 2 if r.video.two_pass else None
         if r.output.container != "hls":
-            main += [*_video_map(r), *_audio_map(r, required=input_has_audio is True)]
-            main += [*video_opts(r, ":v", pass_number, False), *_audio_args(r.audio, ":a"), *thread_args]
+            main += [*video_map(r), *audio_map(r, required=input_has_audio is True)]
+            main += [*video_opts(r, ":v", pass_number, False), *audio_args(r, ":a"), *thread_args]
             main += ["-f", MUXERS[r.output.container]]
             if r.output.container == "mp4":
                 main += ["-movflags", "+faststart"]
@@ -728,11 +510,9 @@ def build_encode_plan(
                 main += ["-flvflags", "no_duration_filesize"]
             main += [*extra, r.target]
         elif not hls_written and hls is not None:
-            main += _hls_output(
-                renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra
-            )
+            main += hls_output(renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra)
             hls_written = True
-        width, height = _expected_size(r.video)
+        width, height = expected_size(r)
         kind: OutputKind = "stream" if r.output.url else ("hls-variant" if r.output.container == "hls" else "file")
         planned.append(PlannedOutput(r.output.name, kind, r.path, width, height))
     directories: set[str] = {os.path.dirname(r.path) for r in renditions if r.output.url is None}
@@ -759,61 +539,29 @@ def build_encode_plan(
         duration_seconds=float(duration) if duration is not None else None,
         directories=sorted(d for d in directories if d),
         env={"SVT_LOG": "1"} if uses_svt else {},
+        loudness_measure_passes=_loudness_measure_passes(renditions, head([], final=False, measuring=True)),
     )
+
+
+def _loudness_measure_passes(renditions: Sequence[Rendition], head: list[str]) -> list[LoudnessMeasurePass]:
+    """One measuring run per source audio stream that some rendition normalises.
+
+    Renditions normalising the same stream to different targets share its measurement:
+    loudnorm's measured_* figures describe the input, not the target.
+    """
+    passes: list[LoudnessMeasurePass] = []
+    for r in renditions:
+        loudness = r.audio.loudness
+        if loudness is None or r.audio.codec in ("copy", "none"):
+            continue
+        if any(p.stream == r.audio_stream for p in passes):
+            continue
+        argv = [*head, "-map", r.audio_stream, "-filter:a", measure_filter(loudness), "-vn", "-f", "null", "-"]
+        passes.append(LoudnessMeasurePass(r.audio_stream, argv))
+    return passes
 
 
 def _image_output(label: str, thumbs: ThumbnailSpec, target: str) -> list[str]:
     """A numbered-image output (thumbnails or sprite sheets) of the filter branch `label`."""
     codec = ["-c:v", "mjpeg", "-q:v", "3"] if thumbs.format == "jpg" else ["-c:v", "png"]
     return ["-map", f"[{label}]", *codec, "-f", "image2", target]
-
-
-def _hls_output(
-    renditions: Sequence[_Rendition],
-    hls: HlsSpec,
-    output_dir: str,
-    *,
-    video_opts: _VideoArgs,
-    thread_args: list[str],
-    extra: list[str],
-) -> list[str]:
-    """The one hls muxer output carrying every hls rendition as a variant stream."""
-    members = [r for r in renditions if r.output.container == "hls"]
-    maps: list[str] = []
-    codecs: list[str] = []
-    variants: list[str] = []
-    audio_index = 0
-    for video_index, r in enumerate(members):
-        maps += _video_map(r)
-        codecs += video_opts(r, f":v:{video_index}", 2 if r.video.two_pass else None, True)
-        entry = f"v:{video_index}"
-        if r.audio.codec != "none":
-            maps += _audio_map(r, required=True)  # the variant map needs it to exist
-            codecs += _audio_args(r.audio, f":a:{audio_index}")
-            entry += f",a:{audio_index}"
-            audio_index += 1
-        variants.append(f"{entry},name:{r.output.name}")
-    extension = "m4s" if hls.segment_type == "fmp4" else "ts"
-    muxer = ["-f", "hls", "-hls_time", str(hls.segment_seconds)]
-    flags = "independent_segments"
-    if hls.playlist_type == "live":
-        muxer += ["-hls_list_size", str(hls.list_size)]
-        flags += "+delete_segments"
-    else:
-        muxer += ["-hls_playlist_type", hls.playlist_type, "-hls_list_size", "0"]
-    if hls.segment_type == "fmp4":
-        muxer += ["-hls_segment_type", "fmp4"]
-    muxer += [
-        "-hls_flags", flags,
-        "-hls_segment_filename", os.path.join(output_dir, HLS_DIR, "%v", f"seg_%05d.{extension}"),
-        "-master_pl_name", hls.master_playlist,
-        "-var_stream_map", " ".join(variants),
-    ]  # fmt: skip
-    return [
-        *maps,
-        *codecs,
-        *thread_args,
-        *muxer,
-        *extra,
-        os.path.join(output_dir, HLS_DIR, "%v", "index.m3u8"),
-    ]

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.ffmpeg.argv import NETWORK_RW_TIMEOUT_US
+from ffrtmp.ffmpeg.media import SourceMedia, source_media_from_probe
 
 FFPROBE = "ffprobe"
 PROBE_TIMEOUT_SECONDS = 30.0
@@ -35,6 +36,7 @@ class ProbeResult:
     width: int | None
     height: int | None
     audio_codec: str | None
+    media: SourceMedia = field(default_factory=SourceMedia)  # what the planner needs of an input
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ def parse_probe_output(document: dict[str, Any], *, size_fallback: int | None = 
         width=_int(video.get("width")) if video else None,
         height=_int(video.get("height")) if video else None,
         audio_codec=audio.get("codec_name") if audio else None,
+        media=source_media_from_probe(document),
     )
 
 
@@ -136,9 +139,22 @@ async def probe_input(
     args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
     if "://" in url:
         args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
-    args += ["-print_format", "json", "-show_format", "-show_streams", url]
-    document = await run_ffprobe(args, timeout_seconds=timeout_seconds)
-    return parse_probe_output(document) if document is not None else None
+    document = await run_ffprobe(
+        [*args, "-print_format", "json", "-show_format", "-show_streams", url], timeout_seconds=timeout_seconds
+    )
+    if document is None:
+        return None
+    result = parse_probe_output(document)
+    if result.media.hdr == "pq" and result.media.mastering_display is None:
+        # HDR10 mastering display / content light levels of HEVC are SEI: on the first frame
+        first_frame = await run_ffprobe(
+            [*args, "-select_streams", "v:0", "-read_intervals", "%+#1", "-print_format", "json",
+             "-show_frames", "-show_entries", "frame=side_data_list", url],
+            timeout_seconds=timeout_seconds,
+        )  # fmt: skip
+        if first_frame is not None:
+            result = parse_probe_output({**document, "frames": first_frame.get("frames") or []})
+    return result
 
 
 async def input_duration(

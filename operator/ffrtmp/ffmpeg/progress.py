@@ -13,6 +13,11 @@ A block ends with `progress=continue` (or `progress=end` for the last one):
 Values may be `N/A` (no output timestamp yet, null muxer size) and are padded with spaces
 (`speed=   0x`). `out_time_ms` is microseconds too (an old ffmpeg misnomer); `out_time_us`
 wins when both are there.
+
+`out_time` is output time: ffmpeg (without `-copyts`) shifts the input's first timestamp to
+zero, so a broadcast TS whose timestamps start at 10000 s still reports 0..duration, and the
+probed `format.duration` (a length, not an end time) is the right denominator for `percent`
+(tests/ffmpeg/test_real_media.py and test_attempt_media.py check both with such a TS).
 """
 
 from __future__ import annotations

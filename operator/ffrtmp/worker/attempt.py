@@ -24,6 +24,7 @@ from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
+from ffrtmp.ffmpeg.loudness import LoudnessMeasurement, LoudnessParseError, apply_measurements, parse_loudnorm_output
 from ffrtmp.ffmpeg.probe import probe, probe_input
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
@@ -34,6 +35,7 @@ from ffrtmp.worker.metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 STDERR_LINES = 30
+MEASURE_STDERR_LINES = 200  # a loudnorm measuring pass prints its JSON last, at info level
 
 
 class Stop(Exception):
@@ -229,6 +231,7 @@ class Attempt:
                 allowed_protocols=list(self.config.allowed_protocols),
                 threads=self._threads(),
                 input_has_audio=None if info is None else info.audio_codec is not None,
+                source=None if info is None else info.media,
                 render_device=self.config.render_device,
             )
         except InvalidSpec as e:
@@ -261,16 +264,26 @@ class Attempt:
             duration = self._input_duration
         restarts = 0
         policy = self.spec.input.restart_policy
+        measuring = plan.loudness_measure_passes
+        total = len(measuring) + len(plan.passes)
         while True:
             failure: Failure | None = None
-            for index, argv in enumerate(plan.passes):
-                run = await self._run_ffmpeg(argv, plan.env, duration, plan.live, index, len(plan.passes))
+            measurements: dict[str, LoudnessMeasurement] = {}
+            for index, measure in enumerate(measuring):
+                run = await self._run_ffmpeg(
+                    measure.argv, plan.env, duration, plan.live, index, total, stderr_lines=MEASURE_STDERR_LINES
+                )
                 if run.returncode != 0 or run.killed_by:
-                    self._stderr_tail = run.stderr_tail
-                    failure = classify_failure(
-                        run.returncode, run.stderr_tail, killed_by=run.killed_by, input_url=self._input_url,
-                        memory_limit=self._memory_limit() or 0, memory_peak=run.memory_peak,
-                    )  # fmt: skip
+                    return self._failure(run), restarts
+                try:
+                    measurements[measure.stream] = parse_loudnorm_output(run.stderr_tail)
+                except LoudnessParseError as e:
+                    return Failure("FfmpegError", str(e), True), restarts
+            passes = apply_measurements(plan.passes, measurements) if measuring else plan.passes
+            for index, argv in enumerate(passes, start=len(measuring)):
+                run = await self._run_ffmpeg(argv, plan.env, duration, plan.live, index, total)
+                if run.returncode != 0 or run.killed_by:
+                    failure = self._failure(run)
                     break
             if not plan.live or self.stop_reason is not None:
                 return failure, restarts
@@ -294,6 +307,13 @@ class Attempt:
             if self.stop_reason is not None:
                 return Failure("FfmpegError", "stopped", False), restarts
 
+    def _failure(self, run: FfmpegRun) -> Failure:
+        self._stderr_tail = run.stderr_tail
+        return classify_failure(
+            run.returncode, run.stderr_tail, killed_by=run.killed_by, input_url=self._input_url,
+            memory_limit=self._memory_limit() or 0, memory_peak=run.memory_peak,
+        )  # fmt: skip
+
     async def _run_ffmpeg(
         self,
         argv: list[str],
@@ -302,6 +322,8 @@ class Attempt:
         live: bool,
         index: int,
         passes: int,
+        *,
+        stderr_lines: int = STDERR_LINES,
     ) -> FfmpegRun:
         # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
         self._proc = proc = await asyncio.create_subprocess_exec(
@@ -310,7 +332,7 @@ class Attempt:
         )  # fmt: skip
         if self.stop_reason is not None:
             self.stop(self.stop_reason)
-        stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
+        stderr_tail: deque[str] = deque(maxlen=stderr_lines)
         killed_by: str | None = None
         deadline = None
         if self.spec.timeout_seconds:
