@@ -180,7 +180,10 @@ class Reconciler:
     async def run(self) -> None:
         """Watch every kind, and decide once each was listed (until then "missing" is not "gone")."""
         watches = [
-            asyncio.create_task(feed(self.client, watched, namespace, self), name=f"watch-{watched.kind}-{namespace}")
+            asyncio.create_task(
+                feed(self.client, watched, namespace, self, self.metrics.watch_relists.labels(watched.kind).inc),
+                name=f"watch-{watched.kind}-{namespace}",
+            )
             for watched in WATCHED
             for namespace in self.namespaces
         ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,12 +50,15 @@ class Sink(Protocol):
     def on_event(self, kind: str, event_type: str, obj: Obj) -> None: ...
 
 
-async def feed(client: KubeClient, watched: Watched, namespace: str, sink: Sink) -> None:
+async def feed(
+    client: KubeClient, watched: Watched, namespace: str, sink: Sink, on_relist: Callable[[], None] | None = None
+) -> None:
     """Forever: list and watch one kind in one namespace ("" = all) into the sink. A failing sink
     call is logged and the stream starts over with a fresh list, so the store cannot drift."""
     while True:
         try:
-            async for event_type, obj in informer(client, watched.path(namespace), watched.params):
+            stream = informer(client, watched.path(namespace), watched.params, on_relist=on_relist)
+            async for event_type, obj in stream:
                 if event_type == "SYNC":
                     sink.on_sync(watched.kind, namespace, obj["items"], obj["metadata"]["resourceVersion"])
                 else:
