@@ -43,8 +43,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # kopf serves no resource here (controller/watches.py does): it need not watch CRDs and
     # namespaces, nor hold the cluster-wide permissions to.
     settings.scanning.disabled = True
-    # Connections for the writes, the Events' own slots, the watches and the leader Lease.
-    client = KubeClient(memo.kube_config, max_connections=ours.max_parallel_writes * 2 + 16)
+    # Connections for the writes, the Events' own slots and the leader Lease (watches have their own).
+    client = KubeClient(
+        memo.kube_config, max_connections=ours.max_parallel_writes * 2 + 16, component="ffrtmp-operator"
+    )
     metrics = OperatorMetrics()
     elector = None
     if memo.leader_election:

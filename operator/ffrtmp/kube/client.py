@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from ffrtmp import __version__
 from ffrtmp.kube.config import KubeConfig
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,19 @@ class KubeClient:
     84 watches (21 namespaces x 4 kinds) took every connection and writes and watches timed out.
     Use as an async context manager."""
 
-    def __init__(self, config: KubeConfig, *, max_connections: int = 64, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: KubeConfig,
+        *,
+        max_connections: int = 64,
+        timeout: float = 30.0,
+        component: str = "ffrtmp",
+    ) -> None:
+        """`component` names the caller to the API server: the User-Agent (`<component>/<version>`)
+        and the fieldManager of every write, so managedFields show who wrote what."""
         self.config = config
+        self._component = component
+        self._user_agent = f"{component}/{__version__}"
         self._timeout = timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -105,7 +117,7 @@ class KubeClient:
         self._session = self._watch_session = None
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         token = self.config.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -124,10 +136,13 @@ class KubeClient:
         request_timeout: float | None = None,
     ) -> Obj:
         data = None if body is None else json.dumps(body)
+        query = {k: str(v) for k, v in (params or {}).items()}
+        if method in ("POST", "PUT", "PATCH"):
+            query.setdefault("fieldManager", self._component)
         async with self._get_session().request(
             method,
             path,
-            params={k: str(v) for k, v in (params or {}).items()},
+            params=query,
             data=data,
             headers=self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=request_timeout or self._timeout),
