@@ -4,6 +4,7 @@ no worker became Ready."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -33,5 +34,6 @@ def test_twenty_five_namespaces_workers_get_ready_and_a_job_succeeds(farm: Farm,
     done = farm.wait_phase("one", "Succeeded", "Failed", timeout=180)
     assert done["status"]["phase"] == "Succeeded", done["status"]
 
-    managers = {entry["manager"] for entry in done["metadata"]["managedFields"]}
+    shown = farm.cluster.kubectl("get", "tj", "one", "-n", farm.namespace, "-o", "json", "--show-managed-fields")
+    managers = {entry["manager"] for entry in json.loads(shown.stdout)["metadata"]["managedFields"]}
     assert {"ffrtmp-operator", "ffrtmp-worker"} <= managers, managers

@@ -1,6 +1,7 @@
 """`kube.client.informer` against a tiny in-process server speaking the list and watch protocol:
 a broken watch resumes from the last resourceVersion (bookmarks included) without listing again,
-410 Gone lists again (and counts), and a 200 kB object in one watch line is delivered."""
+410 Gone lists again (and counts), and a 200 kB object in one watch line is delivered. Also the
+readiness decision built on the watches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ffrtmp.controller.watches import not_ready
 from ffrtmp.kube.client import KubeClient, informer
 from ffrtmp.kube.config import KubeConfig
 
@@ -79,3 +81,14 @@ async def test_a_broken_watch_resumes_and_only_410_relists() -> None:
     assert watched_from == ["10", "12"]
     assert ["watch" in q for q in fake.requests] == [False, True, True, False]
     assert relists == [3]
+
+
+def test_not_ready_names_each_unlisted_watch_and_its_list_error() -> None:
+    synced = {(kind, "a") for kind in ("jobs", "pools", "pods", "leases")} | {("pods", "b")}
+    errors = {("jobs", "b"): "403 Forbidden listing /x"}
+    assert not_ready(["a", "b"], synced, errors) == [
+        "jobs in b: 403 Forbidden listing /x",
+        "pools in b: not listed yet",
+        "leases in b: not listed yet",
+    ]
+    assert not_ready([""], {(kind, "") for kind in ("jobs", "pools", "pods", "leases")}, {}) == []

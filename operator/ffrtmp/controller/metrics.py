@@ -62,6 +62,12 @@ class OperatorMetrics:
             ["kind"],
             registry=r,
         )
+        self.list_errors = PromCounter(
+            "ffrtmp_operator_list_errors_total",
+            "Lists of a watched kind the API server refused, by HTTP status (403: RBAC, 404: no CRD).",
+            ["kind", "code"],
+            registry=r,
+        )
         self.leader = Gauge("ffrtmp_operator_leader", "1 while this replica leads.", registry=r)
         self.worker_lease_age = Gauge(
             "ffrtmp_operator_worker_lease_age_seconds",

@@ -269,12 +269,13 @@ async def informer(
     retry_delay: float = 0.5,
     max_retry_delay: float = 5.0,
     on_relist: Callable[[], None] | None = None,
+    on_list_error: Callable[[ApiError], None] | None = None,
 ) -> AsyncIterator[tuple[str, Obj]]:
     """List, then watch forever. Yields (type, object).
 
     A broken stream or a failed watch resumes from the last resourceVersion seen (bookmarks
     included); only 410 Gone, or a list that never succeeded, lists again. `on_relist` is called
-    before every list after the first.
+    before every list after the first, `on_list_error` with every error answer to a list.
 
     After each (re)list it yields ("SYNC", {"items": [...], "metadata": {"resourceVersion": rv}}) so
     the consumer can replace its view: objects deleted while the watch was down disappear then.
@@ -303,6 +304,8 @@ async def informer(
                 if event["type"] != "BOOKMARK":
                     yield event["type"], obj
         except ApiError as e:
+            if not resource_version and on_list_error is not None:
+                on_list_error(e)
             if e.gone:
                 resource_version = ""
                 log.info("watch of %s expired (410 Gone); relisting", path)
