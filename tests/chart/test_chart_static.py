@@ -550,13 +550,15 @@ def test_deployment_defaults(helm: str) -> None:
         "--all-namespaces",
         "--metrics-port=9090",
         "--health-port=8080",
+        "--ready-port=8081",
         "--log-format=json",
         "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.1.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
     ]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http-health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http-metrics": 9090, "http-health": 8080}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-ready"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http-metrics": 9090, "http-health": 8080, "http-ready": 8081}
     assert pod["serviceAccountName"] == "ffmpeg-rtmp-operator"
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
@@ -573,6 +575,7 @@ def test_deployment_all_options(helm: str) -> None:
         "--namespace=media-gpu",
         "--metrics-port=9090",
         "--health-port=8080",
+        "--ready-port=8081",
         "--leader-elect",
         "--leader-election-namespace=ffmpeg-rtmp",
         "--log-format=text",

@@ -1,5 +1,7 @@
 """kopf registration: start and stop the reconciler (whose own watches feed its store), log in,
-and answer the liveness probe."""
+and answer the liveness probe (kopf's /healthz). Readiness is /readyz on its own port: kopf's
+probes have one endpoint, and a watch that cannot list (RBAC, a missing CRD) must take the
+operator out of service without the liveness probe restarting it over and over."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import socket
 from typing import Any
 
 import kopf
+from aiohttp import web
 from prometheus_client import start_http_server
 
 from ffrtmp.controller.leader import LeaderElector
@@ -43,8 +46,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # kopf serves no resource here (controller/watches.py does): it need not watch CRDs and
     # namespaces, nor hold the cluster-wide permissions to.
     settings.scanning.disabled = True
-    # Connections for the writes, the Events' own slots, the watches and the leader Lease.
-    client = KubeClient(memo.kube_config, max_connections=ours.max_parallel_writes * 2 + 16)
+    # Connections for the writes, the Events' own slots and the leader Lease (watches have their own).
+    client = KubeClient(
+        memo.kube_config, max_connections=ours.max_parallel_writes * 2 + 16, component="ffrtmp-operator"
+    )
     metrics = OperatorMetrics()
     elector = None
     if memo.leader_election:
@@ -61,6 +66,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
     memo.tasks = tasks
+    if ours.ready_port:
+        memo.ready_runner = await serve_readiness(reconciler, ours.ready_port)
+
+
+async def serve_readiness(reconciler: Reconciler, port: int) -> web.AppRunner:
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = reconciler.not_ready()
+        if reasons:
+            return web.Response(status=503, text="not ready:\n" + "\n".join(reasons) + "\n")
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
 
 
 @kopf.on.cleanup()
@@ -71,6 +93,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None and reconciler.elector is not None:
         await reconciler.elector.release()
+    if "ready_runner" in memo:
+        await memo.ready_runner.cleanup()
     if "client" in memo:
         await memo.client.close()
 

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
     parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
     parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
+    parser.add_argument(
+        "--ready-port", type=int, default=int(env("FFRTMP_READY_PORT", "0")),
+        help="serve /readyz here: 503 until every watched kind in every namespace is listed (0: off)",
+    )  # fmt: skip
     parser.add_argument("--leader-elect", action="store_true", help="stand by unless holding the leader Lease")
     parser.add_argument("--leader-election-namespace", default=env("POD_NAMESPACE", "default"))
     parser.add_argument("--lease-grace-seconds", type=float, default=OperatorSettings.lease_grace_seconds)
@@ -60,6 +64,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         job_events=args.job_events,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        ready_port=args.ready_port,
     )
 
 

@@ -56,6 +56,18 @@ class OperatorMetrics:
         self.reconcile_errors = PromCounter(
             "ffrtmp_reconcile_errors_total", "Failed API writes and passes.", ["kind"], registry=r
         )
+        self.watch_relists = PromCounter(
+            "ffrtmp_operator_watch_relists_total",
+            "Watches that had to list again (410 Gone, or no resourceVersion to resume from).",
+            ["kind"],
+            registry=r,
+        )
+        self.list_errors = PromCounter(
+            "ffrtmp_operator_list_errors_total",
+            "Lists of a watched kind the API server refused, by HTTP status (403: RBAC, 404: no CRD).",
+            ["kind", "code"],
+            registry=r,
+        )
         self.leader = Gauge("ffrtmp_operator_leader", "1 while this replica leads.", registry=r)
         self.worker_lease_age = Gauge(
             "ffrtmp_operator_worker_lease_age_seconds",

@@ -33,7 +33,7 @@ from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, Store, key_of, store_key
-from ffrtmp.controller.watches import WATCHED, feed
+from ffrtmp.controller.watches import WATCHED, feed, not_ready
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Reconciler:
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
         self._synced: set[tuple[str, str]] = set()
+        self._list_errors: dict[tuple[str, str], str] = {}
         self._last_api_ok = 0.0
         self._api_down = False
 
@@ -117,6 +118,17 @@ class Reconciler:
             self.store.synced.add(kind)
         self._api_answered(time.time())
         self.trigger.set()
+
+    def on_list_error(self, kind: str, namespace: str, path: str, error: ApiError) -> None:
+        """A refused list keeps readiness false; logged loudly once per kind and namespace."""
+        reason = f"{error.status} {error.reason} listing {path}"
+        if (kind, namespace) not in self._list_errors:
+            log.error("cannot list %s in %r: %s %s", kind, namespace or "all namespaces", reason, error.message)
+        self._list_errors[(kind, namespace)] = reason
+        self.metrics.list_errors.labels(kind, str(error.status)).inc()
+
+    def not_ready(self) -> list[str]:
+        return not_ready(self.namespaces, self._synced, self._list_errors)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -180,7 +192,10 @@ class Reconciler:
     async def run(self) -> None:
         """Watch every kind, and decide once each was listed (until then "missing" is not "gone")."""
         watches = [
-            asyncio.create_task(feed(self.client, watched, namespace, self), name=f"watch-{watched.kind}-{namespace}")
+            asyncio.create_task(
+                feed(self.client, watched, namespace, self, self.metrics.watch_relists.labels(watched.kind).inc),
+                name=f"watch-{watched.kind}-{namespace}",
+            )
             for watched in WATCHED
             for namespace in self.namespaces
         ]

@@ -38,3 +38,6 @@ class OperatorSettings:
     max_parallel_writes: int = 32
     metrics_port: int = 9090
     health_port: int = 8080
+    # /readyz: 200 once every watched kind in every namespace has been listed, else 503 and why.
+    # kopf's /healthz on health_port is the liveness signal only. 0 = not served.
+    ready_port: int = 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_COMPONENT, POOL_PLURAL, VERSION, WORKER_COMPONENT
-from ffrtmp.kube.client import KubeClient, Obj, informer, resource_path
+from ffrtmp.kube.client import ApiError, KubeClient, Obj, informer, resource_path
 
 log = logging.getLogger(__name__)
 WORKER_SELECTOR = f"{LABEL_COMPONENT}={WORKER_COMPONENT}"
@@ -48,13 +49,25 @@ class Sink(Protocol):
 
     def on_event(self, kind: str, event_type: str, obj: Obj) -> None: ...
 
+    def on_list_error(self, kind: str, namespace: str, path: str, error: ApiError) -> None: ...
 
-async def feed(client: KubeClient, watched: Watched, namespace: str, sink: Sink) -> None:
+
+async def feed(
+    client: KubeClient, watched: Watched, namespace: str, sink: Sink, on_relist: Callable[[], None] | None = None
+) -> None:
     """Forever: list and watch one kind in one namespace ("" = all) into the sink. A failing sink
     call is logged and the stream starts over with a fresh list, so the store cannot drift."""
+    path = watched.path(namespace)
     while True:
         try:
-            async for event_type, obj in informer(client, watched.path(namespace), watched.params):
+            stream = informer(
+                client,
+                path,
+                watched.params,
+                on_relist=on_relist,
+                on_list_error=lambda e: sink.on_list_error(watched.kind, namespace, path, e),
+            )
+            async for event_type, obj in stream:
                 if event_type == "SYNC":
                     sink.on_sync(watched.kind, namespace, obj["items"], obj["metadata"]["resourceVersion"])
                 else:
@@ -62,3 +75,16 @@ async def feed(client: KubeClient, watched: Watched, namespace: str, sink: Sink)
         except Exception:
             log.exception("the watch of %s in %r failed; listing again", watched.kind, namespace or "all namespaces")
             await asyncio.sleep(1.0)
+
+
+def not_ready(
+    namespaces: Iterable[str], synced: set[tuple[str, str]], errors: Mapping[tuple[str, str], str]
+) -> list[str]:
+    """Why the operator is not ready: one line per watched (kind, namespace) not listed yet, with
+    the error of its last list if that failed. Empty once every watch has synced."""
+    return [
+        f"{kind} in {namespace or 'all namespaces'}: " + errors.get((kind, namespace), "not listed yet")
+        for namespace in namespaces
+        for kind in (w.kind for w in WATCHED)
+        if (kind, namespace) not in synced
+    ]

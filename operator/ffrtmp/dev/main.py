@@ -59,7 +59,7 @@ def _workers(args: argparse.Namespace) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
 
     async def main() -> None:
-        async with KubeClient(load_config(args.kubeconfig)) as client:
+        async with KubeClient(load_config(args.kubeconfig), component="ffrtmp-dev") as client:
             kubelet = StandInKubelet(
                 client, args.namespace, args.state_dir,
                 worker_kubeconfig=args.worker_kubeconfig or args.kubeconfig,

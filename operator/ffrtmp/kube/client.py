@@ -6,12 +6,13 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
+from ffrtmp import __version__
 from ffrtmp.kube.config import KubeConfig
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,28 @@ def resource_path(
 
 
 class KubeClient:
-    """One aiohttp session to one API server. Use as an async context manager."""
+    """Two aiohttp sessions to one API server: one for requests, capped at `max_connections`, and
+    an unlimited one for watches. Each watch holds its connection for minutes, so in a shared pool
+    84 watches (21 namespaces x 4 kinds) took every connection and writes and watches timed out.
+    Use as an async context manager."""
 
-    def __init__(self, config: KubeConfig, *, max_connections: int = 64, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: KubeConfig,
+        *,
+        max_connections: int = 64,
+        timeout: float = 30.0,
+        component: str = "ffrtmp",
+    ) -> None:
+        """`component` names the caller to the API server: the User-Agent (`<component>/<version>`)
+        and the fieldManager of every write, so managedFields show who wrote what."""
         self.config = config
+        self._component = component
+        self._user_agent = f"{component}/{__version__}"
         self._timeout = timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -88,13 +104,20 @@ class KubeClient:
             self._session = aiohttp.ClientSession(base_url=self.config.server, connector=connector)
         return self._session
 
+    def _get_watch_session(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=0)
+            self._watch_session = aiohttp.ClientSession(base_url=self.config.server, connector=connector)
+        return self._watch_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         token = self.config.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -113,10 +136,13 @@ class KubeClient:
         request_timeout: float | None = None,
     ) -> Obj:
         data = None if body is None else json.dumps(body)
+        query = {k: str(v) for k, v in (params or {}).items()}
+        if method in ("POST", "PUT", "PATCH"):
+            query.setdefault("fieldManager", self._component)
         async with self._get_session().request(
             method,
             path,
-            params={k: str(v) for k, v in (params or {}).items()},
+            params=query,
             data=data,
             headers=self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=request_timeout or self._timeout),
@@ -200,7 +226,7 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
-        async with self._get_session().get(
+        async with self._get_watch_session().get(
             path,
             params=query,
             headers=self._headers(None),
@@ -209,9 +235,7 @@ class KubeClient:
             if resp.status >= 400:
                 text = await resp.text()
                 raise ApiError(resp.status, resp.reason or "", text[:500])
-            async for line in resp.content:
-                if not line.strip():
-                    continue
+            async for line in lines(resp.content):
                 event: Obj = json.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
@@ -223,6 +247,20 @@ class KubeClient:
                 yield event
 
 
+async def lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Non-blank lines of any length. aiohttp's own line iteration raises on lines over its
+    buffer's limit (tens of KiB), and one watch event is one line holding a whole object."""
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
+
+
 async def informer(
     client: KubeClient,
     path: str,
@@ -230,20 +268,30 @@ async def informer(
     *,
     retry_delay: float = 0.5,
     max_retry_delay: float = 5.0,
+    on_relist: Callable[[], None] | None = None,
+    on_list_error: Callable[[ApiError], None] | None = None,
 ) -> AsyncIterator[tuple[str, Obj]]:
-    """List, then watch forever; relist on 410 Gone or any broken stream. Yields (type, object).
+    """List, then watch forever. Yields (type, object).
+
+    A broken stream or a failed watch resumes from the last resourceVersion seen (bookmarks
+    included); only 410 Gone, or a list that never succeeded, lists again. `on_relist` is called
+    before every list after the first, `on_list_error` with every error answer to a list.
 
     After each (re)list it yields ("SYNC", {"items": [...], "metadata": {"resourceVersion": rv}}) so
     the consumer can replace its view: objects deleted while the watch was down disappear then.
-    Failures are retried after `retry_delay`, doubling up to `max_retry_delay` until a list succeeds,
+    Failures are retried after `retry_delay`, doubling up to `max_retry_delay` until a call succeeds,
     each delay jittered by +-50 %: a thousand workers whose watches broke together must not all list
     again at the same instant.
     """
     resource_version = ""
     delay = retry_delay
+    listed = False
     while True:
         try:
             if not resource_version:
+                if listed and on_relist is not None:
+                    on_relist()
+                listed = True
                 items, resource_version = await client.list_all(path, params)
                 delay = retry_delay
                 yield "SYNC", {"items": items, "metadata": {"resourceVersion": resource_version}}
@@ -252,16 +300,18 @@ async def informer(
                 rv = obj.get("metadata", {}).get("resourceVersion")
                 if rv:
                     resource_version = rv
+                delay = retry_delay
                 if event["type"] != "BOOKMARK":
                     yield event["type"], obj
         except ApiError as e:
-            resource_version = ""
+            if not resource_version and on_list_error is not None:
+                on_list_error(e)
             if e.gone:
+                resource_version = ""
                 log.info("watch of %s expired (410 Gone); relisting", path)
                 continue
-            log.warning("watch of %s failed: %s; relisting in about %.1fs", path, e, delay)
+            log.warning("watch of %s failed: %s; retrying in about %.1fs", path, e, delay)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
-            resource_version = ""
-            log.warning("watch of %s broke: %r; relisting in about %.1fs", path, e, delay)
+            log.warning("watch of %s broke: %r; resuming in about %.1fs", path, e, delay)
         await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, max_retry_delay)

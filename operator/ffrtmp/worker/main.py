@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     config = WorkerConfig.from_env()
 
     async def main() -> None:
-        async with KubeClient(load_config(args.kubeconfig)) as client:
+        async with KubeClient(load_config(args.kubeconfig), component="ffrtmp-worker") as client:
             await Agent(client, config).run()
 
     asyncio.run(main())
