@@ -1,7 +1,8 @@
 """The chart's pool admission policy (templates/admission-policy.yaml) on a real API server: `helm
 template` renders the ValidatingAdmissionPolicy and binding with the chart's defaults, the binding is
 narrowed to this test's namespace (the policy is cluster-scoped; other tests share the cluster), and
-WorkerPools are sent with a server-side dry run."""
+WorkerPools are sent with a server-side dry run. Then the operator's own check, on a cluster without
+the policy: a violating pool gets Degraded/PolicyViolation and no Pods."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import Farm
 from helpers import REPO, TestCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,26 @@ def test_pool_admission_policy_refuses_each_violation_naming_the_field(
     accepted = cluster.apply(allowed, namespace, check=False)
     assert accepted.returncode == 0, accepted.stderr
     assert cluster.get("workerpool", allowed["metadata"]["name"], namespace)["spec"]["serviceAccountName"] == WORKER_SA
+
+
+def _degraded(farm: Farm, name: str) -> dict[str, Any]:
+    status = farm.cluster.get("wp", name, farm.namespace).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == "Degraded"), {})
+
+
+def _pods(farm: Farm, pool: str) -> list[dict[str, Any]]:
+    return farm.cluster.list("pods", farm.namespace, "-l", f"ffmpeg-rtmp.io/pool={pool}")
+
+
+def test_operator_creates_no_pods_for_a_pool_that_breaks_its_policy(farm: Farm) -> None:
+    farm.pool("hostile", minWorkers=1, volumes=[{"name": "root", "hostPath": {"path": "/"}}])
+    farm.pool("fine", minWorkers=1, volumes=[{"name": "extra", "emptyDir": {}}])
+    farm.start_operator("--pool-allowed-service-accounts=transcoder")
+    # The allowed pool gets its Pod: the operator has acted on both pools by then.
+    wait_for(lambda: _pods(farm, "fine"), 60, "a worker Pod of the allowed pool")
+    degraded = wait_for(
+        lambda: (c := _degraded(farm, "hostile")).get("reason") == "PolicyViolation" and c, 60, "PolicyViolation"
+    )
+    assert degraded["status"] == "True"
+    assert "spec.volumes[0].hostPath is not allowed by the cluster admin" in degraded["message"]
+    assert _pods(farm, "hostile") == []
