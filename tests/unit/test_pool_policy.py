@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from test_pools import NOW, conditions, pool
+from test_pools import NOW, conditions, pool, with_status
 
 from ffrtmp.api.pool import WorkerPoolSpec
 from ffrtmp.controller.main import add_arguments, settings_from
@@ -66,6 +66,10 @@ def test_a_violating_pool_gets_no_pods_and_degraded_policy_violation() -> None:
     status, reason, message = conditions(decision.status)["Degraded"]
     assert (status, reason) == ("True", "PolicyViolation")
     assert "spec.volumes[0].hostPath is not allowed" in message
+    assert [(e.reason, e.message) for e in decision.events if e.type == "Warning"] == [("PolicyViolation", message)]
+    # Once the condition says so, the Warning is not repeated on every pass.
+    again = decide_pool(with_status(p, decision.status), [], {}, {}, 0, PoolMemory(), NOW, settings)
+    assert not [e for e in again.events if e.reason == "PolicyViolation"]
     allowed = decide_pool(pool(minWorkers=2), [], {}, {}, 0, PoolMemory(), NOW, settings)
     assert allowed.create == 2
 

@@ -177,6 +177,12 @@ def decide_pool(
     if previous != desired and (previous is not None or desired > 0):
         verb = "ScaledUp" if previous is None or desired > int(previous) else "ScaledDown"
         events.append(JobEvent("Normal", verb, reason))
+    already = any(
+        c.get("type") == "Degraded" and c.get("reason") == "PolicyViolation"
+        for c in pool.status.get("conditions") or []
+    )
+    if violations and not already:
+        events.append(JobEvent("Warning", "PolicyViolation", "no worker Pods are created: " + "; ".join(violations)))
     for p in failed:
         events.append(JobEvent("Warning", "WorkerReplaced", f"worker Pod {p.name} terminated; replacing it"))
 
