@@ -26,6 +26,8 @@ class LoopLag:
         self.interval = interval
         self.warn_seconds = warn_seconds
         self.latest = 0.0
+        # time.monotonic() of the latest tick: the worker's liveness checks the loop still runs.
+        self.last_tick = time.monotonic()
         self.histogram = Histogram(
             f"{prefix}_event_loop_lag_seconds",
             f"How much later than planned a {interval}s timer of the event loop fired.",
@@ -35,6 +37,7 @@ class LoopLag:
 
     def observe(self, lag: float) -> None:
         self.latest = lag
+        self.last_tick = time.monotonic()
         self.histogram.observe(lag)
         if lag >= self.warn_seconds:
             log.warning("the event loop ran %.1fs late (blocked, stopped or starved of CPU)", lag)

@@ -423,3 +423,89 @@ async def test_a_renewal_the_lease_watch_has_not_delivered_loses_no_worker(
     assert (s["phase"], s.get("reason")) == ("Queued", "WorkerLost"), s
     assert "stopped renewing its Lease 30s ago" in s["message"], s["message"]
     assert metrics.lease_confirmations.labels("expired")._value.get() == 1
+
+
+async def _switchable_server() -> tuple[asyncio.Server, str, dict[str, bool]]:
+    """An 'API server' that answers `{}` while state["up"], and hangs up on every request while not."""
+    state = {"up": True}
+
+    async def serve_or_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            length = next(
+                (int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0
+            )
+            await reader.readexactly(length)
+            if not state["up"]:
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(serve_or_hang_up, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", state
+
+
+async def _probe(session: Any, url: str) -> int:
+    async with session.get(url) as response:
+        return int(response.status)
+
+
+async def _until(check: Any, want: tuple[int, int], limit: float = 60.0) -> None:
+    """Poll (healthz, readyz) until it equals `want`; a state, not a duration, ends the wait."""
+    deadline = time.monotonic() + limit
+    while (got := await check()) != want:
+        assert time.monotonic() < deadline, f"(healthz, readyz) stayed {got}, wanted {want}"
+        await asyncio.sleep(0.1)
+
+
+async def test_liveness_survives_an_api_outage_longer_than_the_staleness_limit() -> None:
+    """Before issue 16, /healthz failed after 60 s without a Lease renewal or watch event, so a control-plane
+    outage of a few minutes made the kubelet restart every worker and kill every running ffmpeg. Now
+    /healthz depends only on the event loop (and supervised encodes); the outage shows as /readyz 503 and
+    ffrtmp_worker_api_reachable 0, and both recover. The staleness limit is 1 s here instead of 60 s."""
+    import aiohttp
+
+    from ffrtmp.dev.cluster import free_port
+    from ffrtmp.worker.metrics import serve
+    from ffrtmp.worker.selftest import SelfTestResult
+    from ffrtmp.worker.storage import StorageCheck
+
+    server, url, state = await _switchable_server()
+    port = free_port()
+    config = WorkerConfig(
+        pod_name="w", namespace="ns", pool="p", lease_seconds=2, renew_seconds=0.2, api_stale_seconds=1.0
+    )
+    async with server, KubeClient(KubeConfig(server=url)) as client, aiohttp.ClientSession() as session:
+        agent = Agent(client, config)
+        agent.self_test = SelfTestResult(ok=True, encoder="libx264", message="", seconds=0.1)
+        agent.storage = StorageCheck(ok=True, message="test")
+        tasks = [asyncio.ensure_future(agent.metrics.loop_lag.run()), asyncio.ensure_future(agent._lease_loop())]
+        runner = await serve(agent.metrics, port, agent.healthy, agent.probe_ready)
+        base = f"http://127.0.0.1:{port}"
+
+        async def check() -> tuple[int, int]:
+            return await _probe(session, f"{base}/healthz"), await _probe(session, f"{base}/readyz")
+
+        try:
+            await _until(check, (200, 200))
+            state["up"] = False
+            await _until(check, (200, 503))
+            assert _sample(agent.metrics, "ffrtmp_worker_api_reachable") == 0
+            outage_began = agent._api_ok
+            # Stay down past three staleness limits: liveness must hold the whole time.
+            while time.monotonic() - outage_began < 3 * config.api_stale_seconds:
+                assert await _probe(session, f"{base}/healthz") == 200
+                await asyncio.sleep(0.1)
+            assert _sample(agent.metrics, "ffrtmp_worker_api_last_success_age_seconds") >= 3 * config.api_stale_seconds
+            state["up"] = True
+            await _until(check, (200, 200))
+            assert _sample(agent.metrics, "ffrtmp_worker_api_reachable") == 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.cleanup()

@@ -554,6 +554,9 @@ def test_deployment_defaults(helm: str) -> None:
         "--log-format=json",
         "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.1.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
+        "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
+        "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,configMap,secret,projected,downwardAPI",
+        "--pool-allowed-service-accounts=ffmpeg-rtmp-worker",
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-ready"}
@@ -581,6 +584,9 @@ def test_deployment_all_options(helm: str) -> None:
         "--log-format=text",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
+        "--pool-allowed-image-prefixes=registry.example.com:5000/ffmpeg-rtmp/",
+        "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,hostPath",
+        "--pool-allowed-service-accounts=transcoder,transcoder-gpu",
         "--verbose",
     ]
     env = {e["name"]: e for e in c["env"]}
@@ -1414,3 +1420,50 @@ def test_notes_examples_are_valid(helm: str, kubeconform: str, schema_dir: Path,
         assert "TranscodeJob" in kinds
         if not args:
             assert kinds == {"TranscodeJob", "WorkerPool"}
+
+
+# --------------------------------------------------------------------------------------------
+# pool admission (poolPolicy)
+
+
+def test_pool_admission_policy_defaults(helm: str) -> None:
+    """On by default: a ValidatingAdmissionPolicy (v1) for WorkerPools with the chart's worker image
+    repository, worker ServiceAccount and the safe volume sources baked in, one validation per volume
+    index (the CRD's maxItems 16), and a Deny binding."""
+    docs = render(helm)
+    vap = one(docs, "ValidatingAdmissionPolicy", "ffmpeg-rtmp-workerpools")
+    assert vap["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert vap["spec"]["matchConstraints"]["resourceRules"] == [
+        {
+            "apiGroups": ["ffmpeg-rtmp.io"],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["workerpools"],
+        }
+    ]
+    rules = vap["spec"]["validations"]
+    assert len(rules) == 2 + 16
+    assert '["ghcr.io/ffmpeg-rtmp/worker:","ghcr.io/ffmpeg-rtmp/worker@"]' in rules[0]["expression"]
+    assert "'spec.image '" in rules[0]["messageExpression"]
+    assert '["ffmpeg-rtmp-worker"]' in rules[1]["expression"]
+    assert "'spec.serviceAccountName '" in rules[1]["messageExpression"]
+    assert "object.spec.volumes[15]" in rules[17]["expression"]
+    assert "hostPath" not in rules[2]["expression"]
+    assert "'spec.volumes[0].'" in rules[2]["messageExpression"]
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "ffmpeg-rtmp-workerpools")
+    assert binding["spec"] == {"policyName": "ffmpeg-rtmp-workerpools", "validationActions": ["Deny"]}
+
+
+def test_pool_admission_policy_follows_the_values(helm: str) -> None:
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy")
+    rules = vap["spec"]["validations"]
+    assert '["registry.example.com:5000/ffmpeg-rtmp/"]' in rules[0]["expression"]
+    assert '["transcoder","transcoder-gpu"]' in rules[1]["expression"]
+    assert '["persistentVolumeClaim","emptyDir","hostPath"]' in rules[2]["expression"]
+    off = render(helm, "--set", "poolPolicy.admissionPolicy=false")
+    assert not of_kind(off, "ValidatingAdmissionPolicy") and not of_kind(off, "ValidatingAdmissionPolicyBinding")
+    # The operator enforces the lists either way.
+    dep = one(off, "Deployment", "ffmpeg-rtmp-operator")
+    assert (
+        "--pool-allowed-service-accounts=ffmpeg-rtmp-worker" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    )

@@ -306,6 +306,9 @@ def test_worker_and_operator_metrics(farm: Farm) -> None:
     assert _value(worker, "ffrtmp_worker_lease_renew_seconds_count") >= 1
     assert _value(worker, "ffrtmp_worker_lease_renew_failures_total") == 0
     assert _value(worker, "ffrtmp_worker_event_loop_lag_seconds_count") >= 1
+    # API reachability is a metric and readiness, not liveness (issue 16).
+    assert _value(worker, "ffrtmp_worker_api_reachable") == 1
+    assert _value(worker, "ffrtmp_worker_api_last_success_age_seconds") < 60
     port = int(info["env"]["FFRTMP_METRICS_PORT"])
     for path in ("healthz", "readyz"):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as resp:

@@ -191,3 +191,24 @@ plus worker.extraNamespaces. Sorted, without duplicates.
 {{- $ns = concat $ns .Values.worker.extraNamespaces }}
 {{- $ns | uniq | sortAlpha | toJson }}
 {{- end }}
+
+{{/*
+Pool policy lists (poolPolicy), comma-joined, with the chart's defaults for empty lists: image prefixes
+default to the worker image repository (`<repo>:` and `<repo>@`), ServiceAccounts to the worker's.
+*/}}
+{{- define "ffmpeg-rtmp.poolPolicy.imagePrefixes" -}}
+{{- if .Values.poolPolicy.allowedImagePrefixes }}
+{{- join "," .Values.poolPolicy.allowedImagePrefixes }}
+{{- else }}
+{{- $repo := default .Values.operator.image.repository .Values.worker.image.repository }}
+{{- printf "%s:,%s@" $repo $repo }}
+{{- end }}
+{{- end }}
+
+{{- define "ffmpeg-rtmp.poolPolicy.serviceAccounts" -}}
+{{- if .Values.poolPolicy.allowedServiceAccounts }}
+{{- join "," .Values.poolPolicy.allowedServiceAccounts }}
+{{- else }}
+{{- include "ffmpeg-rtmp.worker.serviceAccountName" . }}
+{{- end }}
+{{- end }}

@@ -8,6 +8,7 @@ import os
 
 import kopf
 
+from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.kube.config import load_config
 
@@ -19,6 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, $KUBECONFIG)")
     parser.add_argument("--worker-image", default=env("FFRTMP_WORKER_IMAGE", OperatorSettings.worker_image))
     parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
+    parser.add_argument(
+        "--pool-allowed-image-prefixes", default=env("FFRTMP_POOL_ALLOWED_IMAGE_PREFIXES"),
+        help="comma-separated prefixes a WorkerPool's spec.image must start with (unset: any image)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-volume-types", default=env("FFRTMP_POOL_ALLOWED_VOLUME_TYPES"),
+        help="comma-separated volume sources allowed in a WorkerPool's spec.volumes "
+        f"(default: {','.join(DEFAULT_VOLUME_TYPES)}; hostPath only when listed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-service-accounts", default=env("FFRTMP_POOL_ALLOWED_SERVICE_ACCOUNTS"),
+        help="comma-separated ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)",
+    )  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
     parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
     parser.add_argument(
@@ -56,6 +70,11 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         namespaces=tuple(args.namespace),
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
+        pool_policy=PoolPolicy(
+            image_prefixes=parse_list(args.pool_allowed_image_prefixes) or (),
+            volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
+            service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
+        ),
         device_resources=devices,
         lease_grace_seconds=args.lease_grace_seconds,
         retry_backoff_seconds=args.retry_backoff_seconds,

@@ -11,6 +11,7 @@ from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.controller.autoscaling import ScaleInput, WorkerLoad, choose_removals, jobs_per_hour, recommend
 from ffrtmp.controller.lifecycle import JobEvent, lease_fresh
 from ffrtmp.controller.pods import worker_selector
+from ffrtmp.controller.policy import pool_policy_violations
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import PoolObj, WorkerLease, WorkerPod
 
@@ -156,7 +157,8 @@ def decide_pool(
             pending_timeout,
         )  # fmt: skip
 
-    create = max(desired - len(live), 0)
+    violations = pool_policy_violations(spec, settings.pool_policy)
+    create = 0 if violations else max(desired - len(live), 0)
     delete = [p.name for p in failed]
     if len(live) > desired:
         surplus = len(live) - desired
@@ -175,6 +177,12 @@ def decide_pool(
     if previous != desired and (previous is not None or desired > 0):
         verb = "ScaledUp" if previous is None or desired > int(previous) else "ScaledDown"
         events.append(JobEvent("Normal", verb, reason))
+    already = any(
+        c.get("type") == "Degraded" and c.get("reason") == "PolicyViolation"
+        for c in pool.status.get("conditions") or []
+    )
+    if violations and not already:
+        events.append(JobEvent("Warning", "PolicyViolation", "no worker Pods are created: " + "; ".join(violations)))
     for p in failed:
         events.append(JobEvent("Warning", "WorkerReplaced", f"worker Pod {p.name} terminated; replacing it"))
 
@@ -182,8 +190,9 @@ def decide_pool(
     busy = sum(min(running_by_worker.get(p.key, 0), spec.max_concurrent_jobs) for p in ready)
     avg = memory.average_duration(now)
     conditions = _conditions(
-        pool, len(ready), desired, limited, limited_message, unschedulable, storage_failures, encoder_failures, now
-    )
+        pool, len(ready), desired, limited, limited_message, unschedulable, storage_failures, encoder_failures, now,
+        violations,
+    )  # fmt: skip
     status: Obj = {
         "replicas": len(live),
         "selector": worker_selector(pool.name),
@@ -244,6 +253,7 @@ def _conditions(
     storage_failures: list[tuple[WorkerPod, str]],
     encoder_failures: list[tuple[WorkerPod, str]],
     now: float,
+    violations: list[str] | None = None,
 ) -> list[Obj]:
     updates: list[tuple[str, str, str, str]] = []
     if ready > 0:
@@ -256,7 +266,10 @@ def _conditions(
         updates.append(("ScalingLimited", "True", limited, limited_message or limited))
     else:
         updates.append(("ScalingLimited", "False", "WithinLimits", "the pool can grow to what its queue needs"))
-    if unschedulable:
+    if violations:
+        msg = "no worker Pods are created: " + "; ".join(violations)
+        updates.append(("Degraded", "True", "PolicyViolation", msg))
+    elif unschedulable:
         msg = f"{len(unschedulable)} worker Pod(s) cannot be scheduled: {unschedulable[0].unschedulable}"
         updates.append(("Degraded", "True", "Unschedulable", msg))
     elif storage_failures:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ffrtmp.controller.policy import PoolPolicy
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -12,6 +14,9 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     worker_image: str = "ghcr.io/ffmpeg-rtmp/worker:0.1.0"
     worker_service_account: str | None = None
+    # What a WorkerPool may put into worker Pods (image, serviceAccountName, volume sources): a pool
+    # that breaks it gets Degraded/PolicyViolation and no Pods (policy.py).
+    pool_policy: PoolPolicy = field(default_factory=PoolPolicy)
     # Device-plugin resource of each accelerator (configurable: clusters name them differently).
     device_resources: dict[str, str] = field(
         default_factory=lambda: {

@@ -25,9 +25,11 @@ from ffrtmp.api.constants import (
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso
 from ffrtmp.kube.client import ApiError, KubeClient, informer, resource_path
+from ffrtmp.worker import health
 from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, owns
+from ffrtmp.worker.health import HealthInputs
 from ffrtmp.worker.metrics import WorkerMetrics, serve
 from ffrtmp.worker.selftest import SelfTestResult, run_self_test
 from ffrtmp.worker.storage import StorageCheck, check_storage
@@ -54,7 +56,7 @@ class Agent:
         self.draining = False
         self.attempts: dict[str, Attempt] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
-        self._alive = time.monotonic()
+        self._api_ok = time.monotonic()
         self._lease_path = resource_path("coordination.k8s.io", "v1", "leases", config.namespace)
         self._lease_name = f"{LEASE_PREFIX}{config.pod_name}"
         self._jobs_path = resource_path(GROUP, VERSION, JOB_PLURAL, config.namespace)
@@ -64,14 +66,39 @@ class Agent:
         self._done: dict[tuple[str, int], float] = {}
         self._no_slot_since: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
+        self.metrics.api_last_success_age.set_function(self._api_age)
+        self.metrics.api_reachable.set_function(self._api_reachable)
 
     # -- readiness ----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         return bool(self.self_test and self.self_test.ok and self.storage and self.storage.ok and not self.draining)
 
+    def _health_inputs(self) -> HealthInputs:
+        return HealthInputs(
+            now=time.monotonic(),
+            last_loop_tick=self.metrics.loop_lag.last_tick,
+            last_api_success=self._api_ok,
+            attempts=len(self.attempts),
+            supervised=sum(1 for n in self.attempts if n in self._tasks and not self._tasks[n].done()),
+        )
+
     def healthy(self) -> bool:
-        return time.monotonic() - self._alive < 60
+        """Liveness: the event loop runs and encodes are supervised; never the API server (health.py)."""
+        return health.live(self._health_inputs(), self.config.loop_stale_seconds)
+
+    def probe_ready(self) -> bool:
+        """Readiness: `ready` and the API server answered within `api_stale_seconds`."""
+        return health.ready(self.ready, self._health_inputs(), self.config.api_stale_seconds)
+
+    def _api_succeeded(self) -> None:
+        self._api_ok = time.monotonic()
+
+    def _api_age(self) -> float:
+        return time.monotonic() - self._api_ok
+
+    def _api_reachable(self) -> float:
+        return 1.0 if health.api_reachable(self._health_inputs(), self.config.api_stale_seconds) else 0.0
 
     @property
     def free_slots(self) -> int:
@@ -81,8 +108,10 @@ class Agent:
     # -- main ---------------------------------------------------------------------------------
     async def run(self) -> None:
         runner = None
+        # First: liveness reads the loop-lag timer's ticks, and the self-test may take a while.
+        lag = asyncio.create_task(self.metrics.loop_lag.run(), name="loop-lag")
         if self.config.metrics_port:
-            runner = await serve(self.metrics, self.config.metrics_port, self.healthy, lambda: self.ready)
+            runner = await serve(self.metrics, self.config.metrics_port, self.healthy, self.probe_ready)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_drain)
@@ -94,7 +123,6 @@ class Agent:
         lease = asyncio.create_task(self._lease_loop(), name="lease")
         watch = asyncio.create_task(self._watch_loop(), name="watch")
         recheck = asyncio.create_task(self._recheck_loop(), name="recheck")
-        lag = asyncio.create_task(self.metrics.loop_lag.run(), name="loop-lag")
         storage = asyncio.create_task(self._storage_loop(), name="storage")
         try:
             await self._drained.wait()
@@ -170,8 +198,8 @@ class Agent:
             sent = time.monotonic()
             try:
                 await self.renew_lease()
-                self._alive = time.monotonic()
-                took = self._alive - sent
+                self._api_succeeded()
+                took = self._api_ok - sent
                 self.metrics.lease_renew_seconds.observe(took)
                 if took > slow:
                     log.warning(
@@ -198,7 +226,7 @@ class Agent:
     async def _watch_loop(self) -> None:
         selector = f"status.worker={self.config.pod_name}"
         async for event_type, obj in informer(self.client, self._jobs_path, {"fieldSelector": selector}):
-            self._alive = time.monotonic()
+            self._api_succeeded()
             try:
                 await self._handle(event_type, obj)
             except Exception:  # one bad event must not end the watch

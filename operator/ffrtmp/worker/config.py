@@ -29,6 +29,17 @@ class WorkerConfig:
     kill_grace_seconds: float = 10.0
     drain_seconds: float = 590.0
     metrics_port: int = 9091
+    # /readyz fails (and ffrtmp_worker_api_reachable is 0) after this long without a successful API
+    # call; liveness never depends on the API server.
+    api_stale_seconds: float = 60.0
+    # /healthz fails when the event loop has not ticked for this long.
+    loop_stale_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.api_stale_seconds <= 0:
+            raise ValueError(f"FFRTMP_API_STALE_SECONDS must be > 0, got {self.api_stale_seconds}")
+        if self.loop_stale_seconds <= 0:
+            raise ValueError(f"FFRTMP_LOOP_STALE_SECONDS must be > 0, got {self.loop_stale_seconds}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> WorkerConfig:
@@ -58,4 +69,6 @@ class WorkerConfig:
             kill_grace_seconds=float(get("FFRTMP_KILL_GRACE_SECONDS", "10")),
             drain_seconds=float(get("FFRTMP_DRAIN_SECONDS", "590")),
             metrics_port=int(get("FFRTMP_METRICS_PORT", "9091")),
+            api_stale_seconds=float(get("FFRTMP_API_STALE_SECONDS", "60")),
+            loop_stale_seconds=float(get("FFRTMP_LOOP_STALE_SECONDS", "10")),
         )

@@ -47,6 +47,16 @@ class WorkerMetrics:
             "ffrtmp_worker_lease_renew_failures_total", "Lease renewals that failed or timed out.", registry=r
         )
         self.loop_lag = LoopLag(r, "ffrtmp_worker")
+        self.api_reachable = Gauge(
+            "ffrtmp_worker_api_reachable",
+            "1 when an API call (Lease renewal, watch event) succeeded within the API staleness limit.",
+            registry=r,
+        )
+        self.api_last_success_age = Gauge(
+            "ffrtmp_worker_api_last_success_age_seconds",
+            "Seconds since the latest successful API call (Lease renewal or watch event).",
+            registry=r,
+        )
         self.storage_ok = Gauge(
             "ffrtmp_worker_storage_ok", "1 when the media roots are readable and the output root writable.", registry=r
         )
