@@ -301,24 +301,6 @@ def storage_path_problem(spec: WorkerPoolSpec) -> str | None:
     if SCRATCH_DIR in taken:
         return f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there"
     return None
-    media = [m.mount_path for m in spec.storage.media or []]
-    outside = [p for p in media if p not in spec.media_roots]
-    if outside:
-        return f"every storage.media mountPath must be one of mediaRoots ({outside[0]} is not)"
-    if len(set(media)) != len(media):
-        return "two storage.media claims must not share a mountPath"
-    taken = set(media)
-    if spec.storage.output is not None:
-        if spec.output_root == SCRATCH_DIR:
-            taken.add(SCRATCH_DIR)
-        elif spec.output_root in taken:
-            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
-        if spec.output_root in taken:
-            return "storage.output is mounted at outputRoot: no storage.media claim may use that mountPath"
-        taken.add(spec.output_root)
-    if any(m.get("mountPath") in taken for m in spec.volume_mounts or []):
-        return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
-    return None
 
 
 class Capacity(ApiModel):
