@@ -98,16 +98,18 @@ class KubeClient:
     ) -> None:
         await self.close()
 
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=limit)
+        return aiohttp.ClientSession(base_url=self.config.server, connector=connector)
+
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=self._max_connections)
-            self._session = aiohttp.ClientSession(base_url=self.config.server, connector=connector)
+            self._session = self._new_session(self._max_connections)
         return self._session
 
     def _get_watch_session(self) -> aiohttp.ClientSession:
         if self._watch_session is None or self._watch_session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=0)
-            self._watch_session = aiohttp.ClientSession(base_url=self.config.server, connector=connector)
+            self._watch_session = self._new_session(0)  # 0: no limit
         return self._watch_session
 
     async def close(self) -> None:
@@ -250,15 +252,20 @@ class KubeClient:
 async def lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """Non-blank lines of any length. aiohttp's own line iteration raises on lines over its
     buffer's limit (tens of KiB), and one watch event is one line holding a whole object."""
-    buffer = b""
+    pending: list[bytes] = []  # the start of a line not ended yet; each chunk is split once
     async for chunk in stream.iter_any():
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for line in complete:
-            if line.strip():
-                yield line
-    if buffer.strip():
-        yield buffer
+        *complete, rest = chunk.split(b"\n")
+        if complete:
+            complete[0] = b"".join([*pending, complete[0]])
+            pending = []
+            for line in complete:
+                if line.strip():
+                    yield line
+        if rest:
+            pending.append(rest)
+    last = b"".join(pending)
+    if last.strip():
+        yield last
 
 
 async def informer(
