@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("action", choices=["up", "down", "env"])
     cluster.add_argument("--dir", type=Path, default=None, help="state folder (default: .dev/cluster)")
     cluster.add_argument("--extra-nodes", type=int, default=0, help="extra simulated CPU nodes")
+    cluster.add_argument(
+        "--real-node", action="store_true",
+        help="also join one real kubelet + containerd node (root; see ffrtmp.dev.node); `down` undoes its host changes",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--no-simulated-nodes", dest="simulated_nodes", action="store_false",
+        help="start no KWOK nodes (with --real-node: every Pod runs on the real node)",
+    )  # fmt: skip
     cluster.set_defaults(func=_cluster)
 
     workers = sub.add_parser("workers", help="run stand-in worker processes for the worker Pods")
@@ -35,13 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    cluster = LocalCluster(args.dir or default_root())
+    cluster = LocalCluster(args.dir or default_root(), real_node=args.real_node, simulated_nodes=args.simulated_nodes)
     try:
         if args.action == "up":
             cluster.up(extra_nodes=args.extra_nodes)
             print(cluster.env(), end="")
         elif args.action == "down":
-            cluster.down()
+            problems = cluster.down()
+            for problem in problems:
+                print(f"left behind: {problem}")
+            return 1 if problems else 0
         else:
             print(cluster.env(), end="")
     except ClusterError as e:
