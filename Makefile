@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
+# The real node of the local cluster (tests/node, README "Without Docker"): runc, the CNI plugins,
+# iptables for kube-proxy and the CNI bridge, conntrack.
+NODE_APT_PACKAGES := runc containernetworking-plugins iptables conntrack
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
@@ -14,7 +17,7 @@ setup: system-packages venv tools
 
 # Debian packages: real ffmpeg/ffprobe, promtool (prometheus) and nginx with the RTMP module.
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
