@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--restart-delay", type=float, default=5.0)
     workers.set_defaults(func=_workers)
 
+    image = sub.add_parser("image", help="build the product's image locally (no registry): podman, debootstrap base")
+    image.add_argument("action", choices=["build"])
+    image.add_argument("--root", type=Path, default=None, help="repository checkout (default: found from the cwd)")
+    image.add_argument("--cache", type=Path, default=None, help="cache folder (default: <tools cache>/images)")
+    image.set_defaults(func=_image)
+
 
 def _cluster(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.dir or default_root(), real_node=args.real_node, simulated_nodes=args.simulated_nodes)
@@ -58,6 +64,21 @@ def _cluster(args: argparse.Namespace) -> int:
     except ClusterError as e:
         print(f"error: {e}")
         return 1
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    from ffrtmp.dev.image import ImageError, build_image
+
+    try:
+        built = build_image(args.root, args.cache)
+    except ImageError as e:
+        print(f"error: {e}")
+        return 1
+    how = "cached" if built.cached else f"built in {built.build_seconds:.1f}s"
+    print(f"image:   {built.reference} ({how}, base {built.base})")
+    print(f"archive: {built.archive}")
+    print(f"size:    {built.size_bytes} bytes ({built.size_bytes / 1e6:.0f} MB, uncompressed)")
     return 0
 
 
