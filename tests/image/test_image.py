@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,15 @@ def podman_run(image: BuiltImage, *args: str, entrypoint: str | None = None, ext
     if entrypoint:
         argv += ["--entrypoint", entrypoint]
     return subprocess.run([*argv, image.reference, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_the_cli_reports_the_cached_image(image: BuiltImage) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ffrtmp.cli", "dev", "image", "build", "--root", str(REPO)],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"image:   {image.reference} (cached" in proc.stdout
+    assert f"archive: {image.archive}" in proc.stdout
+    assert f"size:    {image.size_bytes} bytes" in proc.stdout
 
 
 def test_the_archive_is_an_oci_image(image: BuiltImage) -> None:
