@@ -91,6 +91,21 @@ def test_ffrtmp_commands_run_as_a_restricted_pod(image: BuiltImage) -> None:
         assert "usage: ffrtmp" in proc.stdout
 
 
+IMPORT_ALL = """
+import importlib, pkgutil, ffrtmp
+names = [m.name for m in pkgutil.walk_packages(ffrtmp.__path__, "ffrtmp.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_every_module_imports_with_the_images_dependencies(image: BuiltImage) -> None:
+    proc = podman_run(image, "-c", IMPORT_ALL, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout) > 20
+
+
 def test_default_user_and_command(image: BuiltImage) -> None:
     config = json.loads(subprocess.run(["podman", "image", "inspect", image.reference], capture_output=True,
                                        text=True, check=True).stdout)[0]["Config"]  # fmt: skip
