@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ def podman_run(image: BuiltImage, *args: str, entrypoint: str | None = None, ext
     return subprocess.run([*argv, image.reference, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def test_the_cli_reports_the_cached_image(image: BuiltImage) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ffrtmp.cli", "dev", "image", "build", "--root", str(REPO)],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"image:   {image.reference} (cached" in proc.stdout
+    assert f"archive: {image.archive}" in proc.stdout
+    assert f"size:    {image.size_bytes} bytes" in proc.stdout
+
+
 def test_the_archive_is_an_oci_image(image: BuiltImage) -> None:
     listing = subprocess.run(["tar", "-tf", str(image.archive)], capture_output=True, text=True, check=True).stdout
     assert {"oci-layout", "index.json"} <= set(listing.split())
@@ -79,6 +89,21 @@ def test_ffrtmp_commands_run_as_a_restricted_pod(image: BuiltImage) -> None:
         proc = podman_run(image, *args)
         assert proc.returncode == 0, proc.stderr
         assert "usage: ffrtmp" in proc.stdout
+
+
+IMPORT_ALL = """
+import importlib, pkgutil, ffrtmp
+names = [m.name for m in pkgutil.walk_packages(ffrtmp.__path__, "ffrtmp.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_every_module_imports_with_the_images_dependencies(image: BuiltImage) -> None:
+    proc = podman_run(image, "-c", IMPORT_ALL, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout) > 20
 
 
 def test_default_user_and_command(image: BuiltImage) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ from ffrtmp.dev.image import (
     base_mirror,
     base_sources_list,
     find_repo_root,
+    host_ca_bundle,
     image_key,
     mounts_below,
     parse_apt_sources,
     source_files,
     stale_images,
+    unavailable_reason,
 )
 from helpers import REPO
 
@@ -165,3 +168,20 @@ def test_only_the_newest_images_are_kept() -> None:
     metas = {Path("a.oci.json"): 3.0, Path("b.oci.json"): 1.0, Path("c.oci.json"): 2.0, Path("d.oci.json"): 4.0}
     assert stale_images(metas, keep=2) == [Path("c.oci.json"), Path("b.oci.json")]
     assert stale_images(metas, keep=5) == []
+
+
+def test_why_the_image_cannot_be_built() -> None:
+    def have(*tools: str) -> Callable[[str], str | None]:
+        return lambda name: f"/usr/bin/{name}" if name in tools else None
+
+    assert unavailable_reason(0, have("podman", "debootstrap", "runc")) is None
+    reason = unavailable_reason(1000, have("podman", "debootstrap", "runc"))
+    assert reason is not None and "needs root" in reason
+    assert unavailable_reason(0, have("podman")) == "not installed: debootstrap runc (make system-packages)"
+
+
+def test_pip_trusts_what_the_host_trusts(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert host_ca_bundle({"PIP_CERT": str(bundle)}) == bundle
+    assert host_ca_bundle({"PIP_CERT": str(tmp_path / "missing"), "SSL_CERT_FILE": str(bundle)}) == bundle

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,13 +172,13 @@ def find_repo_root(start: Path) -> Path:
 # ---- wiring -----------------------------------------------------------------------------------
 
 
-def unavailable_reason() -> str | None:
+def unavailable_reason(euid: int | None = None, which: Callable[[str], str | None] = shutil.which) -> str | None:
     """Why the image cannot be built on this host, or None."""
-    if os.geteuid() != 0:
+    if (os.geteuid() if euid is None else euid) != 0:
         return "building the base needs root (debootstrap, podman import)"
-    for tool in ("podman", "debootstrap"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (make system-packages)"
+    missing = [tool for tool in ("podman", "debootstrap", "runc") if which(tool) is None]
+    if missing:
+        return f"not installed: {' '.join(missing)} (make system-packages)"
     return None
 
 
@@ -370,8 +370,7 @@ def build_image(root: Path | None = None, cache: Path | None = None) -> BuiltIma
         ca = host_ca_bundle()
         if ca:
             argv += ["--secret", f"id=pip-ca,src={ca}"]  # see the Dockerfile: build-time trust only
-        if shutil.which("runc"):
-            argv += ["--runtime", "runc"]  # Debian's crun 1.8 fails in hybrid cgroup mode; its runc works
+        argv += ["--runtime", "runc"]  # Debian's crun 1.8 fails in hybrid cgroup mode; its runc works
         _run([*argv, str(root)], log, timeout=3600)
         if image_key(root, base.digest) != key:
             # A source changed while podman copied it: what was built may match neither hash.
@@ -398,7 +397,14 @@ def stale_images(metadata: dict[Path, float], keep: int) -> list[Path]:
 def _prune(cache: Path, keep: int) -> None:
     """Delete the archives, logs and podman tags of all but the newest `keep` cached images."""
     metas = {p: p.stat().st_mtime for p in cache.glob("ffmpeg-rtmp-*.oci.json")}
-    for meta in stale_images(metas, keep):
+    stale = stale_images(metas, keep)
+    kept = [m for m in metas if m not in stale]
+    oldest_kept = min((metas[m] for m in kept), default=0.0)
+    kept_stems = {m.name.removesuffix(".oci.json") for m in kept}
+    for log in cache.glob("ffmpeg-rtmp-*.log"):  # failed builds' logs, once older than every kept image
+        if log.stat().st_mtime < oldest_kept and log.name.removesuffix(".log") not in kept_stems:
+            log.unlink(missing_ok=True)
+    for meta in stale:
         data = json.loads(meta.read_text())
         subprocess.run(["podman", "rmi", str(data["reference"])], check=False, capture_output=True)
         stem = meta.name.removesuffix(".oci.json")
