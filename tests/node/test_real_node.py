@@ -14,6 +14,7 @@ into a failure, so the project's CI always runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -126,12 +127,23 @@ def quickstart() -> Iterator[Quickstart]:
         for cmd, seconds in timings.items():
             print(f"  {seconds:7.1f}  {cmd}")
         yield qs
+        # The tests' own pools and jobs first (their worker Pods go with them: owner references).
+        cluster.kubectl("delete", "tj,wp", "--all", "-n", NS, "--wait=true", "--timeout=120s")
         # helm uninstall leaves nothing of the release (the CRDs stay, as Helm documents).
         qs.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "3m")
-        left = cluster.kubectl("get", "all,sa,role,rolebinding,cm,secret,lease", "-n", RELEASE_NS, "-o", "name",
-                               "-l", "app.kubernetes.io/instance=" + RELEASE).stdout.split()  # fmt: skip
-        assert left == [], left
-        wait_for(lambda: not qs.pods(), 120, "worker Pods gone after uninstall", interval=1)
+
+        def release_objects() -> list[str]:
+            kinds = "all,sa,role,rolebinding,cm,secret,lease,pdb,networkpolicy"
+            selector = "app.kubernetes.io/instance=" + RELEASE
+            out = cluster.kubectl("get", kinds, "-n", RELEASE_NS, "-o", "name", "-l", selector).stdout.split()
+            cluster_wide = "clusterrole,clusterrolebinding,validatingadmissionpolicy,validatingadmissionpolicybinding"
+            out += cluster.kubectl("get", cluster_wide, "-o", "name", "-l", selector).stdout.split()
+            return out + [f"pod/{p['metadata']['name']}" for p in qs.pods()]
+
+        # Pods go after their owners, asynchronously: wait, then show what stayed.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not release_objects(), 120, "nothing of the release left", interval=1)
+        assert release_objects() == []
     finally:
         out = subprocess.run(
             ["bash", "-c", down], cwd=REPO, env=env, text=True, capture_output=True, timeout=300, check=False
@@ -241,7 +253,9 @@ def test_deleting_a_busy_worker_pod_hands_the_job_back(
     quickstart: Quickstart, long_clip: str, handback_pool: str
 ) -> None:
     qs = quickstart
-    qs.cluster.apply(transcode_job("handback", long_clip, realtime=True, poolRef=handback_pool, backoffLimit=3), NS)
+    qs.cluster.apply(
+        transcode_job("handback", long_clip, realtime=True, poolRef={"name": handback_pool}, backoffLimit=3), NS
+    )
     job = wait_for(
         lambda: (j := qs.job("handback")).get("status", {}).get("progress", {}).get("percent", 0) > 5 and j,
         180, "job handback running with progress", interval=1,
@@ -271,7 +285,7 @@ def test_container_memory_limit_is_oomkilled_by_the_cgroup(quickstart: Quickstar
     wait_for(lambda: _ready_worker(qs, "small"), 180, "a Ready worker of pool small", interval=1)
     # An 8K H.264 encode needs gigabytes (x264 keeps dozens of 50 MB frames in its lookahead).
     hog = [{"name": "8k", "video": {"codec": "h264", "preset": "medium", "crf": 30, "width": 7680, "height": 4320}}]
-    qs.cluster.apply(transcode_job("oom", "/media/trailer.mov", hog, poolRef="small", backoffLimit=1), NS)
+    qs.cluster.apply(transcode_job("oom", "/media/trailer.mov", hog, poolRef={"name": "small"}, backoffLimit=1), NS)
     status = wait_for(lambda: _finished(qs, "oom"), 300, "job oom finished", interval=1)["status"]
     # Retried per backoffLimit (1): two attempts, both killed by the cgroup's OOM killer.
     assert (status["phase"], status["reason"], status["attempt"]) == ("Failed", "OOMKilled", 2), status
@@ -298,7 +312,12 @@ def test_job_over_its_own_memory_limit_ends_memory_limit_exceeded(quickstart: Qu
     qs = quickstart
     hog = [{"name": "8k", "video": {"codec": "h264", "preset": "medium", "crf": 30, "width": 7680, "height": 4320}}]
     job = transcode_job(
-        "overmem", "/media/trailer.mov", hog, poolRef="cpu", backoffLimit=1, resources={"limits": {"memory": "300Mi"}}
+        "overmem",
+        "/media/trailer.mov",
+        hog,
+        poolRef={"name": "cpu"},
+        backoffLimit=1,
+        resources={"limits": {"memory": "300Mi"}},
     )
     qs.cluster.apply(job, NS)
     status = wait_for(lambda: _finished(qs, "overmem"), 240, "job overmem finished", interval=1)["status"]
@@ -325,7 +344,7 @@ def test_pool_whose_output_is_not_writable_is_degraded_and_its_jobs_wait(quickst
     pool = _pool("broken", minWorkers=1, maxWorkers=1)
     pool["spec"]["storage"]["output"] = {"claimName": "ffrtmp-readonly-output"}
     qs.cluster.apply(pool, NS)
-    qs.cluster.apply(transcode_job("waits", "/media/trailer.mov", poolRef="broken"), NS)
+    qs.cluster.apply(transcode_job("waits", "/media/trailer.mov", poolRef={"name": "broken"}), NS)
 
     def degraded() -> Obj | None:
         conditions = qs.cluster.get("wp", "broken", NS).get("status", {}).get("conditions", [])
@@ -349,7 +368,9 @@ def test_liveness_restarts_a_hung_agent_and_its_job_requeues(
     quickstart: Quickstart, long_clip: str, handback_pool: str
 ) -> None:
     qs = quickstart
-    qs.cluster.apply(transcode_job("hung", long_clip, realtime=True, poolRef=handback_pool, backoffLimit=3), NS)
+    qs.cluster.apply(
+        transcode_job("hung", long_clip, realtime=True, poolRef={"name": handback_pool}, backoffLimit=3), NS
+    )
     job = wait_for(
         lambda: (j := qs.job("hung")).get("status", {}).get("progress", {}).get("percent", 0) > 5 and j,
         180, "job hung running with progress", interval=1,
