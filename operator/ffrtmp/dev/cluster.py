@@ -368,12 +368,20 @@ class LocalCluster:
             time.sleep(0.5)
         raise ClusterError(f"the real node {name} did not become Ready:\n{self._log_tail('kubelet')}")
 
-    def import_image(self, archive: Path) -> None:
-        """Load an image archive into the real node's containerd (there is no registry to pull from)."""
+    def load_image(self, archive: Path, reference: str, *aliases: str) -> float:
+        """Import an image archive into the real node's containerd (there is no registry to pull
+        from) and tag it with `aliases` too; returns the seconds it took."""
+        started = time.monotonic()
+        if not host_node.SOCKET.exists():
+            raise ClusterError(f"no real node runs here ({host_node.SOCKET} is missing): `up --real-node` first")
         try:
-            self.node.import_image_archive(archive)
+            if reference not in self.node.images():
+                self.node.import_image_archive(archive)
+            for alias in aliases:
+                self.node.tag_image(reference, alias)
         except host_node.NodeError as e:
             raise ClusterError(str(e)) from None
+        return time.monotonic() - started
 
     def _default_service_account_ready(self) -> bool:
         out = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)

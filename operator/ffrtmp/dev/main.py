@@ -41,8 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--restart-delay", type=float, default=5.0)
     workers.set_defaults(func=_workers)
 
-    image = sub.add_parser("image", help="build the product's image locally (no registry): podman, debootstrap base")
-    image.add_argument("action", choices=["build"])
+    image = sub.add_parser(
+        "image", help="build the product's image locally (no registry): podman, debootstrap base; `load` also "
+        "imports it into the real node of --dir under the chart's default image name",
+    )  # fmt: skip
+    image.add_argument("action", choices=["build", "load"])
+    image.add_argument("--dir", type=Path, default=None, help="load: the real node's cluster folder (.dev/cluster)")
     image.add_argument("--root", type=Path, default=None, help="repository checkout (default: found from the cwd)")
     image.add_argument("--cache", type=Path, default=None, help="cache folder (default: <tools cache>/images)")
     image.set_defaults(func=_image)
@@ -79,7 +83,28 @@ def _image(args: argparse.Namespace) -> int:
     print(f"image:   {built.reference} ({how}, base {built.base})")
     print(f"archive: {built.archive}")
     print(f"size:    {built.size_bytes} bytes ({built.size_bytes / 1e6:.0f} MB, uncompressed)")
+    if args.action == "load":
+        cluster = LocalCluster(args.dir or default_root())
+        chart = chart_image_reference()
+        try:
+            seconds = cluster.load_image(built.archive, built.reference, chart)
+        except ClusterError as e:
+            print(f"error: {e}")
+            return 1
+        print(f"loaded:  {built.reference} and {chart} into the real node in {seconds:.1f}s")
     return 0
+
+
+def chart_image_reference() -> str:
+    """The image the chart uses by default: `<operator.image.repository>:<appVersion>`."""
+    import yaml
+
+    from ffrtmp.dev.cluster import repo_root
+
+    chart = repo_root() / "charts" / "ffmpeg-rtmp"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
+    return f"{values['operator']['image']['repository']}:{app_version}"
 
 
 def _workers(args: argparse.Namespace) -> int:

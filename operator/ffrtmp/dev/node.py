@@ -261,6 +261,11 @@ disabled_plugins = [
         if out.returncode != 0:
             raise NodeError(f"ctr images import {archive.name} failed: {out.stderr.strip()[-2000:]}")
 
+    def tag_image(self, reference: str, alias: str) -> None:
+        out = self.ctr("images", "tag", "--force", reference, alias)
+        if out.returncode != 0:
+            raise NodeError(f"ctr images tag {reference} {alias} failed: {out.stderr.strip()[-2000:]}")
+
     def images(self) -> list[str]:
         out = self.ctr("images", "list", "-q")
         return out.stdout.split() if out.returncode == 0 else []
