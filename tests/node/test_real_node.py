@@ -217,6 +217,43 @@ def test_helm_test_passes(quickstart: Quickstart) -> None:
     assert "Phase:          Succeeded" in out.stdout, out.stdout
 
 
+def test_the_cpu_pool_and_mp4_examples_work_as_written(quickstart: Quickstart) -> None:
+    """examples/workerpool-cpu.yaml (claims `media` and `renditions`, subPath farm-a) replaces the
+    README's pool; examples/mp4-h264-1080p.yaml runs again on it."""
+    qs = quickstart
+    renditions = HOST_DIR / "renditions"
+    (renditions / "farm-a").mkdir(parents=True)
+    for folder in (renditions, renditions / "farm-a"):
+        folder.chmod(0o777)
+    for name, path, mode in (
+        ("media", HOST_DIR / "media", "ReadOnlyMany"),
+        ("renditions", renditions, "ReadWriteMany"),
+    ):
+        qs.cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"examples-{name}"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": [mode], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path), "type": "Directory"}},
+        }))  # fmt: skip
+        qs.cluster.apply({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": [mode], "storageClassName": "", "volumeName": f"examples-{name}",
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        }, NS)  # fmt: skip
+    qs.cluster.kubectl("delete", "wp", "cpu", "-n", NS, "--wait=true")
+    # Its worker Pods go after it (garbage collection); none of them may take the example's job.
+    wait_for(lambda: not qs.pods("-l", "ffmpeg-rtmp.io/pool=cpu"), 120, "the README pool's workers gone", interval=1)
+    qs.cluster.kubectl("delete", "tj", "trailer-1080p", "-n", NS, "--ignore-not-found", "--wait=true")
+    qs.cluster.kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "workerpool-cpu.yaml"))
+    qs.cluster.kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "mp4-h264-1080p.yaml"))
+    done = wait_for(lambda: _finished(qs, "trailer-1080p"), 300, "the example job finished", interval=1)["status"]
+    assert done["phase"] == "Succeeded", done
+    pool = qs.cluster.get("wp", "cpu", NS)
+    assert pool["spec"]["storage"]["output"]["subPath"] == "farm-a"
+    files = list((renditions / "farm-a" / NS / "trailer-1080p").glob("*.mp4"))
+    assert len(files) == 1, files
+    assert ffprobe(files[0])["format"]["format_name"].startswith("mov,mp4")
+
+
 # -- failures handled by the real kubelet and cgroups ---------------------------------------------
 
 
