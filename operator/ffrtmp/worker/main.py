@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.verbose)
     from ffrtmp.worker.agent import Agent
 
+    kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, first
     config = WorkerConfig.from_env()
-    kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here
 
     async def main() -> None:
         async with KubeClient(kube_config, component="ffrtmp-worker") as client:
