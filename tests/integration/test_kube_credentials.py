@@ -401,7 +401,7 @@ def test_an_unsupported_auth_provider_fails_at_start_without_a_request(tmp_path:
     proc = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"ffrtmp {command}: {kc}: user 'gke_user': auth-provider 'gcp' is not supported" in proc.stderr
-    assert "exec credential plugin (e.g. gke-gcloud-auth-plugin" in proc.stderr
+    assert "exec credential plugin instead (e.g. gke-gcloud-auth-plugin" in proc.stderr
     assert secret not in proc.stderr + proc.stdout
     with pytest.raises(BlockingIOError):  # nobody connected: no anonymous request was tried
         listener.accept()
