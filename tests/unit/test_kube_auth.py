@@ -172,3 +172,10 @@ async def test_a_missing_plugin_is_an_error_with_its_install_hint(tmp_path: Path
     )
     with pytest.raises(CredentialError, match=r"could not be run: No such file or directory; pip install the-plugin"):
         await Credentials(missing).current()
+
+
+async def test_a_token_plugin_keeps_the_static_client_certificate(tmp_path: Path) -> None:
+    cfg = plugin_config(tmp_path)
+    both = KubeConfig(server=cfg.server, exec=cfg.exec, cert_data=b"CERT", key_data=b"KEY", user="u")
+    cred = await Credentials(both).current()
+    assert (cred.token, cred.cert_data, cred.key_data) == ("token-1", b"CERT", b"KEY")

@@ -155,6 +155,8 @@ class Credentials:
         if proc.returncode != 0:
             raise CredentialError(f"user {user!r}: exec plugin {cfg.command!r} exited with status {proc.returncode}")
         cred = parse_exec_credential(out, cfg.api_version, user)
+        if cred.cert_data is None and self.config.cert_data:  # a token plugin beside a static certificate
+            cred = Credential(cred.token, self.config.cert_data, self.config.key_data, cred.expires)
         log.info(
             "user %r: exec plugin %s gave a %s%s",
             user,
