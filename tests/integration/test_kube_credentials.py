@@ -34,31 +34,31 @@ EXEC_V1 = "client.authentication.k8s.io/v1"
 EXPIRY_SECONDS = 4.0
 
 # An exec credential plugin: one real ServiceAccount token per call (kubectl create token), valid for
-# EXPIRY_SECONDS by its ExecCredential. Each call is recorded: caller pid, time, argv, exec info.
+# EXPIRY_SECONDS by its ExecCredential. Each call is recorded: caller pid, time, expiry, argv, exec info.
 # PLAN (JSON list, one entry per call, then real tokens): "bogus" answers a token the server refuses.
 PLUGIN = """\
 import fcntl, json, os, subprocess, sys, time
 from datetime import datetime, timezone
 calls = os.environ["PLUGIN_CALLS"]
 with open(calls + ".lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    with open(calls, "a+") as f:
-        f.seek(0)
-        n = len(f.read().splitlines()) + 1
-        f.write(json.dumps({"pid": os.getppid(), "t": time.time(), "argv": sys.argv[1:],
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one call at a time: numbered in order
+    n = len(open(calls).read().splitlines()) + 1 if os.path.exists(calls) else 1
+    plan = json.loads(os.environ.get("PLUGIN_PLAN") or "[]")
+    if n <= len(plan) and plan[n - 1] == "bogus":
+        token = "bogus-token-the-server-refuses"
+    else:
+        token = subprocess.run(
+            [os.environ["KUBECTL"], "--kubeconfig", os.environ["ADMIN_KUBECONFIG"], "create", "token",
+             os.environ["SA"], "-n", os.environ["SA_NAMESPACE"], "--duration", "1h"],
+            check=True, capture_output=True, text=True).stdout.strip()
+    now = time.time()
+    exp = now + float(os.environ["PLUGIN_EXPIRY"])
+    with open(calls, "a") as f:
+        f.write(json.dumps({"pid": os.getppid(), "t": now, "exp": exp, "argv": sys.argv[1:],
                             "info": json.loads(os.environ["KUBERNETES_EXEC_INFO"])}) + "\\n")
-plan = json.loads(os.environ.get("PLUGIN_PLAN") or "[]")
-step = plan[n - 1] if n <= len(plan) else "real"
-if step == "bogus":
-    token = "bogus-token-the-server-refuses"
-else:
-    token = subprocess.run(
-        [os.environ["KUBECTL"], "--kubeconfig", os.environ["ADMIN_KUBECONFIG"], "create", "token",
-         os.environ["SA"], "-n", os.environ["SA_NAMESPACE"], "--duration", "1h"],
-        check=True, capture_output=True, text=True).stdout.strip()
-expires = datetime.fromtimestamp(time.time() + float(os.environ["PLUGIN_EXPIRY"]), timezone.utc)
+expires = datetime.fromtimestamp(exp, timezone.utc).isoformat()
 print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
-                  "status": {"token": token, "expirationTimestamp": expires.isoformat()}}))
+                  "status": {"token": token, "expirationTimestamp": expires}}))
 """
 
 
@@ -207,8 +207,7 @@ async def test_a_401_refreshes_the_plugin_credential_once_for_requests_and_watch
     async with KubeClient(load_kubeconfig(kc)) as client:
         _, rv = await client.list_all(path)  # 401, new credential, the same request again: 200
         assert len(plugin_calls(calls)) == 2
-        expires = (await client.credentials.current()).expires
-        assert expires is not None
+        expires = plugin_calls(calls)[1]["exp"]
         await asyncio.sleep(max(0.0, expires - time.time()) + 0.1)  # let it expire (waiting, not asserting)
 
         async def first_event() -> Obj:
