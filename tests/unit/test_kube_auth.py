@@ -179,3 +179,41 @@ async def test_a_token_plugin_keeps_the_static_client_certificate(tmp_path: Path
     both = KubeConfig(server=cfg.server, exec=cfg.exec, cert_data=b"CERT", key_data=b"KEY", user="u")
     cred = await Credentials(both).current()
     assert (cred.token, cred.cert_data, cred.key_data) == ("token-1", b"CERT", b"KEY")
+
+
+async def test_the_client_retries_a_401_once_with_a_new_plugin_credential_never_for_a_static_one(
+    tmp_path: Path,
+) -> None:
+    """An in-process HTTP server that refuses every token: one retry, then the 401 is the answer."""
+    from aiohttp import web
+
+    from ffrtmp.kube.client import ApiError, KubeClient
+
+    seen: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"kind": "Status", "reason": "Unauthorized", "message": "no"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        cfg = plugin_config(tmp_path)
+        async with KubeClient(KubeConfig(server=url, exec=cfg.exec, user="eks-admin")) as client:
+            with pytest.raises(ApiError) as err:
+                await client.get("/api/v1/pods")
+            assert err.value.status == 401
+        assert seen == ["Bearer token-1", "Bearer token-2"]
+        seen.clear()
+        async with KubeClient(KubeConfig(server=url, token=TOKEN)) as client:
+            with pytest.raises(ApiError):
+                await client.get("/api/v1/pods")
+        assert seen == [f"Bearer {TOKEN}"]
+    finally:
+        await runner.cleanup()
