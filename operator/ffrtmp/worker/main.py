@@ -7,12 +7,19 @@ import asyncio
 
 from ffrtmp import logs
 from ffrtmp.kube.client import KubeClient
-from ffrtmp.kube.config import load_config
+from ffrtmp.kube.config import CONTEXT_ENV, load_config
 from ffrtmp.worker.config import WorkerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, $KUBECONFIG)")
+    parser.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig file (default: $KUBECONFIG's files merged, else in-cluster, else ~/.kube/config)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--context", default=None,
+        help=f"kubeconfig context to use (default: ${CONTEXT_ENV}, else the current-context)",
+    )  # fmt: skip
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", action="store_true")
 
@@ -21,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format, args.verbose)
     from ffrtmp.worker.agent import Agent
 
+    kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, first
     config = WorkerConfig.from_env()
 
     async def main() -> None:
-        async with KubeClient(load_config(args.kubeconfig), component="ffrtmp-worker") as client:
+        async with KubeClient(kube_config, component="ffrtmp-worker") as client:
             await Agent(client, config).run()
 
     asyncio.run(main())
