@@ -19,6 +19,9 @@ WORKER_COMPONENT: Final = "worker"
 
 # Annotations a worker sets on its own Lease, read by the operator for pool status.
 ANNOTATION_ENCODER: Final = f"{GROUP}/encoder-self-test"
+# The encoders that passed the self-test, comma-separated ("libx264,libx265,libsvtav1"); a Lease
+# without it (a worker from before the capability test) is taken as able to run any codec.
+ANNOTATION_ENCODERS: Final = f"{GROUP}/encoders"
 ANNOTATION_STORAGE: Final = f"{GROUP}/storage-check"
 ANNOTATION_DRAINING: Final = f"{GROUP}/draining"
 

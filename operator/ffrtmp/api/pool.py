@@ -119,6 +119,10 @@ class WorkerPoolSpec(ApiModel):
             ),
             ("self.accelerator == oldSelf.accelerator", "accelerator is immutable: create another pool"),
             (
+                "!has(self.nvencSessionsPerGpu) || self.accelerator == 'nvenc'",
+                "nvencSessionsPerGpu applies to nvenc pools only",
+            ),
+            (
                 "!has(self.storage) || !has(self.storage.media)"
                 " || self.storage.media.all(m, m.mountPath in (has(self.mediaRoots) ? self.mediaRoots : "
                 f"{list(DEFAULT_MEDIA_ROOTS)}))",
@@ -200,6 +204,16 @@ class WorkerPoolSpec(ApiModel):
         description="How long a stopping worker may drain: running jobs finish, the rest are handed back.",
     )
     max_concurrent_jobs: int = Field(default=1, ge=1, le=64, description="Job slots per worker.")
+    nvenc_sessions_per_gpu: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "nvenc pools: concurrent NVENC encode sessions one GPU allows (GeForce drivers cap them; data-centre "
+            "GPUs do not). Each worker then takes at most this x gpusPerWorker jobs at once, whatever "
+            "maxConcurrentJobs says. Every encoded rendition of a job opens its own session: size it for the ladder."
+        ),
+    )
     min_workers: int = Field(default=0, ge=0, le=1000, description="Never fewer workers than this.")
     max_workers: int = Field(default=10, ge=0, le=1000, description="Never more workers than this.")
     replicas: int | None = Field(
@@ -289,9 +303,17 @@ class WorkerPoolSpec(ApiModel):
     def _storage_paths(self) -> WorkerPoolSpec:
         """The storage rules of the CEL above, for specs that did not pass the API server."""
         problem = storage_path_problem(self) or reserved_volume_problem(self)
+        if self.nvenc_sessions_per_gpu is not None and self.accelerator != "nvenc":
+            problem = problem or "nvencSessionsPerGpu applies to nvenc pools only"
         if problem:
             raise ValueError(problem)
         return self
+
+    def worker_slots(self) -> int:
+        """Job slots of each worker: maxConcurrentJobs, capped by the NVENC sessions of its GPUs."""
+        if self.accelerator == "nvenc" and self.nvenc_sessions_per_gpu is not None:
+            return min(self.max_concurrent_jobs, self.nvenc_sessions_per_gpu * self.gpus_per_worker)
+        return self.max_concurrent_jobs
 
 
 def storage_path_problem(spec: WorkerPoolSpec) -> str | None:

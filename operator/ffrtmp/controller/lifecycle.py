@@ -306,6 +306,7 @@ def _decide_one(
         hardware_policy=job.hardware_policy,
         pool_ref=job.pool_ref,
         not_before=job.not_before,
+        codecs=job.codecs,
     )
 
 
@@ -364,10 +365,11 @@ def worker_slots(
                 namespace=pod.namespace,
                 pool=pod.pool,
                 accelerator=pool.spec.accelerator,
-                capacity=pool.spec.max_concurrent_jobs,
+                capacity=pool.spec.worker_slots(),
                 running=running.get(pod.key, 0),
                 accepting=accepting,
                 storage_problem=lease.storage_message if lease is not None and lease.storage_ok is False else None,
+                encoders=lease.encoders if lease is not None else None,
             )
         )
     return slots
@@ -406,7 +408,7 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
     views = pool_views(store.pools.values())
     assignments, blocked = plan(candidates, workers, views, now)
     by_key = {c.key: c for c in candidates}
-    waiting_cache: dict[tuple[str, str, str, str | None], str | None] = {}
+    waiting_cache: dict[tuple[str, str, str, str | None, tuple[str, ...]], str | None] = {}
     nodes = {p.key: p.node for p in store.pods.values()}
     for a in assignments:
         job = store.jobs[a.job]
@@ -430,12 +432,12 @@ def _count_waiting(
     candidate: QueuedJob,
     pools: list[PoolView],
     workers: list[WorkerSlots],
-    cache: dict[tuple[str, str, str, str | None], str | None],
+    cache: dict[tuple[str, str, str, str | None, tuple[str, ...]], str | None],
     out: JobDecisions,
 ) -> None:
     """Attribute a waiting job to the pool the scheduler would give it (the first live pool it is
     eligible for), for the autoscaler. Jobs of the same kind share one answer."""
-    kind = (candidate.namespace, candidate.accelerator, candidate.hardware_policy, candidate.pool_ref)
+    kind = (candidate.namespace, candidate.accelerator, candidate.hardware_policy, candidate.pool_ref, candidate.codecs)
     if kind not in cache:
         live = [p for p in eligible_pools(candidate, pools, workers) if not p.paused]
         cache[kind] = f"{live[0].namespace}/{live[0].name}" if live else None

@@ -104,7 +104,7 @@ def build_worker_pod(
         _field_env("NODE_NAME", "spec.nodeName"),
         {"name": "FFRTMP_POOL", "value": pool_name},
         {"name": "FFRTMP_ACCELERATOR", "value": spec.accelerator},
-        {"name": "FFRTMP_SLOTS", "value": str(spec.max_concurrent_jobs)},
+        {"name": "FFRTMP_SLOTS", "value": str(spec.worker_slots())},
         {"name": "FFRTMP_MEDIA_ROOTS", "value": ":".join(spec.media_roots)},
         {"name": "FFRTMP_OUTPUT_ROOT", "value": spec.output_root},
         {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": ",".join(spec.allowed_protocols)},

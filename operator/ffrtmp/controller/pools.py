@@ -136,7 +136,7 @@ def decide_pool(
     if spec.autoscaling.enabled:
         decision = recommend(
             ScaleInput(
-                now=now, queued=waiting, running=running, slots_per_worker=spec.max_concurrent_jobs,
+                now=now, queued=waiting, running=running, slots_per_worker=spec.worker_slots(),
                 target_utilization=spec.autoscaling.target_utilization, current=len(live),
                 unschedulable=len(stuck), min_workers=spec.min_workers, max_workers=spec.max_workers,
                 scale_up_step=spec.autoscaling.scale_up_step,
@@ -186,8 +186,9 @@ def decide_pool(
     for p in failed:
         events.append(JobEvent("Warning", "WorkerReplaced", f"worker Pod {p.name} terminated; replacing it"))
 
-    capacity = spec.max_concurrent_jobs * len(ready)
-    busy = sum(min(running_by_worker.get(p.key, 0), spec.max_concurrent_jobs) for p in ready)
+    slots = spec.worker_slots()
+    capacity = slots * len(ready)
+    busy = sum(min(running_by_worker.get(p.key, 0), slots) for p in ready)
     avg = memory.average_duration(now)
     conditions = _conditions(
         pool, len(ready), desired, limited, limited_message, unschedulable, storage_failures, encoder_failures, now,
@@ -205,7 +206,7 @@ def decide_pool(
         "runningJobs": running,
         "capacity": {
             "avgJobSeconds": round(avg, 3) if avg is not None else None,
-            "jobsPerHour": _round(jobs_per_hour(len(ready), spec.max_concurrent_jobs, avg)),
+            "jobsPerHour": _round(jobs_per_hour(len(ready), slots, avg)),
         },
         "conditions": conditions,
         "observedGeneration": pool.generation,

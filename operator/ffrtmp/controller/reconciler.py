@@ -155,8 +155,9 @@ class Reconciler:
             return
         old = self.store.leases.get(key)
         new = self.store.put_lease(obj)
-        if old is None or (old.encoder_ok, old.storage_ok, old.draining, old.duration) != (
+        if old is None or (old.encoder_ok, old.encoders, old.storage_ok, old.draining, old.duration) != (
             new.encoder_ok,
+            new.encoders,
             new.storage_ok,
             new.draining,
             new.duration,

@@ -15,6 +15,16 @@ Eligibility (`eligible_pools`)
       pausing holds the pool's jobs, it does not send them elsewhere.
     * accelerator `auto`: every pool; hardware pools form the first tier, cpu pools the second.
 
+Capabilities
+    A worker's Lease lists the encoders that passed its self-test (`WorkerSlots.encoders`). A job
+    runs only on a worker that has the encoder of each codec it encodes for the worker's
+    accelerator (`video_encoder`: av1 on nvenc is av1_nvenc, on cpu libsvtav1). A worker that
+    lists nothing (from before the capability test) is taken as able to run any codec. Workers
+    that cannot run a job do not count as ready for it: a `preferred` job falls back to cpu when
+    no worker of its accelerator can encode its codecs. A job that no ready worker can run waits
+    with reason `NoCapableWorker`, and the message names the missing encoder ("no ready worker
+    of pool gpu has encoder av1_nvenc").
+
 Placement (`plan`)
     Jobs go in order of (-priority, queued_at, key). Each job takes the least-loaded accepting
     worker with a free slot (lowest running/capacity, then running, then name) in the first of
@@ -31,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+from ffrtmp.ffmpeg.encoders import video_encoder
+
 CPU: Final = "cpu"
 AUTO: Final = "auto"
 REQUIRED: Final = "required"
@@ -41,6 +53,7 @@ NO_MATCHING_POOL: Final = "NoMatchingPool"
 POOL_PAUSED: Final = "PoolPaused"
 NO_READY_WORKER: Final = "NoReadyWorker"
 NO_FREE_SLOT: Final = "NoFreeSlot"
+NO_CAPABLE_WORKER: Final = "NoCapableWorker"
 STORAGE_UNAVAILABLE: Final = "StorageUnavailable"
 BACKOFF: Final = "Backoff"
 
@@ -57,6 +70,7 @@ class QueuedJob:
     hardware_policy: str  # required|preferred|disabled
     pool_ref: str | None
     not_before: float | None = None  # retry backoff: not schedulable before this
+    codecs: tuple[str, ...] = ()  # video codecs it encodes (h264, hevc, av1), sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,7 @@ class WorkerSlots:
     running: int  # jobs assigned and not finished (may exceed capacity transiently: free is then 0)
     accepting: bool  # ready (storage check and encoder self-test passed), not draining, not retiring, Lease fresh
     storage_problem: str | None = None  # what its storage check found wrong, when it failed
+    encoders: frozenset[str] | None = None  # passed its self-test; None: not said, any codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +113,23 @@ class Blocked:
     """Why a queued job was not assigned, for its Queued condition."""
 
     job: str
-    reason: str  # NoMatchingPool, PoolPaused, NoReadyWorker, StorageUnavailable, NoFreeSlot, Backoff
+    reason: str  # NoMatchingPool, PoolPaused, NoReadyWorker, StorageUnavailable, NoCapableWorker, NoFreeSlot, Backoff
     message: str
+
+
+# --- capabilities --------------------------------------------------------------------------------
+
+Encoders = frozenset[str] | None
+
+
+def needed_encoders(accelerator: str, codecs: Iterable[str]) -> list[str]:
+    """The encoders a worker of `accelerator` needs for `codecs` (pure)."""
+    return [video_encoder(accelerator, c) for c in codecs]
+
+
+def capable(encoders: Encoders, accelerator: str, codecs: tuple[str, ...]) -> bool:
+    """Whether a worker with these self-tested encoders can encode every one of `codecs`."""
+    return encoders is None or all(e in encoders for e in needed_encoders(accelerator, codecs))
 
 
 # --- indexes -------------------------------------------------------------------------------------
@@ -111,13 +141,25 @@ class _PoolStats:
     workers: int = 0  # worker Pods of the pool
     accepting: int = 0  # of those, accepting new jobs
     storage_problem: str | None = None  # the first failed storage check among its workers
+    accepting_encoders: set[Encoders] = field(default_factory=set)  # the distinct sets of its accepting workers
+
+    def capable(self, codecs: tuple[str, ...]) -> bool:
+        """Some accepting worker of the pool can run these codecs."""
+        return any(capable(e, self.pool.accelerator, codecs) for e in self.accepting_encoders)
+
+    def known_incapable(self, codecs: tuple[str, ...]) -> bool:
+        """It has accepting workers and none of them can run these codecs."""
+        return bool(self.accepting_encoders) and not self.capable(codecs)
 
 
 @dataclass(slots=True)
 class _Namespace:
     pools: dict[str, _PoolStats] = field(default_factory=dict)
     by_accelerator: dict[str, list[PoolView]] = field(default_factory=dict)  # sorted by name
-    ready_accelerators: set[str] = field(default_factory=set)  # pool accelerators with an accepting worker
+
+    def ready(self, accelerator: str, codecs: tuple[str, ...]) -> bool:
+        """Some pool of `accelerator` has an accepting worker that can run `codecs`."""
+        return any(self.pools[p.name].capable(codecs) for p in self.by_accelerator.get(accelerator, ()))
 
 
 def _index(pools: Iterable[PoolView], workers: Iterable[WorkerSlots]) -> dict[str, _Namespace]:
@@ -139,7 +181,7 @@ def _index(pools: Iterable[PoolView], workers: Iterable[WorkerSlots]) -> dict[st
             stats_or_none.storage_problem = worker.storage_problem
         if worker.accepting:
             stats_or_none.accepting += 1
-            ns_or_none.ready_accelerators.add(stats_or_none.pool.accelerator)
+            stats_or_none.accepting_encoders.add(worker.encoders)
     return index
 
 
@@ -194,8 +236,23 @@ def _suits(pool: PoolView, accelerator: str, policy: str) -> bool:
     return pool.accelerator == accelerator or (policy == PREFERRED and pool.accelerator == CPU)
 
 
+def _missing(stats: _PoolStats, codecs: tuple[str, ...]) -> str:
+    """The message "no ready worker of pool X has encoder E", for a pool whose workers cannot run codecs."""
+    needed = needed_encoders(stats.pool.accelerator, codecs)
+    have = set().union(*(e for e in stats.accepting_encoders if e is not None))
+    missing = [e for e in needed if e not in have] or needed  # each is there, but not all on one worker
+    together = "" if len(missing) < len(needed) or len(needed) == 1 else " together"
+    noun = "encoder" if len(missing) == 1 else "encoders"
+    return f"no ready worker of pool {stats.pool.name} has {noun} {', '.join(missing)}{together}"
+
+
 def _eligibility(
-    ns: _Namespace | None, namespace: str, accelerator: str, policy: str, pool_ref: str | None
+    ns: _Namespace | None,
+    namespace: str,
+    accelerator: str,
+    policy: str,
+    pool_ref: str | None,
+    codecs: tuple[str, ...] = (),
 ) -> _Eligibility:
     ns = ns if ns is not None else _Namespace()
     mode = _mode(accelerator, policy)
@@ -224,13 +281,16 @@ def _eligibility(
         return _Eligibility(tiers, "" if tiers else f"no WorkerPool in namespace {namespace}", "")
 
     matching = tuple(ns.by_accelerator.get(accelerator, ()))
-    if policy == PREFERRED and accelerator not in ns.ready_accelerators:
+    if policy == PREFERRED and not ns.ready(accelerator, codecs):
         tiers = tuple(t for t in (matching, cpu_pools) if t)
         if not tiers:
             return _Eligibility((), f"no {accelerator} or cpu WorkerPool in namespace {namespace}", "")
         if not cpu_pools:
             return _Eligibility(tiers, "", "")
-        if matching:
+        incapable = [ns.pools[p.name] for p in matching if ns.pools[p.name].known_incapable(codecs)]
+        if incapable:
+            note = f"{accelerator} is unavailable ({'; '.join(_missing(s, codecs) for s in incapable)})"
+        elif matching:
             note = f"{accelerator} is unavailable (no ready worker in {_pools_phrase(matching)})"
         else:
             note = f"no {accelerator} WorkerPool in namespace {namespace}"
@@ -247,16 +307,23 @@ def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[
     """The pools that may run `job`, best tier first (hardware before cpu), by name within a tier.
 
     Paused pools are included (they explain a PoolPaused block); `plan` assigns nothing to them.
+    Pools whose ready workers all lack an encoder the job needs are left out: more of the same
+    workers would not run it either.
     """
     index = _index(pools, _unique(workers))
-    el = _eligibility(index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref)
-    return [pool for tier in el.tiers for pool in tier]
+    ns = index.get(job.namespace)
+    el = _eligibility(ns, job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs)
+    return [
+        pool for tier in el.tiers for pool in tier if ns is None or not ns.pools[pool.name].known_incapable(job.codecs)
+    ]
 
 
 # --- planning ------------------------------------------------------------------------------------
 
 # Heap entry of a worker with a free slot: (load, running, name, pool, capacity).
 _Entry = tuple[float, int, str, str, int]
+# Jobs of one kind share their eligibility: (namespace, accelerator, policy, poolRef, codecs).
+_Kind = tuple[str, str, str, str | None, tuple[str, ...]]
 
 
 def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[str, str]:
@@ -275,6 +342,10 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
     if not live:
         return POOL_PAUSED, f"{note}{_pools_phrase(paused)} paused (spec.paused): no new jobs are handed out"
     accepting = sum(s.accepting for s in live)
+    codecs = job.codecs
+    if accepting and not any(s.capable(codecs) for s in live):
+        incapable = [s for s in live if s.known_incapable(codecs)]
+        return NO_CAPABLE_WORKER, note + "; ".join(_missing(s, codecs) for s in incapable) + paused_note
     if accepting == 0:
         reason = NO_READY_WORKER
         existing = sum(s.workers for s in live)
@@ -294,7 +365,7 @@ def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[s
             elif all(s.pool.accelerator != CPU for s in live):
                 detail += "; no cpu WorkerPool to fall back to"
         return reason, note + detail + paused_note
-    busy = [s.pool for s in live if s.accepting]
+    busy = [s.pool for s in live if s.capable(codecs)]
     return (
         NO_FREE_SLOT,
         f"{note}waiting for a free slot: every slot of the ready workers in {_pools_phrase(busy)} is busy{paused_note}",
@@ -317,24 +388,27 @@ def plan(
     worker_list = _unique(workers)
     index = _index(pools, worker_list)
 
-    heaps: dict[tuple[str, str], list[_Entry]] = {}
+    # Per live pool, one heap per distinct encoder set of its workers (usually one).
+    heaps: dict[tuple[str, str], dict[Encoders, list[_Entry]]] = {}
     for ns_name, ns in index.items():
         for name, stats in ns.pools.items():
             if not stats.pool.paused:
-                heaps[(ns_name, name)] = []
+                heaps[(ns_name, name)] = {}
     for w in worker_list:
-        heap = heaps.get((w.namespace, w.pool))
-        if heap is None or not w.accepting or w.capacity - w.running <= 0:
+        groups = heaps.get((w.namespace, w.pool))
+        if groups is None or not w.accepting or w.capacity - w.running <= 0:
             continue
         running = max(w.running, 0)
-        heap.append((running / w.capacity, running, w.name, w.pool, w.capacity))
-    for heap in heaps.values():
-        heapq.heapify(heap)
+        groups.setdefault(w.encoders, []).append((running / w.capacity, running, w.name, w.pool, w.capacity))
+    for groups in heaps.values():
+        for heap in groups.values():
+            heapq.heapify(heap)
 
     ordered = sorted(jobs, key=lambda j: (-j.priority, j.queued_at, j.key))
-    # Per (namespace, accelerator, policy, poolRef): the eligibility and the live heaps, tier by tier.
-    cache: dict[tuple[str, str, str, str | None], tuple[_Eligibility, tuple[list[list[_Entry]], ...]]] = {}
-    explained: dict[tuple[str, str, str, str | None], tuple[str, str]] = {}
+    # Per (namespace, accelerator, policy, poolRef, codecs): the eligibility and the live heaps of
+    # the workers that can run those codecs, tier by tier.
+    cache: dict[_Kind, tuple[_Eligibility, tuple[list[list[_Entry]], ...]]] = {}
+    explained: dict[_Kind, tuple[str, str]] = {}
     seen: set[str] = set()
     assignments: list[Assignment] = []
     blocked: list[Blocked] = []
@@ -346,13 +420,22 @@ def plan(
         if job.not_before is not None and job.not_before > now:
             blocked.append(Blocked(job.key, BACKOFF, _backoff_message(job.not_before)))
             continue
-        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref)
+        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs)
         cached = cache.get(ckey)
         if cached is None:
             el = _eligibility(
-                index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref
+                index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs
             )
-            live = tuple([heaps[(job.namespace, p.name)] for p in tier if not p.paused] for tier in el.tiers)
+            live = tuple(
+                [
+                    heap
+                    for p in tier
+                    if not p.paused
+                    for encoders, heap in heaps[(job.namespace, p.name)].items()
+                    if capable(encoders, p.accelerator, job.codecs)
+                ]
+                for tier in el.tiers
+            )
             cached = cache[ckey] = (el, live)
         el, live = cached
 

@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
+    ANNOTATION_ENCODERS,
     ANNOTATION_STORAGE,
     LABEL_POOL,
 )
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.api.pool import WorkerPoolSpec
 from ffrtmp.conditions import condition, parse_time
+from ffrtmp.ffmpeg.encoders import VIDEO_CODECS
 
 Obj = dict[str, Any]
 ACTIVE_PHASES = ("Scheduled", "Running")
@@ -60,6 +62,7 @@ class JobView:
     accelerator: str
     hardware_policy: str
     pool_ref: str | None
+    codecs: tuple[str, ...]  # the video codecs it encodes (h264, hevc, av1), sorted
     suspend: bool
     timeout_seconds: int | None
     backoff_limit: int
@@ -112,6 +115,17 @@ def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
     return None
 
 
+def encoded_codecs(spec: Obj) -> tuple[str, ...]:
+    """The video codecs a job's outputs encode (an output without `video` encodes h264), sorted."""
+    codecs = set()
+    for output in spec.get("outputs") or []:
+        video = (output.get("video") if isinstance(output, dict) else None) or {}
+        codec = str(video.get("codec") or "h264") if isinstance(video, dict) else "h264"
+        if codec in VIDEO_CODECS:
+            codecs.add(codec)
+    return tuple(sorted(codecs))
+
+
 def parse_job(obj: Obj) -> JobView:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     generation = int(meta.get("generation", 1))
@@ -143,6 +157,7 @@ def parse_job(obj: Obj) -> JobView:
         accelerator=str(spec.get("accelerator", "auto")),
         hardware_policy=str(spec.get("hardwarePolicy", "preferred")),
         pool_ref=pool_ref.get("name"),
+        codecs=encoded_codecs(spec),
         suspend=bool(spec.get("suspend", False)),
         timeout_seconds=spec.get("timeoutSeconds"),
         backoff_limit=int(spec.get("backoffLimit", 3)),
@@ -215,6 +230,16 @@ class WorkerLease:
     # None: check not finished. A Lease without the annotation (a worker from before the check) passes.
     storage_ok: bool | None = True
     storage_message: str = ""
+    # The encoders that passed the worker's self-test; None: not said (a worker from before the
+    # capability test), taken as able to run any codec.
+    encoders: frozenset[str] | None = None
+
+
+def parse_encoders_annotation(value: object) -> frozenset[str] | None:
+    """`libx264,libx265,libsvtav1` as a set; None when the annotation is absent."""
+    if value is None:
+        return None
+    return frozenset(name.strip() for name in str(value).split(",") if name.strip())
 
 
 def parse_lease(obj: Obj) -> WorkerLease:
@@ -234,6 +259,7 @@ def parse_lease(obj: Obj) -> WorkerLease:
         resource_version=meta.get("resourceVersion", ""),
         storage_ok=_check_ok(str(storage)) if storage is not None else True,
         storage_message=str(storage or "").partition(":")[2].strip(),
+        encoders=parse_encoders_annotation(annotations.get(ANNOTATION_ENCODERS)),
     )
 
 

@@ -40,6 +40,7 @@ Decisions (see also the module constants):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from ffrtmp.api.job import (
     VideoSpec,
 )
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+from ffrtmp.ffmpeg.decode import nvdec_decodes, software_upload_filters
 from ffrtmp.ffmpeg.encoders import (
     AOM_CPU_USED_MAP,
     AV1_CPU_ENCODER,
@@ -383,6 +385,11 @@ def build_encode_plan(
     if spec.hls is not None and not hls_outputs:
         raise InvalidSpec("hls settings need at least one output with container hls")
     hls = (spec.hls or HlsSpec()) if hls_outputs else None
+    # nvenc with a source NVDEC cannot decode (decode.py): software decode, one upload to the GPU.
+    # Those frames arrive upright (autorotate): the chains must not turn them again.
+    software_decode = accelerator == "nvenc" and source is not None and not nvdec_decodes(source)
+    upload = software_upload_filters(source) if software_decode and source is not None else []
+    filter_source = dataclasses.replace(source, rotation=0) if software_decode and source is not None else source
     if hls is not None and hls.segment_type == "ts":
         for o in hls_outputs:
             if o.video is not None and o.video.codec == "av1":
@@ -402,7 +409,7 @@ def build_encode_plan(
         validate_output(output, video, audio, accelerator, live)
         processing = None
         if video.codec not in ("copy", "none"):
-            processing = video_processing(video, source)
+            processing = video_processing(video, filter_source)
         path = default_output_path(output)
         if output.url is None:
             if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):
@@ -437,9 +444,9 @@ def build_encode_plan(
     thumbs = spec.thumbnails
     branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=source)))
+        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=filter_source)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=source)))
+            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=filter_source)))
 
     def head(
         graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False
@@ -449,7 +456,7 @@ def build_encode_plan(
             base[base.index("-loglevel") + 1] = "info"
         argv = [FFMPEG, *base, "-protocol_whitelist", whitelist]
         argv += network_input_options(input_url, live=live)
-        if hardware and not measuring:
+        if hardware and not measuring and not software_decode:
             argv += _hardware_input_args(accelerator, render_device)
         if threads is not None:
             argv += ["-threads", str(threads)]
@@ -463,7 +470,7 @@ def build_encode_plan(
         if graph_branches:
             if threads is not None:
                 argv += ["-filter_complex_threads", str(threads)]
-            argv += ["-filter_complex", filter_graph(graph_branches)]
+            argv += ["-filter_complex", filter_graph(graph_branches, upload if hardware else ())]
         return argv
 
     thread_args = ["-threads", str(threads)] if threads is not None else []

@@ -14,6 +14,16 @@ ENCODERS: dict[str, dict[str, str]] = {
     "qsv": {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
     "vaapi": {"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
 }
+VIDEO_CODECS = ("h264", "hevc", "av1")  # the codecs that are encoded (not copy or none)
+
+
+def video_encoder(accelerator: str, codec: str) -> str:
+    """The ffmpeg encoder a worker of `accelerator` uses for `codec` (cpu av1: AV1_CPU_ENCODER)."""
+    if (accelerator, codec) == ("cpu", "av1"):
+        return AV1_CPU_ENCODER
+    return ENCODERS[accelerator][codec]
+
+
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)

@@ -257,11 +257,12 @@ def thumbnail_filters(
     return filters
 
 
-def filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
-    """One decode of `0:v:0`, split into one labelled chain per branch."""
+def filter_graph(branches: Sequence[tuple[str, list[str]]], head: Sequence[str] = ()) -> str:
+    """One decode of `0:v:0`, through `head` (e.g. an upload to the GPU), split into one labelled
+    chain per branch."""
     if len(branches) == 1:
         label, filters = branches[0]
-        return f"[0:v:0]{','.join(filters) or 'null'}[{label}]"
+        return f"[0:v:0]{','.join([*head, *filters]) or 'null'}[{label}]"
     heads: list[str] = []
     chains: list[str] = []
     for index, (label, filters) in enumerate(branches):
@@ -270,4 +271,4 @@ def filter_graph(branches: Sequence[tuple[str, list[str]]]) -> str:
             chains.append(f"[s{index}]{','.join(filters)}[{label}]")
         else:
             heads.append(f"[{label}]")
-    return ";".join([f"[0:v:0]split={len(branches)}{''.join(heads)}", *chains])
+    return ";".join([f"[0:v:0]{''.join(f'{f},' for f in head)}split={len(branches)}{''.join(heads)}", *chains])

@@ -56,6 +56,7 @@ class SourceMedia:
     sample_aspect: Fraction = Fraction(1)
     field_order: str | None = None
     pix_fmt: str | None = None
+    video_codec: str | None = None  # ffprobe's codec_name of the video stream (h264, prores, ...)
     color_range: str | None = None
     color_transfer: str | None = None
     color_primaries: str | None = None
@@ -184,6 +185,7 @@ def source_media_from_probe(document: dict[str, Any]) -> SourceMedia:
         sample_aspect=sample_aspect,
         field_order=v.get("field_order"),
         pix_fmt=v.get("pix_fmt"),
+        video_codec=v.get("codec_name"),
         color_range=v.get("color_range"),
         color_transfer=v.get("color_transfer"),
         color_primaries=v.get("color_primaries"),

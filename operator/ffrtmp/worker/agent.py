@@ -13,6 +13,7 @@ from typing import Any
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
+    ANNOTATION_ENCODERS,
     ANNOTATION_STORAGE,
     GROUP,
     JOB_PLURAL,
@@ -31,7 +32,7 @@ from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, owns
 from ffrtmp.worker.health import HealthInputs
 from ffrtmp.worker.metrics import WorkerMetrics, serve
-from ffrtmp.worker.selftest import SelfTestResult, run_self_test
+from ffrtmp.worker.selftest import SelfTestResult, run_capability_test
 from ffrtmp.worker.storage import StorageCheck, check_storage
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Agent:
         self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.self_test: SelfTestResult | None = None
+        self.encoders: str | None = None  # the encoders that passed, as the Lease annotation says them
         self.storage: StorageCheck | None = None
         self.draining = False
         self.attempts: dict[str, Attempt] = {}
@@ -118,9 +120,12 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_drain)
         await self.check_storage()
-        self.self_test = await run_self_test(self.config.accelerator, render_device=self.config.render_device)
+        report = await run_capability_test(self.config.accelerator, render_device=self.config.render_device)
+        self.self_test, self.encoders = report.primary, report.encoders_annotation()
         self.metrics.encoder_ok.set(1 if self.self_test.ok else 0)
-        log.info("encoder self-test: %s", self.self_test.annotation())
+        for result in report.results:
+            self.metrics.encoder_available.labels(result.encoder).set(1 if result.ok else 0)
+        log.info("encoder self-test: %s", report.summary())
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)
         lease = asyncio.create_task(self._lease_loop(), name="lease")
         watch = asyncio.create_task(self._watch_loop(), name="watch")
@@ -167,6 +172,8 @@ class Agent:
                 ANNOTATION_DRAINING: "true" if self.draining else "false",
             },
         }
+        if self.encoders is not None:
+            meta["annotations"][ANNOTATION_ENCODERS] = self.encoders
         if self.config.pod_uid:
             meta["ownerReferences"] = [
                 {"apiVersion": "v1", "kind": "Pod", "name": self.config.pod_name, "uid": self.config.pod_uid}

@@ -37,6 +37,12 @@ class WorkerMetrics:
             "job_duration_seconds", "Attempt wall time.", ["pool"], buckets=DURATION_BUCKETS, registry=r
         )
         self.encoder_ok = Gauge("ffrtmp_worker_encoder_ok", "1 when the encoder self-test passed.", registry=r)
+        self.encoder_available = Gauge(
+            "ffrtmp_worker_encoder_available",
+            "1 when the self-test encoded a frame with this encoder (h264, hevc and av1 of the accelerator).",
+            ["encoder"],
+            registry=r,
+        )
         self.lease_renew_seconds = Histogram(
             "ffrtmp_worker_lease_renew_seconds",
             "Time from sending a Lease renewal to the API server's answer.",
