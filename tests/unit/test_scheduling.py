@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ffrtmp.controller.scheduling import (
+    NO_CAPABLE_WORKER,
     Assignment,
     Blocked,
     PoolView,
@@ -28,6 +29,19 @@ POOL_ACCELERATORS = ["nvenc", "qsv", "vaapi", "cpu"]
 HARDWARE = {"nvenc", "qsv", "vaapi"}
 JOB_ACCELERATORS = ["auto", "nvenc", "qsv", "vaapi", "cpu"]
 POLICIES = ["required", "preferred", "disabled"]
+CODECS = ["h264", "hevc", "av1"]
+# What each accelerator's encoder of each codec is called (encoders.video_encoder, written out).
+ENCODER_NAMES = {
+    "cpu": {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"},
+    "nvenc": {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"},
+    "qsv": {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv"},
+    "vaapi": {"h264": "h264_vaapi", "hevc": "hevc_vaapi", "av1": "av1_vaapi"},
+}
+
+
+def can_run(w: WorkerSlots, job: QueuedJob) -> bool:
+    """The worker's self-tested encoders cover every codec of the job (no list: any codec)."""
+    return w.encoders is None or all(ENCODER_NAMES[w.accelerator][c] in w.encoders for c in job.codecs)
 
 
 # --- the rules, stated as plainly as possible ---------------------------------------------------
@@ -52,7 +66,9 @@ def oracle_eligible(job: QueuedJob, pools: list[PoolView], workers: list[WorkerS
     if job.accelerator == "auto":
         return {p.name for p in mine}
     matching = {p.name for p in mine if p.accelerator == job.accelerator}
-    hardware_ready = any(w.accepting and w.namespace == job.namespace and w.pool in matching for w in workers)
+    hardware_ready = any(
+        w.accepting and can_run(w, job) and w.namespace == job.namespace and w.pool in matching for w in workers
+    )
     if job.hardware_policy == "preferred" and not hardware_ready:
         return matching | {p.name for p in mine if p.accelerator == "cpu"}
     return matching
@@ -91,6 +107,8 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
             known = by_key.get((ns, pool_name))
             acc = known.accelerator if known else draw(st.sampled_from(POOL_ACCELERATORS))
         capacity = draw(st.integers(1, 4))
+        tested = draw(st.lists(st.sampled_from(CODECS), unique=True))
+        encoders = draw(st.none() | st.just(frozenset(ENCODER_NAMES[acc][c] for c in tested)))
         workers.append(
             WorkerSlots(
                 name=f"w{i}",
@@ -100,6 +118,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 capacity=capacity,
                 running=draw(st.integers(0, capacity + 1)),
                 accepting=draw(st.integers(0, 4)) > 0,
+                encoders=encoders,
             )
         )
     jobs: list[QueuedJob] = []
@@ -115,6 +134,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 hardware_policy=draw(st.sampled_from(POLICIES)),
                 pool_ref=draw(st.none() | st.none() | st.sampled_from([*POOL_NAMES, "ghost"])),
                 not_before=draw(st.none() | st.none() | st.floats(NOW - 10, NOW + 10)),
+                codecs=tuple(sorted(draw(st.lists(st.sampled_from(CODECS), unique=True, max_size=2)))),
             )
         )
     return jobs, workers, pools
@@ -131,9 +151,15 @@ def free_after(
     return {(w.namespace, w.name): max(w.capacity - w.running, 0) - taken[(w.namespace, w.name)] for w in workers}
 
 
-def usable(w: WorkerSlots, pools: dict[tuple[str, str], PoolView]) -> bool:
+def usable(w: WorkerSlots, pools: dict[tuple[str, str], PoolView], job: QueuedJob) -> bool:
     pool = pools.get((w.namespace, w.pool))
-    return w.accepting and pool is not None and not pool.paused
+    return w.accepting and pool is not None and not pool.paused and can_run(w, job)
+
+
+def known_incapable(pool: PoolView, workers: list[WorkerSlots], job: QueuedJob) -> bool:
+    """The pool has ready workers and none of them can run the job."""
+    ready = [w for w in workers if w.namespace == pool.namespace and w.pool == pool.name and w.accepting]
+    return bool(ready) and not any(can_run(w, job) for w in ready)
 
 
 PROPERTY = settings(max_examples=100, deadline=None)
@@ -169,6 +195,7 @@ def test_no_worker_is_over_committed_and_only_accepting_workers_of_live_pools_ge
         pool = pool_by_key[(job.namespace, a.pool)]
         assert worker.pool == a.pool
         assert worker.accepting
+        assert can_run(worker, job), (worker, job)
         assert not pool.paused
         assert a.accelerator == pool.accelerator
 
@@ -195,7 +222,9 @@ def test_eligible_pools_matches_the_oracle_hardware_first(snap: Snapshot) -> Non
     jobs, workers, pools = snap
     for job in jobs:
         got = eligible_pools(job, pools, workers)
-        assert {p.name for p in got} == oracle_eligible(job, pools, workers)
+        mine = {p.name: p for p in pools if p.namespace == job.namespace}
+        expected = {n for n in oracle_eligible(job, pools, workers) if not known_incapable(mine[n], workers, job)}
+        assert {p.name for p in got} == expected
         assert all(p.namespace == job.namespace for p in got)
         kinds = [p.accelerator == "cpu" for p in got]
         assert kinds == sorted(kinds)  # hardware pools before cpu pools
@@ -215,7 +244,7 @@ def test_nothing_assignable_is_left_unassigned(snap: Snapshot) -> None:
         job = by_job[b.job]
         eligible = oracle_eligible(job, pools, workers)
         for w in workers:
-            if w.namespace == job.namespace and w.pool in eligible and usable(w, pool_by_key):
+            if w.namespace == job.namespace and w.pool in eligible and usable(w, pool_by_key, job):
                 assert free[(w.namespace, w.name)] == 0, (b, w)
 
 
@@ -235,7 +264,7 @@ def test_priority_then_fifo_order_is_respected(snap: Snapshot) -> None:
         for job in waiting:
             if job.namespace != worker.namespace or order(job) >= order(taken):
                 continue
-            assert not (usable(worker, pool_by_key) and worker.pool in oracle_eligible(job, pools, workers)), (
+            assert not (usable(worker, pool_by_key, job) and worker.pool in oracle_eligible(job, pools, workers)), (
                 f"{a.job} took {a.worker} although earlier {job.key} could have used it"
             )
 
@@ -254,7 +283,7 @@ def test_auto_jobs_use_cpu_only_when_no_hardware_slot_is_left(snap: Snapshot) ->
             continue
         for w in workers:
             pool = pool_by_key.get((w.namespace, w.pool))
-            if w.namespace == job.namespace and usable(w, pool_by_key) and pool and pool.accelerator != "cpu":
+            if w.namespace == job.namespace and usable(w, pool_by_key, job) and pool and pool.accelerator != "cpu":
                 assert free[(w.namespace, w.name)] == 0
 
 
@@ -280,6 +309,9 @@ def test_blocked_reason_is_the_most_specific_one(snap: Snapshot) -> None:
             expected = "PoolPaused"
         elif not ready:
             expected = "NoReadyWorker"
+        elif not any(can_run(w, job) for w in ready):
+            expected = NO_CAPABLE_WORKER
+            assert "has encoder" in b.message, b
         else:
             expected = "NoFreeSlot"
         assert b.reason == expected, (b, job)
@@ -311,8 +343,9 @@ def job(
     pool_ref: str | None = None,
     not_before: float | None = None,
     ns: str = "media",
+    codecs: tuple[str, ...] = (),
 ) -> QueuedJob:
-    return QueuedJob(f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before)
+    return QueuedJob(f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before, codecs)
 
 
 def worker(
@@ -324,8 +357,9 @@ def worker(
     running: int = 0,
     accepting: bool = True,
     ns: str = "media",
+    encoders: frozenset[str] | None = None,
 ) -> WorkerSlots:
-    return WorkerSlots(name, ns, pool, accelerator, capacity, running, accepting)
+    return WorkerSlots(name, ns, pool, accelerator, capacity, running, accepting, encoders=encoders)
 
 
 GPU = PoolView("gpu", "media", "nvenc", False)
@@ -588,3 +622,72 @@ def test_large_snapshot_is_planned_completely() -> None:
     assert 0 < len(assignments) <= total_free
     taken = Counter(a.worker for a in assignments)
     assert all(taken[w.name] <= max(w.capacity - w.running, 0) for w in workers)
+
+
+# --- capabilities -------------------------------------------------------------------------------
+
+DEBIAN_NVENC = frozenset({"h264_nvenc", "hevc_nvenc"})  # Debian 12's ffmpeg has no av1_nvenc
+CPU_ALL = frozenset({"libx264", "libx265", "libsvtav1"})
+
+
+def test_a_job_no_worker_can_encode_waits_naming_the_missing_encoder() -> None:
+    jobs = [job("av1", "nvenc", "required", codecs=("av1",)), job("hevc", "nvenc", "required", codecs=("hevc",))]
+    workers = [worker("g1", "gpu", "nvenc", capacity=2, encoders=DEBIAN_NVENC)]
+    assignments, blocked = plan(jobs, workers, [GPU], NOW)
+    assert [(a.job, a.worker) for a in assignments] == [("media/hevc", "g1")]
+    assert blocked == [Blocked("media/av1", NO_CAPABLE_WORKER, "no ready worker of pool gpu has encoder av1_nvenc")]
+
+
+def test_preferred_falls_back_to_cpu_when_the_hardware_lacks_the_encoder() -> None:
+    workers = [worker("g1", "gpu", "nvenc", encoders=DEBIAN_NVENC), worker("c1", "cpu", "cpu", encoders=CPU_ALL)]
+    assignments, _ = plan([job("av1", "nvenc", "preferred", codecs=("av1",))], workers, [GPU, CPU], NOW)
+    assert [(a.pool, a.accelerator) for a in assignments] == [("cpu", "cpu")]
+    # The autoscaler is not told to grow the pool that cannot run it.
+    assert [p.name for p in eligible_pools(job("x", "nvenc", "preferred", codecs=("av1",)), [GPU, CPU], workers)] == [
+        "cpu"
+    ]
+
+
+def test_the_fallback_note_names_the_missing_encoder_when_cpu_is_busy() -> None:
+    workers = [
+        worker("g1", "gpu", "nvenc", encoders=DEBIAN_NVENC),
+        worker("c1", "cpu", "cpu", running=1, encoders=CPU_ALL),
+    ]
+    _, blocked = plan([job("av1", "nvenc", "preferred", codecs=("av1",))], workers, [GPU, CPU], NOW)
+    assert blocked[0].reason == "NoFreeSlot"
+    assert blocked[0].message.startswith("nvenc is unavailable (no ready worker of pool gpu has encoder av1_nvenc)")
+
+
+def test_auto_jobs_skip_hardware_that_cannot_encode_their_codec() -> None:
+    workers = [worker("g1", "gpu", "nvenc", encoders=DEBIAN_NVENC), worker("c1", "cpu", "cpu", encoders=CPU_ALL)]
+    assignments, _ = plan([job("av1", codecs=("av1",)), job("h264", codecs=("h264",))], workers, [GPU, CPU], NOW)
+    assert {a.job: a.pool for a in assignments} == {"media/av1": "cpu", "media/h264": "gpu"}
+
+
+def test_only_the_capable_worker_of_a_mixed_pool_gets_the_job() -> None:
+    workers = [
+        worker("old", "gpu", "nvenc", encoders=DEBIAN_NVENC),
+        worker("new", "gpu", "nvenc", running=1, capacity=2, encoders=DEBIAN_NVENC | {"av1_nvenc"}),
+    ]
+    assignments, blocked = plan(
+        [job("a", "nvenc", "required", codecs=("av1",)), job("b", "nvenc", "required", codecs=("av1",))],
+        workers, [GPU], NOW,
+    )  # fmt: skip
+    assert [(a.job, a.worker) for a in assignments] == [("media/a", "new")]
+    assert [(b.job, b.reason) for b in blocked] == [("media/b", "NoFreeSlot")]
+
+
+def test_a_worker_without_a_capability_list_runs_any_codec() -> None:
+    assignments, _ = plan([job("av1", "nvenc", "required", codecs=("av1",))], [worker("g", "gpu", "nvenc")], [GPU], NOW)
+    assert len(assignments) == 1
+
+
+def test_a_job_needing_two_encoders_no_single_worker_has_says_together() -> None:
+    workers = [
+        worker("h", "cpu", "cpu", encoders=frozenset({"libx264", "libx265"})),
+        worker("a", "cpu", "cpu", encoders=frozenset({"libx264", "libsvtav1"})),
+    ]
+    _, blocked = plan([job("j", "cpu", codecs=("av1", "hevc"))], workers, [CPU], NOW)
+    assert blocked == [
+        Blocked("media/j", NO_CAPABLE_WORKER, "no ready worker of pool cpu has encoders libsvtav1, libx265 together")
+    ]
