@@ -5,8 +5,8 @@ nvenc runs decode with `-hwaccel cuda -hwaccel_output_format cuda`, so the filte
 only 4:2:0 chroma at a codec-dependent bit depth; for anything else (ProRes, DNxHD, 4:2:2 or 4:4:4
 H.264/HEVC, 10-bit H.264) ffmpeg falls back to software frames that the cuda filters refuse, and
 the job fails. So with a probed source NVDEC cannot decode, the input is decoded in software and
-the frames go to the GPU once, at the head of the filter graph: `format=nv12` (8-bit) or
-`format=p010le` (deeper), then `hwupload_cuda`. Software decoding also turns frames upright
+the frames go to the GPU once, at the head of the filter graph: `format=nv12`, or `format=p010le`
+for HDR sources, then `hwupload_cuda`. Software decoding also turns frames upright
 (autorotate), so those chains do not turn them again.
 
 Without a probe (live streams) the GPU decodes, as before: the common live codecs are H.264 and
@@ -60,6 +60,7 @@ def nvdec_decodes(source: SourceMedia | None) -> bool:
 
 
 def software_upload_filters(source: SourceMedia) -> list[str]:
-    """The head of the graph that puts software-decoded frames on the GPU."""
-    bits = pix_fmt_bits(source.pix_fmt) or 8
-    return [f"format={'p010le' if bits > 8 else 'nv12'}", "hwupload_cuda"]
+    """The head of the graph that puts software-decoded frames on the GPU: 10-bit p010le for HDR
+    sources (the tone map downloads p010le, passthrough encodes main10), else 8-bit nv12, which
+    every nvenc encoder takes (h264_nvenc encodes no 10-bit)."""
+    return [f"format={'p010le' if source.hdr is not None else 'nv12'}", "hwupload_cuda"]
