@@ -475,3 +475,80 @@ def test_building_a_pod_does_not_share_state_between_pods() -> None:
 
 def test_worker_selector() -> None:
     assert worker_selector("gpu") == "app.kubernetes.io/component=worker,ffmpeg-rtmp.io/pool=gpu"
+
+
+# -- worker extras: pull secrets, labels, annotations, RuntimeClass --------------------------------
+
+EXTRAS = OperatorSettings(
+    worker_image=IMAGE,
+    worker_image_pull_secrets=("ghcr",),
+    worker_pod_labels={"team": "media", "app.kubernetes.io/component": "not-a-worker"},
+    worker_pod_annotations={"example.com/owner": "platform"},
+    worker_runtime_classes={"nvenc": "nvidia"},
+)
+
+
+def test_operator_defaults_for_worker_extras() -> None:
+    pod = build_worker_pod("gpu", "media", "uid", WorkerPoolSpec(accelerator="nvenc"), EXTRAS)
+    assert pod["spec"]["runtimeClassName"] == "nvidia"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "ghcr"}]
+    labels = pod["metadata"]["labels"]
+    assert labels["team"] == "media"
+    assert labels["app.kubernetes.io/component"] == "worker"  # the operator's own label wins
+    assert pod["metadata"]["annotations"] == {"example.com/owner": "platform"}
+    cpu = build_worker_pod("cpu", "media", "uid", WorkerPoolSpec(accelerator="cpu"), EXTRAS)
+    assert "runtimeClassName" not in cpu["spec"]  # the RuntimeClass is per accelerator
+
+
+def test_pool_fields_win_over_the_operator_defaults() -> None:
+    s = WorkerPoolSpec.model_validate(
+        {
+            "accelerator": "nvenc",
+            "runtimeClassName": "nvidia-cdi",
+            "imagePullSecrets": [{"name": "quay"}, {"name": "ghcr2"}],
+            "podLabels": {"team": "video", "ffmpeg-rtmp.io/pool": "other"},
+            "podAnnotations": {"example.com/owner": "video", "example.com/cost": "gpu"},
+        }
+    )
+    pod = build_worker_pod("gpu", "media", "uid", s, EXTRAS)
+    assert pod["spec"]["runtimeClassName"] == "nvidia-cdi"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "quay"}, {"name": "ghcr2"}]
+    assert pod["metadata"]["labels"]["team"] == "video"
+    assert pod["metadata"]["labels"]["ffmpeg-rtmp.io/pool"] == "gpu"
+    assert pod["metadata"]["annotations"] == {"example.com/owner": "video", "example.com/cost": "gpu"}
+    none = WorkerPoolSpec.model_validate({"accelerator": "nvenc", "imagePullSecrets": []})
+    assert "imagePullSecrets" not in build_worker_pod("gpu", "media", "uid", none, EXTRAS)["spec"]
+
+
+def test_no_extras_by_default() -> None:
+    pod = build_worker_pod("gpu", "media", "uid", WorkerPoolSpec(accelerator="nvenc"), SETTINGS)
+    assert not {"runtimeClassName", "imagePullSecrets"} & pod["spec"].keys()
+    assert "annotations" not in pod["metadata"]
+
+
+def test_a_bad_runtime_class_name_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        WorkerPoolSpec.model_validate({"accelerator": "nvenc", "runtimeClassName": "Not_A_Name"})
+
+
+def test_operator_flags_for_worker_extras() -> None:
+    import argparse
+
+    from ffrtmp.controller import main
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--worker-image-pull-secret=ghcr", "--worker-image-pull-secret=quay",
+            "--worker-pod-label=team=media", "--worker-pod-annotation=example.com/a=b=c",
+            "--worker-runtime-class=nvenc=nvidia",
+        ]
+    )  # fmt: skip
+    s = main.settings_from(args)
+    assert s.worker_image_pull_secrets == ("ghcr", "quay")
+    assert s.worker_pod_labels == {"team": "media"}
+    assert s.worker_pod_annotations == {"example.com/a": "b=c"}
+    assert s.worker_runtime_classes == {"nvenc": "nvidia"}
+    with pytest.raises(SystemExit, match="--worker-pod-label takes KEY=VALUE"):
+        main.settings_from(parser.parse_args(["--worker-pod-label=oops"]))

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ffrtmp.api.base import ApiModel, api_config, rules
-from ffrtmp.api.common import Conditions, ResourceRequirements, Timestamp
+from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceRequirements, Timestamp
 
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
@@ -194,6 +194,30 @@ class WorkerPoolSpec(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
     )
     priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of workers.")
+    runtime_class_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "RuntimeClass of worker Pods, e.g. `nvidia` on clusters where NVIDIA's container runtime is not the "
+            "default (default: the operator's --worker-runtime-class for the accelerator, else none)."
+        ),
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None,
+        max_length=16,
+        description="Secrets to pull the worker image (default: the operator's --worker-image-pull-secret).",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    pod_labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None,
+        max_length=32,
+        description="Extra labels of worker Pods, over the operator's defaults; the operator's own labels win.",
+    )
+    pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=32, description="Extra annotations of worker Pods, over the operator's defaults."
+    )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of workers (the chart creates one)."
     )

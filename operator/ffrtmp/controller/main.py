@@ -29,6 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-image", default=env("FFRTMP_WORKER_IMAGE", OperatorSettings.worker_image))
     parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
     parser.add_argument(
+        "--worker-image-pull-secret", action="append", default=[], metavar="NAME",
+        help="imagePullSecret of worker Pods whose WorkerPool sets none (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-pod-label", action="append", default=[], metavar="KEY=VALUE",
+        help="label of every worker Pod (repeatable; a WorkerPool's spec.podLabels and the operator's own win)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-pod-annotation", action="append", default=[], metavar="KEY=VALUE",
+        help="annotation of every worker Pod (repeatable; a WorkerPool's spec.podAnnotations win)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-runtime-class", action="append", default=[], metavar="ACCEL=NAME",
+        help="RuntimeClass of the worker Pods of an accelerator's pools that set none, e.g. nvenc=nvidia",
+    )  # fmt: skip
+    parser.add_argument(
         "--pool-allowed-image-prefixes", default=env("FFRTMP_POOL_ALLOWED_IMAGE_PREFIXES"),
         help="comma-separated prefixes a WorkerPool's spec.image must start with (unset: any image)",
     )  # fmt: skip
@@ -69,6 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true")
 
 
+def key_values(items: list[str], flag: str) -> dict[str, str]:
+    """`KEY=VALUE` flag values as a dict; anything else is a usage error, at start."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     devices = dict(OperatorSettings().device_resources)
     for item in args.device_resource:
@@ -78,6 +105,10 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         namespaces=tuple(args.namespace),
         worker_image=args.worker_image,
         worker_service_account=args.worker_service_account,
+        worker_image_pull_secrets=tuple(args.worker_image_pull_secret),
+        worker_pod_labels=key_values(args.worker_pod_label, "--worker-pod-label"),
+        worker_pod_annotations=key_values(args.worker_pod_annotation, "--worker-pod-annotation"),
+        worker_runtime_classes=key_values(args.worker_runtime_class, "--worker-runtime-class"),
         pool_policy=PoolPolicy(
             image_prefixes=parse_list(args.pool_allowed_image_prefixes) or (),
             volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,

@@ -175,13 +175,28 @@ def build_worker_pod(
         pod_spec["affinity"] = spec.affinity
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    runtime_class = spec.runtime_class_name or settings.worker_runtime_classes.get(spec.accelerator)
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    pull_secrets = (
+        [s.name for s in spec.image_pull_secrets]
+        if spec.image_pull_secrets is not None
+        else list(settings.worker_image_pull_secrets)
+    )
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
+    # Extra labels never replace the operator's own: its selectors and the pool's /scale rely on them.
+    labels = {**settings.worker_pod_labels, **(spec.pod_labels or {}), **worker_labels(pool_name)}
+    annotations = {**settings.worker_pod_annotations, **(spec.pod_annotations or {})}
+    extra_meta: Obj = {"annotations": annotations} if annotations else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "generateName": f"{pool_name}-",
             "namespace": namespace,
-            "labels": worker_labels(pool_name),
+            "labels": labels,
+            **extra_meta,
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,

@@ -14,6 +14,12 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     worker_image: str = "ghcr.io/ffmpeg-rtmp/worker:0.1.0"
     worker_service_account: str | None = None
+    # Defaults for every worker Pod (a WorkerPool's own fields win): pull secrets, extra labels and
+    # annotations, and a RuntimeClass per accelerator (e.g. nvenc=nvidia where it is not the default).
+    worker_image_pull_secrets: tuple[str, ...] = ()
+    worker_pod_labels: dict[str, str] = field(default_factory=dict)
+    worker_pod_annotations: dict[str, str] = field(default_factory=dict)
+    worker_runtime_classes: dict[str, str] = field(default_factory=dict)
     # What a WorkerPool may put into worker Pods (image, serviceAccountName, volume sources): a pool
     # that breaks it gets Degraded/PolicyViolation and no Pods (policy.py).
     pool_policy: PoolPolicy = field(default_factory=PoolPolicy)
