@@ -209,6 +209,13 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "prometheusRule.disabledAlerts={NoSuchAlert}",
         "workerPools[0].name=cpu,workerPools[0].spec.accelerator=tpu",
         "serviceMonitor.interval=soon",
+        "podMonitor.interval=soon",
+        "podMonitor.unknown=1",
+        "operator.podDisruptionBudget.maxUnavailable=half",
+        "operator.podDisruptionBudget.unhealthyPodEvictionPolicy=Never",
+        "worker.runtimeClassByAccelerator.tpu=x",
+        "worker.runtimeClassByAccelerator.nvenc=Not_A_Name",
+        "worker.imagePullSecrets[0].nam=ghcr",
     ],
 )
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
@@ -301,6 +308,8 @@ def test_every_value_has_a_schema_and_every_schema_property_a_value() -> None:
         "operator.securityContext.runAsGroup",
         "operator.securityContext.privileged",
         "operator.securityContext.capabilities.add",
+        # Per accelerator, set only where a RuntimeClass is wanted.
+        *(f"worker.runtimeClassByAccelerator.{a}" for a in ("cpu", "nvenc", "qsv", "vaapi")),
     }
     extra = [p for p in walk_schema(schema) if p not in value_paths and p not in optional]
     assert not extra, f"schema properties without a default in values.yaml: {extra}"
@@ -584,6 +593,10 @@ def test_deployment_all_options(helm: str) -> None:
         "--log-format=text",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
+        "--worker-image-pull-secret=ghcr",
+        "--worker-pod-label=team=media",
+        "--worker-pod-annotation=example.com/owner=media-platform",
+        "--worker-runtime-class=nvenc=nvidia",
         "--pool-allowed-image-prefixes=registry.example.com:5000/ffmpeg-rtmp/",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,hostPath",
         "--pool-allowed-service-accounts=transcoder,transcoder-gpu",
@@ -741,6 +754,78 @@ def test_service_and_servicemonitor(helm: str) -> None:
     assert ep["port"] == "http-metrics" and ep["path"] == "/metrics" and ep["honorLabels"] is True
     assert ep["interval"] == "15s"
     assert not of_kind(render(helm), "ServiceMonitor")
+
+
+def test_podmonitor_of_worker_metrics(helm: str) -> None:
+    from ffrtmp.controller.pods import METRICS_PORT, build_worker_pod
+    from ffrtmp.controller.settings import OperatorSettings
+
+    docs = render(helm, *ALL)
+    pm = one(docs, "PodMonitor")
+    assert pm["metadata"]["namespace"] == "monitoring"
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # It selects the Pods the operator really builds, on the port their metrics are served on.
+    worker = build_worker_pod("cpu", "media", "uid", WorkerPoolSpec(accelerator="cpu"), OperatorSettings())
+    assert pm["spec"]["selector"]["matchLabels"].items() <= worker["metadata"]["labels"].items()
+    (port,) = worker["spec"]["containers"][0]["ports"]
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert (ep["port"], ep["path"], ep["interval"]) == (port["name"], "/metrics", "15s")
+    assert port["containerPort"] == METRICS_PORT
+    assert ep["relabelings"][0]["targetLabel"] == "node"
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["media", "media-batch", "media-gpu"]}
+    everywhere = one(render(helm, "--set", "podMonitor.enabled=true"), "PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+    assert not of_kind(render(helm), "PodMonitor")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), None),
+        (("--set", "operator.replicaCount=2"), {"maxUnavailable": 1}),
+        (("--set", "operator.podDisruptionBudget.enabled=true"), {"maxUnavailable": 1}),
+        (("--set", "operator.replicaCount=3", "--set", "operator.podDisruptionBudget.enabled=false"), None),
+        (
+            ("--set", "operator.replicaCount=3", "--set", "operator.podDisruptionBudget.minAvailable=2"),
+            {"minAvailable": 2},
+        ),
+        (
+            ("--set", "operator.replicaCount=2", "--set", "operator.podDisruptionBudget.maxUnavailable=50%"),
+            {"maxUnavailable": "50%"},
+        ),
+        (("--set", "operator.replicaCount=2", "--set", "operator.enabled=false"), None),
+    ],
+)
+def test_operator_pod_disruption_budget(helm: str, args: tuple[str, ...], expected: dict[str, Any] | None) -> None:
+    docs = render(helm, *args)
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    if expected is None:
+        assert not pdbs
+        return
+    (pdb,) = pdbs
+    dep = one(docs, "Deployment")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    budget = {k: v for k, v in pdb["spec"].items() if k in ("minAvailable", "maxUnavailable")}
+    assert budget == expected
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_worker_extras_reach_the_worker_pods_through_the_operator_flags(helm: str) -> None:
+    """The chart's worker values become operator flags, and those flags the worker Pods' fields."""
+    import argparse
+
+    from ffrtmp.controller import main
+    from ffrtmp.controller.pods import build_worker_pod
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    flags = [a for a in _args(render(helm, *ALL)) if a.startswith("--worker-")]
+    settings = main.settings_from(parser.parse_args(flags))
+    pod = build_worker_pod("gpu", "media-gpu", "uid", WorkerPoolSpec(accelerator="nvenc"), settings)
+    assert pod["spec"]["runtimeClassName"] == "nvidia"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "ghcr"}]
+    assert pod["metadata"]["labels"]["team"] == "media"
+    assert pod["metadata"]["annotations"] == {"example.com/owner": "media-platform"}
 
 
 def test_helm_test_pod(helm: str) -> None:
