@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 
 from ffrtmp import logs
+from ffrtmp.egress.proxy import api_server_addresses
 from ffrtmp.kube.client import KubeClient
 from ffrtmp.kube.config import load_config
 from ffrtmp.worker.config import WorkerConfig
@@ -22,10 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from ffrtmp.worker.agent import Agent
 
     config = WorkerConfig.from_env()
+    kube = load_config(args.kubeconfig)
 
     async def main() -> None:
-        async with KubeClient(load_config(args.kubeconfig), component="ffrtmp-worker") as client:
-            await Agent(client, config).run()
+        api = await api_server_addresses(kube.server, os.environ.get("KUBERNETES_SERVICE_HOST"))
+        worker = dataclasses.replace(config, api_server_addresses=api)
+        async with KubeClient(kube, component="ffrtmp-worker") as client:
+            await Agent(client, worker).run()
 
     asyncio.run(main())
     return 0
