@@ -88,7 +88,7 @@ def test_worker_config_builds_the_policy_and_refuses_bad_entries() -> None:
     policy = config.egress_policy()
     assert config.egress_unproxied == ("rtmp",)
     assert denied(policy, "127.0.0.2") is None and denied(policy, "198.51.100.1") is not None
-    with pytest.raises(EgressConfigError, match="'10.0.0.0/99'"):
+    with pytest.raises(EgressConfigError, match=r"'10\.0\.0\.0/99'"):
         WorkerConfig.from_env({"POD_NAME": "w", "POD_NAMESPACE": "ns", "FFRTMP_POOL": "p",
                                "FFRTMP_EGRESS_DENY": "10.0.0.0/99"})  # fmt: skip
     with pytest.raises(EgressConfigError, match="not an IP address or CIDR"):

@@ -146,7 +146,9 @@ async def test_every_resolved_address_is_checked_and_only_the_checked_one_is_use
 
     async with EgressProxy(POLICY, resolver=mixed) as proxy:
         refused = await raw(proxy, f"GET http://mixed.test:{allowed.port}/ok HTTP/1.1\r\n\r\n".encode())
-        fine = await raw(proxy, f"GET http://rebind.test:{allowed.port}/ok HTTP/1.1\r\nHost: rebind.test\r\n\r\n".encode())
+        fine = await raw(
+            proxy, f"GET http://rebind.test:{allowed.port}/ok HTTP/1.1\r\nHost: rebind.test\r\n\r\n".encode()
+        )
     assert refused.startswith(b"HTTP/1.1 403")
     assert fine.startswith(b"HTTP/1.1 200") and fine.endswith(b"ok")
     assert calls == ["mixed.test", "rebind.test"]  # resolved once per request, by the proxy

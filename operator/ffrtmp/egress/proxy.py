@@ -144,6 +144,8 @@ class EgressProxy:
             await self._handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy is closing (the attempt ended): this connection ends with it
         except _BadRequest as e:
             await _answer(writer, 400, "Bad Request", f"{e}\n".encode())
         finally:

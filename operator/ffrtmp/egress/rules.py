@@ -16,6 +16,7 @@ _PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "a
                     "no_proxy", "NO_PROXY")  # fmt: skip
 # Schemes ffmpeg connects with directly, past the proxy.
 UNPROXIED_SCHEMES = ("rtmp",)
+_DEFAULT_PORTS = {"http": 80, "https": 443, "rtmp": 1935, "rtmps": 443}
 
 
 def proxy_env(env: Mapping[str, str], proxy_url: str) -> dict[str, str]:
@@ -47,8 +48,7 @@ async def unproxied_refusal(
 ) -> Failure | None:
     """For a URL ffmpeg would open past the proxy (rtmp): refused unless the pool allows the
     protocol; then its host is checked once (ffmpeg resolves again later: best effort only)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    scheme = urlsplit(url).scheme.lower()
     if scheme not in UNPROXIED_SCHEMES:
         return None
     if scheme not in set(allowed_unproxied):
@@ -58,15 +58,24 @@ async def unproxied_refusal(
             f"not allow them (WorkerPool spec.egress.allowUnproxiedProtocols): {url}",
             False,
         )
+    return await url_refusal(url, policy, resolver)
+
+
+async def url_refusal(url: str, policy: EgressPolicy, resolver: Resolver = system_resolver) -> Failure | None:
+    """DestinationNotAllowed when the host of `url` resolves to an address the policy refuses
+    (None when it is allowed or does not resolve: then something else explains the failure)."""
+    parts = urlsplit(url)
     host = normalize_host(parts.hostname or "")
     try:
-        port = parts.port or 1935
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
     except ValueError:
-        port = 1935
+        return None
+    if not host:
+        return None
     try:
         addresses = await resolver(host, port)
     except (OSError, UnicodeError):
-        return None  # ffmpeg fails to resolve it as well, with its own message
+        return None
     if any(policy.denied_because(host, address) is not None for address in addresses):
         return destination_refusal(host, port)
     return None

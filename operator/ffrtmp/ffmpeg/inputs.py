@@ -33,11 +33,15 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class InputNotAllowed(Exception):
-    """The input is outside what the worker pool allows (reason InputNotAllowed, not retryable)."""
+    """The input is outside what the worker pool allows (reason InputNotAllowed, not retryable).
 
-    def __init__(self, message: str) -> None:
+    `destination`: the URL on another host that a playlist entry or redirect named, when that is
+    why (the worker then asks the egress policy whether the reason is DestinationNotAllowed)."""
+
+    def __init__(self, message: str, destination: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.destination = destination
 
 
 class InputUnavailable(Exception):
@@ -208,7 +212,8 @@ def resolve_reference(
         raise InputNotAllowed(f"The playlist {playlist} refers to '{entry}', whose protocol this pool does not allow.")
     if not _same_host(playlist, target):
         raise InputNotAllowed(
-            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay on the playlist's host."
+            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay on the playlist's host.",
+            target,
         )
     return target
 
@@ -236,7 +241,7 @@ async def _read_http(
         ) as response:
             final = str(response.url)
             if not _same_host(url, final):
-                raise InputNotAllowed(f"The playlist {url} redirects to another host: {final}")
+                raise InputNotAllowed(f"The playlist {url} redirects to another host: {final}", final)
             if response.status != 200:
                 raise InputUnavailable(f"The playlist {url} cannot be read: HTTP {response.status}")
             data = bytearray()

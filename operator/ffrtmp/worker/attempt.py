@@ -22,7 +22,7 @@ from typing import Any
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.egress.proxy import EgressProxy
-from ffrtmp.egress.rules import destination_refusal, proxy_env, unproxied_refusal
+from ffrtmp.egress.rules import destination_refusal, proxy_env, unproxied_refusal, url_refusal
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
@@ -222,7 +222,12 @@ class Attempt:
                     proxy=self._proxy_url(),
                 )  # fmt: skip
         except InputNotAllowed as e:
-            raise _Failed(self._egress_failure() or Failure("InputNotAllowed", str(e), False)) from e
+            # A playlist entry or redirect to another host: DestinationNotAllowed if the policy refuses
+            # that host anyway (nothing was fetched from it), else the playlist rule's InputNotAllowed.
+            refused = self._egress_failure()
+            if refused is None and e.destination:
+                refused = await url_refusal(e.destination, self.config.egress_policy())
+            raise _Failed(refused or Failure("InputNotAllowed", str(e), False)) from e
         except InputUnavailable as e:
             raise _Failed(self._egress_failure() or Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
