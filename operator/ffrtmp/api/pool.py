@@ -135,7 +135,15 @@ class PoolEgress(ApiModel):
             "`*.corp.example`: the name as written in the URL), IP addresses or CIDRs (`10.20.0.0/16`). A listed "
             "name or network is reachable even when it is private, loopback or inside the cluster."
         ),
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            **rules(
+                (
+                    "self.all(a, !a.matches('^[0-9A-Fa-f:.]+(/[0-9]+)?$') || isIP(a) || isCIDR(a))",
+                    "spec.egress.allow entries that are addresses must be valid IPs or CIDRs (e.g. 10.1.0.0/16)",
+                )
+            ),
+        },
     )
     allow_unproxied_protocols: list[UnproxiedProtocol] = Field(
         default_factory=list,
@@ -271,7 +279,13 @@ class WorkerPoolSpec(ApiModel):
     )
     egress: PoolEgress = Field(
         default_factory=PoolEgress,
-        description="Which network destinations jobs may reach (the egress policy; default: public addresses only).",
+        description=(
+            "Which network destinations jobs may reach. Every http(s) and rtmps connection ffmpeg makes (redirects, "
+            "HLS segments, playlist reloads) goes through the worker's egress proxy, which refuses loopback, "
+            "private, link-local (cloud metadata), CGNAT, multicast and reserved addresses, the cluster's "
+            "Service and Pod ranges and the API server unless `allow` lists them (the API server: never). "
+            "A refused job fails with reason DestinationNotAllowed."
+        ),
     )
     storage: PoolStorage | None = Field(
         default=None,
