@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ffrtmp.api.pool import ADDRESS_LIKE
 from ffrtmp.egress.policy import (
     DEFAULT_DENIED,
     EgressConfigError,
@@ -137,3 +139,16 @@ def test_an_allowlisted_network_opens_its_addresses(network: IPNetwork, data: st
     inside = type(network.network_address)(data.draw(st.integers(first, last)))
     assert policy.denied_because("h", inside) is None
     assert DEFAULT.denied_because("h", inside) is not None
+
+
+@pytest.mark.parametrize("entry", ["1.2.3", "10.0.0.0/99", "300.1.1.1", "fd00::/200", "::gg"])
+def test_address_shaped_entries_must_parse(entry: str) -> None:
+    """What the CRD's CEL rule refuses (address-shaped but not an IP or CIDR), the model refuses too."""
+    cel_refuses = bool(re.match(ADDRESS_LIKE, entry))
+    assert cel_refuses == (entry != "::gg")  # "::gg" fails the item pattern instead
+    with pytest.raises(EgressConfigError):
+        EgressPolicy.build([entry])
+
+
+def test_host_names_with_hex_letters_are_names() -> None:
+    assert EgressPolicy.build(["cafe.beef", "add.example"]).allow_hosts == {"cafe.beef", "add.example"}

@@ -108,6 +108,8 @@ class Autoscaling(ApiModel):
 
 
 UnproxiedProtocol = Literal["rtmp"]
+# Entries of this shape are addresses or CIDRs, never host names: they must parse as such.
+ADDRESS_LIKE = r"^([0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)(/[0-9]+)?$"
 # A host name (optionally `*.` for every name under a domain), an IPv4/IPv6 address, or a CIDR.
 EgressDestination = Annotated[
     str,
@@ -139,7 +141,7 @@ class PoolEgress(ApiModel):
             "x-kubernetes-list-type": "set",
             **rules(
                 (
-                    "self.all(a, !a.matches('^[0-9A-Fa-f:.]+(/[0-9]+)?$') || isIP(a) || isCIDR(a))",
+                    f"self.all(a, !a.matches('{ADDRESS_LIKE}') || isIP(a) || isCIDR(a))",
                     "spec.egress.allow entries that are addresses must be valid IPs or CIDRs (e.g. 10.1.0.0/16)",
                 )
             ),

@@ -22,6 +22,7 @@ IPv6 forms that embed an IPv4 address (IPv4-mapped ::ffff:a.b.c.d, IPv4-compatib
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ DEFAULT_DENIED: tuple[tuple[IPNetwork, str], ...] = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# The same shape as api.pool.ADDRESS_LIKE (the CRD's CEL rule): such entries are never host names.
+_ADDRESS_LIKE = re.compile(r"^([0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)(/[0-9]+)?$")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
@@ -113,6 +116,8 @@ class EgressPolicy:
             if network is not None:
                 networks.append(network)
                 continue
+            if _ADDRESS_LIKE.match(entry.strip()):
+                raise EgressConfigError(f"egress allow entry {entry!r} is not a valid IP address or CIDR")
             name = normalize_host(entry)
             if not _valid_host_pattern(name):
                 raise EgressConfigError(f"egress allow entry {entry!r} is neither a host name nor an IP or CIDR")
