@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,23 @@ class Attempt:
                 os.killpg(self._proc.pid, signal.SIGTERM)
 
     # -- the attempt --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def egress(self) -> AsyncIterator[EgressProxy]:
+        """The attempt's egress proxy, running: every http(s)/rtmps connection of its ffprobe, ffmpeg
+        and playlist check goes through it, and it enforces the pool's egress policy (ffrtmp.egress)."""
+        async with EgressProxy(self.config.egress_policy()) as proxy:
+            self._proxy = proxy
+            try:
+                yield proxy
+            finally:
+                self._proxy = None
+
     async def run(self) -> str:
         """Returns the outcome: Succeeded, Failed, HandedBack, Superseded or Cancelled."""
         started = time.monotonic()
         self.metrics.active.inc()
         try:
-            # Every http(s)/rtmps connection of this attempt's ffprobe, ffmpeg and playlist check goes
-            # through this proxy, which enforces the pool's egress policy (ffrtmp.egress).
-            async with EgressProxy(self.config.egress_policy()) as self._proxy:
+            async with self.egress():
                 return await self._run()
         finally:
             self.metrics.active.dec()
