@@ -167,7 +167,8 @@ async def test_requests_the_proxy_does_not_speak_are_bad_requests() -> None:
         https_form = await raw(proxy, b"GET https://8.8.8.8/ HTTP/1.1\r\n\r\n")
         origin_form = await raw(proxy, b"GET /etc/passwd HTTP/1.1\r\n\r\n")
         bad_connect = await raw(proxy, b"CONNECT 8.8.8.8 HTTP/1.1\r\n\r\n")
-    assert all(a.startswith(b"HTTP/1.1 400") for a in (https_form, origin_form, bad_connect))
+        chunked = await raw(proxy, b"POST http://8.8.8.8/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert all(a.startswith(b"HTTP/1.1 400") for a in (https_form, origin_form, bad_connect, chunked))
     assert proxy.refusals == []
 
 

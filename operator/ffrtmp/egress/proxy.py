@@ -175,6 +175,8 @@ class EgressProxy:
             await _pipe_both(reader, writer, up_reader, up_writer)
             return
         host, port, path = parse_absolute_http(target)
+        if any(h.split(":", 1)[0].strip().lower() == "transfer-encoding" for h in header_lines):
+            raise _BadRequest("chunked request bodies are not proxied")
         upstream = await self._open(host, port, writer)
         if upstream is None:
             return
