@@ -102,6 +102,7 @@ class EgressProxy:
 
     policy: EgressPolicy
     resolver: Resolver = system_resolver
+    label: str = ""  # for the log: whose connections these are (the job)
     refusals: list[Refusal] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -218,7 +219,7 @@ class EgressProxy:
             why = self.policy.denied_because(name, address)
             if why is not None:
                 self.refusals.append(Refusal(name, port, why))
-                log.info("egress refused: %s:%d (%s)", name, port, why)
+                log.info("%s egress refused: %s:%d (%s)", self.label, name, port, why)
                 await _answer(writer, 403, "Forbidden", REFUSED_BODY)
                 return None
         last: Exception | None = None
@@ -228,7 +229,7 @@ class EgressProxy:
                     return await asyncio.open_connection(str(address), port)
             except (OSError, TimeoutError) as e:
                 last = e
-        log.info("egress to %s:%d failed: %r", name, port, last)
+        log.info("%s egress to %s:%d failed: %r", self.label, name, port, last)
         await _answer(writer, 502, "Bad Gateway", b"The destination did not accept the connection.\n")
         return None
 

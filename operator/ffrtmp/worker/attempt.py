@@ -132,7 +132,7 @@ class Attempt:
     async def egress(self) -> AsyncIterator[EgressProxy]:
         """The attempt's egress proxy, running: every http(s)/rtmps connection of its ffprobe, ffmpeg
         and playlist check goes through it, and it enforces the pool's egress policy (ffrtmp.egress)."""
-        async with EgressProxy(self.config.egress_policy()) as proxy:
+        async with EgressProxy(self.config.egress_policy(), label=self.key) as proxy:
             self._proxy = proxy
             try:
                 yield proxy
@@ -349,9 +349,7 @@ class Attempt:
         """DestinationNotAllowed when the egress proxy refused a connection of this attempt."""
         if self._proxy is None or not self._proxy.refusals:
             return None
-        first = self._proxy.refusals[0]
-        for refusal in self._proxy.refusals:
-            log.info("%s egress refused: %s:%d (%s)", self.key, refusal.host, refusal.port, refusal.why)
+        first = self._proxy.refusals[0]  # each one is in the worker's log, with the rule that matched
         return destination_refusal(first.host, first.port)
 
     async def _check_unproxied(self, urls: list[str]) -> None:
