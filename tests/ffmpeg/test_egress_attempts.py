@@ -23,6 +23,8 @@ import aiohttp.connector
 import pytest
 
 from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.egress.proxy import EgressProxy
+from ffrtmp.worker import attempt as attempt_module
 from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
@@ -46,12 +48,18 @@ class Server(ThreadingHTTPServer):
     def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, bytes | Route] = {}
         self.requests: list[tuple[str, str]] = []  # (path, user agent)
+        self.connections = 0  # TCP connections accepted
         self.lock = threading.Lock()
         super().__init__((host, 0), _Handler)
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.scheme = "https" if tls else "http"
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            self.connections += 1
+        super().finish_request(request, client_address)
 
     @property
     def base(self) -> str:
@@ -151,6 +159,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 def clear_requests(net: Net) -> None:
     for server in net.servers:
         server.requests.clear()
+        server.connections = 0
 
 
 class StatusRecorder:
@@ -216,6 +225,7 @@ async def test_inputs_at_forbidden_destinations_are_refused(net: Net, tmp_path: 
     outcome, result, job = await run_job(net, tmp_path, REFUSED_INPUTS[name](net))
     assert_refused(outcome, result, job)
     assert net.bad.requests == [] and net.bad_tls.requests == []
+    assert net.bad.connections == 0 and net.bad_tls.connections == 0  # not even a TCP connection
 
 
 async def test_the_refusal_reads_the_same_whether_or_not_something_listens(net: Net, tmp_path: Path) -> None:
@@ -333,7 +343,17 @@ async def test_an_rtmps_restream_to_a_forbidden_host_goes_through_the_proxy_and_
 
 
 @pytest.mark.parametrize("kind", ["http", "https", "hls", "https-hls"])
-async def test_an_allowlisted_host_works(net: Net, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_allowlisted_host_works_and_every_connection_to_it_went_through_the_proxy(
+    net: Net, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxies: list[EgressProxy] = []
+
+    class Recording(EgressProxy):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            proxies.append(self)
+
+    monkeypatch.setattr(attempt_module, "EgressProxy", Recording)
     # The worker's playlist check verifies certificates (aiohttp's shared default context): trust the test CA.
     trusting = ssl.create_default_context(cafile=str(net.cert))
     monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", trusting)
@@ -348,6 +368,12 @@ async def test_an_allowlisted_host_works(net: Net, tmp_path: Path, kind: str, mo
     else:
         assert fetched == {"/clip.mp4"}
     assert all(s.requests == [] for s in net.servers if s is not origin)
+    # Every TCP connection the origin accepted (from the worker's check, ffprobe and ffmpeg) was one the
+    # proxy opened after its check: none came from ffmpeg directly.
+    (proxy,) = proxies
+    assert proxy.refusals == []
+    assert origin.connections == len(proxy.opened) > 0, (origin.connections, proxy.opened)
+    assert set(proxy.opened) == {(ALLOWED, origin.server_address[1])}
 
 
 async def test_ffmpeg_runs_with_the_proxy_and_without_no_proxy(

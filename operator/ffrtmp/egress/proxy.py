@@ -104,6 +104,7 @@ class EgressProxy:
     resolver: Resolver = system_resolver
     label: str = ""  # for the log: whose connections these are (the job)
     refusals: list[Refusal] = field(default_factory=list)
+    opened: list[tuple[str, int]] = field(default_factory=list)  # (host, port) of each connection made
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -226,7 +227,9 @@ class EgressProxy:
         for address in addresses:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                    return await asyncio.open_connection(str(address), port)
+                    connection = await asyncio.open_connection(str(address), port)
+                self.opened.append((name, port))
+                return connection
             except (OSError, TimeoutError) as e:
                 last = e
         log.info("%s egress to %s:%d failed: %r", self.label, name, port, last)
