@@ -187,10 +187,17 @@ def config(net: Net, tmp_path: Path, **overrides: Any) -> WorkerConfig:
 
 
 async def run_job(
-    net: Net, tmp_path: Path, uri: str, outputs: list[dict[str, Any]] | None = None, **overrides: Any
+    net: Net,
+    tmp_path: Path,
+    uri: str,
+    outputs: list[dict[str, Any]] | None = None,
+    *,
+    live: bool = False,
+    **overrides: Any,
 ) -> tuple[str, dict[str, Any], Attempt]:
     recorder = StatusRecorder()
-    spec = TranscodeJobSpec.model_validate({"input": {"uri": uri}, "outputs": outputs or FAST})
+    source: dict[str, Any] = {"uri": uri, **({"live": True} if live else {})}
+    spec = TranscodeJobSpec.model_validate({"input": source, "outputs": outputs or FAST})
     job = Attempt(cast(FencedStatus, recorder), spec, config(net, tmp_path, **overrides), WorkerMetrics(), "ns",
                   "job", 1)  # fmt: skip
     outcome = await job.run()
@@ -226,6 +233,12 @@ async def test_inputs_at_forbidden_destinations_are_refused(net: Net, tmp_path: 
     assert_refused(outcome, result, job)
     assert net.bad.requests == [] and net.bad_tls.requests == []
     assert net.bad.connections == 0 and net.bad_tls.connections == 0  # not even a TCP connection
+
+
+async def test_a_refused_live_input_is_not_restarted(net: Net, tmp_path: Path) -> None:
+    outcome, result, job = await run_job(net, tmp_path, f"{net.bad.base}/live.ts", live=True)
+    assert_refused(outcome, result, job)
+    assert net.bad.connections == 0
 
 
 async def test_the_refusal_reads_the_same_whether_or_not_something_listens(net: Net, tmp_path: Path) -> None:

@@ -317,6 +317,8 @@ class Attempt:
                     break
             if not plan.live or self.stop_reason is not None:
                 return failure, restarts
+            if failure is not None and failure.reason == "DestinationNotAllowed":
+                return failure, restarts  # a live restart would only be refused again
             max_restarts = policy.max_restarts if policy else 10
             if restarts >= max_restarts:
                 if failure is not None:
