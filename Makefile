@@ -5,16 +5,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
+# The image without a registry (`make image`) and the local cluster's real node (tests/node,
+# README "Without Docker"): debootstrap, podman, runc, the CNI plugins, iptables, conntrack.
+NODE_APT_PACKAGES := debootstrap podman runc containernetworking-plugins iptables conntrack
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup system-packages venv tools crds lint typecheck test test-fast demo demo-down bench clean
+.PHONY: setup system-packages venv tools image crds lint typecheck test test-fast demo demo-down bench clean
 
 setup: system-packages venv tools
 
-# Debian packages: real ffmpeg/ffprobe, promtool (prometheus) and nginx with the RTMP module.
+# Debian packages: real ffmpeg/ffprobe, promtool (prometheus), nginx with the RTMP module, and
+# debootstrap/podman/runc to build the product's image without a registry (`make image`).
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -34,6 +38,11 @@ venv: $(VENV)/.installed
 # Go-built binaries (kube-apiserver, etcd, kwok, helm, ...) in a cache outside the repo.
 tools:
 	bash hack/tools.sh >/dev/null
+
+# The product's image (images/worker/Dockerfile) on a debootstrap base, saved as an OCI archive in
+# the tools cache; rebuilt only when the Dockerfile or the package sources change.
+image: system-packages venv
+	$(PY) -m ffrtmp.cli dev image build
 
 crds: venv
 	$(VENV)/bin/ffrtmp crds

@@ -21,7 +21,7 @@ log() { echo "[tools] $*" >&2; }
 link() { ln -sfn "$2/$1" "$bin/$1"; }
 
 k8s_dir="$cache/kubernetes-$KUBERNETES_VERSION"
-k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 missing=0; for c in "${k8s_cmds[@]}"; do [[ -x $k8s_dir/$c ]] || missing=1; done
 if (( missing )); then
   log "building Kubernetes $KUBERNETES_VERSION (${k8s_cmds[*]}); cold build takes a while"
@@ -46,6 +46,40 @@ if [[ ! -x $etcd_dir/etcd ]]; then
   rm -rf "$etcd_dir"; mv "$etcd_dir.tmp" "$etcd_dir"
 fi
 link etcd "$etcd_dir"
+
+# The real node's runtime: containerd with its runc shim and ctr. Static, without the
+# snapshotters that need cgo or kernel features (btrfs, devmapper, zfs).
+containerd_dir="$cache/containerd-$CONTAINERD_VERSION"
+if [[ ! -x $containerd_dir/containerd || ! -x $containerd_dir/containerd-shim-runc-v2 || ! -x $containerd_dir/ctr ]]; then
+  log "building containerd $CONTAINERD_VERSION"
+  mkdir -p "$containerd_dir.tmp"
+  (cd "$root/tools/containerd" && go build -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    -o "$containerd_dir.tmp/" github.com/containerd/containerd/v2/cmd/containerd \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr)
+  rm -rf "$containerd_dir"; mv "$containerd_dir.tmp" "$containerd_dir"
+fi
+for c in containerd containerd-shim-runc-v2 ctr; do link "$c" "$containerd_dir"; done
+
+# The real node's cluster DNS: CoreDNS with the few plugins it needs (tools/coredns/main.go).
+coredns_dir="$cache/coredns-$COREDNS_VERSION-$(sha256sum "$root/tools/coredns/main.go" | cut -c1-12)"
+if [[ ! -x $coredns_dir/coredns ]]; then
+  log "building coredns $COREDNS_VERSION"
+  mkdir -p "$coredns_dir.tmp"
+  (cd "$root/tools/coredns" && go build -ldflags "-s -w" -o "$coredns_dir.tmp/coredns" .)
+  rm -rf "$coredns_dir"; mv "$coredns_dir.tmp" "$coredns_dir"
+fi
+link coredns "$coredns_dir"
+
+# The Pod sandbox's process (the local cluster builds its pause image from it: no registry).
+pause_dir="$cache/pause-$(sha256sum "$root/tools/pause/main.go" | cut -c1-12)"
+if [[ ! -x $pause_dir/pause ]]; then
+  log "building pause"
+  mkdir -p "$pause_dir.tmp"
+  (cd "$root/tools/pause" && go build -ldflags "-s -w" -o "$pause_dir.tmp/pause" .)
+  rm -rf "$pause_dir"; mv "$pause_dir.tmp" "$pause_dir"
+fi
+link pause "$pause_dir"
 
 # go_install NAME MODULE/PATH VERSION: modules without replace directives install directly.
 go_install() {

@@ -63,7 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "crds" and args.output is None:
         args.output = ["crds", "charts/ffmpeg-rtmp/crds"]
-    code: int = args.func(args)
+    from ffrtmp.kube.auth import CredentialError
+    from ffrtmp.kube.config import KubeConfigError
+
+    try:
+        code: int = args.func(args)
+    except (KubeConfigError, CredentialError) as e:
+        print(f"ffrtmp {args.command}: {e}", file=sys.stderr)
+        return 2
     return code
 
 

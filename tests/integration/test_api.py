@@ -408,6 +408,11 @@ INVALID = [
         "spec", "a volumeMounts entry must not use a mountPath that spec.storage mounts"),
     Bad("pool-storage-output-at-scratch", wp(outputRoot="/tmp", storage={"output": {"claimName": "o"}}),
         "spec", "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there"),
+    Bad("pool-volume-named-scratch", wp(volumes=[{"name": "scratch", "emptyDir": {}}]),
+        "spec", "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
+        "are the worker Pod's own"),
+    Bad("pool-volume-named-output", wp(storage={"output": {"claimName": "o"}}, volumes=[{"name": "output"}]),
+        "spec", "are the worker Pod's own: choose another name"),
     Bad("pool-volume-mount-without-path", wp(volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x"}]),
         "spec.volumeMounts[0].mountPath", "Required value"),
     Bad("pool-storage-subpath-dotdot", wp(storage={"output": {"claimName": "o", "subPath": "../etc"}}),

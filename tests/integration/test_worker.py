@@ -232,6 +232,21 @@ def test_a_job_over_its_memory_limit_is_stopped_with_memory_limit_exceeded(farm:
     assert not job_dir.exists() or not any(job_dir.iterdir()), list(job_dir.iterdir())
 
 
+def test_a_job_created_again_under_the_same_name_is_a_new_job_for_the_worker(farm: Farm) -> None:
+    """The worker remembers the attempts it ran by the job's uid: a job deleted and created again
+    with the same name runs its own attempt 1 (it was taken for a lost result and handed back)."""
+    clip = make_clip(farm.media / "again.mp4", seconds=1)
+    farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
+    farm.start_operator()
+    farm.start_workers()
+    ready_pool(farm)
+    for round_ in (1, 2):
+        farm.job("again", str(clip))
+        s = status(farm.wait_phase("again", "Succeeded", "Failed", timeout=120))
+        assert (s["phase"], s["attempt"]) == ("Succeeded", 1), (round_, s)
+        farm.cluster.kubectl("delete", "tj", "again", "-n", farm.namespace, "--wait=true")
+
+
 def test_sigterm_drains_running_job_to_completion(farm: Farm) -> None:
     clip = make_clip(farm.media / "clip.mp4", seconds=6)
     farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, terminationGracePeriodSeconds=40)

@@ -149,7 +149,7 @@ def test_hls_write_failure_is_an_output_error_even_with_exit_status_zero() -> No
     ("killed_by", "reason", "retryable"),
     [
         ("timeout", "DeadlineExceeded", False),
-        ("oom", "OOMKilled", False),
+        ("oom", "OOMKilled", True),
         ("memory", "MemoryLimitExceeded", False),
         ("stall", "Stalled", True),
         ("cancel", "FfmpegError", True),
@@ -179,7 +179,8 @@ def test_going_over_the_jobs_memory_limit_states_the_limit_and_the_peak() -> Non
 
 def test_an_oom_kill_of_the_container_names_the_pool_limit() -> None:
     failure = classify_failure(-9, "", killed_by="oom")
-    assert (failure.reason, failure.retryable) == ("OOMKilled", False)
+    # Retried per backoffLimit: the next attempt may run on a worker with more headroom.
+    assert (failure.reason, failure.retryable) == ("OOMKilled", True)
     assert "WorkerPool spec.resources.limits.memory" in failure.message
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from ffrtmp.worker.memory import ProcEntry, parse_stat, read_process_table, tree_rss
+from ffrtmp.worker.memory import (
+    ProcEntry,
+    cgroup_oom_kills,
+    parse_oom_kills,
+    parse_stat,
+    read_process_table,
+    tree_rss,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -52,3 +60,15 @@ def test_the_live_table_sees_a_child_and_its_memory() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_oom_kill_counter_of_cgroup_v1_and_v2(tmp_path: Path) -> None:
+    assert parse_oom_kills("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n") == 2
+    assert parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n") == 5
+    assert parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n") is None
+    assert cgroup_oom_kills(str(tmp_path)) is None
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert cgroup_oom_kills(str(tmp_path)) == 1
+    (tmp_path / "memory.events").write_text("oom 4\noom_kill 4\n")
+    assert cgroup_oom_kills(str(tmp_path)) == 4

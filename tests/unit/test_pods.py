@@ -409,6 +409,15 @@ def test_storage_claims_mount_media_read_only_at_their_roots_and_output_read_wri
             {"outputRoot": "/tmp", "storage": {"output": {"claimName": "o"}}},
             "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there",
         ),
+        ({"volumes": [{"name": "scratch", "emptyDir": {}}]}, "are the worker Pod's own: choose another name (scratch)"),
+        (
+            {"storage": {"media": [{"claimName": "m", "mountPath": "/media"}]}, "volumes": [{"name": "media-0"}]},
+            "are the worker Pod's own: choose another name (media-0)",
+        ),
+        (
+            {"storage": {"output": {"claimName": "o"}}, "volumes": [{"name": "output", "emptyDir": {}}]},
+            "are the worker Pod's own: choose another name (output)",
+        ),
         ({"storage": {"output": {"claimName": "o", "subPath": "../etc"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "o", "subPath": "/abs"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "Output"}}}, "should match pattern"),

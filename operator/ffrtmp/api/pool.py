@@ -206,6 +206,13 @@ class WorkerPoolSpec(ApiModel):
                 f" && (!has(self.storage.media) || !self.storage.media.exists(m, m.mountPath == '{SCRATCH_DIR}')))",
                 f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there",
             ),
+            (
+                "!has(self.volumes) || self.volumes.all(v, v.name != 'scratch'"
+                " && (!has(self.storage) || !has(self.storage.output) || v.name != 'output')"
+                " && (!has(self.storage) || !has(self.storage.media) || !v.name.startsWith('media-')))",
+                "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
+                "are the worker Pod's own: choose another name",
+            ),
         )
     )
 
@@ -317,7 +324,13 @@ class WorkerPoolSpec(ApiModel):
         description="Extra Pod volumes (core API shape), an escape hatch beside spec.storage.",
         json_schema_extra={
             "x-kubernetes-list-type": "atomic",
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "items": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                # Declared so that CEL can refuse the names of the worker Pod's own volumes.
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "maxLength": 63, "description": "Volume name."}},
+            },
         },
     )
     volume_mounts: list[dict[str, object]] | None = Field(
@@ -346,7 +359,7 @@ class WorkerPoolSpec(ApiModel):
     @model_validator(mode="after")
     def _storage_paths(self) -> WorkerPoolSpec:
         """The storage rules of the CEL above, for specs that did not pass the API server."""
-        problem = storage_path_problem(self)
+        problem = storage_path_problem(self) or reserved_volume_problem(self)
         if problem:
             raise ValueError(problem)
         return self
@@ -371,6 +384,24 @@ def storage_path_problem(spec: WorkerPoolSpec) -> str | None:
         return "a volumeMounts entry must not use a mountPath that spec.storage mounts"
     if SCRATCH_DIR in taken:
         return f"{SCRATCH_DIR} is the worker's scratch volume: spec.storage cannot mount a claim there"
+    return None
+
+
+def reserved_volume_problem(spec: WorkerPoolSpec) -> str | None:
+    """A spec.volumes name that build_worker_pod uses itself, or None (pure; mirrors the CEL)."""
+    storage = spec.storage
+    has_output = storage is not None and storage.output is not None
+    has_media = storage is not None and bool(storage.media)
+
+    def reserved(name: str) -> bool:
+        return name == "scratch" or (has_output and name == "output") or (has_media and name.startswith("media-"))
+
+    taken = [str(v.get("name")) for v in spec.volumes or [] if reserved(str(v.get("name")))]
+    if taken:
+        return (
+            "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
+            f"are the worker Pod's own: choose another name ({taken[0]})"
+        )
     return None
 
 

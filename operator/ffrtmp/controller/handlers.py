@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import socket
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -19,6 +20,7 @@ from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
 from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.kube.auth import Credentials
 from ffrtmp.kube.client import KubeClient
 from ffrtmp.kube.config import KubeConfig
 
@@ -27,16 +29,21 @@ STALE_PASS_SECONDS = 60.0
 
 
 @kopf.on.login()
-def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's own credentials: ours, exec plugin included (kopf logs in again when they expire)."""
     config: KubeConfig = memo.kube_config
+    credentials: Credentials = memo.credentials
+    cred = await credentials.current()
     return kopf.ConnectionInfo(
         server=config.server,
         ca_data=config.ca_data,
-        certificate_data=config.cert_data,
-        private_key_data=config.key_data,
-        token=config.bearer_token(),
+        certificate_data=cred.cert_data,
+        private_key_data=cred.key_data,
+        token=cred.token,
         insecure=config.insecure,
         default_namespace=config.namespace,
+        expiration=datetime.fromtimestamp(cred.expires, UTC) if cred.expires else None,
+        proxy_url=config.proxy,
     )
 
 
@@ -48,7 +55,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.scanning.disabled = True
     # Connections for the writes, the Events' own slots and the leader Lease (watches have their own).
     client = KubeClient(
-        memo.kube_config, max_connections=ours.max_parallel_writes * 2 + 16, component="ffrtmp-operator"
+        memo.kube_config,
+        max_connections=ours.max_parallel_writes * 2 + 16,
+        component="ffrtmp-operator",
+        credentials=memo.credentials,
     )
     metrics = OperatorMetrics()
     elector = None

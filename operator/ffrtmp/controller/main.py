@@ -11,14 +11,22 @@ import kopf
 from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.egress.policy import parse_cidrs
-from ffrtmp.kube.config import load_config
+from ffrtmp.kube.auth import Credentials
+from ffrtmp.kube.config import CONTEXT_ENV, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     parser.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, $KUBECONFIG)")
+    parser.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig file (default: $KUBECONFIG's files merged, else in-cluster, else ~/.kube/config)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--context", default=None,
+        help=f"kubeconfig context to use (default: ${CONTEXT_ENV}, else the current-context)",
+    )  # fmt: skip
     parser.add_argument("--worker-image", default=env("FFRTMP_WORKER_IMAGE", OperatorSettings.worker_image))
     parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
     parser.add_argument(
@@ -96,6 +104,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, before kopf starts
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -108,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     memo = kopf.Memo(
         settings=settings,
-        kube_config=load_config(args.kubeconfig),
+        kube_config=kube_config,
+        credentials=Credentials(kube_config),  # kopf's login and our client share the plugin's cache
         leader_election=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace,
     )

@@ -1,5 +1,6 @@
 """Start and stop the local control plane: real etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and KWOK, on free loopback ports, every process tracked by PID."""
+kube-scheduler and KWOK, on free loopback ports, every process tracked by PID; optionally one real
+node (containerd + kubelet + kube-proxy + CoreDNS, `ffrtmp.dev.node`) beside the KWOK nodes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from ffrtmp.dev import node as host_node
+from ffrtmp.dev.hoststate import HostSnapshot
 from ffrtmp.dev.pki import KeyPair, Pki
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -61,6 +64,8 @@ class ClusterState:
     server: str = ""
     etcd_url: str = ""
     pids: dict[str, int] = field(default_factory=dict)
+    # With a real node: the host as it was before (what `down` restores), see ffrtmp.dev.hoststate.
+    host_before: dict[str, Any] | None = None
 
 
 def _kubeconfig(server: str, ca: Path, client: KeyPair, user: str) -> str:
@@ -104,8 +109,20 @@ def generate_nodes(count: int, prefix: str = "sim-cpu") -> list[dict[str, object
 class LocalCluster:
     """A control plane under `root`: pki/, etcd/, logs/, kubeconfig, state.json."""
 
-    def __init__(self, root: Path, bin_dir: Path | None = None, *, apiserver_profiling: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        bin_dir: Path | None = None,
+        *,
+        apiserver_profiling: bool = False,
+        real_node: bool = False,
+        simulated_nodes: bool = True,
+    ) -> None:
         self.root = root.resolve()
+        # One kubelet + containerd node on this host, beside the KWOK nodes (needs root; see ffrtmp.dev.node).
+        self.real_node = real_node
+        # The KWOK nodes of nodes.yaml (CPU and GPU): off, every Pod lands on the real node.
+        self.simulated_nodes = simulated_nodes
         # kube-apiserver's /debug/pprof (admin only): the benchmarks profile the API server with it.
         self.apiserver_profiling = apiserver_profiling
         self.bin_dir = bin_dir or default_bin_dir()
@@ -114,6 +131,7 @@ class LocalCluster:
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
         self.state = ClusterState(root=str(self.root))
+        self.node = host_node.RealNode(self.root / "node", self.bin_dir, self._spawn, self._log_tail)
 
     # -- files -------------------------------------------------------------------------------
     def _bin(self, name: str) -> str:
@@ -131,18 +149,18 @@ class LocalCluster:
         return self.state
 
     # -- processes ---------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
         log.close()
         self.state.pids[name] = proc.pid
         self._save()
         return proc
 
-    def _log_tail(self, name: str, lines: int = 15) -> str:
+    def _log_tail(self, name: str, lines: int = 25) -> str:
         path = self.logs / f"{name}.log"
         if not path.exists():
             return ""
@@ -178,6 +196,8 @@ class LocalCluster:
     def up(self, *, extra_nodes: int = 0, timeout: float = 120.0) -> None:
         """Start every component (fresh etcd data), create the nodes, wait until all are Ready."""
         self.down()
+        if self.real_node and (reason := host_node.unavailable_reason(self.bin_dir)):
+            raise ClusterError(f"the real node cannot start here: {reason}")
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / "etcd", ignore_errors=True)
         shutil.rmtree(self.logs, ignore_errors=True)
@@ -185,10 +205,15 @@ class LocalCluster:
         self.pki.ensure()
         started = time.monotonic()
         try:
+            if self.real_node:
+                self.state.host_before = asdict(self.node.prepare_host())
+                self._save()
             self._start_etcd(timeout)
             self._start_apiserver(timeout)
             self._start_controllers()
             self._create_nodes(extra_nodes, timeout - (time.monotonic() - started))
+            if self.real_node:
+                self._start_real_node(timeout)
         except BaseException:
             self.down()
             raise
@@ -218,24 +243,40 @@ class LocalCluster:
     def _start_apiserver(self, timeout: float) -> None:
         port = free_port()
         self.state.server = f"https://127.0.0.1:{port}"
-        serving = self.pki.issue(
-            "apiserver", "kube-apiserver",
-            server_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            server_ips=("127.0.0.1", "10.96.0.1"),
-        )  # fmt: skip
+        names = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+        if self.real_node:
+            # Pods reach the API server through the `kubernetes` Service, whose endpoint is the node's bridge.
+            serving = self.pki.issue("apiserver-node", "kube-apiserver", server_names=names,
+                                     server_ips=("127.0.0.1", "10.96.0.1", host_node.NODE_IP))  # fmt: skip
+            kubelet_client = self.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                            organization="system:masters")  # fmt: skip
+            node_flags = [
+                "--bind-address", "0.0.0.0", "--advertise-address", host_node.NODE_IP,
+                "--endpoint-reconciler-type", "lease",
+                "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+                "--kubelet-client-certificate", str(kubelet_client.cert),
+                "--kubelet-client-key", str(kubelet_client.key),
+                "--kubelet-preferred-address-types", "InternalIP",
+            ]  # fmt: skip
+        else:
+            serving = self.pki.issue(
+                "apiserver", "kube-apiserver", server_names=names, server_ips=("127.0.0.1", "10.96.0.1")
+            )
+            node_flags = [
+                "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                "--endpoint-reconciler-type", "none", "--authorization-mode", "RBAC",
+            ]  # fmt: skip
         admin = self.pki.issue("admin", "ffrtmp-admin", organization="system:masters")
         proc = self._spawn("kube-apiserver", [
             self._bin("kube-apiserver"),
             "--etcd-servers", self.state.etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(port),
+            *node_flags, "--secure-port", str(port),
             "--tls-cert-file", str(serving.cert), "--tls-private-key-file", str(serving.key),
             "--client-ca-file", str(self.pki.ca.cert),
-            "--authorization-mode", "RBAC",
             "--service-account-issuer", SA_ISSUER,
             "--service-account-key-file", str(self.pki.sa_pub),
             "--service-account-signing-key-file", str(self.pki.sa_key),
             "--service-cluster-ip-range", SERVICE_CIDR,
-            "--endpoint-reconciler-type", "none",
             "--allow-privileged=true",
             "--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "500",
             f"--profiling={str(self.apiserver_profiling).lower()}", "--v", "1",
@@ -244,8 +285,8 @@ class LocalCluster:
         self._wait("kube-apiserver", proc, lambda: self._https_ok("/readyz"), timeout)
         self._save()
 
-    def _component_kubeconfig(self, name: str, common_name: str) -> Path:
-        pair = self.pki.issue(name, common_name)
+    def _component_kubeconfig(self, name: str, common_name: str, organization: str | None = None) -> Path:
+        pair = self.pki.issue(name, common_name, organization=organization)
         path = self.root / f"{name}.kubeconfig"
         path.write_text(_kubeconfig(self.state.server, self.pki.ca.cert, pair, common_name))
         return path
@@ -258,7 +299,9 @@ class LocalCluster:
             "--service-account-private-key-file", str(self.pki.sa_key),
             "--root-ca-file", str(self.pki.ca.cert),
             "--use-service-account-credentials=true",
-            "--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-persistentvolume-binder",
+            # PersistentVolumeClaims bind only where a real node can mount them.
+            "--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle"
+            + ("" if self.real_node else ",-persistentvolume-binder"),
             "--concurrent-gc-syncs", "10", "--v", "1",
         ])  # fmt: skip
         sched = self._component_kubeconfig("scheduler", "system:kube-scheduler")
@@ -266,6 +309,8 @@ class LocalCluster:
             self._bin("kube-scheduler"), "--kubeconfig", str(sched),
             "--leader-elect=false", "--secure-port=0", "--v", "1",
         ])  # fmt: skip
+        if not self.simulated_nodes:
+            return
         config = resources.files("ffrtmp.dev").joinpath("kwok.yaml")
         self._spawn("kwok", [
             self._bin("kwok"), "--kubeconfig", str(self.kubeconfig),
@@ -283,11 +328,13 @@ class LocalCluster:
         return items + generate_nodes(extra_nodes)
 
     def _create_nodes(self, extra_nodes: int, timeout: float) -> None:
-        nodes = self.node_manifests(extra_nodes)
-        self.kubectl("create", "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        nodes = self.node_manifests(extra_nodes) if self.simulated_nodes else []
+        if nodes:
+            listing = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes})
+            self.kubectl("create", "-f", "-", input=listing)
         deadline = time.monotonic() + max(timeout, 30)
         while time.monotonic() < deadline:
-            for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok")[: 3 if self.simulated_nodes else 2]:
                 if not _alive(self.state.pids.get(name)):
                     raise ClusterError(f"{name} exited:\n{self._log_tail(name)}")
             listed = json.loads(self.kubectl("get", "nodes", "-o", "json", check=False).stdout or '{"items": []}')
@@ -296,6 +343,45 @@ class LocalCluster:
                 return
             time.sleep(0.5)
         raise ClusterError(f"nodes not Ready in time:\n{self._log_tail('kwok')}")
+
+    def _start_real_node(self, timeout: float) -> None:
+        name = host_node.NODE_NAME
+        kubelet = self.pki.issue("kubelet-serving", f"system:node:{name}", server_names=(name,),
+                                 server_ips=(host_node.NODE_IP, "127.0.0.1"))  # fmt: skip
+        kubeconfigs = {
+            "kubelet": self._component_kubeconfig("kubelet", f"system:node:{name}", "system:nodes"),
+            "kube-proxy": self._component_kubeconfig("kube-proxy", "system:kube-proxy"),
+            "coredns": self.kubeconfig,
+        }
+        try:
+            self.node.start(server=self.state.server, ca=self.pki.ca.cert, kubeconfigs=kubeconfigs,
+                            kubelet_serving=(kubelet.cert, kubelet.key), timeout=timeout)  # fmt: skip
+        except host_node.NodeError as e:
+            raise ClusterError(str(e)) from None
+        deadline = time.monotonic() + max(timeout, 60)
+        while time.monotonic() < deadline:
+            got = self.kubectl("get", "node", name, "-o", "json", check=False)
+            if got.returncode == 0 and _node_schedulable(json.loads(got.stdout)):
+                return
+            if not _alive(self.state.pids.get("kubelet")):
+                break
+            time.sleep(0.5)
+        raise ClusterError(f"the real node {name} did not become Ready:\n{self._log_tail('kubelet')}")
+
+    def load_image(self, archive: Path, reference: str, *aliases: str) -> float:
+        """Import an image archive into the real node's containerd (there is no registry to pull
+        from) and tag it with `aliases` too; returns the seconds it took."""
+        started = time.monotonic()
+        if not host_node.SOCKET.exists():
+            raise ClusterError(f"no real node runs here ({host_node.SOCKET} is missing): `up --real-node` first")
+        try:
+            if reference not in self.node.images():
+                self.node.import_image_archive(archive)
+            for alias in aliases:
+                self.node.tag_image(reference, alias)
+        except host_node.NodeError as e:
+            raise ClusterError(str(e)) from None
+        return time.monotonic() - started
 
     def _default_service_account_ready(self) -> bool:
         out = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
@@ -307,13 +393,26 @@ class LocalCluster:
         self.state.pids[name] = pid
         self._save()
 
-    def down(self) -> None:
-        """Stop every process `up` started (SIGTERM, then SIGKILL), in reverse order."""
+    def down(self) -> list[str]:
+        """Stop every process `up` started (SIGTERM, then SIGKILL), in reverse order. With a real
+        node, first stop it and restore the host; returns what could not be undone (empty when clean)."""
         state = self.load()
+        problems: list[str] = []
+        if state.host_before is not None or (self.root / "node").exists():
+            before = HostSnapshot(**state.host_before) if state.host_before is not None else None
+            problems = self.node.stop(before, self._stop_named)
+            state.host_before = None
         for name in reversed(list(state.pids)):
             _stop(state.pids[name])
         state.pids.clear()
         if self.state_file.exists():
+            self._save()
+        return problems
+
+    def _stop_named(self, name: str) -> None:
+        pid = self.state.pids.pop(name, None)
+        if pid:
+            _stop(pid, grace=10.0)
             self._save()
 
     def env(self) -> str:

@@ -22,6 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("action", choices=["up", "down", "env"])
     cluster.add_argument("--dir", type=Path, default=None, help="state folder (default: .dev/cluster)")
     cluster.add_argument("--extra-nodes", type=int, default=0, help="extra simulated CPU nodes")
+    cluster.add_argument(
+        "--real-node", action="store_true",
+        help="also join one real kubelet + containerd node (root; see ffrtmp.dev.node); `down` undoes its host changes",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--no-simulated-nodes", dest="simulated_nodes", action="store_false",
+        help="start no KWOK nodes (with --real-node: every Pod runs on the real node)",
+    )  # fmt: skip
     cluster.set_defaults(func=_cluster)
 
     workers = sub.add_parser("workers", help="run stand-in worker processes for the worker Pods")
@@ -33,21 +41,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--restart-delay", type=float, default=5.0)
     workers.set_defaults(func=_workers)
 
+    image = sub.add_parser(
+        "image", help="build the product's image locally (no registry): podman, debootstrap base; `load` also "
+        "imports it into the real node of --dir under the chart's default image name",
+    )  # fmt: skip
+    image.add_argument("action", choices=["build", "load"])
+    image.add_argument("--dir", type=Path, default=None, help="load: the real node's cluster folder (.dev/cluster)")
+    image.add_argument("--root", type=Path, default=None, help="repository checkout (default: found from the cwd)")
+    image.add_argument("--cache", type=Path, default=None, help="cache folder (default: <tools cache>/images)")
+    image.set_defaults(func=_image)
+
 
 def _cluster(args: argparse.Namespace) -> int:
-    cluster = LocalCluster(args.dir or default_root())
+    cluster = LocalCluster(args.dir or default_root(), real_node=args.real_node, simulated_nodes=args.simulated_nodes)
     try:
         if args.action == "up":
             cluster.up(extra_nodes=args.extra_nodes)
             print(cluster.env(), end="")
         elif args.action == "down":
-            cluster.down()
+            problems = cluster.down()
+            for problem in problems:
+                print(f"left behind: {problem}")
+            return 1 if problems else 0
         else:
             print(cluster.env(), end="")
     except ClusterError as e:
         print(f"error: {e}")
         return 1
     return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    from ffrtmp.dev.image import ImageError, build_image
+
+    try:
+        built = build_image(args.root, args.cache)
+    except ImageError as e:
+        print(f"error: {e}")
+        return 1
+    how = "cached" if built.cached else f"built in {built.build_seconds:.1f}s"
+    print(f"image:   {built.reference} ({how}, base {built.base})")
+    print(f"archive: {built.archive}")
+    print(f"size:    {built.size_bytes} bytes ({built.size_bytes / 1e6:.0f} MB, uncompressed)")
+    if args.action == "load":
+        cluster = LocalCluster(args.dir or default_root())
+        chart = chart_image_reference()
+        try:
+            seconds = cluster.load_image(built.archive, built.reference, chart)
+        except ClusterError as e:
+            print(f"error: {e}")
+            return 1
+        print(f"loaded:  {built.reference} and {chart} into the real node in {seconds:.1f}s")
+    return 0
+
+
+def chart_image_reference() -> str:
+    """The image the chart uses by default: `<operator.image.repository>:<appVersion>`."""
+    import yaml
+
+    from ffrtmp.dev.cluster import repo_root
+
+    chart = repo_root() / "charts" / "ffmpeg-rtmp"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
+    return f"{values['operator']['image']['repository']}:{app_version}"
 
 
 def _workers(args: argparse.Namespace) -> int:

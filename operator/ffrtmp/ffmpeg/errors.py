@@ -195,7 +195,7 @@ def classify_failure(
             "OOMKilled",
             "ffmpeg was killed (SIGKILL) by the system, most likely the out-of-memory killer at the worker "
             "Pod's memory limit (WorkerPool spec.resources.limits.memory).",
-            False,
+            True,
         )
     if killed_by == "stall":
         return Failure("Stalled", "ffmpeg made no progress for too long and was stopped.", True)

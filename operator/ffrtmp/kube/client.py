@@ -6,13 +6,16 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from ffrtmp import __version__
+from ffrtmp.kube.auth import Credential, Credentials
 from ffrtmp.kube.config import KubeConfig
 
 log = logging.getLogger(__name__)
@@ -79,10 +82,14 @@ class KubeClient:
         max_connections: int = 64,
         timeout: float = 30.0,
         component: str = "ffrtmp",
+        credentials: Credentials | None = None,
     ) -> None:
         """`component` names the caller to the API server: the User-Agent (`<component>/<version>`)
-        and the fieldManager of every write, so managedFields show who wrote what."""
+        and the fieldManager of every write, so managedFields show who wrote what. `credentials`:
+        shared with other clients of the process (default: the client's own)."""
         self.config = config
+        self.credentials = credentials or Credentials(config)
+        self._tls: tuple[tuple[bytes | None, bytes | None], ssl.SSLContext] | None = None
         self._component = component
         self._user_agent = f"{component}/{__version__}"
         self._timeout = timeout
@@ -99,7 +106,8 @@ class KubeClient:
         await self.close()
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(ssl=self.config.ssl_context(), limit=limit)
+        # TLS per request (_tls): an exec plugin may hand out a new client certificate.
+        connector = aiohttp.TCPConnector(limit=limit)
         return aiohttp.ClientSession(base_url=self.config.server, connector=connector)
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -118,14 +126,40 @@ class KubeClient:
                 await session.close()
         self._session = self._watch_session = None
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
-        token = self.config.bearer_token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
+    def _tls_for(self, cred: Credential) -> ssl.SSLContext:
+        """The TLS context for a credential's client certificate, rebuilt only when it changes."""
+        key = (cred.cert_data, cred.key_data)
+        if self._tls is None or self._tls[0] != key:
+            self._tls = (key, self.config.ssl_context(cred.cert_data, cred.key_data))
+        return self._tls[1]
+
+    @asynccontextmanager
+    async def _send(
+        self, session: aiohttp.ClientSession, method: str, path: str, content_type: str | None, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request with the current credential, through the config's proxy and TLS name. A 401
+        to a refreshable credential (an exec plugin's) drops it and tries once more with a new one."""
+        for attempt in (1, 2):
+            cred = await self.credentials.current()
+            headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+            if cred.token:
+                headers["Authorization"] = f"Bearer {cred.token}"
+            if content_type:
+                headers["Content-Type"] = content_type
+            async with session.request(
+                method,
+                path,
+                headers=headers,
+                ssl=self._tls_for(cred),
+                server_hostname=self.config.tls_server_name,
+                proxy=self.config.proxy,
+                **kwargs,
+            ) as resp:
+                if resp.status == 401 and attempt == 1 and self.credentials.invalidate(cred):
+                    log.info("%s %s: 401 Unauthorized; fetching a new credential and trying again", method, path)
+                    continue
+                yield resp
+                return
 
     async def request(
         self,
@@ -141,12 +175,13 @@ class KubeClient:
         query = {k: str(v) for k, v in (params or {}).items()}
         if method in ("POST", "PUT", "PATCH"):
             query.setdefault("fieldManager", self._component)
-        async with self._get_session().request(
+        async with self._send(
+            self._get_session(),
             method,
             path,
+            content_type if data is not None else None,
             params=query,
             data=data,
-            headers=self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=request_timeout or self._timeout),
         ) as resp:
             text = await resp.text()
@@ -228,10 +263,12 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
-        async with self._get_watch_session().get(
+        async with self._send(
+            self._get_watch_session(),
+            "GET",
             path,
+            None,
             params=query,
-            headers=self._headers(None),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
         ) as resp:
             if resp.status >= 400:

@@ -63,6 +63,8 @@ class Agent:
         self._drained = asyncio.Event()
         self._view: dict[str, Obj] = {}
         self._background: set[asyncio.Future[None]] = set()
+        # (job uid, attempt) -> when it ended here. By uid: a job deleted and created again under the
+        # same name is another job, whose attempt 1 this worker has not run.
         self._done: dict[tuple[str, int], float] = {}
         self._no_slot_since: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
@@ -263,7 +265,7 @@ class Agent:
             return
         if owns(obj, self.config.pod_name, attempt_no) is not None:
             return
-        finished_at = self._done.get((name, attempt_no))
+        finished_at = self._done.get((obj["metadata"].get("uid", ""), attempt_no))
         if finished_at is not None:
             # We ran this attempt; our last write is on its way, or it was lost.
             result = status.get("result") or {}
@@ -313,14 +315,14 @@ class Agent:
         self.metrics.free_slots.set(self.free_slots)
         task = asyncio.create_task(attempt.run(), name=f"attempt-{name}-{number}")
         self._tasks[name] = task
-        task.add_done_callback(functools.partial(self._finished, name, attempt))
+        task.add_done_callback(functools.partial(self._finished, name, obj["metadata"].get("uid", ""), attempt))
         log.info("started %s attempt %d", name, number)
 
-    def _finished(self, name: str, attempt: Attempt, task: asyncio.Task[str]) -> None:
+    def _finished(self, name: str, uid: str, attempt: Attempt, task: asyncio.Task[str]) -> None:
         if self.attempts.get(name) is attempt:
             del self.attempts[name]
             self._tasks.pop(name, None)
-        self._done[(name, attempt.number)] = time.monotonic()
+        self._done[(uid, attempt.number)] = time.monotonic()
         if len(self._done) > 10000:
             self._done.pop(next(iter(self._done)))
         self.metrics.free_slots.set(self.free_slots if self.ready else 0)

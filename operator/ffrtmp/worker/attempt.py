@@ -32,7 +32,7 @@ from ffrtmp.ffmpeg.probe import probe, probe_input
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, transient
-from ffrtmp.worker.memory import SAMPLE_SECONDS, read_process_table, tree_rss
+from ffrtmp.worker.memory import SAMPLE_SECONDS, cgroup_oom_kills, read_process_table, tree_rss
 from ffrtmp.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ class Attempt:
         *,
         stderr_lines: int = STDERR_LINES,
     ) -> FfmpegRun:
+        oom_kills_before = cgroup_oom_kills()
         # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -461,7 +462,11 @@ class Attempt:
         if over_memory:
             killed_by = "memory"
         elif killed_by is None and returncode in (-signal.SIGKILL, 137):
-            killed_by = "oom"  # not our stop: the kernel's OOM killer at the container's cgroup limit
+            # Not our stop. The container's memory cgroup says whether its OOM killer did it; where
+            # it cannot be read, an unexplained SIGKILL is most likely that killer.
+            oom_kills = cgroup_oom_kills()
+            if oom_kills_before is None or oom_kills is None or oom_kills > oom_kills_before:
+                killed_by = "oom"
         return FfmpegRun(returncode, "\n".join(stderr_tail), killed_by, peak)
 
     async def _wait_or_kill(self, proc: asyncio.subprocess.Process) -> int:

@@ -63,3 +63,29 @@ def read_process_table(proc: str = "/proc") -> list[ProcEntry]:
         except (OSError, ValueError, IndexError):
             continue
     return entries
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def parse_oom_kills(text: str) -> int | None:
+    """The `oom_kill` counter of cgroup v2 `memory.events` or cgroup v1 `memory.oom_control`."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def cgroup_oom_kills(root: str = CGROUP_ROOT) -> int | None:
+    """How many processes the kernel's OOM killer has killed in this container's memory cgroup
+    (its own cgroup namespace root), or None where that cannot be read (not Linux, no cgroup)."""
+    for path in (os.path.join(root, "memory.events"), os.path.join(root, "memory", "memory.oom_control")):
+        try:
+            with open(path) as f:
+                count = parse_oom_kills(f.read())
+        except OSError:
+            continue
+        if count is not None:
+            return count
+    return None

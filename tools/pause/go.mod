@@ -1,0 +1,3 @@
+module github.com/ffmpeg-rtmp/ffmpeg-rtmp/tools/pause
+
+go 1.26.0
