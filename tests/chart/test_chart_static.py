@@ -209,6 +209,9 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "prometheusRule.disabledAlerts={NoSuchAlert}",
         "workerPools[0].name=cpu,workerPools[0].spec.accelerator=tpu",
         "serviceMonitor.interval=soon",
+        "egress.clusterCIDRs={10.96.0.0}",
+        "egress.networkPolicy.enabled=true",  # without apiServer: workers could not reach the API
+        "egress.networkPolicy.deniedCIDRs={not-a-cidr}",
     ],
 )
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
@@ -587,6 +590,7 @@ def test_deployment_all_options(helm: str) -> None:
         "--pool-allowed-image-prefixes=registry.example.com:5000/ffmpeg-rtmp/",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,hostPath",
         "--pool-allowed-service-accounts=transcoder,transcoder-gpu",
+        "--cluster-cidrs=10.96.0.0/12,100.96.0.0/11,fd00:10:96::/108",
         "--verbose",
     ]
     env = {e["name"]: e for e in c["env"]}
@@ -1467,3 +1471,49 @@ def test_pool_admission_policy_follows_the_values(helm: str) -> None:
     assert (
         "--pool-allowed-service-accounts=ffmpeg-rtmp-worker" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# worker egress NetworkPolicy
+
+
+def test_worker_network_policy_is_off_by_default(helm: str) -> None:
+    docs = render(helm)
+    assert of_kind(docs, "NetworkPolicy") == []
+    assert not any(a.startswith("--cluster-cidrs") for a in _args(docs))
+
+
+def test_worker_network_policy_limits_egress_in_every_worker_namespace(helm: str) -> None:
+    docs = render(helm, *ALL)
+    policies = of_kind(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["media", "media-batch", "media-gpu"]
+    spec = policies[0]["spec"]
+    workers = {"app.kubernetes.io/component": "worker", "app.kubernetes.io/managed-by": "ffmpeg-rtmp-operator"}
+    assert spec["podSelector"] == {"matchLabels": workers}
+    assert spec["policyTypes"] == ["Egress"]
+    dns, api, internet, lan, single = spec["egress"]
+    assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert api == {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 6443, "protocol": "TCP"}]}
+    v4, v6 = (block["ipBlock"] for block in internet["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and v6["cidr"] == "::/0"
+    # Link-local (cloud metadata), private, CGNAT and the cluster's own ranges are cut out, per family.
+    assert v4["except"] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+                            "10.96.0.0/12", "100.96.0.0/11"]  # fmt: skip
+    assert v6["except"] == ["fc00::/7", "fe80::/10", "fd00:10:96::/108"]
+    assert lan == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert single == {"to": [{"ipBlock": {"cidr": "192.168.50.7/32"}}]}
+
+
+def test_worker_network_policy_without_internet_allows_only_dns_api_and_listed_destinations(helm: str) -> None:
+    docs = render(
+        helm, "--set", "egress.networkPolicy.enabled=true", "--set", "egress.networkPolicy.internet=false",
+        "--set", "egress.networkPolicy.apiServer[0].cidr=172.18.0.2/32",
+        "--set", "egress.networkPolicy.apiServer[0].port=6443",
+    )  # fmt: skip
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    rules = policy["spec"]["egress"]
+    assert len(rules) == 2
+    assert rules[1]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]

@@ -10,6 +10,7 @@ import kopf
 
 from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.egress.policy import parse_cidrs
 from ffrtmp.kube.auth import Credentials
 from ffrtmp.kube.config import CONTEXT_ENV, load_config
 
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pool-allowed-service-accounts", default=env("FFRTMP_POOL_ALLOWED_SERVICE_ACCOUNTS"),
         help="comma-separated ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cluster-cidrs", default=env("FFRTMP_CLUSTER_CIDRS"),
+        help="comma-separated Service and Pod CIDRs of the cluster: job egress to them is refused unless a "
+        "WorkerPool's spec.egress.allow names them",
     )  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
     parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
@@ -83,6 +89,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
             service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
         ),
+        cluster_cidrs=parse_cidrs(args.cluster_cidrs),
         device_resources=devices,
         lease_grace_seconds=args.lease_grace_seconds,
         retry_backoff_seconds=args.retry_backoff_seconds,
