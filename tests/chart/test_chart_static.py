@@ -1455,13 +1455,14 @@ def test_pool_admission_policy_defaults(helm: str) -> None:
 
 
 def test_pool_admission_policy_follows_the_values(helm: str) -> None:
-    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy")
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy", "ffmpeg-rtmp-workerpools")
     rules = vap["spec"]["validations"]
     assert '["registry.example.com:5000/ffmpeg-rtmp/"]' in rules[0]["expression"]
     assert '["transcoder","transcoder-gpu"]' in rules[1]["expression"]
     assert '["persistentVolumeClaim","emptyDir","hostPath"]' in rules[2]["expression"]
     off = render(helm, "--set", "poolPolicy.admissionPolicy=false")
-    assert not of_kind(off, "ValidatingAdmissionPolicy") and not of_kind(off, "ValidatingAdmissionPolicyBinding")
+    policies = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert policies == ["ffmpeg-rtmp-worker-identity", "ffmpeg-rtmp-worker-identity"]  # worker.admissionPolicy
     # The operator enforces the lists either way.
     dep = one(off, "Deployment", "ffmpeg-rtmp-operator")
     assert (
