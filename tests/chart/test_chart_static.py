@@ -1459,13 +1459,14 @@ def test_pool_admission_policy_defaults(helm: str) -> None:
 
 
 def test_pool_admission_policy_follows_the_values(helm: str) -> None:
-    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy")
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy", "ffmpeg-rtmp-workerpools")
     rules = vap["spec"]["validations"]
     assert '["registry.example.com:5000/ffmpeg-rtmp/"]' in rules[0]["expression"]
     assert '["transcoder","transcoder-gpu"]' in rules[1]["expression"]
     assert '["persistentVolumeClaim","emptyDir","hostPath"]' in rules[2]["expression"]
     off = render(helm, "--set", "poolPolicy.admissionPolicy=false")
-    assert not of_kind(off, "ValidatingAdmissionPolicy") and not of_kind(off, "ValidatingAdmissionPolicyBinding")
+    policies = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert policies == ["ffmpeg-rtmp-worker-identity", "ffmpeg-rtmp-worker-identity"]  # worker.admissionPolicy
     # The operator enforces the lists either way.
     dep = one(off, "Deployment", "ffmpeg-rtmp-operator")
     assert (
@@ -1517,3 +1518,50 @@ def test_worker_network_policy_without_internet_allows_only_dns_api_and_listed_d
     rules = policy["spec"]["egress"]
     assert len(rules) == 2
     assert rules[1]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
+
+
+# --------------------------------------------------------------------------------------------
+# worker identity (worker.admissionPolicy)
+
+
+def test_worker_identity_policy_defaults(helm: str) -> None:
+    """On by default: a ValidatingAdmissionPolicy (v1) matching the worker ServiceAccount's writes of
+    Leases and TranscodeJobs, keyed on the Pod its token is bound to, and a Deny binding. The worker's own
+    Lease name (ffrtmp-worker-<pod>) is the agent's LEASE_PREFIX; the leader Lease never matches it."""
+    from ffrtmp.api.constants import LEASE_PREFIX
+
+    docs = render(helm)
+    vap = one(docs, "ValidatingAdmissionPolicy", "ffmpeg-rtmp-worker-identity")
+    assert vap["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = vap["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    rules = {r["apiGroups"][0]: r for r in spec["matchConstraints"]["resourceRules"]}
+    assert rules["coordination.k8s.io"]["resources"] == ["leases"]
+    assert rules["ffmpeg-rtmp.io"]["resources"] == ["transcodejobs", "transcodejobs/status"]
+    assert all(set(r["operations"]) == {"CREATE", "UPDATE", "DELETE"} for r in rules.values())
+    (match,) = spec["matchConditions"]
+    assert '["ffmpeg-rtmp-worker"]' in match["expression"]
+    assert "system:serviceaccount:" in match["expression"]
+    pod = next(v for v in spec["variables"] if v["name"] == "pod")
+    assert "request.userInfo.extra['authentication.kubernetes.io/pod-name']" in pod["expression"]
+    text = json.dumps(spec["validations"])
+    assert f"'{LEASE_PREFIX}' + variables.pod" in text
+    assert "oldObject.status.worker == variables.pod" in text
+    assert "['Scheduled', 'Running']" in text
+    assert "ffmpeg-rtmp-operator" not in text.replace(LEASE_PREFIX, "")
+    assert all(v["reason"] == "Forbidden" for v in spec["validations"])
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "ffmpeg-rtmp-worker-identity")
+    assert binding["spec"] == {"policyName": "ffmpeg-rtmp-worker-identity", "validationActions": ["Deny"]}
+
+
+def test_worker_identity_policy_follows_the_values(helm: str) -> None:
+    """It matches the ServiceAccounts pools may use (poolPolicy.allowedServiceAccounts, else the worker's);
+    worker.admissionPolicy=false leaves it out and keeps the pool policy."""
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy", "ffmpeg-rtmp-worker-identity")
+    assert '["transcoder","transcoder-gpu"]' in vap["spec"]["matchConditions"][0]["expression"]
+    named = one(render(helm, "--set", "worker.serviceAccount.name=enc"), "ValidatingAdmissionPolicy",
+                "ffmpeg-rtmp-worker-identity")  # fmt: skip
+    assert '["enc"]' in named["spec"]["matchConditions"][0]["expression"]
+    off = render(helm, "--set", "worker.admissionPolicy=false")
+    names = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert names == ["ffmpeg-rtmp-workerpools", "ffmpeg-rtmp-workerpools"]

@@ -94,6 +94,10 @@ class Attempt:
     _input_duration: float | None = None
     _stderr_tail: str = ""
     _proxy: EgressProxy | None = None
+    # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
+    # error that is not an outage), raised by the next report.
+    _progress_write: asyncio.Task[None] | None = None
+    _progress_error: Exception | None = None
     # Set just before the final status write: from then on the operator may count the slot free
     # and assign a new job before this task has quite ended.
     finishing: bool = False
@@ -453,6 +457,7 @@ class Attempt:
             if proc.returncode is None:
                 self._kill_now()
                 await proc.wait()
+            await self._settle_progress()
             await stderr_task
             if memory_task is not None:
                 memory_task.cancel()
@@ -492,11 +497,16 @@ class Attempt:
             pct = (index * 100.0 + pct) / passes
             pct = max(pct, self._last_percent)  # monotone across passes and writes
             self._last_percent = pct
+        if self._progress_error is not None:
+            error, self._progress_error = self._progress_error, None
+            raise error
         now = time.monotonic()
         # The first write comes one interval after the Running write (which says 0 %), and the
         # final block is never written: the Succeeded or failure write follows at once.
         if now - max(self._last_write, self._started_monotonic) < self.config.progress_interval or snap.ended:
             return
+        if self._progress_write is not None and not self._progress_write.done():
+            return  # the last report is still on its way (a slow or unreachable API server): skip this one
         self._last_write = now
         progress: Obj = {
             "percent": None if pct is None else round(min(pct, 100.0), 1),
@@ -505,15 +515,31 @@ class Attempt:
             "outTimeSeconds": snap.out_time_seconds,
             "totalBytes": snap.total_size,
         }
+        self._progress_write = asyncio.create_task(self._write_progress(progress), name=f"progress {self.key}")
+
+    async def _write_progress(self, progress: Obj) -> None:
+        """One progress report, sent beside the encode: ffmpeg's output is read on meanwhile, so a slow or
+        unreachable API server never holds ffmpeg up (ffmpeg stops when its stdout pipe is full)."""
         try:
             await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
-        except Superseded:
-            raise
+        except Superseded as e:
+            self._progress_error = e
+            self.stop("superseded")
         except Exception as e:
             if not transient(e):
-                raise
+                self._progress_error = e
+                return
             # A lost progress report is not worth stopping an encode for: the next one may land.
             log.warning("%s progress write failed: %r", self.key, e)
+
+    async def _settle_progress(self) -> None:
+        """No progress report may land after a pass: cancel one still on its way (the next write re-reads
+        the job on a conflict, so a report that still reached the API server costs one retry)."""
+        task, self._progress_write = self._progress_write, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
         # Confirm the attempt is still ours before touching the job folder: a worker that was
