@@ -1211,6 +1211,7 @@ def test_dashboard_json(promtool: str, tmp_path: Path) -> None:
 
 ALERT_NAMES = {
     "OperatorDown",
+    "OperatorNoLeader",
     "AllWorkersDown",
     "CriticalFailureRate",
     "HighJobFailureRate",
@@ -1219,7 +1220,7 @@ ALERT_NAMES = {
     "SLAComplianceBelowTarget",
     "QueueBacklog",
 }
-CRITICAL = {"OperatorDown", "AllWorkersDown", "CriticalFailureRate"}
+CRITICAL = {"OperatorDown", "OperatorNoLeader", "AllWorkersDown", "CriticalFailureRate"}
 
 
 def _alert_rules(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -1229,7 +1230,7 @@ def _alert_rules(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_promtool_check_rules(promtool: str) -> None:
     proc = run([promtool, "check", "rules", str(ALERTS)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout
 
 
 def test_promtool_unit_tests(promtool: str) -> None:
@@ -1307,6 +1308,8 @@ def test_prometheusrule_overrides(helm: str, promtool: str, tmp_path: Path) -> N
     assert re.search(r"> (1000000|1e\+06)  # threshold: queueBacklogJobs", rules["QueueBacklog"]["expr"])
     assert "> 0.9  # threshold: workerCapacityRatio" in rules["WorkerCapacityHigh"]["expr"]
     assert rules["OperatorDown"]["expr"].count('up{job="transcode-ffmpeg-rtmp-operator", namespace="video"}') == 2
+    leader = 'ffrtmp_operator_leader{job="transcode-ffmpeg-rtmp-operator", namespace="video"}'
+    assert rules["OperatorNoLeader"]["expr"].count(leader) == 1
     assert one(docs, "Service")["metadata"]["name"] == "transcode-ffmpeg-rtmp-operator"
     for name, rule in rules.items():
         assert rule["annotations"]["runbook_url"] == f"https://wiki.example.com/ops#{name.lower()}"
