@@ -171,7 +171,7 @@ class SimAgent(Agent):
     def _start(self, obj: Obj, number: int) -> None:
         # Agent._start with SimAttempt in place of Attempt (same bookkeeping, same fenced writer).
         name = obj["metadata"]["name"]
-        spec = TranscodeJobSpec.model_validate(obj["spec"])
+        spec = TranscodeJobSpec.from_api(obj["spec"])
         attempt = SimAttempt(
             client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
             spec=spec, config=self.config, metrics=self.metrics, namespace=self.config.namespace,

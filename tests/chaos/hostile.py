@@ -39,6 +39,7 @@ class Recorder(ThreadingHTTPServer):
 
     def __init__(self, host: str, routes: dict[str, bytes], stall: dict[str, bytes], lavf_routes: dict[str, bytes]):
         self.routes, self.stall, self.lavf_routes = routes, stall, lavf_routes
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
         self.requests: list[tuple[str, str]] = []  # (path, user agent)
         self.release = threading.Event()
         super().__init__((host, 0), _Handler)
@@ -65,6 +66,12 @@ class _Handler(BaseHTTPRequestHandler):
         agent = self.headers.get("User-Agent", "")
         self.server.requests.append((self.path, agent))
         path = self.path.split("?")[0]
+        if path in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path in self.server.stall:
             # Headers for the whole file, half of it, then silence until the test ends.
             data = self.server.stall[path]

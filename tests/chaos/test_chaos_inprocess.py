@@ -22,7 +22,7 @@ from chaoslib import copy_clip, sim_env
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso
-from ffrtmp.controller.leader import LeaderElector
+from ffrtmp.controller.leader import ElectionTiming, LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
 from ffrtmp.controller.settings import OperatorSettings
@@ -68,7 +68,8 @@ async def test_leader_election_survives_a_dropped_connection() -> None:
     for good while /healthz stays OK)."""
     server, url = await _hanging_up_server()
     async with server, KubeClient(KubeConfig(server=url)) as client:
-        elector = LeaderElector(client, "ns", "ffmpeg-rtmp-operator", "me", renew_seconds=0.2)
+        timing = ElectionTiming(lease_duration=1, renew_deadline=0.5, retry_period=0.2)
+        elector = LeaderElector(client, "ns", "ffmpeg-rtmp-operator", "me", timing)
         died = await _survives(elector.run())
     assert died is None, f"leader election stopped: {died!r}"
 

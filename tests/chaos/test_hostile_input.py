@@ -3,8 +3,11 @@ local files or other hosts, specs that try to write outside the job folder, a fu
 API thousands of generated specs, and the least privilege of the workers.
 
 Every refusal is asserted by its reason and message; "nothing read" is checked with inotify on a
-canary clip outside the media root, "nothing fetched" with a recording HTTP server on another
-address, "nothing written" by looking outside the output root (the workers' working folder)."""
+canary clip outside the media root, "nothing fetched" with recording HTTP servers on other
+addresses, "nothing written" by looking outside the output root (the workers' working folder).
+
+Egress: the pool allowlists only 127.0.0.4/32 (the "local" server); 127.0.0.2 and 127.0.0.3 are
+forbidden hosts (loopback), and the API server (on 127.0.0.1) is refused whatever the allowlist."""
 
 from __future__ import annotations
 
@@ -53,8 +56,8 @@ class Case:
 class Hostile:
     farm: ChaosFarm
     canary: Canary
-    local: Recorder  # 127.0.0.1: playlists and the stalling stream
-    other: Recorder  # 127.0.0.2: "another host", must never be called
+    local: Recorder  # 127.0.0.4 (allowlisted): playlists, redirects and the stalling stream
+    other: Recorder  # 127.0.0.2: "another host", forbidden, must never be called
     liar_target: Recorder  # 127.0.0.3: another host that only a lying playlist names
     cases: dict[str, Case]
     results: dict[str, dict[str, Any]]
@@ -70,7 +73,7 @@ def _namespace(cluster: TestCluster, base: str) -> str:
 
 
 def _media(farm: ChaosFarm, clips: dict[str, Path], canary: Path, local: Recorder, other: Recorder,
-           liar: Recorder) -> dict[str, Case]:  # fmt: skip
+           liar: Recorder, api_server: str) -> dict[str, Case]:  # fmt: skip
     m = farm.media
     shutil.copyfile(clips["short"], m / "clip.mp4")
     shutil.copyfile(clips["audio"], m / "audio.m4a")
@@ -90,7 +93,12 @@ def _media(farm: ChaosFarm, clips: dict[str, Path], canary: Path, local: Recorde
     local.routes["/liar.m3u8"] = playlist("seg.ts")  # what the worker's check reads ...
     local.lavf_routes["/liar.m3u8"] = playlist(f"{liar.base}/seg.ts")  # ... and what ffmpeg gets
     local.stall["/stall.mp4"] = clips["faststart"].read_bytes()
+    for server in (local, other, liar):  # every server could serve the clip: only the policy keeps jobs away
+        server.routes["/clip.mp4"] = clips["faststart"].read_bytes()
+    local.redirects["/redirect.mp4"] = f"{other.base}/clip.mp4"
     not_allowed = "InputNotAllowed"
+    egress, refused = "DestinationNotAllowed", "egress policy does not allow"
+    other_port = other.server_address[1]
     return {
         "missing-file": Case(f"{m}/nope.mp4", "InputNotFound", f"The input file does not exist: {m}/nope.mp4"),
         "zero-byte-file": Case(f"{m}/zero.mp4", "InvalidInput", "empty or an incomplete MP4 (no moov atom)"),
@@ -104,13 +112,22 @@ def _media(farm: ChaosFarm, clips: dict[str, Path], canary: Path, local: Recorde
         "playlist-path-outside": Case(f"{m}/pl-abs.m3u8", not_allowed, f"'{canary}', which is outside the media roots"),
         "playlist-etc-passwd": Case(f"{m}/pl-etc.m3u8", not_allowed, "'/etc/passwd', which is outside the media roots"),
         "playlist-concat": Case(f"{m}/pl-concat.m3u8", not_allowed, "may only refer to files next to it"),
-        "playlist-other-host": Case(f"{local.base}/other.m3u8", not_allowed, "on another host"),
+        "playlist-other-host": Case(f"{local.base}/other.m3u8", egress, f"connect to 127.0.0.2:{other_port},"),
         "symlink-out-of-root": Case(f"{m}/link.mp4", not_allowed, f"(it resolves to {canary}) is not under"),
         "path-outside-root": Case(str(canary), not_allowed, "is not under the pool's media roots"),
         "etc-passwd": Case("/etc/passwd", not_allowed, "/etc/passwd is not under the pool's media roots"),
-        # Gaps this suite found (now fixed), and one still open: the lying playlist (see its xfail).
+        # Egress: each refused at connect time by the worker's egress proxy (or, for rtmp, before ffmpeg).
+        "http-forbidden-host": Case(f"{other.base}/clip.mp4", egress, refused),
+        "redirect-to-forbidden-host": Case(f"{local.base}/redirect.mp4", egress, f"connect to 127.0.0.2:{other_port},"),
+        "name-resolving-to-loopback": Case(f"http://localhost:{other_port}/clip.mp4", egress, refused),
+        "private-address": Case("http://10.255.255.1/clip.mp4", egress, refused),
+        "cloud-metadata": Case("http://169.254.169.254/latest/clip.mp4", egress, refused),
+        "api-server": Case(f"{api_server}/version", egress, refused),
+        "rtmp-not-allowed": Case(f"rtmp://127.0.0.4:{other_port}/live/x", egress, "allowUnproxiedProtocols"),
+        # Gaps this suite found (now fixed): the playlist that lies to the worker's check is refused
+        # when ffprobe/ffmpeg fetch its other version, at connect time.
         "random-bytes-dat": Case(f"{m}/noise.dat", "InvalidInput", "not a media file"),
-        "playlist-lies-to-checker": Case(f"{local.base}/liar.m3u8", not_allowed, "another host"),
+        "playlist-lies-to-checker": Case(f"{local.base}/liar.m3u8", egress, f"127.0.0.3:{liar.server_address[1]}"),
         "extra-args-bare-output": Case(f"{m}/clip.mp4", "InvalidSpec", "extraArgs", {"extraArgs": ["escape.mp4"]}),
         # Absurd but allowed by the CRD: 8K from a 5-frame 320x240 clip.
         "absurd-resolution": Case(
@@ -134,10 +151,12 @@ def hostile(
     canary_path = outside / "canary.mp4"
     shutil.copyfile(clips["short"], canary_path)
     canary = Canary(canary_path)
-    local, other, liar = (Recorder(h, {}, {}, {}) for h in ("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+    local, other, liar = (Recorder(h, {}, {}, {}) for h in ("127.0.0.4", "127.0.0.2", "127.0.0.3"))
+    api_server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
     try:
-        cases = _media(farm, clips, canary_path, local, other, liar)
-        farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=4, autoscaling={"enabled": False})
+        cases = _media(farm, clips, canary_path, local, other, liar, api_server)
+        farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=4, autoscaling={"enabled": False},
+                  egress={"allow": ["127.0.0.4/32"]})  # fmt: skip
         farm.start_operator()
         farm.start_workers(env={"FFRTMP_STALL_SECONDS": "3"})
         farm.wait_ready("cpu", 2)
@@ -160,7 +179,8 @@ def hostile(
 REFUSED = [
     "missing-file", "zero-byte-file", "truncated-mp4", "random-bytes", "audio-only-input", "stalled-stream",
     "playlist-file-url", "playlist-path-outside", "playlist-etc-passwd", "playlist-concat", "playlist-other-host",
-    "symlink-out-of-root", "path-outside-root", "etc-passwd",
+    "symlink-out-of-root", "path-outside-root", "etc-passwd", "http-forbidden-host", "redirect-to-forbidden-host",
+    "name-resolving-to-loopback", "private-address", "cloud-metadata", "api-server", "rtmp-not-allowed",
 ]  # fmt: skip
 
 
@@ -193,10 +213,11 @@ def test_absurd_resolution_ends_cleanly(hostile: Hostile) -> None:
 
 
 def test_nothing_read_fetched_or_written_outside(hostile: Hostile) -> None:
-    """No job opened the canary outside the media root, called another host (except the lying
-    playlist, see its xfail), or wrote outside the output root."""
+    """No job opened the canary outside the media root, called a forbidden host, or wrote outside the
+    output root."""
     assert not hostile.canary.opened(), "a job opened the canary file outside the media root"
     assert hostile.other.requests == [], hostile.other.requests
+    assert hostile.liar_target.requests == [], hostile.liar_target.requests
     stray = [p.name for p in hostile.farm.cwd.rglob("*")]
     assert stray == [], stray
     assert sorted(p.name for p in hostile.farm.media.iterdir()) == sorted(
@@ -214,7 +235,7 @@ def test_nothing_read_fetched_or_written_outside(hostile: Hostile) -> None:
             "hostile media inputs", found.jobs, f"{found.jobs} broken or hostile inputs at once", len(found.lost),
             len(found.twice), None,
             f"all ended in {hostile.elapsed:.0f} s; {len(REFUSED)} refused with the expected reason and message; "
-            f"canary never opened, other host never called; 7680x4320: {eightk}; 1 known gap (xfail)",
+            f"canary never opened, forbidden hosts never called; 7680x4320: {eightk}",
         )
     )  # fmt: skip
 
@@ -230,15 +251,20 @@ def test_random_bytes_misdetected_as_a_format_are_invalid_input(hostile: Hostile
     _assert_refused(hostile, "random-bytes-dat")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inputs.check_playlist reads an http playlist once and checks it, then ffprobe and ffmpeg fetch it again: "
-    "a server that shows the checker a clean playlist and ffmpeg (User-Agent Lavf) one naming another host "
-    "gets ffmpeg to call that host - the protocol whitelist (http,tcp,crypto) cannot restrict hosts"
-))  # fmt: skip
 def test_playlist_that_changes_after_the_check_cannot_reach_another_host(hostile: Hostile) -> None:
-    assert hostile.local.requests, "the playlist server was never called"
+    """inputs.check_playlist reads an http playlist once and checks it, then ffprobe and ffmpeg fetch it
+    again: the server shows the checker a clean playlist and ffmpeg (User-Agent Lavf) one naming another
+    host. The worker's egress proxy checks the destination of every connection ffmpeg makes, so the
+    changed playlist reaches nothing (it was a strict xfail before the proxy)."""
+    liar = [agent for path, agent in hostile.local.requests if path == "/liar.m3u8"]
+    assert any(a.startswith("Lavf") for a in liar), f"ffmpeg never fetched the lying playlist: {liar}"
     assert hostile.liar_target.requests == [], f"ffmpeg called another host: {hostile.liar_target.requests}"
     _assert_refused(hostile, "playlist-lies-to-checker")
+
+
+def test_a_redirect_to_a_forbidden_host_is_followed_by_nobody(hostile: Hostile) -> None:
+    assert "/redirect.mp4" in [path for path, _ in hostile.local.requests], hostile.local.requests
+    assert hostile.other.requests == []
 
 
 # -- refused at admission: nothing is created --------------------------------------------------------
@@ -498,7 +524,7 @@ def test_operator_survives_fuzzed_jobs_and_is_not_wedged(fuzz: FuzzRun) -> None:
     for job in fuzz.jobs:
         name, s = job["metadata"]["name"], status(job)
         try:
-            TranscodeJobSpec.model_validate(job["spec"])
+            TranscodeJobSpec.from_api(job["spec"])
         except ValidationError:
             model_refused += 1
             assert (s["phase"], s.get("reason")) == ("Failed", "InvalidSpec"), (name, s)

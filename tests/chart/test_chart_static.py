@@ -216,6 +216,9 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "worker.runtimeClassByAccelerator.tpu=x",
         "worker.runtimeClassByAccelerator.nvenc=Not_A_Name",
         "worker.imagePullSecrets[0].nam=ghcr",
+        "egress.clusterCIDRs={10.96.0.0}",
+        "egress.networkPolicy.enabled=true",  # without apiServer: workers could not reach the API
+        "egress.networkPolicy.deniedCIDRs={not-a-cidr}",
     ],
 )
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
@@ -600,6 +603,7 @@ def test_deployment_all_options(helm: str) -> None:
         "--pool-allowed-image-prefixes=registry.example.com:5000/ffmpeg-rtmp/",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,hostPath",
         "--pool-allowed-service-accounts=transcoder,transcoder-gpu",
+        "--cluster-cidrs=10.96.0.0/12,100.96.0.0/11,fd00:10:96::/108",
         "--verbose",
     ]
     env = {e["name"]: e for e in c["env"]}
@@ -1292,6 +1296,7 @@ def test_dashboard_json(promtool: str, tmp_path: Path) -> None:
 
 ALERT_NAMES = {
     "OperatorDown",
+    "OperatorNoLeader",
     "AllWorkersDown",
     "CriticalFailureRate",
     "HighJobFailureRate",
@@ -1300,7 +1305,7 @@ ALERT_NAMES = {
     "SLAComplianceBelowTarget",
     "QueueBacklog",
 }
-CRITICAL = {"OperatorDown", "AllWorkersDown", "CriticalFailureRate"}
+CRITICAL = {"OperatorDown", "OperatorNoLeader", "AllWorkersDown", "CriticalFailureRate"}
 
 
 def _alert_rules(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -1310,7 +1315,7 @@ def _alert_rules(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_promtool_check_rules(promtool: str) -> None:
     proc = run([promtool, "check", "rules", str(ALERTS)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 8 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout
 
 
 def test_promtool_unit_tests(promtool: str) -> None:
@@ -1388,6 +1393,8 @@ def test_prometheusrule_overrides(helm: str, promtool: str, tmp_path: Path) -> N
     assert re.search(r"> (1000000|1e\+06)  # threshold: queueBacklogJobs", rules["QueueBacklog"]["expr"])
     assert "> 0.9  # threshold: workerCapacityRatio" in rules["WorkerCapacityHigh"]["expr"]
     assert rules["OperatorDown"]["expr"].count('up{job="transcode-ffmpeg-rtmp-operator", namespace="video"}') == 2
+    leader = 'ffrtmp_operator_leader{job="transcode-ffmpeg-rtmp-operator", namespace="video"}'
+    assert rules["OperatorNoLeader"]["expr"].count(leader) == 1
     assert one(docs, "Service")["metadata"]["name"] == "transcode-ffmpeg-rtmp-operator"
     for name, rule in rules.items():
         assert rule["annotations"]["runbook_url"] == f"https://wiki.example.com/ops#{name.lower()}"
@@ -1540,15 +1547,109 @@ def test_pool_admission_policy_defaults(helm: str) -> None:
 
 
 def test_pool_admission_policy_follows_the_values(helm: str) -> None:
-    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy")
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy", "ffmpeg-rtmp-workerpools")
     rules = vap["spec"]["validations"]
     assert '["registry.example.com:5000/ffmpeg-rtmp/"]' in rules[0]["expression"]
     assert '["transcoder","transcoder-gpu"]' in rules[1]["expression"]
     assert '["persistentVolumeClaim","emptyDir","hostPath"]' in rules[2]["expression"]
     off = render(helm, "--set", "poolPolicy.admissionPolicy=false")
-    assert not of_kind(off, "ValidatingAdmissionPolicy") and not of_kind(off, "ValidatingAdmissionPolicyBinding")
+    policies = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert policies == ["ffmpeg-rtmp-worker-identity", "ffmpeg-rtmp-worker-identity"]  # worker.admissionPolicy
     # The operator enforces the lists either way.
     dep = one(off, "Deployment", "ffmpeg-rtmp-operator")
     assert (
         "--pool-allowed-service-accounts=ffmpeg-rtmp-worker" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# worker egress NetworkPolicy
+
+
+def test_worker_network_policy_is_off_by_default(helm: str) -> None:
+    docs = render(helm)
+    assert of_kind(docs, "NetworkPolicy") == []
+    assert not any(a.startswith("--cluster-cidrs") for a in _args(docs))
+
+
+def test_worker_network_policy_limits_egress_in_every_worker_namespace(helm: str) -> None:
+    docs = render(helm, *ALL)
+    policies = of_kind(docs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["media", "media-batch", "media-gpu"]
+    spec = policies[0]["spec"]
+    workers = {"app.kubernetes.io/component": "worker", "app.kubernetes.io/managed-by": "ffmpeg-rtmp-operator"}
+    assert spec["podSelector"] == {"matchLabels": workers}
+    assert spec["policyTypes"] == ["Egress"]
+    dns, api, internet, lan, single = spec["egress"]
+    assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert api == {"to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}], "ports": [{"port": 6443, "protocol": "TCP"}]}
+    v4, v6 = (block["ipBlock"] for block in internet["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and v6["cidr"] == "::/0"
+    # Link-local (cloud metadata), private, CGNAT and the cluster's own ranges are cut out, per family.
+    assert v4["except"] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+                            "10.96.0.0/12", "100.96.0.0/11"]  # fmt: skip
+    assert v6["except"] == ["fc00::/7", "fe80::/10", "fd00:10:96::/108"]
+    assert lan == {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert single == {"to": [{"ipBlock": {"cidr": "192.168.50.7/32"}}]}
+
+
+def test_worker_network_policy_without_internet_allows_only_dns_api_and_listed_destinations(helm: str) -> None:
+    docs = render(
+        helm, "--set", "egress.networkPolicy.enabled=true", "--set", "egress.networkPolicy.internet=false",
+        "--set", "egress.networkPolicy.apiServer[0].cidr=172.18.0.2/32",
+        "--set", "egress.networkPolicy.apiServer[0].port=6443",
+    )  # fmt: skip
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    rules = policy["spec"]["egress"]
+    assert len(rules) == 2
+    assert rules[1]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
+
+
+# --------------------------------------------------------------------------------------------
+# worker identity (worker.admissionPolicy)
+
+
+def test_worker_identity_policy_defaults(helm: str) -> None:
+    """On by default: a ValidatingAdmissionPolicy (v1) matching the worker ServiceAccount's writes of
+    Leases and TranscodeJobs, keyed on the Pod its token is bound to, and a Deny binding. The worker's own
+    Lease name (ffrtmp-worker-<pod>) is the agent's LEASE_PREFIX; the leader Lease never matches it."""
+    from ffrtmp.api.constants import LEASE_PREFIX
+
+    docs = render(helm)
+    vap = one(docs, "ValidatingAdmissionPolicy", "ffmpeg-rtmp-worker-identity")
+    assert vap["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = vap["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    rules = {r["apiGroups"][0]: r for r in spec["matchConstraints"]["resourceRules"]}
+    assert rules["coordination.k8s.io"]["resources"] == ["leases"]
+    assert rules["ffmpeg-rtmp.io"]["resources"] == ["transcodejobs", "transcodejobs/status"]
+    assert all(set(r["operations"]) == {"CREATE", "UPDATE", "DELETE"} for r in rules.values())
+    (match,) = spec["matchConditions"]
+    assert '["ffmpeg-rtmp-worker"]' in match["expression"]
+    assert "system:serviceaccount:" in match["expression"]
+    pod = next(v for v in spec["variables"] if v["name"] == "pod")
+    assert "request.userInfo.extra['authentication.kubernetes.io/pod-name']" in pod["expression"]
+    text = json.dumps(spec["validations"])
+    assert f"'{LEASE_PREFIX}' + variables.pod" in text
+    assert "oldObject.status.worker == variables.pod" in text
+    assert "['Scheduled', 'Running']" in text
+    assert "ffmpeg-rtmp-operator" not in text.replace(LEASE_PREFIX, "")
+    assert all(v["reason"] == "Forbidden" for v in spec["validations"])
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "ffmpeg-rtmp-worker-identity")
+    assert binding["spec"] == {"policyName": "ffmpeg-rtmp-worker-identity", "validationActions": ["Deny"]}
+
+
+def test_worker_identity_policy_follows_the_values(helm: str) -> None:
+    """It matches the ServiceAccounts pools may use (poolPolicy.allowedServiceAccounts, else the worker's);
+    worker.admissionPolicy=false leaves it out and keeps the pool policy."""
+    vap = one(render(helm, *ALL), "ValidatingAdmissionPolicy", "ffmpeg-rtmp-worker-identity")
+    assert '["transcoder","transcoder-gpu"]' in vap["spec"]["matchConditions"][0]["expression"]
+    named = one(render(helm, "--set", "worker.serviceAccount.name=enc"), "ValidatingAdmissionPolicy",
+                "ffmpeg-rtmp-worker-identity")  # fmt: skip
+    assert '["enc"]' in named["spec"]["matchConditions"][0]["expression"]
+    off = render(helm, "--set", "worker.admissionPolicy=false")
+    names = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert names == ["ffmpeg-rtmp-workerpools", "ffmpeg-rtmp-workerpools"]

@@ -5,8 +5,10 @@ There is no container runtime here, so the chart is installed with `operator.ena
 creates the CRDs, ServiceAccounts and RBAC (no Deployment). The operator then runs as a local
 process with a token of the chart's operator ServiceAccount, and the stand-in kubelet
 (`ffrtmp dev workers`, which itself plays the kubelet with admin rights) starts `ffrtmp worker`
-processes with a token of the chart's worker ServiceAccount. A TranscodeJob that succeeds proves
-that the chart's RBAC is enough; `kubectl auth can-i` proves it is not more than needed.
+processes with a token of the chart's worker ServiceAccount bound to the worker's Pod, as the kubelet
+does (`--pod-bound-tokens`). A TranscodeJob that succeeds proves that the chart's RBAC and its worker
+identity admission policy let a worker do its work; `kubectl auth can-i` proves the RBAC is not more
+than needed, and the worker's own token is refused the leader Lease.
 
 The tests share one release (module fixture) and run in file order: the last one uninstalls it.
 """
@@ -218,8 +220,15 @@ def test_install_creates_crds_service_accounts_and_rbac_only(release: Release) -
         f"rolebinding.rbac.authorization.k8s.io/{f}-worker",
         f"rolebinding.rbac.authorization.k8s.io/{f}-operator-leader-election",
     }
-    # Namespaced mode grants nothing cluster-wide.
+    # Namespaced mode grants nothing cluster-wide; the admission policies are cluster-scoped.
     assert _names(c, "clusterrole,clusterrolebinding", "-l", selector) == set()
+    policies = "validatingadmissionpolicy,validatingadmissionpolicybinding"
+    assert _names(c, policies, "-l", selector) == {
+        f"validatingadmissionpolicy.admissionregistration.k8s.io/{f}-{p}" for p in ("workerpools", "worker-identity")
+    } | {
+        f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{f}-{p}"
+        for p in ("workerpools", "worker-identity")
+    }
     # operator.enabled=false: nothing that would need a container runtime.
     assert not _names(c, "deployment,service,pod", "-n", ns, "-l", selector)
     assert not _names(c, "serviceaccount,role,rolebinding", "-n", release.other, "-l", selector)
@@ -235,7 +244,6 @@ def test_transcode_job_succeeds_with_chart_service_accounts(release: Release, tm
     output.mkdir()
     clip = make_clip(media / "clip.mp4", seconds=2, size="320x240")
     op_kc = release.token_kubeconfig(release.operator_sa)
-    worker_kc = release.token_kubeconfig(release.worker_sa)
     as_operator = TestCluster(op_kc, c.bin_dir, None)
     logs, state = tmp_path / "logs", tmp_path / "workers"
     operator = start_service("operator", operator_argv(
@@ -243,8 +251,8 @@ def test_transcode_job_succeeds_with_chart_service_accounts(release: Release, tm
         "--leader-elect", "--leader-election-namespace", ns,
     ), logs)  # fmt: skip
     # The stand-in kubelet watches Pods with admin rights (it is the kubelet); the worker processes
-    # it starts get the worker ServiceAccount's token.
-    workers = start_service("workers", workers_argv(c, ns, state, "--worker-kubeconfig", str(worker_kc)), logs)
+    # it starts get a token of their Pod's ServiceAccount (the chart's worker one), bound to the Pod.
+    workers = start_service("workers", workers_argv(c, ns, state, "--pod-bound-tokens"), logs)
     try:
         _run_one_job(release, media, output, clip, operator.log, workers.log, state, [operator, workers])
     finally:
@@ -329,10 +337,23 @@ def _run_one_job(
         leases = {lease["metadata"]["name"]: lease for lease in c.list("leases.coordination.k8s.io", ns)}
         assert f"ffrtmp-worker-{s['worker']}" in leases, sorted(leases)
         assert (leases[LEADER_LEASE]["spec"].get("holderIdentity") or "").strip()
-        # Nothing was refused along the way (the RBAC is enough, not just enough to limp along).
+        # Nothing was refused along the way (the RBAC and the admission policy are enough, not just
+        # enough to limp along).
         for log in [op_log, workers_log, *state.glob("*.log")]:
             text = log.read_text(errors="replace")
             assert "Forbidden" not in text and " 403" not in text, f"{log.name}:\n{text[-3000:]}"
+        # The worker's token names its Pod, and with it the leader Lease is out of reach.
+        as_worker = TestCluster(state / f"{s['worker']}.kubeconfig", c.bin_dir, None)
+        who = json.loads(as_worker.kubectl("auth", "whoami", "-o", "json").stdout)["status"]["userInfo"]
+        assert who["username"] == f"system:serviceaccount:{ns}:{release.worker_sa}", who
+        assert who["extra"]["authentication.kubernetes.io/pod-name"] == [s["worker"]], who
+        grab = as_worker.kubectl(
+            "patch", "lease", LEADER_LEASE, "-n", ns, "--type=merge", "-p", '{"spec":{"holderIdentity":"evil"}}',
+            check=False,
+        )  # fmt: skip
+        assert grab.returncode != 0, grab.stdout
+        assert f"{release.fullname}-worker-identity" in grab.stderr, grab.stderr
+        assert f"may write only its own Lease ffrtmp-worker-{s['worker']}, not {LEADER_LEASE}" in grab.stderr
 
         # Leave no worker behind: delete the pool and its Pods (the stand-in stops their workers).
         c.kubectl("delete", "wp", "cpu", "-n", ns, "--wait=false")

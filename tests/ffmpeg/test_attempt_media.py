@@ -89,8 +89,9 @@ async def test_broadcast_ts_with_loudness_through_the_attempt(tmp_path: Path) ->
     }
     job, recorder = attempt(media, tmp_path, spec)
 
-    plan = await job._prepare()
-    failure, _ = await job._encode(plan)
+    async with job.egress():
+        plan = await job._prepare()
+        failure, _ = await job._encode(plan)
 
     assert failure is None
     assert len(plan.loudness_measure_passes) == 1

@@ -341,7 +341,7 @@ async def test_http_input(media: Path, tmp_path: Path) -> None:
         spec = {"input": {"uri": url, "durationSeconds": 2},
                 "outputs": [{"name": "a", "video": {"width": 320, "preset": "ultrafast"}}]}  # fmt: skip
         plan, out, _ = make_plan(spec, media, tmp_path)
-        assert "http,https,tcp,tls,crypto" in plan.passes[0]
+        assert "http,https,tcp,tls,httpproxy,crypto" in plan.passes[0]
         await run_plan(plan, out)
         result = await probe(str(out / "a.mp4"))
         assert result is not None

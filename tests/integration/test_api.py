@@ -141,6 +141,16 @@ def test_explain_transcodejob_outputs(cluster: TestCluster) -> None:
     assert "Constant quality (lower is better); excludes bitrate." in video
 
 
+def test_explain_workerpool_egress(cluster: TestCluster) -> None:
+    text = explain(cluster, "workerpool.spec.egress")
+    assert "Which network destinations jobs may reach" in text
+    assert "DestinationNotAllowed" in text
+    allow = explain(cluster, "workerpool.spec.egress.allow")
+    assert "host names" in allow and "CIDRs" in allow
+    unproxied = explain(cluster, "workerpool.spec.egress.allowUnproxiedProtocols")
+    assert "cannot send through the egress proxy" in unproxied
+
+
 def test_explain_workerpool_autoscaling(cluster: TestCluster) -> None:
     text = explain(cluster, "workerpool.spec.autoscaling")
     assert "Queue-driven scaling." in text
@@ -370,6 +380,11 @@ INVALID = [
         'Duplicate value: "/media"'),
     Bad("pool-protocol-ftp", wp(allowedProtocols=["file", "ftp"]), "spec.allowedProtocols[1]",
         'Unsupported value: "ftp"'),
+    Bad("pool-egress-bad-cidr", wp(egress={"allow": ["media.lan", "10.0.0.0/99"]}), "spec.egress.allow",
+        "spec.egress.allow entries that are addresses must be valid IPs or CIDRs"),
+    Bad("pool-egress-bad-name", wp(egress={"allow": ["bad name"]}), "spec.egress.allow[0]", SHOULD_MATCH),
+    Bad("pool-egress-unproxied-ftp", wp(egress={"allowUnproxiedProtocols": ["ftp"]}),
+        "spec.egress.allowUnproxiedProtocols[0]", 'Unsupported value: "ftp"'),
     Bad("pool-target-utilization-0", wp(autoscaling={"targetUtilization": 0}), "spec.autoscaling.targetUtilization",
         "should be greater than or equal to 10"),
     Bad("pool-toleration-operator", wp(tolerations=[{"key": "gpu", "operator": "In"}]),

@@ -21,6 +21,9 @@ from helpers import wait_for
 pytestmark = pytest.mark.integration
 
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+# Not 127.0.0.1: the test API server listens there, and the egress policy never lets a job reach the
+# API server's address. The pool allowlists this address (and rtmp, which bypasses the egress proxy).
+RTMP_HOST = "127.0.0.7"
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ pid {prefix}/nginx.pid;
 events {{ worker_connections 256; }}
 rtmp {{
   server {{
-    listen 127.0.0.1:{port};
+    listen {RTMP_HOST}:{port};
     chunk_size 4096;
     application live {{ live on; record off; }}
     application restream {{ live on; record off; }}
@@ -60,7 +63,7 @@ def _port_open(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((RTMP_HOST, port)) == 0
 
 
 def push_source(port: int) -> subprocess.Popen[bytes]:
@@ -70,7 +73,7 @@ def push_source(port: int) -> subprocess.Popen[bytes]:
             "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
             "-f", "lavfi", "-i", "sine=frequency=440",
             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-b:a", "64k", "-f", "flv", f"rtmp://127.0.0.1:{port}/live/source",
+            "-c:a", "aac", "-b:a", "64k", "-f", "flv", f"rtmp://{RTMP_HOST}:{port}/live/source",
         ],
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -95,14 +98,16 @@ def test_live_restream_rolling_hls_restart_and_stop(farm: Farm, rtmp_server: int
     port = rtmp_server
     source = push_source(port)
     try:
-        wait_for(lambda: probe_stream(f"rtmp://127.0.0.1:{port}/live/source"), 30, "the source stream")
-        farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False})
+        wait_for(lambda: probe_stream(f"rtmp://{RTMP_HOST}:{port}/live/source"), 30, "the source stream")
+        # rtmp cannot go through the egress proxy: allowed explicitly, to the test server's address only.
+        egress = {"allow": [f"{RTMP_HOST}/32"], "allowUnproxiedProtocols": ["rtmp"]}
+        farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, egress=egress)
         farm.start_operator()
         farm.start_workers(env={"FFRTMP_STALL_SECONDS": "20"})
-        restream = f"rtmp://127.0.0.1:{port}/restream/out"
+        restream = f"rtmp://{RTMP_HOST}:{port}/restream/out"
         farm.job(
             "live",
-            f"rtmp://127.0.0.1:{port}/live/source",
+            f"rtmp://{RTMP_HOST}:{port}/live/source",
             [
                 {"name": "restream", "container": "flv", "url": restream,
                  "video": {"codec": "h264", "bitrate": "400k", "height": 180, "gop": 50, "preset": "veryfast"},
@@ -112,7 +117,7 @@ def test_live_restream_rolling_hls_restart_and_stop(farm: Farm, rtmp_server: int
                  "audio": {"codec": "aac", "bitrate": "64k"}},
             ],
             hls={"segmentSeconds": 2, "playlistType": "live", "listSize": 3},
-            input={"uri": f"rtmp://127.0.0.1:{port}/live/source", "live": True,
+            input={"uri": f"rtmp://{RTMP_HOST}:{port}/live/source", "live": True,
                    "restartPolicy": {"maxRestarts": 5, "backoffSeconds": 1, "maxBackoffSeconds": 2}},
         )  # fmt: skip
         farm.wait_phase("live", "Running", timeout=60)

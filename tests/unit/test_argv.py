@@ -730,7 +730,7 @@ def test_http_input_seek_and_duration() -> None:
     assert p.live is False
     assert p.passes == [
         [
-            *HEAD, "-protocol_whitelist", "http,https,tcp,tls,crypto",
+            *HEAD, "-protocol_whitelist", "http,https,tcp,tls,httpproxy,crypto",
             "-rw_timeout", "15000000", "-reconnect", "1", "-reconnect_on_network_error", "1",
             "-reconnect_delay_max", "10",
             "-ss", "30", "-t", "10", "-i", url,
@@ -869,10 +869,10 @@ def test_output_file_paths_and_defaults() -> None:
         ("/media/a.mp4", ["file"], "file"),
         ("/media/a.m3u8", ALL_PROTOCOLS, "file"),
         ("http://h/a.m3u8", ["http"], "http,tcp,crypto"),
-        ("https://h/a.m3u8", ["https"], "https,tcp,tls,crypto"),
-        ("https://h/a.m3u8", ["file", "http", "https"], "http,https,tcp,tls,crypto"),
+        ("https://h/a.m3u8", ["https"], "https,tcp,tls,httpproxy,crypto"),
+        ("https://h/a.m3u8", ["file", "http", "https"], "http,https,tcp,tls,httpproxy,crypto"),
         ("rtmp://h/app/key", ALL_PROTOCOLS, "rtmp,tcp"),
-        ("rtmps://h/app/key", ["rtmps"], "rtmps,tls,tcp"),
+        ("rtmps://h/app/key", ["rtmps"], "rtmps,tls,httpproxy,tcp"),
     ],
 )
 def test_protocol_whitelist(url: str, allowed: list[str], expected: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,11 +212,58 @@ def test_partial_autoscaling_keeps_the_other_defaults() -> None:
          "job-status", "pool-status"],
 )  # fmt: skip
 def test_unknown_fields_are_rejected(model: type[BaseModel], doc: dict[str, Any], where: tuple[Any, ...]) -> None:
+    """Strict where we write: tests, examples, the CRD generator (model_validate)."""
     with pytest.raises(ValidationError) as info:
         model.model_validate(doc)
     errors = info.value.errors()
     assert [e["type"] for e in errors] == ["extra_forbidden"]
     assert errors[0]["loc"] == where
+
+
+FUTURE_JOB = {
+    "input": {"uri": "/m/a", "futureInputField": {"x": 1}},
+    "outputs": [
+        {"name": "a", "futureOutputField": "v2", "video": {"codec": "h264", "futureVideoField": 3}},
+        {"name": "b", "futureOutputField": ["x"]},
+    ],
+    "futureSpecField": {"nested": True},
+    "priority": 5,
+}
+
+
+def test_runtime_reads_ignore_fields_of_a_newer_version() -> None:
+    """Version skew: a worker or operator one release behind reads a job that uses a newer CRD's field
+    (under spec and under spec.outputs[]). It runs the job as it understands it, field for field."""
+    spec = TranscodeJobSpec.from_api(FUTURE_JOB)
+    assert spec.priority == 5
+    assert [o.name for o in spec.outputs] == ["a", "b"]
+    video = spec.outputs[0].video
+    assert video is not None and video.codec == "h264"
+    wire = spec.to_api()
+    assert "futureSpecField" not in wire and "futureOutputField" not in wire["outputs"][0]
+    assert wire == TranscodeJobSpec.model_validate(wire).to_api()  # what it kept is valid strictly
+    assert TranscodeJobSpec.from_api_json(json.dumps(FUTURE_JOB)) == spec
+    pool = WorkerPoolSpec.from_api({"accelerator": "cpu", "futurePoolField": 1, "autoscaling": {"futureKnob": 2}})
+    assert pool.accelerator == "cpu"
+    # Everything else is still checked at runtime.
+    with pytest.raises(ValidationError, match="priority"):
+        TranscodeJobSpec.from_api({**FUTURE_JOB, "priority": 5000})
+    with pytest.raises(ValidationError) as info:
+        TranscodeJobSpec.model_validate(FUTURE_JOB)
+    assert {e["type"] for e in info.value.errors()} == {"extra_forbidden"}
+
+
+def test_runtime_code_reads_api_objects_leniently() -> None:
+    """Every read of an API object in the operator and the worker goes through from_api: a strict
+    model_validate there would fail jobs of a newer CRD version (InvalidSpec)."""
+    strict = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in sorted((REPO / "operator" / "ffrtmp").rglob("*.py"))
+        if path.name != "base.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "model_validate" in line
+    ]
+    assert strict == []
 
 
 def test_field_constraints_are_enforced_by_the_model() -> None:

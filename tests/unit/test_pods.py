@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from typing import Any
 
@@ -94,6 +95,9 @@ def expected_pod(
                         {"name": "FFRTMP_MEDIA_ROOTS", "value": media_roots},
                         {"name": "FFRTMP_OUTPUT_ROOT", "value": output_root},
                         {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": "file,http,https,rtmp,rtmps"},
+                        {"name": "FFRTMP_EGRESS_ALLOW", "value": ""},
+                        {"name": "FFRTMP_EGRESS_UNPROXIED", "value": ""},
+                        {"name": "FFRTMP_EGRESS_DENY", "value": ""},
                         {"name": "FFRTMP_DRAIN_SECONDS", "value": drain},
                         *(extra_env or []),
                     ],
@@ -552,3 +556,17 @@ def test_operator_flags_for_worker_extras() -> None:
     assert s.worker_runtime_classes == {"nvenc": "nvidia"}
     with pytest.raises(SystemExit, match="--worker-pod-label takes KEY=VALUE"):
         main.settings_from(parser.parse_args(["--worker-pod-label=oops"]))
+
+
+def test_egress_allowlist_unproxied_protocols_and_cluster_cidrs_reach_the_worker_env() -> None:
+    pool_spec = spec(
+        accelerator="cpu", egress={"allow": ["10.1.2.3/32", "media.internal"], "allowUnproxiedProtocols": ["rtmp"]}
+    )
+    settings = dataclasses.replace(SETTINGS, cluster_cidrs=("10.96.0.0/12", "10.244.0.0/16"))
+    env = {
+        e["name"]: e.get("value")
+        for e in build_worker_pod("cpu", NS, POOL_UID, pool_spec, settings)["spec"]["containers"][0]["env"]
+    }
+    assert env["FFRTMP_EGRESS_ALLOW"] == "10.1.2.3/32,media.internal"
+    assert env["FFRTMP_EGRESS_UNPROXIED"] == "rtmp"
+    assert env["FFRTMP_EGRESS_DENY"] == "10.96.0.0/12,10.244.0.0/16"

@@ -49,7 +49,7 @@ def _inline(node: Any, defs: dict[str, Schema]) -> Any:
         node = {**_inline(variants[0], defs), **node}
     node.pop("title", None)
     if node.get("additionalProperties") is False:
-        # extra="forbid" in the models; the API server already refuses unknown fields.
+        # extra="forbid" in the models (strict in tests); the API server prunes or refuses unknown fields.
         del node["additionalProperties"]
     if "default" in node and (node["default"] is None or isinstance(node["default"], (dict, list))):
         del node["default"]

@@ -559,7 +559,7 @@ Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Faile
 FailureReason = Literal[
     "InputNotFound", "InputNotAllowed", "InvalidInput", "EncoderUnavailable", "DeadlineExceeded",
     "WorkerLost", "OOMKilled", "MemoryLimitExceeded", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
-    "BackoffLimitExceeded", "StreamEnded",
+    "BackoffLimitExceeded", "StreamEnded", "DestinationNotAllowed",
 ]  # fmt: skip
 
 

@@ -107,6 +107,67 @@ class Autoscaling(ApiModel):
     )
 
 
+UnproxiedProtocol = Literal["rtmp"]
+# Entries of this shape are addresses or CIDRs, never host names: they must parse as such.
+ADDRESS_LIKE = r"^([0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)(/[0-9]+)?$"
+# A host name (optionally `*.` for every name under a domain), an IPv4/IPv6 address, or a CIDR.
+EgressDestination = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^((\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+(/[0-9]{1,3})?)$",
+    ),
+]
+
+
+class PoolEgress(ApiModel):
+    """Where jobs of this pool may connect. Every http(s) and rtmps connection ffmpeg makes (redirects,
+    each HLS playlist and segment, live playlist reloads) goes through the worker's egress proxy, which resolves
+    the name and refuses loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16 with cloud
+    metadata, fe80::/10), CGNAT (100.64.0.0/10), multicast, reserved and unspecified addresses, the
+    cluster's Service and Pod ranges and the API server, unless `allow` names them. A refused job fails
+    with reason DestinationNotAllowed."""
+
+    allow: list[EgressDestination] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Destinations jobs may reach although the default policy refuses them: host names (`media.internal`, "
+            "`*.corp.example`: the name as written in the URL), IP addresses or CIDRs (`10.20.0.0/16`). A listed "
+            "name or network is reachable even when it is private, loopback or inside the cluster."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            **rules(
+                (
+                    f"self.all(a, !a.matches('{ADDRESS_LIKE}') || isIP(a) || isCIDR(a))",
+                    "spec.egress.allow entries that are addresses must be valid IPs or CIDRs (e.g. 10.1.0.0/16)",
+                )
+            ),
+        },
+    )
+    allow_unproxied_protocols: list[UnproxiedProtocol] = Field(
+        default_factory=list,
+        max_length=1,
+        description=(
+            "Network protocols ffmpeg cannot send through the egress proxy: rtmp (inputs and restream outputs; "
+            "rtmps goes through the proxy like https). Refused (DestinationNotAllowed) unless listed here. "
+            "When listed, the worker checks the URL's host against the policy once before ffmpeg starts; "
+            "ffmpeg's own connection (and any later "
+            "DNS answer) is not checked, so pair this with the chart's NetworkPolicy."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _parsable(self) -> PoolEgress:
+        from ffrtmp.egress.policy import EgressPolicy
+
+        EgressPolicy.build(self.allow)  # EgressConfigError (a ValueError) names the bad entry
+        return self
+
+
 class WorkerPoolSpec(ApiModel):
     """What the worker Pods look like and how many there may be."""
 
@@ -262,6 +323,16 @@ class WorkerPoolSpec(ApiModel):
         max_length=5,
         description="Input protocols workers accept (passed to ffmpeg's -protocol_whitelist too).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    egress: PoolEgress = Field(
+        default_factory=PoolEgress,
+        description=(
+            "Which network destinations jobs may reach. Every http(s) and rtmps connection ffmpeg makes (redirects, "
+            "HLS segments, playlist reloads) goes through the worker's egress proxy, which refuses loopback, "
+            "private, link-local (cloud metadata), CGNAT, multicast and reserved addresses, the cluster's "
+            "Service and Pod ranges and the API server unless `allow` lists them (the API server: never). "
+            "A refused job fails with reason DestinationNotAllowed."
+        ),
     )
     storage: PoolStorage | None = Field(
         default=None,

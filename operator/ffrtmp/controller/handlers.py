@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import start_http_server
 
-from ffrtmp.controller.leader import LeaderElector
+from ffrtmp.controller.leader import CLOCK_SKEW_ENV, LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
 from ffrtmp.controller.settings import OperatorSettings
@@ -64,7 +65,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     elector = None
     if memo.leader_election:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(client, memo.leader_election_namespace, "ffmpeg-rtmp-operator", identity)
+        skew = float(os.environ.get(CLOCK_SKEW_ENV) or 0.0)
+        elector = LeaderElector(
+            client, memo.leader_election_namespace, "ffmpeg-rtmp-operator", identity, memo.election_timing,
+            wall_clock=(lambda: time.time() + skew) if skew else time.time,
+        )  # fmt: skip
+        metrics.leading = lambda: elector.is_leader
     reconciler = Reconciler(client, ours, metrics, elector)
     memo.client, memo.reconciler, memo.metrics = client, reconciler, metrics
     if ours.metrics_port:
@@ -112,8 +118,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="reconcile")
 async def reconcile_probe(memo: kopf.Memo, **_: Any) -> float:
     """Seconds since the last pass; the liveness endpoint fails when the loop is stuck."""
-    import time
-
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is None or not reconciler.last_pass:
         return 0.0

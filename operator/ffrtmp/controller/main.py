@@ -8,8 +8,10 @@ import os
 
 import kopf
 
+from ffrtmp.controller.leader import ElectionTiming
 from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
+from ffrtmp.egress.policy import parse_cidrs
 from ffrtmp.kube.auth import Credentials
 from ffrtmp.kube.config import CONTEXT_ENV, load_config
 
@@ -57,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pool-allowed-service-accounts", default=env("FFRTMP_POOL_ALLOWED_SERVICE_ACCOUNTS"),
         help="comma-separated ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cluster-cidrs", default=env("FFRTMP_CLUSTER_CIDRS"),
+        help="comma-separated Service and Pod CIDRs of the cluster: job egress to them is refused unless a "
+        "WorkerPool's spec.egress.allow names them",
+    )  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
     parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
     parser.add_argument(
@@ -65,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--leader-elect", action="store_true", help="stand by unless holding the leader Lease")
     parser.add_argument("--leader-election-namespace", default=env("POD_NAMESPACE", "default"))
+    timing = ElectionTiming()
+    parser.add_argument(
+        "--leader-elect-lease-duration", type=float, default=timing.lease_duration, metavar="SECONDS",
+        help="how long a standby waits, from when it saw the leader Lease change, before taking it over",
+    )  # fmt: skip
+    parser.add_argument(
+        "--leader-elect-renew-deadline", type=float, default=timing.renew_deadline, metavar="SECONDS",
+        help="how long the leader keeps acting without renewing its Lease (less than the lease duration)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--leader-elect-retry-period", type=float, default=timing.retry_period, metavar="SECONDS",
+        help="pause between attempts to take or renew the leader Lease",
+    )  # fmt: skip
     parser.add_argument("--lease-grace-seconds", type=float, default=OperatorSettings.lease_grace_seconds)
     parser.add_argument("--retry-backoff-seconds", type=float, default=OperatorSettings.retry_backoff_seconds)
     parser.add_argument("--resync-seconds", type=float, default=OperatorSettings.resync_seconds)
@@ -114,6 +134,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
             volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
             service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
         ),
+        cluster_cidrs=parse_cidrs(args.cluster_cidrs),
         device_resources=devices,
         lease_grace_seconds=args.lease_grace_seconds,
         retry_backoff_seconds=args.retry_backoff_seconds,
@@ -128,6 +149,12 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    try:
+        election_timing = ElectionTiming(
+            args.leader_elect_lease_duration, args.leader_elect_renew_deadline, args.leader_elect_retry_period
+        )
+    except ValueError as e:
+        raise SystemExit(f"ffrtmp operator: {e}") from e
     kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, before kopf starts
     kopf.configure(
         verbose=args.verbose,
@@ -145,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         credentials=Credentials(kube_config),  # kopf's login and our client share the plugin's cache
         leader_election=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace,
+        election_timing=election_timing,
     )
     kopf.run(
         standalone=True,

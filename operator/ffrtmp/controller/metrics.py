@@ -1,11 +1,21 @@
-"""Operator metrics on :9090, computed from the store (the runbook's names where they exist)."""
+"""Operator metrics on :9090, computed from the store (the runbook's names where they exist).
+
+Two kinds. Job and pool metrics (`ffrtmp_jobs`, `ffrtmp_jobs_finished_total`, `ffrtmp_pool_*`, ...)
+describe the cluster: only the leader counts and exports them, so that a Prometheus `sum()` over all
+replicas is right, and a replica that loses the lead stops exporting them at once (they are cleared,
+and a scrape that comes before the clearing finds them hidden). Process metrics (leader, loop lag,
+watch relists, list and reconcile errors) describe each replica and are always exported.
+"""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ffrtmp.controller.state import Store
 from ffrtmp.looplag import LoopLag
@@ -16,10 +26,25 @@ QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 PHASES = ("Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled")
 
 
+class _WhileLeading(Collector):
+    """Exports the leader-only registry while `leading()` holds."""
+
+    def __init__(self, inner: CollectorRegistry, leading: Callable[[], bool]) -> None:
+        self.inner = inner
+        self.leading = leading
+
+    def collect(self) -> Iterable[Metric]:
+        if self.leading():
+            yield from self.inner.collect()
+
+
 class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, leading: Callable[[], bool] = lambda: True) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self.job_registry = CollectorRegistry()
+        self.leading = leading
+        self.registry.register(_WhileLeading(self.job_registry, self._is_leading))
+        r = self.job_registry
         self.jobs = Gauge("ffrtmp_jobs", "TranscodeJobs by phase.", ["namespace", "pool", "phase"], registry=r)
         self.queue_depth = Gauge("ffrtmp_queue_depth", "Jobs waiting for a slot.", ["namespace", "pool"], registry=r)
         self.queue_seconds = Histogram(
@@ -53,6 +78,11 @@ class OperatorMetrics:
         self.pool_desired = Gauge("ffrtmp_pool_desired_workers", "Desired workers.", ["namespace", "pool"], registry=r)
         self.pool_busy = Gauge("ffrtmp_pool_busy_slots", "Busy slots.", ["namespace", "pool"], registry=r)
         self.pool_free = Gauge("ffrtmp_pool_free_slots", "Free slots.", ["namespace", "pool"], registry=r)
+        self._job_metrics: list[Gauge | Histogram | PromCounter] = [
+            self.jobs, self.queue_depth, self.queue_seconds, self.duration, self.finished, self.failed, self.sla,
+            self.pool_workers, self.pool_ready, self.pool_desired, self.pool_busy, self.pool_free,
+        ]  # fmt: skip
+        r = self.registry
         self.reconcile_errors = PromCounter(
             "ffrtmp_reconcile_errors_total", "Failed API writes and passes.", ["kind"], registry=r
         )
@@ -69,12 +99,14 @@ class OperatorMetrics:
             registry=r,
         )
         self.leader = Gauge("ffrtmp_operator_leader", "1 while this replica leads.", registry=r)
+        self.leader.set_function(lambda: 1.0 if self._is_leading() else 0.0)
         self.worker_lease_age = Gauge(
             "ffrtmp_operator_worker_lease_age_seconds",
             "Seconds since the freshest renewal of each worker's Lease that the operator has seen.",
             ["namespace", "worker"],
-            registry=r,
+            registry=self.job_registry,
         )
+        self._job_metrics.append(self.worker_lease_age)
         self.lease_confirmations = PromCounter(
             "ffrtmp_operator_lease_confirmations_total",
             "Leases that looked expired and were read again before a worker was declared lost, by what "
@@ -84,6 +116,16 @@ class OperatorMetrics:
         )
         self.loop_lag = LoopLag(r, "ffrtmp_operator")
         self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
+
+    def _is_leading(self) -> bool:
+        return self.leading()
+
+    def drop_job_metrics(self) -> None:
+        """Forget every job and pool series (on losing the lead): a standby exports none, and its
+        counters start again from zero if it leads again (Prometheus takes that as a counter reset)."""
+        for metric in self._job_metrics:
+            metric.clear()
+        self._sla_window.clear()
 
     def job_finished(self, namespace: str, pool: str, phase: str, reason: str | None, run_seconds: float | None,
                      total_seconds: float | None, sla_seconds: int | None, now: float) -> None:  # fmt: skip

@@ -108,6 +108,9 @@ def build_worker_pod(
         {"name": "FFRTMP_MEDIA_ROOTS", "value": ":".join(spec.media_roots)},
         {"name": "FFRTMP_OUTPUT_ROOT", "value": spec.output_root},
         {"name": "FFRTMP_ALLOWED_PROTOCOLS", "value": ",".join(spec.allowed_protocols)},
+        {"name": "FFRTMP_EGRESS_ALLOW", "value": ",".join(spec.egress.allow)},
+        {"name": "FFRTMP_EGRESS_UNPROXIED", "value": ",".join(spec.egress.allow_unproxied_protocols)},
+        {"name": "FFRTMP_EGRESS_DENY", "value": ",".join(settings.cluster_cidrs)},
         {"name": "FFRTMP_DRAIN_SECONDS", "value": str(max(spec.termination_grace_period_seconds - 10, 0))},
     ]
     if spec.accelerator == "nvenc":

@@ -177,7 +177,9 @@ class Reconciler:
             elif new.phase == "Succeeded":
                 completed = JobEvent("Normal", "Completed", new.message or "completed")
                 self._event(new.namespace, "TranscodeJob", new.name, new.uid, completed, observed=True)
-        if new.phase == "Running" and new.start_time and new.queued_time is not None:
+        # Only the leader counts: a standby's counters would double every sum over the replicas.
+        counting = self.leading
+        if counting and new.phase == "Running" and new.start_time and new.queued_time is not None:
             self.metrics.queue_seconds.labels(new.namespace, pool).observe(max(new.start_time - new.created, 0.0))
         if new.terminal and old is not None and not old.terminal:
             run = (new.completion_time - new.start_time) if new.completion_time and new.start_time else None
@@ -185,7 +187,10 @@ class Reconciler:
             reason = None
             if new.phase == "Failed":
                 reason = next((c.get("reason") for c in new.conditions if c.get("type") == "Failed"), None)
-            self.metrics.job_finished(new.namespace, pool, new.phase or "", reason, run, total, new.sla_seconds, now)
+            if counting:
+                self.metrics.job_finished(
+                    new.namespace, pool, new.phase or "", reason, run, total, new.sla_seconds, now
+                )
             if run is not None and new.phase == "Succeeded" and pool:
                 self.memory.setdefault(f"{new.namespace}/{pool}", PoolMemory()).record_duration(now, run)
 
@@ -200,6 +205,8 @@ class Reconciler:
             for watched in WATCHED
             for namespace in self.namespaces
         ]
+        if self.elector is not None:
+            watches.append(asyncio.create_task(self._follow_leadership(self.elector), name="follow-leadership"))
         try:
             while len(self.store.synced) < len(WATCHED):
                 await self.trigger.wait()
@@ -210,6 +217,16 @@ class Reconciler:
             for task in watches:
                 task.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _follow_leadership(self, elector: LeaderElector) -> None:
+        """On losing the lead, drop the job metrics at once; on taking it, decide (and export) at once."""
+        while True:
+            await elector.changed.wait()
+            elector.changed.clear()
+            if not elector.is_leader:
+                self.metrics.drop_job_metrics()
+            self._last_metrics = 0.0
+            self.trigger.set()
 
     async def _decide_forever(self) -> None:
         while True:
@@ -230,9 +247,7 @@ class Reconciler:
         return self.elector is None or self.elector.is_leader
 
     async def pass_once(self) -> None:
-        leading = self.leading
-        self.metrics.leader.set(1 if leading else 0)
-        if not leading or not await self._api_reachable():
+        if not self.leading or not await self._api_reachable():
             return
         now = time.time()
         decisions = decide_jobs(self.store, now, self.settings)
@@ -249,7 +264,7 @@ class Reconciler:
                 self.store.api_ok_since,
             )  # fmt: skip
             await self._apply_pool(pool.key, decision.create, decision.delete, decision.status, decision.events)
-        if time.monotonic() - self._last_metrics > 1.0:
+        if self.leading and time.monotonic() - self._last_metrics > 1.0:
             self.metrics.refresh(self.store, self._waiting, now)
             self._last_metrics = time.monotonic()
         if decisions.wake_at is not None:

@@ -23,6 +23,9 @@ class OperatorSettings:
     # What a WorkerPool may put into worker Pods (image, serviceAccountName, volume sources): a pool
     # that breaks it gets Degraded/PolicyViolation and no Pods (policy.py).
     pool_policy: PoolPolicy = field(default_factory=PoolPolicy)
+    # The cluster's Service and Pod CIDRs: workers' egress proxies refuse them (FFRTMP_EGRESS_DENY)
+    # unless a pool's spec.egress.allow names them.
+    cluster_cidrs: tuple[str, ...] = ()
     # Device-plugin resource of each accelerator (configurable: clusters name them differently).
     device_resources: dict[str, str] = field(
         default_factory=lambda: {

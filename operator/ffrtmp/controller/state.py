@@ -107,7 +107,7 @@ def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
     """Validation is cached per (uid, generation): status events do not re-validate."""
     del uid, generation
     try:
-        TranscodeJobSpec.model_validate_json(spec_json)
+        TranscodeJobSpec.from_api_json(spec_json)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -288,7 +288,7 @@ class PoolObj:
 def parse_pool(obj: Obj) -> PoolObj:
     meta = obj["metadata"]
     try:
-        spec: WorkerPoolSpec | None = WorkerPoolSpec.model_validate(obj.get("spec") or {})
+        spec: WorkerPoolSpec | None = WorkerPoolSpec.from_api(obj.get("spec") or {})
         invalid = None
     except ValidationError as e:
         spec, invalid = None, str(e.errors()[0]["msg"])

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--state-dir", type=Path, required=True, help="logs and workers.json go here")
     workers.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra worker env")
     workers.add_argument("--restart-delay", type=float, default=5.0)
+    workers.add_argument(
+        "--pod-bound-tokens", action="store_true",
+        help="give each worker a token of its Pod's ServiceAccount bound to the Pod, as the kubelet does "
+        "(server and CA from --worker-kubeconfig); needs the right to create serviceaccounts/token",
+    )  # fmt: skip
     workers.set_defaults(func=_workers)
 
     image = sub.add_parser(
@@ -120,7 +125,7 @@ def _workers(args: argparse.Namespace) -> int:
             kubelet = StandInKubelet(
                 client, args.namespace, args.state_dir,
                 worker_kubeconfig=args.worker_kubeconfig or args.kubeconfig,
-                extra_env=extra, restart_delay=args.restart_delay,
+                extra_env=extra, restart_delay=args.restart_delay, pod_bound_tokens=args.pod_bound_tokens,
             )  # fmt: skip
             task = asyncio.create_task(kubelet.run())
             stop = asyncio.Event()

@@ -1,10 +1,14 @@
 """Stand-in workers: run `ffrtmp worker` as a local process for each worker Pod that the real
 scheduler bound to a simulated node, with the Pod's own environment (the same contract as in
-the image). Plays the kubelet's part: stops the process when the Pod goes, restarts it if it dies."""
+the image). Plays the kubelet's part: stops the process when the Pod goes, restarts it if it dies, and
+(with `pod_bound_tokens`) gives each worker a token of its Pod's ServiceAccount bound to that Pod, as the
+kubelet's projected token volume does: the API server then names the Pod in the token's user extra
+(`authentication.kubernetes.io/pod-name`), which the chart's worker-identity admission policy keys on."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -19,9 +23,14 @@ from typing import Any
 from ffrtmp.api.constants import LABEL_COMPONENT, WORKER_COMPONENT
 from ffrtmp.dev.cluster import free_port
 from ffrtmp.kube.client import ApiError, KubeClient, informer, resource_path
+from ffrtmp.kube.config import KubeConfig, load_kubeconfig
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+# Pod-bound tokens: their lifetime, and how long before its end a fresh one replaces it (the kubelet
+# refreshes at 80 % of the lifetime).
+TOKEN_SECONDS = 3600
+TOKEN_REFRESH_SECONDS = 0.8 * TOKEN_SECONDS
 
 
 def pod_environment(pod: Obj) -> dict[str, str]:
@@ -40,6 +49,37 @@ def pod_environment(pod: Obj) -> dict[str, str]:
         elif "fieldRef" in (item.get("valueFrom") or {}):
             env[item["name"]] = fields.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
     return env
+
+
+def token_request(pod: Obj, seconds: int = TOKEN_SECONDS) -> Obj:
+    """The TokenRequest the kubelet sends for a Pod's projected token: bound to the Pod (name and uid)."""
+    meta = pod["metadata"]
+    return {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+        },
+    }
+
+
+def token_kubeconfig(base: KubeConfig, token_file: Path) -> Obj:
+    """A kubeconfig for `base`'s API server that authenticates with the token in `token_file` (re-read on
+    every request, so a refreshed token takes effect without a restart)."""
+    cluster: Obj = {"server": base.server}
+    if base.ca_data:
+        cluster["certificate-authority-data"] = base64.b64encode(base.ca_data).decode()
+    if base.insecure:
+        cluster["insecure-skip-tls-verify"] = True
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": cluster}],
+        "users": [{"name": "pod", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": "pod"}}],
+        "current-context": "pod",
+    }
 
 
 @dataclass
@@ -63,6 +103,7 @@ class StandInKubelet:
         extra_env: dict[str, str] | None = None,
         restart_delay: float = 5.0,
         max_grace: float = 30.0,
+        pod_bound_tokens: bool = False,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -71,6 +112,7 @@ class StandInKubelet:
         self.extra_env = extra_env or {}
         self.restart_delay = restart_delay
         self.max_grace = max_grace
+        self.pod_bound_tokens = pod_bound_tokens
         self.processes: dict[str, Process] = {}
         self.pods: dict[str, Obj] = {}
         self._tasks: set[asyncio.Future[None]] = set()
@@ -130,12 +172,48 @@ class StandInKubelet:
             with contextlib.suppress(ProcessLookupError):
                 process.proc.kill()
 
+    async def _pod_token(self, pod: Obj, token_file: Path) -> None:
+        """Write a fresh token of the Pod's ServiceAccount, bound to the Pod, to `token_file`."""
+        meta = pod["metadata"]
+        account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        path = resource_path("", "v1", "serviceaccounts", meta["namespace"], account) + "/token"
+        answer = await self.client.create(path, token_request(pod))
+        tmp = token_file.with_suffix(".tmp")
+        tmp.write_text(answer["status"]["token"])
+        tmp.chmod(0o600)
+        tmp.replace(token_file)
+
+    async def _refresh_token(self, pod: Obj, token_file: Path) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_REFRESH_SECONDS)
+            try:
+                await self._pod_token(pod, token_file)
+            except Exception as e:  # keep the old token until it expires; try again next round
+                log.warning("refreshing the token of pod %s failed: %r", pod["metadata"]["name"], e)
+
+    async def _worker_kubeconfig(self, pod: Obj) -> str:
+        """The worker's credentials: the shared worker kubeconfig, or a Pod-bound token of its own."""
+        if not self.pod_bound_tokens:
+            return self.worker_kubeconfig
+        name = pod["metadata"]["name"]
+        token_file = self.state_dir / f"{name}.token"
+        await self._pod_token(pod, token_file)
+        path = self.state_dir / f"{name}.kubeconfig"
+        path.write_text(json.dumps(token_kubeconfig(load_kubeconfig(self.worker_kubeconfig), token_file)))
+        return str(path)
+
     async def _start(self, pod: Obj, restarts: int = 0) -> None:
         name = pod["metadata"]["name"]
+        try:
+            kubeconfig = await self._worker_kubeconfig(pod)
+        except (ApiError, OSError) as e:
+            self._starting.discard(name)
+            log.error("no token for pod %s: %r", name, e)
+            return
         env = {
             **os.environ,
             **pod_environment(pod),
-            "KUBECONFIG": self.worker_kubeconfig,
+            "KUBECONFIG": kubeconfig,
             "FFRTMP_METRICS_PORT": str(free_port()),
             "FFRTMP_SCRATCH_DIR": str(self.state_dir / "scratch" / name),
             **self.extra_env,
@@ -155,7 +233,12 @@ class StandInKubelet:
         self.processes[name] = process
         self._save()
         log.info("started worker for pod %s: pid %d", name, proc.pid)
+        refresh = None
+        if self.pod_bound_tokens:
+            refresh = asyncio.create_task(self._refresh_token(pod, self.state_dir / f"{name}.token"))
         code = await proc.wait()
+        if refresh is not None:
+            refresh.cancel()
         log.info("worker for pod %s exited with %s", name, code)
         if self.processes.get(name) is process:
             del self.processes[name]

@@ -24,8 +24,9 @@ Decisions (see also the module constants):
 
 * Protocol whitelist: only what the input's own scheme needs, intersected with the pool's
   allowed protocols. A file input gets `file`; http(s) gets the allowed http family plus
-  `tcp`, `tls` (for https) and `crypto` (AES-128 HLS); rtmp gets `rtmp,tcp`; rtmps gets
-  `rtmps,tls,tcp`. So a remote playlist can never make ffmpeg read a local file, and a
+  `tcp`, `tls` and `httpproxy` (for https: TLS goes through the worker's egress proxy with
+  CONNECT) and `crypto` (AES-128 HLS); rtmp gets `rtmp,tcp`; rtmps gets `rtmps,tls,httpproxy,tcp`.
+  So a remote playlist can never make ffmpeg read a local file, and a
   local playlist can never make it fetch URLs.
 * Two-pass (CPU h264/hevc with a bitrate) runs as exactly two ffmpeg processes whatever the
   number of renditions: pass 1 encodes every two-pass rendition (video only) to the null
@@ -175,11 +176,11 @@ def protocol_whitelist(input_url: str, allowed_protocols: Iterable[str]) -> str:
         needed = ["file"]
     elif scheme in ("http", "https"):
         family = [p for p in ("http", "https") if p in allowed]
-        needed = [*family, "tcp", *(["tls"] if "https" in family else []), "crypto"]
+        needed = [*family, "tcp", *(["tls", "httpproxy"] if "https" in family else []), "crypto"]
     elif scheme == "rtmp":
         needed = ["rtmp", "tcp"]
     elif scheme == "rtmps":
-        needed = ["rtmps", "tls", "tcp"]
+        needed = ["rtmps", "tls", "httpproxy", "tcp"]
     else:
         raise InputNotAllowed(f"Inputs of scheme '{scheme}' are not supported: {input_url}")
     return ",".join(needed)

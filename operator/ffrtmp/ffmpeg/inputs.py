@@ -33,11 +33,15 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class InputNotAllowed(Exception):
-    """The input is outside what the worker pool allows (reason InputNotAllowed, not retryable)."""
+    """The input is outside what the worker pool allows (reason InputNotAllowed, not retryable).
 
-    def __init__(self, message: str) -> None:
+    `destination`: the URL on another host that a playlist entry or redirect named, when that is
+    why (the worker then asks the egress policy whether the reason is DestinationNotAllowed)."""
+
+    def __init__(self, message: str, destination: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.destination = destination
 
 
 class InputUnavailable(Exception):
@@ -208,7 +212,8 @@ def resolve_reference(
         raise InputNotAllowed(f"The playlist {playlist} refers to '{entry}', whose protocol this pool does not allow.")
     if not _same_host(playlist, target):
         raise InputNotAllowed(
-            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay on the playlist's host."
+            f"The playlist {playlist} refers to '{entry}' on another host; entries must stay on the playlist's host.",
+            target,
         )
     return target
 
@@ -227,14 +232,16 @@ async def _read_local(path: str, max_bytes: int) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-async def _read_http(url: str, max_bytes: int, seconds: float, session: aiohttp.ClientSession) -> str:
+async def _read_http(
+    url: str, max_bytes: int, seconds: float, session: aiohttp.ClientSession, proxy: str | None
+) -> str:
     try:
         async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=True, max_redirects=5
+            url, timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=True, max_redirects=5, proxy=proxy
         ) as response:
             final = str(response.url)
             if not _same_host(url, final):
-                raise InputNotAllowed(f"The playlist {url} redirects to another host: {final}")
+                raise InputNotAllowed(f"The playlist {url} redirects to another host: {final}", final)
             if response.status != 200:
                 raise InputUnavailable(f"The playlist {url} cannot be read: HTTP {response.status}")
             data = bytearray()
@@ -257,13 +264,15 @@ async def check_playlist(
     max_playlists: int = PLAYLIST_MAX_COUNT,
     read_timeout: float = PLAYLIST_TIMEOUT_SECONDS,
     session: aiohttp.ClientSession | None = None,
+    proxy: str | None = None,
 ) -> list[str]:
     """Check an HLS input and the playlists it refers to; return the playlists read.
 
     `url_or_path` is what `check_input` returned. Raises InputNotAllowed for an entry that
     is a `file:`/`concat:`/... URL, a local path outside the media roots, or a URL on another
     host, for playlists nested deeper than `max_depth` (a master is depth 0, its variants 1)
-    and for oversized playlists; InputUnavailable when a playlist cannot be read.
+    and for oversized playlists; InputUnavailable when a playlist cannot be read. `proxy`: the
+    attempt's egress proxy, through which every http(s) read (and redirect) goes.
     """
     roots = list(media_roots)
     allowed = list(allowed_protocols)
@@ -282,7 +291,7 @@ async def check_playlist(
             if location.startswith("/"):
                 text = await _read_local(location, max_bytes)
             elif client is not None:
-                text = await _read_http(location, max_bytes, read_timeout, client)
+                text = await _read_http(location, max_bytes, read_timeout, client, proxy)
             else:  # a playlist file never refers to URLs (resolve_reference refuses them)
                 raise InputNotAllowed(f"The playlist entry {location} is not a file.")
             if text.lstrip("\ufeff \t\r\n").startswith("ffconcat"):

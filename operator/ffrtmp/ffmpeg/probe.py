@@ -89,8 +89,11 @@ def parse_probe_output(document: dict[str, Any], *, size_fallback: int | None = 
     )
 
 
-async def run_ffprobe(args: list[str], *, timeout_seconds: float) -> dict[str, Any] | None:
-    """Run ffprobe with `args` (argv after the program name); its JSON, or None on any failure."""
+async def run_ffprobe(
+    args: list[str], *, timeout_seconds: float, env: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Run ffprobe with `args` (argv after the program name) in `env` (default: the worker's own);
+    its JSON, or None on any failure."""
     try:
         process = await asyncio.create_subprocess_exec(
             FFPROBE,
@@ -98,6 +101,7 @@ async def run_ffprobe(args: list[str], *, timeout_seconds: float) -> dict[str, A
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
     except OSError:
         return None
@@ -133,14 +137,21 @@ async def probe(path: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) ->
 
 
 async def probe_input(
-    url: str, protocol_whitelist: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+    url: str,
+    protocol_whitelist: str,
+    *,
+    timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
+    env: dict[str, str] | None = None,
 ) -> ProbeResult | None:
-    """Probe a job's input with the same protocol whitelist (and network timeout) ffmpeg gets."""
+    """Probe a job's input with the same protocol whitelist, network timeout and environment (the
+    egress proxy) ffmpeg gets."""
     args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
     if "://" in url:
         args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
     document = await run_ffprobe(
-        [*args, "-print_format", "json", "-show_format", "-show_streams", url], timeout_seconds=timeout_seconds
+        [*args, "-print_format", "json", "-show_format", "-show_streams", url],
+        timeout_seconds=timeout_seconds,
+        env=env,
     )
     if document is None:
         return None
@@ -150,7 +161,7 @@ async def probe_input(
         first_frame = await run_ffprobe(
             [*args, "-select_streams", "v:0", "-read_intervals", "%+#1", "-print_format", "json",
              "-show_frames", "-show_entries", "frame=side_data_list", url],
-            timeout_seconds=timeout_seconds,
+            timeout_seconds=timeout_seconds, env=env,
         )  # fmt: skip
         if first_frame is not None:
             result = parse_probe_output({**document, "frames": first_frame.get("frames") or []})

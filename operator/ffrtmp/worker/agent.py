@@ -308,7 +308,7 @@ class Agent:
 
     def _start(self, obj: Obj, number: int) -> None:
         name = obj["metadata"]["name"]
-        spec = TranscodeJobSpec.model_validate(obj["spec"])
+        spec = TranscodeJobSpec.from_api(obj["spec"])
         attempt = Attempt(
             client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
             spec=spec,

@@ -15,12 +15,15 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.egress.proxy import EgressProxy
+from ffrtmp.egress.rules import destination_refusal, proxy_env, unproxied_refusal, url_refusal
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
@@ -90,6 +93,11 @@ class Attempt:
     _whitelist: str = ""
     _input_duration: float | None = None
     _stderr_tail: str = ""
+    _proxy: EgressProxy | None = None
+    # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
+    # error that is not an outage), raised by the next report.
+    _progress_write: asyncio.Task[None] | None = None
+    _progress_error: Exception | None = None
     # Set just before the final status write: from then on the operator may count the slot free
     # and assign a new job before this task has quite ended.
     finishing: bool = False
@@ -124,12 +132,24 @@ class Attempt:
                 os.killpg(self._proc.pid, signal.SIGTERM)
 
     # -- the attempt --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def egress(self) -> AsyncIterator[EgressProxy]:
+        """The attempt's egress proxy, running: every http(s)/rtmps connection of its ffprobe, ffmpeg
+        and playlist check goes through it, and it enforces the pool's egress policy (ffrtmp.egress)."""
+        async with EgressProxy(self.config.egress_policy(), label=self.key) as proxy:
+            self._proxy = proxy
+            try:
+                yield proxy
+            finally:
+                self._proxy = None
+
     async def run(self) -> str:
         """Returns the outcome: Succeeded, Failed, HandedBack, Superseded or Cancelled."""
         started = time.monotonic()
         self.metrics.active.inc()
         try:
-            return await self._run()
+            async with self.egress():
+                return await self._run()
         finally:
             self.metrics.active.dec()
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -148,6 +168,10 @@ class Attempt:
                 failure, restarts = await self._encode(plan)
             except _Failed as f:
                 plan, failure, restarts = None, f.failure, 0
+            if failure is None:
+                # ffmpeg may skip an HLS segment it could not open and still exit 0: any refused
+                # connection fails the attempt.
+                failure = self._egress_failure()
             if failure is None and plan is not None:
                 failure = self._missing_outputs(plan)
             if failure is None and plan is not None:
@@ -205,19 +229,29 @@ class Attempt:
                 allowed_protocols=self.config.allowed_protocols,
                 media_roots=self.config.media_roots,
             )
+            await self._check_unproxied([url, *(o.url for o in self.spec.outputs if o.url)])
             if is_playlist(self.spec.input.uri):
                 await check_playlist(
-                    url, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots
-                )
+                    url, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots,
+                    proxy=self._proxy_url(),
+                )  # fmt: skip
         except InputNotAllowed as e:
-            raise _Failed(Failure("InputNotAllowed", str(e), False)) from e
+            # A playlist entry or redirect to another host: DestinationNotAllowed if the policy refuses
+            # that host anyway (nothing was fetched from it), else the playlist rule's InputNotAllowed.
+            refused = self._egress_failure()
+            if refused is None and e.destination:
+                refused = await url_refusal(e.destination, self.config.egress_policy())
+            raise _Failed(refused or Failure("InputNotAllowed", str(e), False)) from e
         except InputUnavailable as e:
-            raise _Failed(Failure("InputNotFound", str(e), False)) from e
+            raise _Failed(self._egress_failure() or Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
         self._whitelist = protocol_whitelist(url, self.config.allowed_protocols)
         info = None
         if not self.spec.input.live and not url.startswith(("rtmp://", "rtmps://")):
-            info = await probe_input(url, self._whitelist)
+            info = await probe_input(url, self._whitelist, env=self._ffmpeg_env({}))
+            refused = self._egress_failure()
+            if refused is not None:
+                raise _Failed(refused)
         self._input_duration = info.duration_seconds if info else None
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -287,6 +321,8 @@ class Attempt:
                     break
             if not plan.live or self.stop_reason is not None:
                 return failure, restarts
+            if failure is not None and failure.reason == "DestinationNotAllowed":
+                return failure, restarts  # a live restart would only be refused again
             max_restarts = policy.max_restarts if policy else 10
             if restarts >= max_restarts:
                 if failure is not None:
@@ -307,8 +343,35 @@ class Attempt:
             if self.stop_reason is not None:
                 return Failure("FfmpegError", "stopped", False), restarts
 
+    def _proxy_url(self) -> str:
+        assert self._proxy is not None, "the attempt's egress proxy is not running"
+        return self._proxy.url
+
+    def _ffmpeg_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment of ffmpeg and ffprobe: the worker's, the plan's, and the egress proxy."""
+        return proxy_env({**os.environ, **env}, self._proxy_url())
+
+    def _egress_failure(self) -> Failure | None:
+        """DestinationNotAllowed when the egress proxy refused a connection of this attempt."""
+        if self._proxy is None or not self._proxy.refusals:
+            return None
+        first = self._proxy.refusals[0]  # each one is in the worker's log, with the rule that matched
+        return destination_refusal(first.host, first.port)
+
+    async def _check_unproxied(self, urls: list[str]) -> None:
+        """rtmp cannot go through the egress proxy: refused unless the pool lists it in
+        spec.egress.allowUnproxiedProtocols; then the host is checked once, before ffmpeg starts."""
+        policy = self.config.egress_policy()
+        for url in urls:
+            refused = await unproxied_refusal(url, policy, self.config.egress_unproxied)
+            if refused is not None:
+                raise _Failed(refused)
+
     def _failure(self, run: FfmpegRun) -> Failure:
         self._stderr_tail = run.stderr_tail
+        refused = self._egress_failure()
+        if refused is not None:
+            return refused
         return classify_failure(
             run.returncode, run.stderr_tail, killed_by=run.killed_by, input_url=self._input_url,
             memory_limit=self._memory_limit() or 0, memory_peak=run.memory_peak,
@@ -329,7 +392,7 @@ class Attempt:
         # ffmpeg dies with its worker, as it would with its container: no orphan keeps writing.
         self._proc = proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent, env={**os.environ, **env}, cwd=self.scratch,
+            start_new_session=True, preexec_fn=_die_with_parent, env=self._ffmpeg_env(env), cwd=self.scratch,
         )  # fmt: skip
         if self.stop_reason is not None:
             self.stop(self.stop_reason)
@@ -394,6 +457,7 @@ class Attempt:
             if proc.returncode is None:
                 self._kill_now()
                 await proc.wait()
+            await self._settle_progress()
             await stderr_task
             if memory_task is not None:
                 memory_task.cancel()
@@ -433,11 +497,16 @@ class Attempt:
             pct = (index * 100.0 + pct) / passes
             pct = max(pct, self._last_percent)  # monotone across passes and writes
             self._last_percent = pct
+        if self._progress_error is not None:
+            error, self._progress_error = self._progress_error, None
+            raise error
         now = time.monotonic()
         # The first write comes one interval after the Running write (which says 0 %), and the
         # final block is never written: the Succeeded or failure write follows at once.
         if now - max(self._last_write, self._started_monotonic) < self.config.progress_interval or snap.ended:
             return
+        if self._progress_write is not None and not self._progress_write.done():
+            return  # the last report is still on its way (a slow or unreachable API server): skip this one
         self._last_write = now
         progress: Obj = {
             "percent": None if pct is None else round(min(pct, 100.0), 1),
@@ -446,15 +515,31 @@ class Attempt:
             "outTimeSeconds": snap.out_time_seconds,
             "totalBytes": snap.total_size,
         }
+        self._progress_write = asyncio.create_task(self._write_progress(progress), name=f"progress {self.key}")
+
+    async def _write_progress(self, progress: Obj) -> None:
+        """One progress report, sent beside the encode: ffmpeg's output is read on meanwhile, so a slow or
+        unreachable API server never holds ffmpeg up (ffmpeg stops when its stdout pipe is full)."""
         try:
             await self.client_status.patch({"progress": progress, "heartbeatTime": now_iso(time.time())})
-        except Superseded:
-            raise
+        except Superseded as e:
+            self._progress_error = e
+            self.stop("superseded")
         except Exception as e:
             if not transient(e):
-                raise
+                self._progress_error = e
+                return
             # A lost progress report is not worth stopping an encode for: the next one may land.
             log.warning("%s progress write failed: %r", self.key, e)
+
+    async def _settle_progress(self) -> None:
+        """No progress report may land after a pass: cancel one still on its way (the next write re-reads
+        the job on a conflict, so a report that still reached the API server costs one retry)."""
+        task, self._progress_write = self._progress_write, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
         # Confirm the attempt is still ours before touching the job folder: a worker that was

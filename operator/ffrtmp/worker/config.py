@@ -6,6 +6,11 @@ import os
 from dataclasses import dataclass
 
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+from ffrtmp.egress.policy import EgressPolicy
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,11 @@ class WorkerConfig:
     media_roots: tuple[str, ...] = ("/media",)
     output_root: str = "/output"
     allowed_protocols: tuple[str, ...] = ("file", "http", "https", "rtmp", "rtmps")
+    # Egress (spec.egress of the pool, the operator's --cluster-cidrs): see ffrtmp.egress.policy.
+    egress_allow: tuple[str, ...] = ()
+    egress_unproxied: tuple[str, ...] = ()
+    egress_deny: tuple[str, ...] = ()  # the cluster's Service and Pod CIDRs
+    api_server_addresses: tuple[str, ...] = ()  # filled in by the worker from its API endpoint
     scratch_dir: str = "/tmp"
     render_device: str = DEFAULT_RENDER_DEVICE
     lease_seconds: int = 15
@@ -40,6 +50,13 @@ class WorkerConfig:
             raise ValueError(f"FFRTMP_API_STALE_SECONDS must be > 0, got {self.api_stale_seconds}")
         if self.loop_stale_seconds <= 0:
             raise ValueError(f"FFRTMP_LOOP_STALE_SECONDS must be > 0, got {self.loop_stale_seconds}")
+        self.egress_policy()  # bad FFRTMP_EGRESS_* entries stop the worker at start, named
+
+    def egress_policy(self) -> EgressPolicy:
+        """The policy the attempt's egress proxy enforces."""
+        deny = [(cidr, "inside the cluster's Service or Pod range") for cidr in self.egress_deny]
+        always = [(address, "the API server") for address in self.api_server_addresses]
+        return EgressPolicy.build(self.egress_allow, deny, always)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> WorkerConfig:
@@ -59,6 +76,9 @@ class WorkerConfig:
             media_roots=tuple(p for p in get("FFRTMP_MEDIA_ROOTS", "/media").split(":") if p),
             output_root=get("FFRTMP_OUTPUT_ROOT", "/output"),
             allowed_protocols=tuple(get("FFRTMP_ALLOWED_PROTOCOLS", "file,http,https,rtmp,rtmps").split(",")),
+            egress_allow=_split(e.get("FFRTMP_EGRESS_ALLOW")),
+            egress_unproxied=_split(e.get("FFRTMP_EGRESS_UNPROXIED")),
+            egress_deny=_split(e.get("FFRTMP_EGRESS_DENY")),
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
             render_device=get("FFRTMP_RENDER_DEVICE", DEFAULT_RENDER_DEVICE),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),

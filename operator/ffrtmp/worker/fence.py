@@ -15,6 +15,10 @@ from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 OWNED_PHASES = ("Scheduled", "Running")
+# How long a status write keeps retrying through an API outage (refused connections, timeouts, 5xx):
+# longer than a managed control plane's upgrade. A late write is safe: it carries the resourceVersion it
+# was based on and re-checks ownership on a conflict, so whatever the operator decided meanwhile wins.
+OUTAGE_PATIENCE_SECONDS = 900.0
 
 
 class Superseded(Exception):
@@ -67,8 +71,8 @@ class FencedStatus:
         if why:
             raise Superseded(why)
 
-    async def patch_until(self, status: Obj, *, seconds: float = 120.0) -> Obj:
-        """`patch`, retried with backoff through an API outage of up to `seconds`."""
+    async def patch_until(self, status: Obj, *, seconds: float = OUTAGE_PATIENCE_SECONDS) -> Obj:
+        """`patch`, retried with backoff (at most 10 s apart) through an API outage of up to `seconds`."""
         deadline = time.monotonic() + seconds
         delay = 0.5
         while True:

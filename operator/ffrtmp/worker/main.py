@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 
 from ffrtmp import logs
+from ffrtmp.egress.proxy import api_server_addresses
 from ffrtmp.kube.client import KubeClient
 from ffrtmp.kube.config import CONTEXT_ENV, load_config
 from ffrtmp.worker.config import WorkerConfig
@@ -32,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     config = WorkerConfig.from_env()
 
     async def main() -> None:
+        # Jobs may never connect to the API server: its addresses join the egress deny list.
+        api = await api_server_addresses(kube_config.server, os.environ.get("KUBERNETES_SERVICE_HOST"))
+        worker = dataclasses.replace(config, api_server_addresses=api)
         async with KubeClient(kube_config, component="ffrtmp-worker") as client:
-            await Agent(client, config).run()
+            await Agent(client, worker).run()
 
     asyncio.run(main())
     return 0

@@ -1,0 +1,1 @@
+"""Egress policy and the loopback proxy that enforces it for ffmpeg."""
