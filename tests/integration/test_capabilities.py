@@ -98,3 +98,24 @@ def test_a_pool_whose_ffmpeg_lacks_an_encoder_keeps_those_jobs_queued_and_runs_t
     assert queued(job)["reason"] == "NoCapableWorker"
     events = [e["reason"] for e in farm.events("av1-narrow")]
     assert "Scheduled" not in events, events
+
+
+def test_the_api_server_checks_the_new_pool_fields(farm: Farm) -> None:
+    """nvencSessionsPerGpu on nvenc pools only; podLabels/podAnnotations keys and values as Kubernetes
+    takes them (a bad one would otherwise fail every worker Pod create); runtimeClassName a DNS name."""
+    good = farm.pool(
+        "gpu", "nvenc", nvencSessionsPerGpu=3, runtimeClassName="nvidia", imagePullSecrets=[{"name": "ghcr"}],
+        podLabels={"team": "media", "example.com/tier": "gpu"}, podAnnotations={"example.com/owner": "a b c"},
+    )  # fmt: skip
+    assert farm.cluster.get("wp", "gpu", farm.namespace)["spec"]["nvencSessionsPerGpu"] == 3
+    bad = [
+        ({"accelerator": "cpu", "nvencSessionsPerGpu": 3}, "nvencSessionsPerGpu applies to nvenc pools only"),
+        ({"podLabels": {"bad key": "x"}}, "podLabels keys must be label keys"),
+        ({"podLabels": {"team": "not ok!"}}, "podLabels values must be label values"),
+        ({"podAnnotations": {"/no-prefix": "x"}}, "podAnnotations keys must be prefix/name keys"),
+        ({"runtimeClassName": "Not_A_Name"}, "runtimeClassName"),
+    ]
+    for i, (fields, needle) in enumerate(bad):
+        doc = {**good, "metadata": {"name": f"bad-{i}"}, "spec": {**good["spec"], **fields}}
+        proc = farm.cluster.apply(doc, farm.namespace, check=False)
+        assert proc.returncode != 0 and needle in proc.stderr, (fields, proc.stderr)

@@ -226,3 +226,20 @@ def test_a_source_nvdec_decodes_keeps_the_cuda_decode() -> None:
     argv = plan([{"name": "a", "video": {"height": 720}}], h264).passes[0]
     assert argv[argv.index("-hwaccel") : argv.index("-i")] == ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
     assert argv[argv.index("-filter_complex") + 1] == "[0:v:0]scale_cuda=w=1280:h=720,setsar=1[v0]"
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"podLabels": {"bad key": "x"}}, "podLabels key 'bad key'"),
+        ({"podLabels": {"team": "not ok!"}}, "podLabels value 'not ok!'"),
+        ({"podAnnotations": {"/x": "y"}}, "podAnnotations key '/x'"),
+    ],
+)
+def test_pod_metadata_keys_and_label_values_are_checked_like_the_api_server(
+    fields: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        WorkerPoolSpec.model_validate({"accelerator": "cpu", **fields})
+    ok = {"podLabels": {"example.com/tier": "gpu", "empty": ""}, "podAnnotations": {"a.b/c": "any text at all"}}
+    assert WorkerPoolSpec.model_validate({"accelerator": "cpu", **ok}).pod_labels == ok["podLabels"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -11,6 +12,13 @@ from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceRequirem
 
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
+# Kubernetes label and annotation keys: an optional DNS-subdomain prefix and `/`, then a name of up to
+# 63 alphanumerics, '-', '_', '.'; label values the same name rule, or empty. (In CEL and Python alike.)
+METADATA_KEY_PATTERN = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^/[A-Za-z0-9._/-]*$")]
 # A folder inside a volume: relative, and no step starts with a dot (so never `..`).
 SubPath = Annotated[
@@ -275,9 +283,21 @@ class WorkerPoolSpec(ApiModel):
         default=None,
         max_length=32,
         description="Extra labels of worker Pods, over the operator's defaults; the operator's own labels win.",
+        json_schema_extra=rules(
+            (f"self.all(k, k.matches('{METADATA_KEY_PATTERN}'))", "podLabels keys must be label keys (prefix/name)"),
+            (
+                f"self.all(k, self[k].matches('{LABEL_VALUE_PATTERN}'))",
+                "podLabels values must be label values (alphanumerics, '-', '_', '.')",
+            ),
+        ),
     )
     pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
-        default=None, max_length=32, description="Extra annotations of worker Pods, over the operator's defaults."
+        default=None,
+        max_length=32,
+        description="Extra annotations of worker Pods, over the operator's defaults.",
+        json_schema_extra=rules(
+            (f"self.all(k, k.matches('{METADATA_KEY_PATTERN}'))", "podAnnotations keys must be prefix/name keys"),
+        ),
     )
     service_account_name: str | None = Field(
         default=None, max_length=253, description="ServiceAccount of workers (the chart creates one)."
@@ -402,6 +422,18 @@ class WorkerPoolSpec(ApiModel):
             problem = problem or "nvencSessionsPerGpu applies to nvenc pools only"
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _pod_metadata(self) -> WorkerPoolSpec:
+        """The podLabels/podAnnotations rules of the CEL above, for specs that did not pass the API server."""
+        for what, keys in (("podLabels", self.pod_labels or {}), ("podAnnotations", self.pod_annotations or {})):
+            bad = [k for k in keys if not re.fullmatch(METADATA_KEY_PATTERN, k)]
+            if bad:
+                raise ValueError(f"{what} key {bad[0]!r} is not a prefix/name key")
+        bad = [v for v in (self.pod_labels or {}).values() if not re.fullmatch(LABEL_VALUE_PATTERN, v)]
+        if bad:
+            raise ValueError(f"podLabels value {bad[0]!r} is not a label value")
         return self
 
     def worker_slots(self) -> int:
