@@ -69,6 +69,14 @@ def test_a_pool_whose_ffmpeg_lacks_an_encoder_keeps_those_jobs_queued_and_runs_t
     assert wait_for(lambda: lease_encoders(farm, "narrow"), 90, "narrow's encoders") == "libx264,libx265"
     assert wait_for(lambda: lease_encoders(farm, "full"), 90, "full's encoders") == "libx264,libx265,libsvtav1"
 
+    # ... and each pool's status says what all its ready workers can encode.
+    def pool_encoders(pool: str) -> str | None:
+        value: str | None = status(farm.cluster.get("wp", pool, farm.namespace)).get("encoders")
+        return value
+
+    assert wait_for(lambda: pool_encoders("narrow"), 60, "narrow's status.encoders") == "libx264,libx265"
+    assert wait_for(lambda: pool_encoders("full"), 60, "full's status.encoders") == "libsvtav1,libx264,libx265"
+
     farm.job("av1-narrow", str(clip), AV1, poolRef={"name": "narrow"})
     farm.job("hevc-narrow", str(clip), HEVC, poolRef={"name": "narrow"})
     farm.job("h264-narrow", str(clip), poolRef={"name": "narrow"})

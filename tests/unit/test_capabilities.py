@@ -243,3 +243,12 @@ def test_pod_metadata_keys_and_label_values_are_checked_like_the_api_server(
         WorkerPoolSpec.model_validate({"accelerator": "cpu", **fields})
     ok = {"podLabels": {"example.com/tier": "gpu", "empty": ""}, "podAnnotations": {"a.b/c": "any text at all"}}
     assert WorkerPoolSpec.model_validate({"accelerator": "cpu", **ok}).pod_labels == ok["podLabels"]
+
+
+def test_a_pool_publishes_the_encoders_all_its_ready_workers_have() -> None:
+    from ffrtmp.controller.pools import pool_encoders
+
+    nvenc = frozenset({"h264_nvenc", "hevc_nvenc", "av1_nvenc"})
+    assert pool_encoders([nvenc, nvenc - {"av1_nvenc"}, None]) == "h264_nvenc,hevc_nvenc"
+    assert pool_encoders([None]) is None
+    assert pool_encoders([]) is None

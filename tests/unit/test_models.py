@@ -395,6 +395,7 @@ def test_workerpool_printer_columns() -> None:
         ("Queued", ".status.queuedJobs", 0),
         ("Max", ".spec.maxWorkers", 0),
         ("Age", ".metadata.creationTimestamp", 0),
+        ("Encoders", ".status.encoders", 1),
     ]
     for col in version(POOL_CRD)["additionalPrinterColumns"]:
         assert col["description"], col

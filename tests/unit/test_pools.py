@@ -429,6 +429,7 @@ def test_status_counts_workers_slots_jobs_and_capacity() -> None:
         "busySlots": 3,
         "freeSlots": 3,
         "queuedJobs": 4,
+        "encoders": None,  # the test's Leases say nothing of encoders (workers from before the capability test)
         "runningJobs": 4,
         "capacity": {"avgJobSeconds": 90.0, "jobsPerHour": 240.0},  # 3 ready x 2 slots x 3600 / 90
         "observedGeneration": 3,

@@ -188,6 +188,7 @@ def workerpool_crd() -> Schema:
         _column("Queued", "integer", ".status.queuedJobs", "Jobs waiting for this pool."),
         _column("Max", "integer", ".spec.maxWorkers", "Upper bound of workers."),
         _column("Age", "date", ".metadata.creationTimestamp", "Time since the pool was created."),
+        _column("Encoders", "string", ".status.encoders", "Encoders every ready worker passed its self-test with.", 1),
     ]
     subresources = {
         "status": {},

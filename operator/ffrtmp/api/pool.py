@@ -503,6 +503,14 @@ class WorkerPoolStatus(ApiModel):
     busy_slots: int | None = Field(default=None, description="Slots running a job.")
     free_slots: int | None = Field(default=None, description="Slots of ready workers with no job.")
     queued_jobs: int | None = Field(default=None, description="Jobs waiting for this pool.")
+    encoders: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "Video encoders every ready worker passed its self-test with, comma-separated (e.g. "
+            "`h264_nvenc,hevc_nvenc`): a job needing another encoder waits as NoCapableWorker."
+        ),
+    )
     running_jobs: int | None = Field(default=None, description="Jobs assigned to this pool's workers.")
     last_scale_time: Timestamp | None = Field(default=None, description="When the worker count last changed.")
     last_scale_reason: str | None = Field(default=None, max_length=1024, description="Why it changed.")

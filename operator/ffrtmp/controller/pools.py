@@ -188,6 +188,7 @@ def decide_pool(
 
     slots = spec.worker_slots()
     capacity = slots * len(ready)
+    encoders = pool_encoders([leases[p.key].encoders for p in ready])
     busy = sum(min(running_by_worker.get(p.key, 0), slots) for p in ready)
     avg = memory.average_duration(now)
     conditions = _conditions(
@@ -203,6 +204,7 @@ def decide_pool(
         "busySlots": busy,
         "freeSlots": max(capacity - busy, 0),
         "queuedJobs": waiting,
+        "encoders": encoders,
         "runningJobs": running,
         "capacity": {
             "avgJobSeconds": round(avg, 3) if avg is not None else None,
@@ -284,3 +286,13 @@ def _conditions(
     else:
         updates.append(("Degraded", "False", "AsExpected", "all workers schedulable, their storage and encoders work"))
     return set_conditions(pool.status.get("conditions"), updates, now=now, generation=pool.generation)
+
+
+def pool_encoders(worker_encoders: list[frozenset[str] | None]) -> str | None:
+    """The encoders every ready worker of a pool passed its self-test with (sorted, comma-separated),
+    so that jobs of their codecs can run on any of them; None when no ready worker said (none ready,
+    or all from before the capability test)."""
+    known = [e for e in worker_encoders if e is not None]
+    if not known:
+        return None
+    return ",".join(sorted(frozenset.intersection(*known)))

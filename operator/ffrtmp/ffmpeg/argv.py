@@ -18,7 +18,8 @@ This module assembles the runs; the concerns it draws on live beside it: `encode
 and preset tables per accelerator, codecs per container), `validation` (InvalidSpec checks),
 `filters` (per-rendition filter chains: deinterlace, size, colour, tone map; the split graph),
 `media` (the probed source and the size rule), `loudness` (the two-pass loudnorm data),
-`rendition` (one output's stream choices: maps, audio options), `hls` (the one hls muxer).
+`rendition` (one output's stream choices: maps, audio options), `hls` (the one hls muxer),
+`decode` (on nvenc: NVDEC, or software decode and one upload when NVDEC cannot decode the input).
 
 Decisions (see also the module constants):
 
