@@ -86,7 +86,7 @@ def test_pool_admission_policy_refuses_each_violation_naming_the_field(
     allowed = _pool(
         image="ghcr.io/ffmpeg-rtmp/worker:0.2.0",
         serviceAccountName=WORKER_SA,
-        volumes=[{"name": "scratch", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "c"}}],
+        volumes=[{"name": "work", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "c"}}],
     )
     accepted = cluster.apply(allowed, namespace, check=False)
     assert accepted.returncode == 0, accepted.stderr
