@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -417,11 +416,3 @@ def _http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def snapshot_to_dict(snap: hoststate.HostSnapshot) -> dict[str, object]:
-    return asdict(snap)
-
-
-def snapshot_from_dict(data: dict[str, object]) -> hoststate.HostSnapshot:
-    return hoststate.HostSnapshot(**data)  # type: ignore[arg-type]
