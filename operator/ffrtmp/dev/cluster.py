@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -131,7 +132,7 @@ class LocalCluster:
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
         self.state = ClusterState(root=str(self.root))
-        self.node = host_node.RealNode(self.root / "node", self.bin_dir, self._spawn, self._log_tail)
+        self.node = host_node.RealNode(self.root / "node", self.bin_dir, self._spawn, self._wait)
 
     # -- files -------------------------------------------------------------------------------
     def _bin(self, name: str) -> str:
@@ -166,12 +167,12 @@ class LocalCluster:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _wait(self, what: str, proc: subprocess.Popen[bytes], check: object, timeout: float) -> None:
+    def _wait(self, what: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ClusterError(f"{what} exited with {proc.returncode}:\n{self._log_tail(what)}")
-            if callable(check) and check():
+            if check():
                 return
             time.sleep(0.2)
         raise ClusterError(f"{what} not ready after {timeout:.0f}s:\n{self._log_tail(what)}")

@@ -51,7 +51,7 @@ CNI_BIN_DIR = "/usr/lib/cni"
 
 
 class NodeError(RuntimeError):
-    """The real node could not start; the message names the component and its log tail."""
+    """An image could not be imported or tagged into the node's containerd."""
 
 
 def unavailable_reason(bin_dir: Path) -> str | None:
@@ -126,12 +126,13 @@ class RealNode:
         root: Path,
         bin_dir: Path,
         spawn: Callable[[str, list[str], dict[str, str] | None], subprocess.Popen[bytes]],
-        log_tail: Callable[[str], str],
+        wait_for: Callable[[str, subprocess.Popen[bytes], Callable[[], bool], float], None],
     ) -> None:
+        """`spawn` and `wait_for` are the cluster's: one process table, one way to wait for a component."""
         self.root = root  # <cluster>/node
         self.bin_dir = bin_dir
         self._spawn = spawn
-        self._log_tail = log_tail
+        self._wait_for = wait_for
 
     def _bin(self, name: str) -> str:
         return str(self.bin_dir / name)
@@ -162,16 +163,6 @@ class RealNode:
         self._start_kube_proxy(kubeconfigs["kube-proxy"])
         self._start_coredns(kubeconfigs["coredns"])
 
-    def _wait(self, what: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise NodeError(f"{what} exited with {proc.returncode}:\n{self._log_tail(what)}")
-            if check():
-                return
-            time.sleep(0.2)
-        raise NodeError(f"{what} not ready after {timeout:.0f}s:\n{self._log_tail(what)}")
-
     def _start_containerd(self, timeout: float) -> None:
         cni_conf = self.root / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
@@ -186,7 +177,7 @@ class RealNode:
             argv = [self._bin("ctr"), "--address", str(SOCKET), "version"]
             return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
-        self._wait("containerd", proc, answers, timeout)
+        self._wait_for("containerd", proc, answers, timeout)
 
     def _cni_config(self) -> dict[str, object]:
         return {
@@ -322,7 +313,7 @@ disabled_plugins = [
         def healthy() -> bool:
             return _http_ok("http://127.0.0.1:10248/healthz")
 
-        self._wait("kubelet", proc, healthy, 60)
+        self._wait_for("kubelet", proc, healthy, 60)
 
     def _start_kube_proxy(self, kubeconfig: Path) -> None:
         config = {
@@ -346,7 +337,7 @@ disabled_plugins = [
         def healthy() -> bool:
             return _http_ok("http://127.0.0.1:10256/healthz")
 
-        self._wait("kube-proxy", proc, healthy, 60)
+        self._wait_for("kube-proxy", proc, healthy, 60)
 
     def _start_coredns(self, kubeconfig: Path) -> None:
         corefile = self.root / "Corefile"
@@ -368,7 +359,7 @@ disabled_plugins = [
         def healthy() -> bool:
             return _http_ok("http://127.0.0.1:18080/health")
 
-        self._wait("coredns", proc, healthy, 60)
+        self._wait_for("coredns", proc, healthy, 60)
 
     # -- stop --------------------------------------------------------------------------------------
     def stop(self, before: hoststate.HostSnapshot | None, stop_process: Callable[[str], None]) -> list[str]:
