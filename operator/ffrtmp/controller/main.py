@@ -13,21 +13,14 @@ from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_lis
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.egress.policy import parse_cidrs
 from ffrtmp.kube.auth import Credentials
-from ffrtmp.kube.config import CONTEXT_ENV, load_config
+from ffrtmp.kube.config import add_kubeconfig_arguments, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     parser.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    parser.add_argument(
-        "--kubeconfig", default=None,
-        help="kubeconfig file (default: $KUBECONFIG's files merged, else in-cluster, else ~/.kube/config)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--context", default=None,
-        help=f"kubeconfig context to use (default: ${CONTEXT_ENV}, else the current-context)",
-    )  # fmt: skip
+    add_kubeconfig_arguments(parser)
     parser.add_argument("--worker-image", default=env("FFRTMP_WORKER_IMAGE", OperatorSettings.worker_image))
     parser.add_argument("--worker-service-account", default=env("FFRTMP_WORKER_SERVICE_ACCOUNT"))
     parser.add_argument(

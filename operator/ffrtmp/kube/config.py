@@ -21,6 +21,7 @@ server, and never for `localhost` or a loopback address.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import ipaddress
@@ -527,6 +528,18 @@ def config_source(kubeconfig: str | None, env: Mapping[str, str], home: Path) ->
     if in_cluster(env):
         return "in-cluster", []
     return "home", [home / ".kube" / "config"]
+
+
+def add_kubeconfig_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--kubeconfig` and `--context`, the same for the operator and the worker."""
+    parser.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig file (default: $KUBECONFIG's files merged, else in-cluster, else ~/.kube/config)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--context", default=None,
+        help=f"kubeconfig context to use (default: ${CONTEXT_ENV}, else the current-context)",
+    )  # fmt: skip
 
 
 def load_config(

@@ -10,19 +10,12 @@ import os
 from ffrtmp import logs
 from ffrtmp.egress.proxy import api_server_addresses
 from ffrtmp.kube.client import KubeClient
-from ffrtmp.kube.config import CONTEXT_ENV, load_config
+from ffrtmp.kube.config import add_kubeconfig_arguments, load_config
 from ffrtmp.worker.config import WorkerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig", default=None,
-        help="kubeconfig file (default: $KUBECONFIG's files merged, else in-cluster, else ~/.kube/config)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--context", default=None,
-        help=f"kubeconfig context to use (default: ${CONTEXT_ENV}, else the current-context)",
-    )  # fmt: skip
+    add_kubeconfig_arguments(parser)
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", action="store_true")
 
