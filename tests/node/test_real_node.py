@@ -31,6 +31,7 @@ import pytest
 
 from ffrtmp.dev import node as host_node
 from ffrtmp.dev.cluster import default_bin_dir
+from ffrtmp.worker.memory import parse_oom_kills
 from helpers import REPO, TestCluster, ffprobe, make_clip, transcode_job, wait_for, worker_pool
 
 pytestmark = pytest.mark.node
@@ -293,17 +294,21 @@ def long_clip(quickstart: Quickstart) -> str:
     return "/media/long.mp4"
 
 
+def _start_long_job(qs: Quickstart, name: str, clip: str, pool: str) -> Obj:
+    """A 30 s real-time job on `pool`, once it runs with progress (so acting on it hits a live encode)."""
+    qs.cluster.apply(transcode_job(name, clip, realtime=True, poolRef={"name": pool}, backoffLimit=3), NS)
+    job: Obj = wait_for(
+        lambda: (j := qs.job(name)).get("status", {}).get("progress", {}).get("percent", 0) > 5 and j,
+        180, f"job {name} running with progress", interval=1,
+    )  # fmt: skip
+    return job
+
+
 def test_deleting_a_busy_worker_pod_hands_the_job_back(
     quickstart: Quickstart, long_clip: str, handback_pool: str
 ) -> None:
     qs = quickstart
-    qs.cluster.apply(
-        transcode_job("handback", long_clip, realtime=True, poolRef={"name": handback_pool}, backoffLimit=3), NS
-    )
-    job = wait_for(
-        lambda: (j := qs.job("handback")).get("status", {}).get("progress", {}).get("percent", 0) > 5 and j,
-        180, "job handback running with progress", interval=1,
-    )  # fmt: skip
+    job = _start_long_job(qs, "handback", long_clip, handback_pool)
     first = job["status"]["worker"]
     deleted_at = time.monotonic()
     qs.cluster.kubectl("delete", "pod", first, "-n", NS, "--wait=false")
@@ -346,8 +351,7 @@ def _cgroup_oom_kills(pod: Obj) -> int:
         if path.is_dir():
             kills = 0
             for control in path.rglob("memory.oom_control"):
-                match = re.search(r"^oom_kill (\d+)$", control.read_text(), re.M)
-                kills += int(match.group(1)) if match else 0
+                kills += parse_oom_kills(control.read_text()) or 0
             return kills
     raise AssertionError(f"no memory cgroup for Pod {uid} under {base}")
 
@@ -412,13 +416,7 @@ def test_liveness_restarts_a_hung_agent_and_its_job_requeues(
     quickstart: Quickstart, long_clip: str, handback_pool: str
 ) -> None:
     qs = quickstart
-    qs.cluster.apply(
-        transcode_job("hung", long_clip, realtime=True, poolRef={"name": handback_pool}, backoffLimit=3), NS
-    )
-    job = wait_for(
-        lambda: (j := qs.job("hung")).get("status", {}).get("progress", {}).get("percent", 0) > 5 and j,
-        180, "job hung running with progress", interval=1,
-    )  # fmt: skip
+    job = _start_long_job(qs, "hung", long_clip, handback_pool)
     worker = job["status"]["worker"]
     pod = qs.cluster.get("pod", worker, NS)
     restarts_before = pod["status"]["containerStatuses"][0]["restartCount"]
