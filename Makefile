@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp
+APT_PACKAGES := ffmpeg prometheus nginx libnginx-mod-rtmp gcc libc6-dev
 # The image without a registry (`make image`) and the local cluster's real node (tests/node,
 # README "Without Docker"): debootstrap, podman, runc, the CNI plugins, iptables, conntrack.
 NODE_APT_PACKAGES := debootstrap podman runc containernetworking-plugins iptables conntrack
@@ -15,8 +15,9 @@ DEMO_ARGS ?=
 
 setup: system-packages venv tools
 
-# Debian packages: real ffmpeg/ffprobe, promtool (prometheus), nginx with the RTMP module, and
-# debootstrap/podman/runc to build the product's image without a registry (`make image`).
+# Debian packages: real ffmpeg/ffprobe, promtool (prometheus), nginx with the RTMP module, a C
+# compiler for the workers' connect guard (hack/tools.sh), and debootstrap/podman/runc to build the
+# product's image without a registry (`make image`).
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -58,6 +59,7 @@ test: setup lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: venv
+	bash hack/tools.sh --connect-guard
 	$(VENV)/bin/pytest -m 'unit or ffmpeg' $(PYTEST_ARGS)
 
 demo: setup

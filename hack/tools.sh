@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Go-built binaries the local control plane and the tests need, from their
-# published Go modules, into a per-user cache outside the repo (so fresh clones reuse it).
-# Each tool is rebuilt only when its versioned folder lacks it. Prints the bin folder.
+# published Go modules, into a per-user cache outside the repo (so fresh clones reuse it), and the
+# workers' connect guard library (C, with cc). Each tool is rebuilt only when its versioned folder
+# lacks it. Prints the bin folder.
 #
 #   hack/tools.sh            build what is missing, print the cache's bin folder
 #   hack/tools.sh --print    only print the folder
+#   hack/tools.sh --connect-guard   only build the connect guard (no Go needed)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tools/versions.env
@@ -19,6 +21,20 @@ log() { echo "[tools] $*" >&2; }
 
 # link NAME DIR: point $bin/NAME at the versioned binary, so PATH needs one folder.
 link() { ln -sfn "$2/$1" "$bin/$1"; }
+
+# The connect guard that workers run as local processes preload into ffmpeg (the image builds its own
+# copy): one C file, rebuilt when it changes, linked at $cache/lib/connect-guard.so.
+guard_src="$root/operator/ffrtmp/egress/connect_guard.c"
+guard_dir="$cache/connect-guard-$(sha256sum "$guard_src" | cut -c1-12)"
+if [[ ! -f $guard_dir/connect-guard.so ]]; then
+  log "building the connect guard"
+  mkdir -p "$guard_dir.tmp"
+  cc -Wall -Wextra -Werror -O2 -fPIC -shared -o "$guard_dir.tmp/connect-guard.so" "$guard_src"
+  rm -rf "$guard_dir"; mv "$guard_dir.tmp" "$guard_dir"
+fi
+mkdir -p "$cache/lib"
+ln -sfn "$guard_dir/connect-guard.so" "$cache/lib/connect-guard.so"
+if [[ ${1:-} == --connect-guard ]]; then exit 0; fi
 
 k8s_dir="$cache/kubernetes-$KUBERNETES_VERSION"
 k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +18,21 @@ from typing import Any
 
 import yaml
 
-from ffrtmp.dev.cluster import LocalCluster, free_port
+from ffrtmp.dev.cluster import LocalCluster, default_connect_guard, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 Obj = dict[str, Any]
+
+
+def connect_guard() -> str:
+    """The connect guard library for attempts run in a test (`WorkerConfig.connect_guard`): the one
+    hack/tools.sh builds, as stand-in workers find it (ffrtmp.dev.cluster.default_connect_guard)."""
+    path = default_connect_guard()
+    if not path.is_file():
+        raise AssertionError(
+            f"no connect guard library at {path}: run `hack/tools.sh --connect-guard` (make setup does)"
+        )
+    return str(path)
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -189,3 +202,46 @@ def ffprobe(path: Path | str) -> Obj:
     )  # fmt: skip
     result: Obj = json.loads(out.stdout)
     return result
+
+
+NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+
+
+@contextlib.contextmanager
+def nginx_rtmp(prefix: Path, host: str) -> Iterator[int]:
+    """A real nginx-rtmp server on `host` (applications `live` and `restream`); yields its port."""
+    if shutil.which("nginx") is None or not NGINX_RTMP_MODULE.exists():
+        raise AssertionError("nginx with the RTMP module is missing: run `make setup` (Debian's libnginx-mod-rtmp)")
+    port = free_port()
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+load_module {NGINX_RTMP_MODULE};
+daemon off;
+master_process off;
+error_log {prefix}/logs/error.log info;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 256; }}
+rtmp {{
+  server {{
+    listen {host}:{port};
+    chunk_size 4096;
+    application live {{ live on; record off; }}
+    application restream {{ live on; record off; }}
+  }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex((host, port)) == 0
+
+    try:
+        wait_for(listening, 10, "nginx-rtmp listening")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

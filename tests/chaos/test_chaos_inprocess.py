@@ -34,7 +34,7 @@ from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
 from ffrtmp.worker.metrics import WorkerMetrics
-from helpers import TestCluster
+from helpers import TestCluster, connect_guard
 
 pytestmark = pytest.mark.chaos
 Obj = dict[str, Any]
@@ -183,6 +183,7 @@ async def test_stale_attempt_publishes_nothing(
     config = WorkerConfig(
         pod_name="w-a", namespace=namespace, pool="p", media_roots=(str(media),), output_root=str(output),
         scratch_dir=str(tmp_path / "scratch"), progress_interval=0.1, kill_grace_seconds=2,
+        connect_guard=connect_guard(),
     )  # fmt: skip
     attempt = Attempt(
         FencedStatus(admin, obj, "w-a", 1), TranscodeJobSpec.model_validate(obj["spec"]), config, WorkerMetrics(),

@@ -19,6 +19,7 @@ from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
 from ffrtmp.worker.metrics import WorkerMetrics
+from helpers import connect_guard
 
 pytestmark = [
     pytest.mark.ffmpeg,
@@ -53,6 +54,7 @@ def attempt(media: Path, tmp_path: Path, spec: dict[str, Any]) -> tuple[Attempt,
         scratch_dir=str(tmp_path / "scratch"),
         allowed_protocols=("file",),
         progress_interval=0.0,
+        connect_guard=connect_guard(),
     )
     job = Attempt(
         client_status=cast(FencedStatus, recorder),

@@ -8,12 +8,14 @@ the pool allowlists 127.0.0.2/32 only; 127.0.0.3 is a forbidden host with server
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,12 +25,15 @@ import aiohttp.connector
 import pytest
 
 from ffrtmp.api.job import TranscodeJobSpec
-from ffrtmp.egress.proxy import EgressProxy
+from ffrtmp.egress.policy import EgressPolicy, IPAddress
+from ffrtmp.egress.proxy import EgressProxy, system_resolver
+from ffrtmp.egress.rules import UnproxiedCheck, check_unproxied
 from ffrtmp.worker import attempt as attempt_module
 from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
 from ffrtmp.worker.metrics import WorkerMetrics
+from helpers import connect_guard, nginx_rtmp
 
 pytestmark = [
     pytest.mark.ffmpeg,
@@ -182,6 +187,7 @@ def config(net: Net, tmp_path: Path, **overrides: Any) -> WorkerConfig:
         pod_name="w-0", namespace="ns", pool="cpu", media_roots=(str(net.media),),
         output_root=str(tmp_path / "output"), scratch_dir=str(tmp_path / "scratch"), progress_interval=60.0,
         egress_allow=(f"{ALLOWED}/32",), api_server_addresses=(API,), stall_seconds=60,
+        connect_guard=connect_guard(),
     )  # fmt: skip
     return replace(base, **overrides)
 
@@ -309,18 +315,42 @@ async def test_a_live_playlist_reload_that_adds_a_forbidden_entry_is_refused(net
     assert net.bad.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: https needs ffmpeg's `httpproxy` protocol on the whitelist (TLS reaches the egress proxy "
-    "with CONNECT through it), and a playlist that changes after the worker's check can name "
-    "httpproxy://HOST:PORT/x.ts: ffmpeg then opens TCP to HOST:PORT itself and sends a CONNECT line, past "
-    "the proxy. The chart's NetworkPolicy is the backstop; see docs/SECURITY.md"
-))  # fmt: skip
-async def test_a_changed_playlist_cannot_name_httpproxy_to_reach_a_host_directly(net: Net, tmp_path: Path) -> None:
+@pytest.mark.parametrize("liar_to", ["ffprobe", "ffmpeg"])
+async def test_a_changed_playlist_cannot_name_httpproxy_to_reach_a_host_directly(
+    net: Net, tmp_path: Path, liar_to: str
+) -> None:
+    """https needs ffmpeg's `httpproxy` protocol on the whitelist, and ffmpeg's HLS demuxer opens any
+    protocol named http*: `httpproxy://HOST:PORT/x` makes ffmpeg open TCP to HOST itself, past the
+    proxy. The connect guard refuses that connection, in ffprobe (the first Lavf fetch) and in ffmpeg
+    (the playlist changes only for the encode)."""
     lie = playlist(f"httpproxy://{FORBIDDEN}:{net.bad.server_address[1]}/seg0.ts")
-    net.ok.routes["/hp.m3u8"] = lambda agent: (200, {}, lie if agent.startswith("Lavf") else playlist("seg0.ts"))
+    fetches = {"lavf": 0}
+
+    def liar(agent: str) -> tuple[int, dict[str, str], bytes]:
+        if agent.startswith("Lavf"):
+            fetches["lavf"] += 1
+            if liar_to == "ffprobe" or fetches["lavf"] > 1:
+                return 200, {}, lie
+        return 200, {}, playlist("seg0.ts")
+
+    net.ok.routes["/hp.m3u8"] = liar
     outcome, result, job = await run_job(net, tmp_path, f"{net.ok.base}/hp.m3u8")
+    assert fetches["lavf"] == (1 if liar_to == "ffprobe" else 2), net.ok.requests
     assert net.bad.requests == [], f"ffmpeg reached the forbidden host past the proxy: {net.bad.requests}"
+    assert net.bad.connections == 0
     assert_refused(outcome, result, job)
+    assert f"{FORBIDDEN}:{net.bad.server_address[1]}" in result["message"]
+    if liar_to == "ffmpeg":
+        assert "connect guard: refused a connection" in result["stderrTail"], result["stderrTail"]
+
+
+async def test_a_worker_without_its_connect_guard_runs_no_ffmpeg(net: Net, tmp_path: Path) -> None:
+    """Fail closed: no guard library, no attempt (the worker process itself refuses to start)."""
+    missing = str(tmp_path / "no-such-guard.so")
+    outcome, result, job = await run_job(net, tmp_path, f"{net.ok.base}/clip.mp4", connect_guard=missing)
+    assert (outcome, result["reason"], result["retryable"]) == ("Failed", "FfmpegError", True), result
+    assert f"connect guard library {missing} is missing" in result["message"]
+    assert net.ok.requests == [] and not job.job_dir.exists()
 
 
 async def test_rtmp_is_refused_unless_the_pool_allows_unproxied_protocols(net: Net, tmp_path: Path) -> None:
@@ -335,6 +365,52 @@ async def test_rtmp_is_refused_unless_the_pool_allows_unproxied_protocols(net: N
     )
     assert_refused(outcome, result, job)
     assert net.bad.requests == []
+
+
+@pytest.fixture(scope="module")
+def rtmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A real nginx-rtmp server on the allowed address: its port and its log."""
+    prefix = tmp_path_factory.mktemp("nginx")
+    with nginx_rtmp(prefix, ALLOWED) as port:
+        yield port, prefix / "logs" / "error.log"
+
+
+async def test_an_allowed_rtmp_restream_reaches_the_checked_host(
+    net: Net, tmp_path: Path, rtmp: tuple[int, Path]
+) -> None:
+    port, log = rtmp
+    restream = [{**FAST[0], "name": "re", "container": "flv", "url": f"rtmp://{ALLOWED}:{port}/restream/guarded"}]
+    outcome, result, _ = await run_job(net, tmp_path, str(net.media / "clip.mp4"), restream, egress_unproxied=("rtmp",))
+    assert outcome == "Succeeded", result
+    assert "guarded" in log.read_text(errors="replace"), "nginx-rtmp saw no publish of the restream"
+
+
+async def test_ffmpeg_reaches_only_the_rtmp_addresses_the_worker_checked(
+    net: Net, tmp_path: Path, rtmp: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding for rtmp: the worker's lookup of `localhost` answers the allowed address, which it
+    checks and pins; ffmpeg's own lookup answers 127.0.0.1, which the connect guard refuses."""
+    port, _ = rtmp
+
+    async def rebinding(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address(ALLOWED)] if host == "localhost" else await system_resolver(host, port)
+
+    async def check(url: str, policy: EgressPolicy, allowed: Iterable[str]) -> UnproxiedCheck:
+        return await check_unproxied(url, policy, allowed, rebinding)
+
+    monkeypatch.setattr(attempt_module, "check_unproxied", check)
+    restream = [{**FAST[0], "name": "re", "container": "flv", "url": f"rtmp://localhost:{port}/restream/rebound"}]
+    with socket.socket() as rebound:  # what ffmpeg's answer points at: nothing may connect here
+        rebound.bind(("127.0.0.1", port))
+        rebound.listen()
+        rebound.setblocking(False)
+        outcome, result, job = await run_job(
+            net, tmp_path, str(net.media / "clip.mp4"), restream, egress_unproxied=("rtmp",)
+        )
+        with pytest.raises(BlockingIOError):
+            rebound.accept()
+    assert_refused(outcome, result, job)
+    assert f"127.0.0.1:{port}" in result["message"]
 
 
 def assert_refused_unproxied(outcome: str, result: dict[str, Any]) -> None:

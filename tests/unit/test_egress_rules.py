@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from ffrtmp.egress.policy import EgressPolicy, IPAddress, parse_address
-from ffrtmp.egress.rules import destination_refusal, proxy_env, unproxied_refusal, url_refusal
+from ffrtmp.egress.rules import UnproxiedCheck, check_unproxied, destination_refusal, proxy_env, url_refusal
 
 POLICY = EgressPolicy.build(["127.0.0.2/32"])
 
@@ -27,16 +29,20 @@ def test_the_refusal_message_names_host_and_port_only() -> None:
     assert "internal.example:8080" in failure.message and "10." not in failure.message
 
 
-async def test_rtmp_needs_the_pool_to_allow_it_and_then_its_host_is_checked() -> None:
-    refused = await unproxied_refusal("rtmp://public.example/live/a", POLICY, (), resolve)
+async def test_rtmp_needs_the_pool_to_allow_it_and_then_its_host_is_checked_and_pinned() -> None:
+    refused = (await check_unproxied("rtmp://public.example/live/a", POLICY, (), resolve)).refused
     assert refused is not None and "spec.egress.allowUnproxiedProtocols" in refused.message
-    assert await unproxied_refusal("rtmp://public.example/live/a", POLICY, ("rtmp",), resolve) is None
-    inside = await unproxied_refusal("rtmp://internal.example:1936/live/a", POLICY, ("rtmp",), resolve)
-    assert inside is not None and "internal.example:1936" in inside.message
-    assert await unproxied_refusal("rtmp://allowed.example/live/a", POLICY, ("rtmp",), resolve) is None
+    public = await check_unproxied("rtmp://public.example/live/a", POLICY, ("rtmp",), resolve)
+    assert public == UnproxiedCheck(None, ((ip_address("203.0.113.5"), 1935),))
+    inside = await check_unproxied("rtmp://internal.example:1936/live/a", POLICY, ("rtmp",), resolve)
+    assert inside.refused is not None and "internal.example:1936" in inside.refused.message and inside.pinned == ()
+    allowed = await check_unproxied("rtmp://allowed.example:1940/live/a", POLICY, ("rtmp",), resolve)
+    assert allowed == UnproxiedCheck(None, ((ip_address("127.0.0.2"), 1940),))
+    # A name that does not resolve pins nothing: ffmpeg's connection is refused by the connect guard.
+    assert await check_unproxied("rtmp://nowhere.example/live/a", POLICY, ("rtmp",), resolve) == UnproxiedCheck()
     # rtmps, http(s) and files go through the proxy (or nowhere): nothing to decide here.
     for url in ("rtmps://internal.example/live/a", "http://internal.example/a.mp4", "/media/a.mp4"):
-        assert await unproxied_refusal(url, POLICY, (), resolve) is None
+        assert await check_unproxied(url, POLICY, (), resolve) == UnproxiedCheck()
 
 
 async def test_a_url_on_a_refused_host_is_a_destination_refusal() -> None:

@@ -27,6 +27,7 @@ import yaml
 from ffrtmp.dev import node as host_node
 from ffrtmp.dev.hoststate import HostSnapshot
 from ffrtmp.dev.pki import KeyPair, Pki
+from ffrtmp.egress.guard import LIBRARY_ENV
 
 SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -48,6 +49,14 @@ def default_bin_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ffrtmp-tools"
     )
     return Path(cache) / "bin"
+
+
+def default_connect_guard() -> Path:
+    """The connect guard library for workers run as local processes: the one hack/tools.sh builds
+    into the tools cache ($FFRTMP_CONNECT_GUARD overrides, as for the worker itself)."""
+    if os.environ.get(LIBRARY_ENV):
+        return Path(os.environ[LIBRARY_ENV])
+    return default_bin_dir().parent / "lib" / "connect-guard.so"
 
 
 def free_port() -> int:

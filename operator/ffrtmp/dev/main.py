@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 from ffrtmp import logs
-from ffrtmp.dev.cluster import ClusterError, LocalCluster
+from ffrtmp.dev.cluster import ClusterError, LocalCluster, default_connect_guard
+from ffrtmp.egress.guard import LIBRARY_ENV, OFF
 
 
 def default_root() -> Path:
@@ -119,6 +121,11 @@ def _workers(args: argparse.Namespace) -> int:
 
     logs.configure()
     extra = dict(item.split("=", 1) for item in args.env)
+    guard = extra.get(LIBRARY_ENV) or str(default_connect_guard())
+    if guard != OFF and not Path(guard).is_file():
+        print(f"no connect guard library at {guard}: build it with `hack/tools.sh --connect-guard` (make setup "
+              f"does), or pass --env {LIBRARY_ENV}=off to run ffmpeg unguarded", file=sys.stderr)  # fmt: skip
+        return 1
 
     async def main() -> None:
         async with KubeClient(load_config(args.kubeconfig), component="ffrtmp-dev") as client:

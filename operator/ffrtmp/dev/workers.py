@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ffrtmp.api.constants import LABEL_COMPONENT, WORKER_COMPONENT
-from ffrtmp.dev.cluster import free_port
+from ffrtmp.dev.cluster import default_connect_guard, free_port
+from ffrtmp.egress.guard import LIBRARY_ENV
 from ffrtmp.kube.client import ApiError, KubeClient, informer, resource_path
 from ffrtmp.kube.config import KubeConfig, load_kubeconfig
 
@@ -213,6 +214,8 @@ class StandInKubelet:
         env = {
             **os.environ,
             **pod_environment(pod),
+            # The image's path of the connect guard is not on this machine: the tools cache's copy is.
+            LIBRARY_ENV: str(default_connect_guard()),
             "KUBECONFIG": kubeconfig,
             "FFRTMP_METRICS_PORT": str(free_port()),
             "FFRTMP_SCRATCH_DIR": str(self.state_dir / "scratch" / name),

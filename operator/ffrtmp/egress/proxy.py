@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from ffrtmp.egress.policy import EgressPolicy, IPAddress, normalize_host, parse_
 
 log = logging.getLogger(__name__)
 
+LISTEN_ADDRESS = ipaddress.IPv4Address("127.0.0.1")
 HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 15.0
@@ -109,13 +111,17 @@ class EgressProxy:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
-    def url(self) -> str:
+    def endpoint(self) -> tuple[IPAddress, int]:
+        """The address and port it listens on."""
         assert self._server is not None, "the proxy is not started"
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return LISTEN_ADDRESS, self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{LISTEN_ADDRESS}:{self.endpoint[1]}"
 
     async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, str(LISTEN_ADDRESS), 0)
         return self.url
 
     async def close(self) -> None:

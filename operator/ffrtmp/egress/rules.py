@@ -4,8 +4,10 @@ and the protocols that cannot go through the proxy."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ffrtmp.egress.guard import Endpoint
 from ffrtmp.egress.policy import EgressPolicy, normalize_host
 from ffrtmp.egress.proxy import Resolver, system_resolver
 from ffrtmp.ffmpeg.errors import Failure
@@ -40,42 +42,59 @@ def destination_refusal(host: str, port: int | None) -> Failure:
     )
 
 
-async def unproxied_refusal(
+@dataclass(frozen=True)
+class UnproxiedCheck:
+    """The worker's decision on a URL ffmpeg opens past the proxy (rtmp)."""
+
+    refused: Failure | None = None
+    # The addresses checked for its host: the connect guard lets ffmpeg reach these and no other, so
+    # ffmpeg's own lookup of the name must agree with the worker's (no DNS rebinding).
+    pinned: tuple[Endpoint, ...] = ()
+
+
+async def check_unproxied(
     url: str,
     policy: EgressPolicy,
     allowed_unproxied: Iterable[str],
     resolver: Resolver = system_resolver,
-) -> Failure | None:
+) -> UnproxiedCheck:
     """For a URL ffmpeg would open past the proxy (rtmp): refused unless the pool allows the
-    protocol; then its host is checked once (ffmpeg resolves again later: best effort only)."""
+    protocol; then every address of its host is checked, and those addresses are pinned."""
     scheme = urlsplit(url).scheme.lower()
     if scheme not in UNPROXIED_SCHEMES:
-        return None
+        return UnproxiedCheck()
     if scheme not in set(allowed_unproxied):
-        return Failure(
+        return UnproxiedCheck(Failure(
             "DestinationNotAllowed",
             f"{scheme}:// connections cannot go through the worker's egress check, and this worker pool does "
             f"not allow them (WorkerPool spec.egress.allowUnproxiedProtocols): {url}",
             False,
-        )
-    return await url_refusal(url, policy, resolver)
+        ))  # fmt: skip
+    refused, checked = await _check_url(url, policy, resolver)
+    return UnproxiedCheck(refused, () if refused else checked)
 
 
 async def url_refusal(url: str, policy: EgressPolicy, resolver: Resolver = system_resolver) -> Failure | None:
     """DestinationNotAllowed when the host of `url` resolves to an address the policy refuses
     (None when it is allowed or does not resolve: then something else explains the failure)."""
+    refused, _ = await _check_url(url, policy, resolver)
+    return refused
+
+
+async def _check_url(url: str, policy: EgressPolicy, resolver: Resolver) -> tuple[Failure | None, tuple[Endpoint, ...]]:
+    """(the refusal, or None) and the (address, port) pairs of `url`'s host that were checked."""
     parts = urlsplit(url)
     host = normalize_host(parts.hostname or "")
     try:
         port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
     except ValueError:
-        return None
+        return None, ()
     if not host:
-        return None
+        return None, ()
     try:
         addresses = await resolver(host, port)
     except (OSError, UnicodeError):
-        return None
+        return None, ()
     if any(policy.denied_because(host, address) is not None for address in addresses):
-        return destination_refusal(host, port)
-    return None
+        return destination_refusal(host, port), ()
+    return None, tuple((address, port) for address in addresses)

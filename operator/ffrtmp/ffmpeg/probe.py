@@ -122,11 +122,15 @@ async def run_ffprobe(
     return document if isinstance(document, dict) else None
 
 
-async def probe(path: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> ProbeResult | None:
-    """Probe a written output (or any local file); None when ffprobe cannot read it."""
+async def probe(
+    path: str, *, timeout_seconds: float = PROBE_TIMEOUT_SECONDS, env: dict[str, str] | None = None
+) -> ProbeResult | None:
+    """Probe a written output (or any local file) in `env` (default: the worker's own); None when
+    ffprobe cannot read it."""
     document = await run_ffprobe(
         ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", path],
         timeout_seconds=timeout_seconds,
+        env=env,
     )
     if document is None:
         return None

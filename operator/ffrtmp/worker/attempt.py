@@ -22,8 +22,9 @@ from typing import Any
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import EgressProxy
-from ffrtmp.egress.rules import destination_refusal, proxy_env, unproxied_refusal, url_refusal
+from ffrtmp.egress.rules import check_unproxied, destination_refusal, proxy_env, url_refusal
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
@@ -94,6 +95,7 @@ class Attempt:
     _input_duration: float | None = None
     _stderr_tail: str = ""
     _proxy: EgressProxy | None = None
+    _pinned: tuple[guard.Endpoint, ...] = ()  # checked addresses of rtmp hosts: the connect guard allows them
     # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
     # error that is not an outage), raised by the next report.
     _progress_write: asyncio.Task[None] | None = None
@@ -132,10 +134,16 @@ class Attempt:
                 os.killpg(self._proc.pid, signal.SIGTERM)
 
     # -- the attempt --------------------------------------------------------------------------
+    @property
+    def guard_report(self) -> Path:
+        """Where the connect guard in this attempt's ffmpeg and ffprobe records what it refused."""
+        return self.scratch / ".connect-guard-refusals"
+
     @contextlib.asynccontextmanager
     async def egress(self) -> AsyncIterator[EgressProxy]:
         """The attempt's egress proxy, running: every http(s)/rtmps connection of its ffprobe, ffmpeg
-        and playlist check goes through it, and it enforces the pool's egress policy (ffrtmp.egress)."""
+        and playlist check goes through it, and it enforces the pool's egress policy (ffrtmp.egress).
+        The connect guard in ffmpeg and ffprobe refuses any other connection (ffrtmp.egress.guard)."""
         async with EgressProxy(self.config.egress_policy(), label=self.key) as proxy:
             self._proxy = proxy
             try:
@@ -223,6 +231,16 @@ class Attempt:
         }
 
     async def _prepare(self) -> EncodePlan:
+        library = self.config.connect_guard
+        if library != guard.OFF and not await asyncio.to_thread(os.path.isfile, library):
+            # Fail closed: without the guard ffmpeg could connect past the egress proxy.
+            raise _Failed(Failure(
+                "FfmpegError",
+                f"this worker cannot run ffmpeg: its connect guard library {library} is missing "
+                f"(set {guard.LIBRARY_ENV} to its path)",
+                True,
+            ))  # fmt: skip
+        self.scratch.mkdir(parents=True, exist_ok=True)  # the guard's refusals are recorded there
         try:
             url = check_input(
                 self.spec.input.uri,
@@ -254,7 +272,6 @@ class Attempt:
                 raise _Failed(refused)
         self._input_duration = info.duration_seconds if info else None
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
-        self.scratch.mkdir(parents=True, exist_ok=True)
         try:
             plan = build_encode_plan(
                 self.spec,
@@ -348,24 +365,40 @@ class Attempt:
         return self._proxy.url
 
     def _ffmpeg_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The environment of ffmpeg and ffprobe: the worker's, the plan's, and the egress proxy."""
-        return proxy_env({**os.environ, **env}, self._proxy_url())
+        """The environment of ffmpeg and ffprobe: the worker's, the plan's, the egress proxy, and the
+        connect guard allowing the proxy and the pinned rtmp addresses only."""
+        proxied = proxy_env({**os.environ, **env}, self._proxy_url())
+        if self.config.connect_guard == guard.OFF:
+            return proxied
+        assert self._proxy is not None
+        allowed = [self._proxy.endpoint, *self._pinned]
+        return guard.guard_env(proxied, self.config.connect_guard, allowed, str(self.guard_report))
 
     def _egress_failure(self) -> Failure | None:
-        """DestinationNotAllowed when the egress proxy refused a connection of this attempt."""
-        if self._proxy is None or not self._proxy.refusals:
+        """DestinationNotAllowed when the egress proxy or the connect guard refused a connection of
+        this attempt."""
+        if self._proxy is not None and self._proxy.refusals:
+            first = self._proxy.refusals[0]  # each one is in the worker's log, with the rule that matched
+            return destination_refusal(first.host, first.port)
+        refused = guard.read_report(self.guard_report)
+        if not refused:
             return None
-        first = self._proxy.refusals[0]  # each one is in the worker's log, with the rule that matched
-        return destination_refusal(first.host, first.port)
+        log.info("%s connect guard refused: %s", self.key, ", ".join(f"{a} port {p}" for a, p in refused))
+        address, port = refused[0]
+        return destination_refusal(f"[{address}]" if address.version == 6 else str(address), port)
 
     async def _check_unproxied(self, urls: list[str]) -> None:
         """rtmp cannot go through the egress proxy: refused unless the pool lists it in
-        spec.egress.allowUnproxiedProtocols; then the host is checked once, before ffmpeg starts."""
+        spec.egress.allowUnproxiedProtocols; then every address of the host is checked before ffmpeg
+        starts, and the connect guard lets ffmpeg reach those addresses only."""
         policy = self.config.egress_policy()
+        pinned: list[guard.Endpoint] = []
         for url in urls:
-            refused = await unproxied_refusal(url, policy, self.config.egress_unproxied)
-            if refused is not None:
-                raise _Failed(refused)
+            checked = await check_unproxied(url, policy, self.config.egress_unproxied)
+            if checked.refused is not None:
+                raise _Failed(checked.refused)
+            pinned += checked.pinned
+        self._pinned = tuple(pinned)
 
     def _failure(self, run: FfmpegRun) -> Failure:
         self._stderr_tail = run.stderr_tail
@@ -624,7 +657,7 @@ class Attempt:
             # A variant's bytes are its playlist and segments; the master's, the whole ladder.
             counted = path.parent if out.kind in ("hls-variant", "hls-master") else path
             result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(counted)}
-            info = await probe(str(path))
+            info = await probe(str(path), env=self._ffmpeg_env({}))
             if info is not None:
                 result.update({k: v for k, v in {
                     "durationSeconds": info.duration_seconds, "codec": info.video_codec or info.audio_codec,

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+from ffrtmp.egress.guard import DEFAULT_LIBRARY, LIBRARY_ENV
 from ffrtmp.egress.policy import EgressPolicy
 
 
@@ -30,6 +31,8 @@ class WorkerConfig:
     egress_unproxied: tuple[str, ...] = ()
     egress_deny: tuple[str, ...] = ()  # the cluster's Service and Pod CIDRs
     api_server_addresses: tuple[str, ...] = ()  # filled in by the worker from its API endpoint
+    # The connect guard preloaded into ffmpeg and ffprobe (ffrtmp.egress.guard); "off": none (development only).
+    connect_guard: str = DEFAULT_LIBRARY
     scratch_dir: str = "/tmp"
     render_device: str = DEFAULT_RENDER_DEVICE
     lease_seconds: int = 15
@@ -79,6 +82,7 @@ class WorkerConfig:
             egress_allow=_split(e.get("FFRTMP_EGRESS_ALLOW")),
             egress_unproxied=_split(e.get("FFRTMP_EGRESS_UNPROXIED")),
             egress_deny=_split(e.get("FFRTMP_EGRESS_DENY")),
+            connect_guard=get(LIBRARY_ENV, DEFAULT_LIBRARY),
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
             render_device=get("FFRTMP_RENDER_DEVICE", DEFAULT_RENDER_DEVICE),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),

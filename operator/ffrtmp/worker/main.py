@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 
 from ffrtmp import logs
+from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import api_server_addresses
 from ffrtmp.kube.client import KubeClient
 from ffrtmp.kube.config import add_kubeconfig_arguments, load_config
 from ffrtmp.worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +31,21 @@ def run(args: argparse.Namespace) -> int:
     kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, first
     config = WorkerConfig.from_env()
 
-    async def main() -> None:
+    async def main() -> int:
+        if config.connect_guard == guard.OFF:
+            log.warning("%s=off: ffmpeg runs without the connect guard and can connect past the egress proxy "
+                        "(development only)", guard.LIBRARY_ENV)  # fmt: skip
+        else:
+            problem = await guard.check(config.connect_guard)
+            if problem is not None:
+                log.error("refusing to start: %s; jobs must not run unguarded (%s names the library)",
+                          problem, guard.LIBRARY_ENV)  # fmt: skip
+                return 1
         # Jobs may never connect to the API server: its addresses join the egress deny list.
         api = await api_server_addresses(kube_config.server, os.environ.get("KUBERNETES_SERVICE_HOST"))
         worker = dataclasses.replace(config, api_server_addresses=api)
         async with KubeClient(kube_config, component="ffrtmp-worker") as client:
             await Agent(client, worker).run()
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
