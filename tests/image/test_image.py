@@ -153,3 +153,19 @@ def test_a_real_encode_in_the_container(image: BuiltImage, tmp_path: Path) -> No
     assert int(video["nb_read_frames"]) == 25
     assert abs(float(info["format"]["duration"]) - 1.0) < 0.1
     assert (out / "clip.mp4").stat().st_uid == 10001
+
+
+GUARD_CHECK = """
+import asyncio
+from ffrtmp.egress import guard
+print(asyncio.run(guard.check(guard.DEFAULT_LIBRARY)))
+"""
+
+
+def test_the_connect_guard_is_in_the_image_and_stops_ffmpeg_connecting(image: BuiltImage) -> None:
+    """The worker's start check, in the image: ffmpeg with the guard at its default path must be refused
+    a loopback connection (and report it). The compiler that built the guard is not in the image."""
+    proc = podman_run(image, "-c", GUARD_CHECK, entrypoint="python3")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "None"), proc.stdout + proc.stderr[-2000:]
+    proc = podman_run(image, "-c", "command -v cc gcc || echo none", entrypoint="sh")
+    assert proc.stdout.strip() == "none", proc.stdout
