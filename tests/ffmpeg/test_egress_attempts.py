@@ -339,9 +339,13 @@ async def test_a_changed_playlist_cannot_name_httpproxy_to_reach_a_host_directly
     assert net.bad.requests == [], f"ffmpeg reached the forbidden host past the proxy: {net.bad.requests}"
     assert net.bad.connections == 0
     assert_refused(outcome, result, job)
-    assert f"{FORBIDDEN}:{net.bad.server_address[1]}" in result["message"]
+    assert "directly instead of through the worker's egress proxy" in result["message"]
     if liar_to == "ffmpeg":
         assert "connect guard: refused a connection" in result["stderrTail"], result["stderrTail"]
+    # No address from the guard reaches the job's author (ffmpeg resolved it: it could be an internal
+    # name's). ffmpeg's own error line names the URL as written.
+    guard_lines = [line for line in result["stderrTail"].splitlines() if "connect guard" in line]
+    assert FORBIDDEN not in result["message"] + "".join(guard_lines)
 
 
 async def test_a_worker_without_its_connect_guard_runs_no_ffmpeg(net: Net, tmp_path: Path) -> None:
@@ -410,7 +414,8 @@ async def test_ffmpeg_reaches_only_the_rtmp_addresses_the_worker_checked(
         with pytest.raises(BlockingIOError):
             rebound.accept()
     assert_refused(outcome, result, job)
-    assert f"127.0.0.1:{port}" in result["message"]
+    assert "an rtmp host that resolved to another address" in result["message"]
+    assert "127.0.0.1" not in result["message"] + result["stderrTail"]
 
 
 def assert_refused_unproxied(outcome: str, result: dict[str, Any]) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from ffrtmp.egress.policy import EgressPolicy, IPAddress, parse_address
-from ffrtmp.egress.rules import UnproxiedCheck, check_unproxied, destination_refusal, proxy_env, url_refusal
+from ffrtmp.egress.rules import (
+    UnproxiedCheck,
+    check_unproxied,
+    destination_refusal,
+    guard_refusal,
+    proxy_env,
+    url_refusal,
+)
 
 POLICY = EgressPolicy.build(["127.0.0.2/32"])
 
@@ -21,6 +28,12 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
 def test_ffmpeg_gets_the_proxy_and_no_way_around_it() -> None:
     env = {"PATH": "/bin", "no_proxy": "*", "NO_PROXY": "*", "HTTPS_PROXY": "http://x", "http_proxy": "http://y"}
     assert proxy_env(env, "http://127.0.0.1:5000") == {"PATH": "/bin", "http_proxy": "http://127.0.0.1:5000"}
+
+
+def test_a_connect_guard_refusal_names_no_address() -> None:
+    failure = guard_refusal()
+    assert failure.reason == "DestinationNotAllowed" and not failure.retryable
+    assert "egress policy does not allow" in failure.message and not any(c.isdigit() for c in failure.message)
 
 
 def test_the_refusal_message_names_host_and_port_only() -> None:

@@ -10,7 +10,8 @@
  * and AF_UNSPEC (which dissolves an association) pass; every other family is refused. A refusal fails
  * with EACCES, the errno of a policy refusal ("Permission denied"), not ECONNREFUSED, which would read
  * as "nothing listens there" and invite retries. Each refusal appends "ADDRESS PORT\n" to the file
- * FFRTMP_CONNECT_REPORT names, so the worker can report it as the job's DestinationNotAllowed.
+ * FFRTMP_CONNECT_REPORT names, so the worker can report it as the job's DestinationNotAllowed (and
+ * prints a line without the address to stderr, which the job's author sees).
  *
  * What it does not guard: the C library's internal calls (its DNS resolver reaches the nameservers of
  * /etc/resolv.conf, which the job does not choose), raw syscalls, io_uring, a statically linked
@@ -114,8 +115,9 @@ static void report(int family, const void *address, unsigned short port)
     if (inet_ntop(family, address, host, sizeof host) == NULL)
         return;
     length = snprintf(text, sizeof text, "%s %u\n", host, port);
-    fprintf(stderr, "ffrtmp connect guard: refused a connection to %s port %u (not allowed for this job)\n", host,
-            port);
+    /* No address here: ffmpeg's stderr reaches the job's author, and the address may be what an internal
+     * name resolves to. The report file goes to the worker only. */
+    fputs("ffrtmp connect guard: refused a connection that does not go through the egress proxy\n", stderr);
     if (report_path == NULL || length <= 0)
         return;
     fd = open(report_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);

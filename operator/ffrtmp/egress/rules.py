@@ -42,6 +42,19 @@ def destination_refusal(host: str, port: int | None) -> Failure:
     )
 
 
+def guard_refusal() -> Failure:
+    """The job's failure when the connect guard refused a connection ffmpeg opened itself. It names no
+    address: ffmpeg resolved the name, and its answer (an internal DNS name's address) is not for the
+    job's author; the worker's log has it."""
+    return Failure(
+        "DestinationNotAllowed",
+        "The job's ffmpeg tried to connect to a destination directly instead of through the worker's egress "
+        "proxy (a URL such as httpproxy:// or tcp:// in a playlist, or an rtmp host that resolved to another "
+        "address than the one checked), which this worker pool's egress policy does not allow.",
+        False,
+    )
+
+
 @dataclass(frozen=True)
 class UnproxiedCheck:
     """The worker's decision on a URL ffmpeg opens past the proxy (rtmp)."""

@@ -24,7 +24,7 @@ from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import EgressProxy
-from ffrtmp.egress.rules import check_unproxied, destination_refusal, proxy_env, url_refusal
+from ffrtmp.egress.rules import check_unproxied, destination_refusal, guard_refusal, proxy_env, url_refusal
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
@@ -384,8 +384,7 @@ class Attempt:
         if not refused:
             return None
         log.info("%s connect guard refused: %s", self.key, ", ".join(f"{a} port {p}" for a, p in refused))
-        address, port = refused[0]
-        return destination_refusal(f"[{address}]" if address.version == 6 else str(address), port)
+        return guard_refusal()
 
     async def _check_unproxied(self, urls: list[str]) -> None:
         """rtmp cannot go through the egress proxy: refused unless the pool lists it in
