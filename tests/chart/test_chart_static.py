@@ -1602,7 +1602,7 @@ def test_pool_admission_policy_follows_the_values(helm: str) -> None:
     assert '[".corp.example"].exists(d, a.lowerAscii().endsWith(d))' in allow
     assert '["rtmp"]' in extra["spec.egress.allowUnproxiedProtocols"]
     # No denied toleration keys: no toleration rule.
-    open_taints = one(render(helm, "--set", "poolPolicy.deniedTolerationKeys={}"), "ValidatingAdmissionPolicy",
+    open_taints = one(render(helm, "--set-json", "poolPolicy.deniedTolerationKeys=[]"), "ValidatingAdmissionPolicy",
                       "ffmpeg-rtmp-workerpools")  # fmt: skip
     assert "spec.tolerations" not in json.dumps(open_taints["spec"]["validations"])
 

@@ -168,7 +168,7 @@ PARITY: list[tuple[dict[str, Any], str | None]] = [
     ({"tolerations": [{"key": "node-role.kubernetes.io/master", "operator": "Exists"}]}, "spec.tolerations"),
     ({"podLabels": {"team": "a", "example.com/tier": "b"}, "podAnnotations": {"example.com/owner": "c"}}, None),
     ({"podLabels": {"teams": "a"}}, "spec.podLabels"),
-    ({"podAnnotations": {"example.com.evil/x": "y"}}, "spec.podAnnotations"),
+    ({"podAnnotations": {"example.com.evil/x": "media"}}, "spec.podAnnotations"),
     ({"egress": {"allow": ["Media.Internal", "cdn.corp.example", "*.eu.corp.example", "10.20.3.0/24",
                            "10.20.1.1", "192.168.50.7", "fd00:20:1::/48"], "allowUnproxiedProtocols": ["rtmp"]}},
      None),
