@@ -157,7 +157,7 @@ def hostile(
         cases = _media(farm, clips, canary_path, local, other, liar, api_server)
         farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=4, autoscaling={"enabled": False},
                   egress={"allow": ["127.0.0.4/32"]})  # fmt: skip
-        farm.start_operator()
+        farm.start_operator("--pool-allowed-egress-destinations=127.0.0.4/32")  # the admin lets pools open it
         farm.start_workers(env={"FFRTMP_STALL_SECONDS": "3"})
         farm.wait_ready("cpu", 2)
         started = time.monotonic()

@@ -219,6 +219,11 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "egress.clusterCIDRs={10.96.0.0}",
         "egress.networkPolicy.enabled=true",  # without apiServer: workers could not reach the API
         "egress.networkPolicy.deniedCIDRs={not-a-cidr}",
+        "poolPolicy.allowedRuntimeClasses={Not_A_Name}",
+        "poolPolicy.allowedPodLabelKeys={a*b}",
+        "poolPolicy.egress.allowedDestinations={bad name}",
+        "poolPolicy.egress.allowedUnproxiedProtocols={ftp}",
+        "poolPolicy.egress.unknown=1",
     ],
 )
 def test_schema_rejects_bad_values(helm: str, bad: str) -> None:
@@ -569,6 +574,14 @@ def test_deployment_defaults(helm: str) -> None:
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,configMap,secret,projected,downwardAPI",
         "--pool-allowed-service-accounts=ffmpeg-rtmp-worker",
+        "--pool-allowed-runtime-classes=",
+        "--pool-allowed-image-pull-secrets=",
+        "--pool-allowed-priority-classes=",
+        "--pool-denied-toleration-keys=node-role.kubernetes.io/control-plane,node-role.kubernetes.io/master",
+        "--pool-allowed-pod-label-keys=",
+        "--pool-allowed-pod-annotation-keys=",
+        "--pool-allowed-egress-destinations=",
+        "--pool-allowed-unproxied-protocols=",
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-ready"}
@@ -603,6 +616,14 @@ def test_deployment_all_options(helm: str) -> None:
         "--pool-allowed-image-prefixes=registry.example.com:5000/ffmpeg-rtmp/",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,hostPath",
         "--pool-allowed-service-accounts=transcoder,transcoder-gpu",
+        "--pool-allowed-runtime-classes=kata,nvidia",
+        "--pool-allowed-image-pull-secrets=quay,ghcr",
+        "--pool-allowed-priority-classes=batch-low",
+        "--pool-denied-toleration-keys=node-role.kubernetes.io/control-plane,dedicated",
+        "--pool-allowed-pod-label-keys=team,example.com/*",
+        "--pool-allowed-pod-annotation-keys=*",
+        "--pool-allowed-egress-destinations=media.internal,*.corp.example,10.20.0.0/16,192.168.50.7,fd00:20::/32",
+        "--pool-allowed-unproxied-protocols=rtmp",
         "--cluster-cidrs=10.96.0.0/12,100.96.0.0/11,fd00:10:96::/108",
         "--verbose",
     ]
@@ -1534,7 +1555,7 @@ def test_pool_admission_policy_defaults(helm: str) -> None:
         }
     ]
     rules = vap["spec"]["validations"]
-    assert len(rules) == 2 + 16
+    assert len(rules) == 2 + 16 + 8
     assert '["ghcr.io/ffmpeg-rtmp/worker:","ghcr.io/ffmpeg-rtmp/worker@"]' in rules[0]["expression"]
     assert "'spec.image '" in rules[0]["messageExpression"]
     assert '["ffmpeg-rtmp-worker"]' in rules[1]["expression"]
@@ -1542,6 +1563,20 @@ def test_pool_admission_policy_defaults(helm: str) -> None:
     assert "object.spec.volumes[15]" in rules[17]["expression"]
     assert "hostPath" not in rules[2]["expression"]
     assert "'spec.volumes[0].'" in rules[2]["messageExpression"]
+    # Beyond the defaults a pool may add nothing: no RuntimeClass, pull secret, PriorityClass, Pod label
+    # or annotation, egress destination or unproxied protocol; no control-plane toleration.
+    extra = {r["messageExpression"].split("'")[1].split()[0]: r for r in rules[18:]}
+    assert list(extra) == [
+        "spec.runtimeClassName", "spec.imagePullSecrets", "spec.priorityClassName", "spec.tolerations",
+        "spec.podAnnotations", "spec.podLabels", "spec.egress.allow", "spec.egress.allowUnproxiedProtocols",
+    ]  # fmt: skip
+    assert all(r["reason"] == "Forbidden" for r in rules)
+    assert "object.spec.runtimeClassName in []" in extra["spec.runtimeClassName"]["expression"]
+    assert "(allowed: none)" in extra["spec.egress.allow"]["messageExpression"]
+    assert (
+        '["node-role.kubernetes.io/control-plane","node-role.kubernetes.io/master"]'
+        in (extra["spec.tolerations"]["expression"])
+    )
     binding = one(docs, "ValidatingAdmissionPolicyBinding", "ffmpeg-rtmp-workerpools")
     assert binding["spec"] == {"policyName": "ffmpeg-rtmp-workerpools", "validationActions": ["Deny"]}
 
@@ -1552,6 +1587,48 @@ def test_pool_admission_policy_follows_the_values(helm: str) -> None:
     assert '["registry.example.com:5000/ffmpeg-rtmp/"]' in rules[0]["expression"]
     assert '["transcoder","transcoder-gpu"]' in rules[1]["expression"]
     assert '["persistentVolumeClaim","emptyDir","hostPath"]' in rules[2]["expression"]
+    extra = {r["messageExpression"].split("'")[1].split()[0]: r["expression"] for r in rules[18:]}
+    # The chart's own RuntimeClasses and pull secrets are allowed besides the listed ones.
+    assert '["kata","nvidia"]' in extra["spec.runtimeClassName"]
+    assert '["quay","ghcr"]' in extra["spec.imagePullSecrets"]
+    assert '["batch-low"]' in extra["spec.priorityClassName"]
+    assert '["node-role.kubernetes.io/control-plane","dedicated"]' in extra["spec.tolerations"]
+    assert '(k in ["team"] || ["example.com/"].exists(p, k.startsWith(p)))' in extra["spec.podLabels"]
+    assert '(k in [] || [""].exists(p, k.startsWith(p)))' in extra["spec.podAnnotations"]
+    # Addresses become /32 and /128 CIDRs, names are compared in lower case, `*.d` as a `.d` suffix.
+    allow = extra["spec.egress.allow"]
+    assert '["10.20.0.0/16","192.168.50.7/32","fd00:20::/32"]' in allow
+    assert 'a.lowerAscii() in ["media.internal"]' in allow
+    assert '[".corp.example"].exists(d, a.lowerAscii().endsWith(d))' in allow
+    assert '["rtmp"]' in extra["spec.egress.allowUnproxiedProtocols"]
+    # No denied toleration keys: no toleration rule.
+    open_taints = one(render(helm, "--set-json", "poolPolicy.deniedTolerationKeys=[]"), "ValidatingAdmissionPolicy",
+                      "ffmpeg-rtmp-workerpools")  # fmt: skip
+    assert "spec.tolerations" not in json.dumps(open_taints["spec"]["validations"])
+
+
+def test_pool_policy_flags_give_the_operator_the_lists_of_the_admission_policy(helm: str) -> None:
+    import argparse
+
+    from ffrtmp.controller import main
+    from ffrtmp.controller.policy import PoolPolicy
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    flags = [a for a in _args(render(helm, *ALL)) if a.startswith(("--worker-", "--pool-"))]
+    assert main.settings_from(parser.parse_args(flags)).pool_policy == PoolPolicy(
+        image_prefixes=("registry.example.com:5000/ffmpeg-rtmp/",),
+        volume_types=("persistentVolumeClaim", "emptyDir", "hostPath"),
+        service_accounts=("transcoder", "transcoder-gpu"),
+        runtime_classes=("kata", "nvidia"),
+        image_pull_secrets=("quay", "ghcr"),
+        priority_classes=("batch-low",),
+        denied_toleration_keys=("node-role.kubernetes.io/control-plane", "dedicated"),
+        pod_label_keys=("team", "example.com/*"),
+        pod_annotation_keys=("*",),
+        egress_destinations=("media.internal", "*.corp.example", "10.20.0.0/16", "192.168.50.7", "fd00:20::/32"),
+        unproxied_protocols=("rtmp",),
+    )
     off = render(helm, "--set", "poolPolicy.admissionPolicy=false")
     policies = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
     assert policies == ["ffmpeg-rtmp-worker-identity", "ffmpeg-rtmp-worker-identity"]  # worker.admissionPolicy

@@ -65,7 +65,10 @@ def test_live_restream_rolling_hls_restart_and_stop(farm: Farm, rtmp_server: int
         # rtmp cannot go through the egress proxy: allowed explicitly, to the test server's address only.
         egress = {"allow": [f"{RTMP_HOST}/32"], "allowUnproxiedProtocols": ["rtmp"]}
         farm.pool("cpu", minWorkers=1, autoscaling={"enabled": False}, egress=egress)
-        farm.start_operator()
+        # The cluster admin lets pools open exactly that (the operator's pool policy refuses it otherwise).
+        farm.start_operator(
+            f"--pool-allowed-egress-destinations={RTMP_HOST}/32", "--pool-allowed-unproxied-protocols=rtmp"
+        )
         farm.start_workers(env={"FFRTMP_STALL_SECONDS": "20"})
         restream = f"rtmp://{RTMP_HOST}:{port}/restream/out"
         farm.job(

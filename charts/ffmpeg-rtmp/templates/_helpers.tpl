@@ -205,6 +205,22 @@ default to the worker image repository (`<repo>:` and `<repo>@`), ServiceAccount
 {{- end }}
 {{- end }}
 
+{{/*
+RuntimeClasses and pull secrets pools may name, as a JSON list: the listed ones and the chart's own
+(worker.runtimeClassByAccelerator, worker.imagePullSecrets), which the operator uses for pools without one.
+*/}}
+{{- define "ffmpeg-rtmp.poolPolicy.runtimeClasses" -}}
+{{- concat .Values.poolPolicy.allowedRuntimeClasses (values .Values.worker.runtimeClassByAccelerator | sortAlpha) | uniq | toJson }}
+{{- end }}
+
+{{- define "ffmpeg-rtmp.poolPolicy.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.worker.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- concat .Values.poolPolicy.allowedImagePullSecrets $names | uniq | toJson }}
+{{- end }}
+
 {{- define "ffmpeg-rtmp.poolPolicy.serviceAccounts" -}}
 {{- if .Values.poolPolicy.allowedServiceAccounts }}
 {{- join "," .Values.poolPolicy.allowedServiceAccounts }}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Iterable
 
 import kopf
 
 from ffrtmp.controller.leader import ElectionTiming
-from ffrtmp.controller.policy import DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
+from ffrtmp.controller.policy import DEFAULT_DENIED_TOLERATION_KEYS, DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
-from ffrtmp.egress.policy import parse_cidrs
+from ffrtmp.egress.policy import EgressConfigError, parse_cidrs
 from ffrtmp.kube.auth import Credentials
 from ffrtmp.kube.config import add_kubeconfig_arguments, load_config
 
@@ -51,6 +52,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pool-allowed-service-accounts", default=env("FFRTMP_POOL_ALLOWED_SERVICE_ACCOUNTS"),
         help="comma-separated ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-runtime-classes", default=env("FFRTMP_POOL_ALLOWED_RUNTIME_CLASSES"),
+        help="comma-separated RuntimeClasses a WorkerPool's spec.runtimeClassName may name, besides those of "
+        "--worker-runtime-class (unset: only those)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-image-pull-secrets", default=env("FFRTMP_POOL_ALLOWED_IMAGE_PULL_SECRETS"),
+        help="comma-separated Secrets a WorkerPool's spec.imagePullSecrets may name, besides those of "
+        "--worker-image-pull-secret (unset: only those)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-priority-classes", default=env("FFRTMP_POOL_ALLOWED_PRIORITY_CLASSES"),
+        help="comma-separated PriorityClasses a WorkerPool's spec.priorityClassName may name (unset: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-denied-toleration-keys", default=env("FFRTMP_POOL_DENIED_TOLERATION_KEYS"),
+        help="comma-separated taint keys a WorkerPool's spec.tolerations may not tolerate; while any is set, a "
+        f"toleration without a key is refused too (default: {','.join(DEFAULT_DENIED_TOLERATION_KEYS)}; "
+        "empty: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-pod-label-keys", default=env("FFRTMP_POOL_ALLOWED_POD_LABEL_KEYS"),
+        help="comma-separated keys (or prefixes ending in *) a WorkerPool's spec.podLabels may use (unset: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-pod-annotation-keys", default=env("FFRTMP_POOL_ALLOWED_POD_ANNOTATION_KEYS"),
+        help="comma-separated keys (or prefixes ending in *) a WorkerPool's spec.podAnnotations may use "
+        "(unset: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-egress-destinations", default=env("FFRTMP_POOL_ALLOWED_EGRESS_DESTINATIONS"),
+        help="comma-separated host names, *.domain patterns and CIDRs a WorkerPool's spec.egress.allow may list "
+        "(an address or CIDR must lie inside a listed CIDR; unset: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pool-allowed-unproxied-protocols", default=env("FFRTMP_POOL_ALLOWED_UNPROXIED_PROTOCOLS"),
+        help="comma-separated protocols a WorkerPool's spec.egress.allowUnproxiedProtocols may list (unset: none)",
     )  # fmt: skip
     parser.add_argument(
         "--cluster-cidrs", default=env("FFRTMP_CLUSTER_CIDRS"),
@@ -109,6 +148,32 @@ def key_values(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def pool_policy_from(args: argparse.Namespace) -> PoolPolicy:
+    """The --pool-* flags as a PoolPolicy; the operator's own RuntimeClasses and pull secrets are allowed too."""
+    denied = parse_list(args.pool_denied_toleration_keys)
+    mapped = key_values(args.worker_runtime_class, "--worker-runtime-class").values()
+    try:
+        return PoolPolicy(
+            image_prefixes=parse_list(args.pool_allowed_image_prefixes) or (),
+            volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
+            service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
+            runtime_classes=_union(parse_list(args.pool_allowed_runtime_classes), mapped),
+            image_pull_secrets=_union(parse_list(args.pool_allowed_image_pull_secrets), args.worker_image_pull_secret),
+            priority_classes=parse_list(args.pool_allowed_priority_classes) or (),
+            denied_toleration_keys=DEFAULT_DENIED_TOLERATION_KEYS if denied is None else denied,
+            pod_label_keys=parse_list(args.pool_allowed_pod_label_keys) or (),
+            pod_annotation_keys=parse_list(args.pool_allowed_pod_annotation_keys) or (),
+            egress_destinations=parse_list(args.pool_allowed_egress_destinations) or (),
+            unproxied_protocols=parse_list(args.pool_allowed_unproxied_protocols) or (),
+        )
+    except EgressConfigError as e:
+        raise SystemExit(f"--pool-allowed-egress-destinations: {e}") from e
+
+
+def _union(listed: tuple[str, ...] | None, own: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*(listed or ()), *own]))
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     devices = dict(OperatorSettings().device_resources)
     for item in args.device_resource:
@@ -122,11 +187,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         worker_pod_labels=key_values(args.worker_pod_label, "--worker-pod-label"),
         worker_pod_annotations=key_values(args.worker_pod_annotation, "--worker-pod-annotation"),
         worker_runtime_classes=key_values(args.worker_runtime_class, "--worker-runtime-class"),
-        pool_policy=PoolPolicy(
-            image_prefixes=parse_list(args.pool_allowed_image_prefixes) or (),
-            volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
-            service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
-        ),
+        pool_policy=pool_policy_from(args),
         cluster_cidrs=parse_cidrs(args.cluster_cidrs),
         device_resources=devices,
         lease_grace_seconds=args.lease_grace_seconds,

@@ -20,8 +20,9 @@ class OperatorSettings:
     worker_pod_labels: dict[str, str] = field(default_factory=dict)
     worker_pod_annotations: dict[str, str] = field(default_factory=dict)
     worker_runtime_classes: dict[str, str] = field(default_factory=dict)
-    # What a WorkerPool may put into worker Pods (image, serviceAccountName, volume sources): a pool
-    # that breaks it gets Degraded/PolicyViolation and no Pods (policy.py).
+    # What a WorkerPool may put into worker Pods (image, serviceAccountName, volume sources, RuntimeClass,
+    # pull secrets, PriorityClass, tolerations, Pod labels and annotations, egress allowlist): a pool that
+    # breaks it gets Degraded/PolicyViolation and no Pods (policy.py).
     pool_policy: PoolPolicy = field(default_factory=PoolPolicy)
     # The cluster's Service and Pod CIDRs: workers' egress proxies refuse them (FFRTMP_EGRESS_DENY)
     # unless a pool's spec.egress.allow names them.
