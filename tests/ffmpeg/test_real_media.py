@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -81,8 +82,10 @@ def display_aspect(stream: dict[str, Any]) -> Fraction:
     return Fraction(stream["width"], stream["height"]) * ratio
 
 
-def run(argv: list[str]) -> tuple[str, list[ProgressSnapshot]]:
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[str, list[ProgressSnapshot]]:
+    """Run one planned pass in the plan's environment added to ours, as the worker does."""
+    environment = {**os.environ, **env} if env else None
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr
     parser = ProgressParser()
     snapshots = [s for line in done.stdout.splitlines() if (s := parser.feed(line)) is not None]
@@ -127,7 +130,7 @@ async def encode(
     if measurements:
         assert all("linear=true" in " ".join(argv) for argv in passes)  # the measured values went in
     for argv in passes:
-        stderr, snaps = await asyncio.to_thread(run, argv)
+        stderr, snaps = await asyncio.to_thread(run, argv, plan.env)
         assert stderr == "", stderr
         snapshots += snaps
     return tmp_path / "out", plan, snapshots
@@ -272,20 +275,23 @@ async def test_hdr_sources_are_tone_mapped_to_bt709(tmp_path: Path, params: str,
     assert (stream["pix_fmt"], stream["color_range"]) == ("yuv420p", "tv")
 
 
-async def test_hdr10_passthrough_keeps_pq_in_ten_bit_hevc(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("codec", "encoder"), [("hevc", "libx265"), ("av1", "libsvtav1")])
+async def test_hdr10_passthrough_keeps_pq_and_its_metadata_in_ten_bit(tmp_path: Path, codec: str, encoder: str) -> None:
     source = hdr_source(tmp_path / "hdr10.mkv", HDR10_PARAMS, "smpte2084")
-    video = {"codec": "hevc", "preset": "ultrafast", "crf": 30, "hdr": "passthrough"}
+    video = {"codec": codec, "preset": "ultrafast", "crf": 30, "hdr": "passthrough"}
 
-    out, _, _ = await encode(source, tmp_path, [{"name": "hdr", "video": video, "audio": {"codec": "none"}}])
+    out, plan, _ = await encode(source, tmp_path, [{"name": "hdr", "video": video, "audio": {"codec": "none"}}])
 
+    assert encoder in plan.passes[-1]
     stream = video_stream(out / "hdr.mp4")
+    assert stream["codec_name"] == codec
     assert (stream["color_primaries"], stream["color_transfer"], stream["color_space"]) == (
         "bt2020",
         "smpte2084",
         "bt2020nc",
     )
     assert stream["pix_fmt"] == "yuv420p10le"
-    info = await probe_input(str(out / "hdr.mp4"), "file")  # reads the first frame's SEI
+    info = await probe_input(str(out / "hdr.mp4"), "file")  # reads the first frame's SEI / metadata OBU
     assert info is not None
     assert info.media.mastering_display == "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
     assert info.media.content_light == "1000,400"

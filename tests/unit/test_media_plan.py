@@ -10,6 +10,7 @@ import pytest
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, PlannedOutput, build_encode_plan
+from ffrtmp.ffmpeg.filters import svtav1_master_display
 from ffrtmp.ffmpeg.loudness import (
     LoudnessMeasurement,
     LoudnessParseError,
@@ -305,6 +306,59 @@ def test_hlg_passthrough_on_nvenc_is_main10_with_hlg_tags() -> None:
 def test_hdr_passthrough_needs_hevc_or_av1() -> None:
     with pytest.raises(InvalidSpec, match="hdr passthrough needs codec hevc or av1"):
         plan([{"name": "a", "video": {"codec": "h264", "hdr": "passthrough"}}], source=HDR10)
+
+
+def test_hdr10_passthrough_on_svtav1_writes_mastering_display_and_content_light() -> None:
+    p = plan([{"name": "hdr", "video": {"codec": "av1", "crf": 30, "hdr": "passthrough"}}], source=HDR10)
+    argv = p.passes[0]
+    assert argv[argv.index("-c:v") : argv.index("-c:a")] == [
+        "-c:v", "libsvtav1", "-crf:v", "30", "-pix_fmt:v", "yuv420p10le",
+        "-color_primaries:v", "bt2020", "-color_trc:v", "smpte2084", "-colorspace:v", "bt2020nc",
+        "-color_range:v", "tv",
+        "-svtav1-params:v",
+        "mastering-display=G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001):content-light=1000,400",
+    ]  # fmt: skip
+
+
+def test_hdr10_passthrough_on_vaapi_hevc_writes_the_hdr_sei_from_the_frames() -> None:
+    p = plan([{"name": "hdr", "video": {"codec": "hevc", "hdr": "passthrough"}}], "vaapi", source=HDR10)
+    argv = p.passes[0]
+    assert argv[argv.index("-c:v") : argv.index("-c:a")] == [
+        "-c:v", "hevc_vaapi", "-profile:v", "main10", "-color_primaries:v", "bt2020",
+        "-color_trc:v", "smpte2084", "-colorspace:v", "bt2020nc", "-color_range:v", "tv", "-tag:v", "hvc1",
+        "-sei:v", "hdr",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "codec", "encoder", "kwargs"),
+    [
+        ("nvenc", "hevc", "hevc_nvenc", {}),
+        ("nvenc", "av1", "av1_nvenc", {}),
+        ("qsv", "hevc", "hevc_qsv", {}),
+        ("qsv", "av1", "av1_qsv", {}),
+        ("vaapi", "av1", "av1_vaapi", {}),
+        ("cpu", "av1", "libaom-av1", {"av1_cpu_encoder": "libaom-av1"}),
+    ],
+)
+def test_hdr10_passthrough_is_refused_where_the_encoder_would_drop_the_metadata(
+    accelerator: str, codec: str, encoder: str, kwargs: dict[str, str]
+) -> None:
+    outputs = [{"name": "hdr", "video": {"codec": codec, "hdr": "passthrough"}}]
+    with pytest.raises(InvalidSpec, match=f"output hdr: {encoder} cannot write the source's HDR10 mastering display"):
+        plan(outputs, accelerator, source=HDR10, **kwargs)
+    # nothing to carry (HLG, or PQ without static metadata): the colour description is enough
+    for source in (
+        SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67"),
+        SourceMedia(width=1920, height=1080, color_transfer="smpte2084"),
+    ):
+        argv = plan(outputs, accelerator, source=source, **kwargs).passes[0]
+        assert argv[argv.index("-color_trc:v") + 1] == source.color_transfer
+
+
+def test_svtav1_master_display_is_in_chromaticity_and_nits() -> None:
+    assert svtav1_master_display(MASTER_DISPLAY) == "G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001)"
+    assert svtav1_master_display("G(1,2)B(3,4)") is None
 
 
 # -- audio -------------------------------------------------------------------------------------

@@ -62,18 +62,21 @@ from ffrtmp.ffmpeg.encoders import (
     AOM_CPU_USED_MAP,
     AV1_CPU_ENCODER,
     AV1_CPU_ENCODERS,
-    ENCODERS,
     FILE_EXTENSIONS,
     MUXERS,
     NVENC_PRESET_MAP,
     SVTAV1_PRESET_MAP,
     resolve_preset,
+    video_encoder,
 )
 from ffrtmp.ffmpeg.filters import (
     UnsupportedProcessing,
+    carries_hdr10_metadata,
+    check_hdr10_metadata,
     colour_options,
     filter_graph,
     rendition_filters,
+    svtav1_hdr_params,
     thumbnail_filters,
     video_processing,
     x265_hdr_params,
@@ -254,7 +257,7 @@ def _video_args(
         return ["-vn"]
     if v.codec == "copy":
         return [f"-c{s}", "copy"]
-    encoder = av1_cpu_encoder if (accelerator, v.codec) == ("cpu", "av1") else ENCODERS[accelerator][v.codec]
+    encoder = video_encoder(accelerator, v.codec, av1_cpu_encoder)
     args = [f"-c{s}", encoder]
     if r.preset is not None:
         if encoder == "libsvtav1":
@@ -329,6 +332,11 @@ def _video_args(
         if pass_number is not None:
             params += f":pass={pass_number}:stats={stats}.log"
         args += [f"-x265-params{s}", params]
+    if r.processing is not None and carries_hdr10_metadata(r.processing, source):
+        if encoder == "libsvtav1":
+            args += [f"-svtav1-params{s}", ":".join(svtav1_hdr_params(r.processing, source))]
+        elif encoder == "hevc_vaapi":
+            args += [f"-sei{s}", "hdr"]  # from the frames' side data (its default, said out loud)
     return args
 
 
@@ -412,6 +420,10 @@ def build_encode_plan(
         processing = None
         if video.codec not in ("copy", "none"):
             processing = video_processing(video, filter_source)
+            try:
+                check_hdr10_metadata(video_encoder(accelerator, video.codec, av1_cpu_encoder), processing, source)
+            except UnsupportedProcessing as e:
+                raise InvalidSpec(f"output {output.name}: {e}") from e
         path = default_output_path(output)
         if output.url is None:
             if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):

@@ -37,10 +37,13 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from ffrtmp.api.job import ThumbnailSpec, VideoSpec
+from ffrtmp.ffmpeg.encoders import HDR10_METADATA_ENCODERS
 from ffrtmp.ffmpeg.media import HdrKind, SourceMedia, nearest_even, output_size
 
 HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
@@ -227,6 +230,64 @@ def x265_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> 
             params.append(f"master-display={source.mastering_display}")
         if source is not None and source.content_light is not None:
             params.append(f"max-cll={source.content_light}")
+    return params
+
+
+MASTER_DISPLAY_RE = re.compile(r"G\((\d+),(\d+)\)B\((\d+),(\d+)\)R\((\d+),(\d+)\)WP\((\d+),(\d+)\)L\((\d+),(\d+)\)")
+X265_CHROMA_UNIT = 50000  # x265 master-display chromaticities are in 1/50000
+X265_LUMINANCE_UNIT = 10000  # and luminances in 1/10000 cd/m2
+
+
+def _decimal(value: Fraction) -> str:
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")
+
+
+def svtav1_master_display(x265: str) -> str | None:
+    """x265's `G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)` in SVT-AV1's units: the same order, in
+    chromaticity coordinates and cd/m2 (SVT-AV1 reads integers as those units, not x265's)."""
+    match = MASTER_DISPLAY_RE.fullmatch(x265)
+    if match is None:
+        return None
+    n = [int(v) for v in match.groups()]
+    chroma = [_decimal(Fraction(v, X265_CHROMA_UNIT)) for v in n[:8]]
+    light = [_decimal(Fraction(v, X265_LUMINANCE_UNIT)) for v in n[8:]]
+    return (
+        f"G({chroma[0]},{chroma[1]})B({chroma[2]},{chroma[3]})R({chroma[4]},{chroma[5]})"
+        f"WP({chroma[6]},{chroma[7]})L({light[0]},{light[1]})"
+    )
+
+
+def carries_hdr10_metadata(processing: VideoProcessing, source: SourceMedia | None) -> bool:
+    """The rendition passes a PQ source through and the probe found static metadata to carry."""
+    return (
+        processing.hdr_passthrough == "pq"
+        and source is not None
+        and (source.mastering_display is not None or source.content_light is not None)
+    )
+
+
+def check_hdr10_metadata(encoder: str, processing: VideoProcessing, source: SourceMedia | None) -> None:
+    """UnsupportedProcessing where the encoder would drop the source's HDR10 static metadata."""
+    if carries_hdr10_metadata(processing, source) and encoder not in HDR10_METADATA_ENCODERS:
+        raise UnsupportedProcessing(
+            f"{encoder} cannot write the source's HDR10 mastering display and content light metadata in this "
+            "ffmpeg (5.1), and HDR10 without it is shown with guessed brightness: use a cpu pool (libx265 or "
+            "libsvtav1), hevc on vaapi, or video.hdr tonemap"
+        )
+
+
+def svtav1_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> list[str]:
+    """SVT-AV1 parameters carrying HDR10 static metadata (the colour description comes from
+    ffmpeg's -color_* options, which libsvtav1 passes on)."""
+    if not carries_hdr10_metadata(processing, source) or source is None:
+        return []
+    params = []
+    if source.mastering_display is not None:
+        mastering = svtav1_master_display(source.mastering_display)
+        if mastering is not None:
+            params.append(f"mastering-display={mastering}")
+    if source.content_light is not None:
+        params.append(f"content-light={source.content_light}")
     return params
 
 
