@@ -56,6 +56,7 @@ HDR10 = SourceMedia(
     mastering_display=MASTER_DISPLAY,
     content_light="1000,400",
 )
+HLG = SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67", color_primaries="bt2020")
 TONEMAP = (
     "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
     "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
@@ -294,8 +295,7 @@ def test_hdr10_passthrough_on_libx265_keeps_the_signalling() -> None:
 
 
 def test_hlg_passthrough_on_nvenc_is_main10_with_hlg_tags() -> None:
-    hlg = SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67", color_primaries="bt2020")
-    p = plan([{"name": "hlg", "video": {"codec": "hevc", "hdr": "passthrough"}}], "nvenc", source=hlg)
+    p = plan([{"name": "hlg", "video": {"codec": "hevc", "hdr": "passthrough"}}], "nvenc", source=HLG)
     argv = p.passes[0]
     assert argv[argv.index("-c:v") : argv.index("-an")] == [
         "-c:v", "hevc_nvenc", "-profile:v", "main10", "-color_primaries:v", "bt2020",
@@ -476,17 +476,34 @@ def test_hdr10_metadata_from_the_first_frame() -> None:
     assert source_media_from_probe(document).content_light == "0,0"
 
 
+DOWNLOAD = "hwdownload,format=nv12|p010le"
+HD_THUMB = "scale=w=320:h=180:out_color_matrix=bt601:out_range=pc,setsar=1"  # JPEG: full-range BT.601
+
+
 @pytest.mark.parametrize(
     ("accelerator", "source", "filters"),
     [
-        ("cpu", DVD, "bwdif=mode=send_frame:parity=auto:deint=all,fps=1/10,scale=w=320:h=180,setsar=1"),
-        ("cpu", HDR10, f"fps=1/10,{TONEMAP},scale=w=320:h=180,setsar=1"),
-        ("nvenc", DVD, "fps=1/10,hwdownload,format=nv12|p010le,scale=w=320:h=180,setsar=1"),
-        ("cpu", None, "fps=1/10,scale=w=320:h=-2"),
+        ("cpu", DVD, f"bwdif=mode=send_frame:parity=auto:deint=all,fps=1/10,{HD_THUMB}"),
+        ("cpu", HDR10, f"fps=1/10,{TONEMAP},{HD_THUMB}"),
+        ("cpu", None, "fps=1/10,scale=w=320:h=-2:out_color_matrix=bt601:out_range=pc"),
+        # hardware frames: their own deinterlacer before fps, then only the kept frames come down
+        ("nvenc", DVD, f"yadif_cuda=mode=send_frame:parity=auto:deint=all,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        ("vaapi", DVD, f"deinterlace_vaapi=rate=frame,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        ("qsv", DVD, f"vpp_qsv=deinterlace=2,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        # and an HDR source is tone-mapped on the CPU after the download, like the cpu renditions
+        ("nvenc", HDR10, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
+        ("vaapi", HDR10, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
+        ("qsv", HLG, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
     ],
 )
-def test_thumbnails_follow_the_source(accelerator: str, source: SourceMedia | None, filters: str) -> None:
-    s = TranscodeJobSpec.model_validate({"input": {"uri": IN}, "outputs": [{"name": "a"}], "thumbnails": {}})
+def test_thumbnails_get_the_renditions_deinterlace_and_tone_map(
+    accelerator: str, source: SourceMedia | None, filters: str
+) -> None:
+    # qsv cannot tone-map its renditions: they pass HLG through, the thumbnails are still SDR
+    video = {"codec": "hevc", "hdr": "passthrough"} if accelerator == "qsv" and source is HLG else {}
+    s = TranscodeJobSpec.model_validate(
+        {"input": {"uri": IN}, "outputs": [{"name": "a", "video": video}], "thumbnails": {}}
+    )
     p = build_encode_plan(
         s, accelerator, input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=source
     )
@@ -541,4 +558,4 @@ def test_thumbnails_of_downloaded_hardware_frames_are_turned() -> None:
         s, "vaapi", input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=upside_down
     )
     graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
-    assert graph.endswith("[s1]fps=1/10,hwdownload,format=nv12|p010le,hflip,vflip,scale=w=320:h=180,setsar=1[thumbs]")
+    assert graph.endswith(f"[s1]fps=1/10,hwdownload,format=nv12|p010le,hflip,vflip,{HD_THUMB}[thumbs]")

@@ -458,9 +458,10 @@ def build_encode_plan(
     thumbs = spec.thumbnails
     branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=filter_source)))
+        frames = accelerator if hardware else "cpu"
+        branches.append(("thumbs", thumbnail_filters(thumbs, frames, sprite=False, source=filter_source)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=filter_source)))
+            branches.append(("sprite", thumbnail_filters(thumbs, frames, sprite=True, source=filter_source)))
 
     def head(
         graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False

@@ -292,27 +292,33 @@ def svtav1_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -
 
 
 def thumbnail_filters(
-    thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool, source: SourceMedia | None = None
+    thumbs: ThumbnailSpec, frames: str, *, sprite: bool, source: SourceMedia | None = None
 ) -> list[str]:
-    """Stills every N seconds, `thumbs.width` wide. With a probed source they have its display
-    aspect in square pixels; on CPU frames an interlaced source is deinterlaced (bwdif) and an
-    HDR one tone-mapped like the renditions. Hardware frames are downloaded first and get the
-    turn and the aspect only (bwdif and zscale do not take the downloaded nv12/p010 frames)."""
-    filters = [f"fps=1/{thumbs.interval_seconds}"]
-    if hardware_frames:
+    """Stills every N seconds, `thumbs.width` wide, from frames of the accelerator `frames`
+    ("cpu": software frames). With a probed source they get the renditions' treatment: an
+    interlaced source is deinterlaced before `fps` (a deinterlacer needs the neighbouring
+    frames) by the frames' own deinterlacer (bwdif, yadif_cuda, deinterlace_vaapi, vpp_qsv);
+    hardware frames are then downloaded (only the kept ones) and turned upright; an HDR source
+    is tone-mapped on the CPU like the cpu renditions (zscale + tonemap hable, whatever the pool:
+    a few frames); the still has the display aspect in square pixels, and a JPEG is converted to
+    the full-range BT.601 that JFIF readers assume."""
+    filters: list[str] = []
+    if source is not None and source.interlaced:
+        filters.append(DEINTERLACE_FILTERS[frames])
+    filters.append(f"fps=1/{thumbs.interval_seconds}")
+    if frames != "cpu":
         filters.append(HW_DOWNLOAD)
         if source is not None:
             filters += rotation_filters("cpu", source.rotation, downloaded=True)
-    elif source is not None:
-        if source.interlaced:
-            filters.insert(0, DEINTERLACE_FILTERS["cpu"])  # before fps: bwdif needs neighbouring frames
-        if source.hdr is not None:
-            filters += CPU_TONEMAP
+    if source is not None and source.hdr is not None:
+        filters += CPU_TONEMAP
     aspect = source.display_aspect if source is not None else None
+    # JPEG (JFIF) is full-range BT.601 whatever the source: convert, or readers shift the hues
+    jfif = ":out_color_matrix=bt601:out_range=pc" if thumbs.format == "jpg" else ""
     if aspect is None:
-        filters.append(f"scale=w={thumbs.width}:h=-2")
+        filters.append(f"scale=w={thumbs.width}:h=-2{jfif}")
     else:
-        filters += [f"scale=w={thumbs.width}:h={nearest_even(thumbs.width / aspect)}", "setsar=1"]
+        filters += [f"scale=w={thumbs.width}:h={nearest_even(thumbs.width / aspect)}{jfif}", "setsar=1"]
     if sprite and thumbs.sprite is not None:
         filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
     return filters
