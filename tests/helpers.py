@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from ffrtmp.dev.cluster import LocalCluster, free_port
@@ -189,3 +192,49 @@ def ffprobe(path: Path | str) -> Obj:
     )  # fmt: skip
     result: Obj = json.loads(out.stdout)
     return result
+
+
+NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+# Not 127.0.0.1: the test API server listens there, and the egress policy never lets a job reach the
+# API server's address. Pools allowlist this address (and rtmp, which bypasses the egress proxy).
+RTMP_HOST = "127.0.0.7"
+
+
+@contextlib.contextmanager
+def nginx_rtmp(prefix: Path) -> Iterator[int]:
+    """A real nginx-rtmp server on RTMP_HOST (applications `live` and `restream`); yields its port."""
+    if shutil.which("nginx") is None or not NGINX_RTMP_MODULE.exists():
+        pytest.fail("nginx with the RTMP module is missing: run `make setup` (Debian's libnginx-mod-rtmp)")
+    port = free_port()
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""
+load_module {NGINX_RTMP_MODULE};
+daemon off;
+master_process off;
+error_log {prefix}/logs/error.log info;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 256; }}
+rtmp {{
+  server {{
+    listen {RTMP_HOST}:{port};
+    chunk_size 4096;
+    application live {{ live on; record off; }}
+    application restream {{ live on; record off; }}
+  }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _port_open(RTMP_HOST, port), 10, "nginx-rtmp listening")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0

@@ -19,6 +19,7 @@ from ffrtmp.worker.attempt import Attempt
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus
 from ffrtmp.worker.metrics import WorkerMetrics
+from helpers import RTMP_HOST, nginx_rtmp, wait_for
 
 pytestmark = [
     pytest.mark.ffmpeg,
@@ -42,8 +43,9 @@ class StatusRecorder:
         return await self.patch(status)
 
 
-def attempt(media: Path, tmp_path: Path, spec: dict[str, Any]) -> tuple[Attempt, StatusRecorder]:
+def attempt(media: Path, tmp_path: Path, spec: dict[str, Any], **config_fields: Any) -> tuple[Attempt, StatusRecorder]:
     recorder = StatusRecorder()
+    fields: dict[str, Any] = {"allowed_protocols": ("file",), **config_fields}
     config = WorkerConfig(
         pod_name="w-0",
         namespace="ns",
@@ -51,8 +53,8 @@ def attempt(media: Path, tmp_path: Path, spec: dict[str, Any]) -> tuple[Attempt,
         media_roots=(str(media),),
         output_root=str(tmp_path / "output"),
         scratch_dir=str(tmp_path / "scratch"),
-        allowed_protocols=("file",),
         progress_interval=0.0,
+        **fields,
     )
     job = Attempt(
         client_status=cast(FencedStatus, recorder),
@@ -114,3 +116,54 @@ def inspect(output: Path) -> tuple[float, dict[str, Any]]:
     streams = json.loads(subprocess.run(probe, capture_output=True, text=True, check=True, timeout=60).stdout)
     video = next(s for s in streams["streams"] if s["codec_type"] == "video")
     return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", report)[-1]), video
+
+
+async def test_an_odd_sized_live_stream_comes_out_even(tmp_path: Path) -> None:
+    """A live rtmp input is probed briefly like a file: its first picture fixes the even size."""
+    with nginx_rtmp(tmp_path / "nginx") as port:
+        url = f"rtmp://{RTMP_HOST}:{port}/live/odd"
+        # 4:4:4 H.264 can be odd-sized (4:2:0 cannot): a 321x241 stream in real time
+        push = subprocess.Popen(
+            ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
+             "-i", "testsrc=size=321x241:rate=10", "-t", "30", "-c:v", "libx264", "-preset", "ultrafast",
+             "-pix_fmt", "yuv444p", "-g", "10", "-f", "flv", url],
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(wait_for, lambda: probe_stream(url), 10, "the pushed stream")
+            spec = {
+                "input": {"uri": url, "restartPolicy": {"maxRestarts": 0}},
+                "outputs": [{"name": "web", "video": {"preset": "ultrafast", "crf": 30}}],
+            }
+            job, recorder = attempt(
+                tmp_path, tmp_path, spec, allowed_protocols=("rtmp",), egress_allow=(f"{RTMP_HOST}/32",),
+                egress_unproxied=("rtmp",),
+            )  # fmt: skip
+            async with job.egress():
+                plan = await job._prepare()
+                encoding = asyncio.create_task(job._encode(plan))
+                for _ in range(200):  # a second of the stream encoded, then stop as a delete would
+                    if any(((p.get("progress") or {}).get("outTimeSeconds") or 0) >= 1 for p in recorder.patches):
+                        break
+                    await asyncio.sleep(0.1)
+                job.stop("cancelled")
+                await encoding
+        finally:
+            push.terminate()
+            push.wait(10)
+
+    assert plan.live and (plan.outputs[0].width, plan.outputs[0].height) == (322, 242)  # from the probe
+    stream = await asyncio.to_thread(video_of, job.attempt_dir / "web.mp4")
+    assert (stream["width"], stream["height"], stream.get("sample_aspect_ratio", "1:1")) == (322, 242, "1:1")
+
+
+def probe_stream(url: str) -> bool:
+    command = ["ffprobe", "-v", "error", "-rw_timeout", "2000000", "-analyzeduration", "200000", "-show_streams", url]
+    return subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
+
+
+def video_of(path: Path) -> dict[str, Any]:
+    probe = ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)]
+    streams = json.loads(subprocess.run(probe, capture_output=True, text=True, check=True, timeout=60).stdout)
+    videos = [s for s in streams["streams"] if s["codec_type"] == "video"]
+    assert videos, streams
+    return videos[0]

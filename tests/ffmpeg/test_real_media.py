@@ -170,6 +170,22 @@ async def test_odd_sources_come_out_even_with_their_aspect(
     assert abs(display_aspect(stream) / Fraction(w, h) - 1) < Fraction(1, 100)
 
 
+async def test_odd_source_without_a_probe_comes_out_even(tmp_path: Path) -> None:
+    """The live fallback (a stream not up when the attempt probed): the size rule by expression."""
+    source = generate(tmp_path / "odd.mp4", "-f", "lavfi", "-i", "testsrc=size=321x241:rate=10",
+                      "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")  # fmt: skip
+    spec = TranscodeJobSpec.model_validate(
+        {"input": {"uri": str(source)}, "outputs": [{"name": "web", "video": h264(), "audio": {"codec": "none"}}]}
+    )
+    (tmp_path / "out").mkdir()
+    plan = build_encode_plan(spec, "cpu", input_url=str(source), output_dir=str(tmp_path / "out"),
+                             scratch_dir=str(tmp_path), allowed_protocols=ALL, threads=1)  # fmt: skip
+    await asyncio.to_thread(run, plan.passes[-1])
+
+    stream = video_stream(tmp_path / "out" / "web.mp4")
+    assert (stream["width"], stream["height"]) == (322, 242)
+
+
 def with_display_rotation(stored: Path, path: Path, *, degrees: int) -> Path:
     """The same stream, to be shown turned (ffmpeg 5.1's mov muxer writes the display matrix)."""
     command = [*QUIET, "-i", str(stored), "-c", "copy", "-metadata:s:v:0", f"rotate={degrees}", str(path)]

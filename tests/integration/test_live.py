@@ -4,7 +4,6 @@ it and keeps a rolling HLS playlist, the restart policy on stream loss, and stop
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -15,55 +14,14 @@ from typing import Any
 import pytest
 
 from conftest import Farm
-from ffrtmp.dev.cluster import free_port
-from helpers import wait_for
+from helpers import RTMP_HOST, nginx_rtmp, wait_for
 
 pytestmark = pytest.mark.integration
 
-NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
-# Not 127.0.0.1: the test API server listens there, and the egress policy never lets a job reach the
-# API server's address. The pool allowlists this address (and rtmp, which bypasses the egress proxy).
-RTMP_HOST = "127.0.0.7"
-
-
 @pytest.fixture
 def rtmp_server(tmp_path: Path) -> Iterator[int]:
-    if shutil.which("nginx") is None or not NGINX_MODULE.exists():
-        pytest.fail("nginx with the RTMP module is missing: run `make setup` (Debian's libnginx-mod-rtmp)")
-    port = free_port()
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""
-load_module {NGINX_MODULE};
-daemon off;
-master_process off;
-error_log {prefix}/logs/error.log info;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 256; }}
-rtmp {{
-  server {{
-    listen {RTMP_HOST}:{port};
-    chunk_size 4096;
-    application live {{ live on; record off; }}
-    application restream {{ live on; record off; }}
-  }}
-}}
-"""
-    )
-    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], stderr=subprocess.DEVNULL)
-    wait_for(lambda: _port_open(port), 10, "nginx-rtmp listening")
-    yield port
-    proc.terminate()
-    proc.wait(10)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex((RTMP_HOST, port)) == 0
+    with nginx_rtmp(tmp_path / "nginx") as port:
+        yield port
 
 
 def push_source(port: int) -> subprocess.Popen[bytes]:

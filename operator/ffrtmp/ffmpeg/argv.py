@@ -373,7 +373,8 @@ def build_encode_plan(
     for files (`0:a:0?`) and requires it for hls (the variant map needs it).
 
     `source` (the probed input, see `media.SourceMedia`) decides output sizes, deinterlacing,
-    colour conversion and audio track choice; it implies `input_has_audio` when that is None.
+    colour conversion and audio track choice; it implies `input_has_audio` when that is None
+    (not for a live input: a moment of the stream may not show its audio yet).
     Loudness normalisation adds `loudness_measure_passes` before `passes`.
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
@@ -386,9 +387,9 @@ def build_encode_plan(
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
     check_folders(output_dir, scratch_dir)
-    if input_has_audio is None and source is not None:
-        input_has_audio = bool(source.audio_streams)
     live = is_live(spec)
+    if input_has_audio is None and source is not None and not live:
+        input_has_audio = bool(source.audio_streams)
     realtime = reads_in_real_time(spec)
     whitelist = protocol_whitelist(input_url, allowed_protocols)
     hls_outputs = [o for o in spec.outputs if o.container == "hls"]

@@ -15,7 +15,10 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
   `bwdif=mode=send_frame:parity=auto:deint=all`, nvenc `yadif_cuda` (same options), vaapi
   `deinterlace_vaapi=rate=frame`, qsv `vpp_qsv=deinterlace=2` (advanced).
 * Size: see `media.output_size`; with a probed source every output is even and square-pixel.
-  Without a probe (live inputs) the old rule holds: the given dimension, the other `-2`.
+  Live inputs are probed briefly too, so their output size is fixed by the first picture (a
+  size change mid-stream is scaled to it: encoders and players keep one size). Without a probe
+  (a stream not up yet when the attempt started): the given dimension, the other `-2`; none
+  given, `2*round(iw/2)` x `2*round(ih/2)`, the nearest even size of each frame (SAR kept).
 * Colour, with a probed SDR source or an HDR source being tone-mapped: outputs are tagged
   BT.709 (`-color_primaries/-color_trc/-colorspace bt709`) and limited range (`-color_range
   tv`). The scaler (cpu `scale`, vaapi `scale_vaapi`) converts what differs: full-range
@@ -144,7 +147,14 @@ def _colour_conversion(p: VideoProcessing) -> str:
     return options + (":out_range=tv" if p.to_limited_range else "")
 
 
-def _scale_filter(accelerator: str, width: int | None, height: int | None, *, conversion: str) -> str | None:
+# Without a probe (a live stream that was not up yet) and no size asked: the nearest even size
+# by expression, evaluated on the frames themselves (a pass-through for an even source).
+UNPROBED_EVEN_SIZE = ("2*round(iw/2)", "2*round(ih/2)")
+
+
+def _scale_filter(
+    accelerator: str, width: int | str | None, height: int | str | None, *, conversion: str
+) -> str | None:
     if conversion and accelerator in ("cpu", "vaapi") and width is None and height is None:
         return f"{'scale' if accelerator == 'cpu' else 'scale_vaapi'}={conversion.lstrip(':')}"
     if width is None and height is None:
@@ -178,8 +188,12 @@ def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProce
         filters.append(DEINTERLACE_FILTERS[accelerator])
     if video.fps is not None:
         filters.append(f"fps={video.fps}")
+    width: int | str | None
+    height: int | str | None
     if p.size is None:
         width, height = video.width, video.height
+        if width is None and height is None:
+            width, height = UNPROBED_EVEN_SIZE
     else:
         width, height = p.size if p.rescale else (None, None)
     scale = _scale_filter(accelerator, width, height, conversion=_colour_conversion(p))
