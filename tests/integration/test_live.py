@@ -18,6 +18,7 @@ from helpers import RTMP_HOST, nginx_rtmp, wait_for
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def rtmp_server(tmp_path: Path) -> Iterator[int]:
     with nginx_rtmp(tmp_path / "nginx") as port:

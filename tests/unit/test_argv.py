@@ -478,7 +478,8 @@ def test_vaapi() -> None:
             *HEAD, "-protocol_whitelist", "file",
             "-vaapi_device", "/dev/dri/renderD128", "-hwaccel", "vaapi", "-hwaccel_output_format", "vaapi",
             "-i", IN,
-            "-filter_complex", "[0:v:0]split=2[s0][s1];[s0]scale_vaapi=w=1280:h=-2[v0];[s1]scale_vaapi=w=2*round(iw/2):h=2*round(ih/2)[v1]",
+            "-filter_complex",
+            "[0:v:0]split=2[s0][s1];[s0]scale_vaapi=w=1280:h=-2[v0];[s1]scale_vaapi=w=2*round(iw/2):h=2*round(ih/2)[v1]",
             "-map", "[v0]", "-map", "0:a:0?",
             "-c:v", "h264_vaapi", "-compression_level:v", "2", "-rc_mode:v", "CQP", "-qp:v", "24",
             "-c:a", "aac", "-b:a", "128k",
@@ -763,7 +764,8 @@ def test_threads() -> None:
         [
             *HEAD, "-protocol_whitelist", "file", "-threads", "2", "-i", IN,
             "-filter_complex_threads", "2",
-            "-filter_complex", "[0:v:0]split=3[s0][s1][s2];[s0]scale=w=640:h=-2[v0];[s1]scale=w=2*round(iw/2):h=2*round(ih/2)[v1];"
+            "-filter_complex",
+            "[0:v:0]split=3[s0][s1][s2];[s0]scale=w=640:h=-2[v0];[s1]scale=w=2*round(iw/2):h=2*round(ih/2)[v1];"
             "[s2]fps=1/60,scale=w=320:h=-2:out_color_matrix=bt601:out_range=pc[thumbs]",
             "-map", "[v0]", "-map", "0:a:0?", "-c:v", "libx264", "-pix_fmt:v", "yuv420p",
             "-c:a", "aac", "-b:a", "128k", "-threads", "2",

@@ -357,7 +357,9 @@ def test_hdr10_passthrough_is_refused_where_the_encoder_would_drop_the_metadata(
 
 
 def test_svtav1_master_display_is_in_chromaticity_and_nits() -> None:
-    assert svtav1_master_display(MASTER_DISPLAY) == "G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001)"
+    assert (
+        svtav1_master_display(MASTER_DISPLAY) == "G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001)"
+    )
     assert svtav1_master_display("G(1,2)B(3,4)") is None
 
 
