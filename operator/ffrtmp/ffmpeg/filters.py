@@ -33,8 +33,10 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
   range. On nvenc the frames are downloaded for this and uploaded again; vaapi uses
   `tonemap_vaapi`; qsv has no tone mapper in ffmpeg 5.1 (InvalidSpec: use passthrough or
   another pool). `hdr` passthrough (hevc/av1): 10-bit output keeping BT.2020 primaries and
-  matrix and the source transfer; libx265 also gets `hdr10`, `master-display` and `max-cll`
-  when the probe reported them.
+  matrix and the source transfer; HDR10 static metadata the probe reported goes to libx265
+  (`hdr10`, `master-display`, `max-cll`), libsvtav1 (`mastering-display`, `content-light` in
+  SVT-AV1's units) and hevc_vaapi (`-sei hdr`); other encoders would drop it: InvalidSpec
+  (`encoders.HDR10_METADATA_ENCODERS`).
 * Unknown source (no probe): no deinterlace in auto, no colour tags, nothing tone-mapped.
 """
 
