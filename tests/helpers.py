@@ -205,6 +205,9 @@ def ffprobe(path: Path | str) -> Obj:
 
 
 NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+# Not 127.0.0.1: the test API server listens there, and the egress policy never lets a job reach the
+# API server's address. Pools allowlist this address (and rtmp, which bypasses the egress proxy).
+RTMP_HOST = "127.0.0.7"
 
 
 @contextlib.contextmanager

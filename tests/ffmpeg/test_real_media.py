@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -81,8 +83,10 @@ def display_aspect(stream: dict[str, Any]) -> Fraction:
     return Fraction(stream["width"], stream["height"]) * ratio
 
 
-def run(argv: list[str]) -> tuple[str, list[ProgressSnapshot]]:
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[str, list[ProgressSnapshot]]:
+    """Run one planned pass in the plan's environment added to ours, as the worker does."""
+    environment = {**os.environ, **env} if env else None
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr
     parser = ProgressParser()
     snapshots = [s for line in done.stdout.splitlines() if (s := parser.feed(line)) is not None]
@@ -127,7 +131,7 @@ async def encode(
     if measurements:
         assert all("linear=true" in " ".join(argv) for argv in passes)  # the measured values went in
     for argv in passes:
-        stderr, snaps = await asyncio.to_thread(run, argv)
+        stderr, snaps = await asyncio.to_thread(run, argv, plan.env)
         assert stderr == "", stderr
         snapshots += snaps
     return tmp_path / "out", plan, snapshots
@@ -164,6 +168,22 @@ async def test_odd_sources_come_out_even_with_their_aspect(
     assert (plan.outputs[0].width, plan.outputs[0].height) == expected
     w, h = map(int, size.split("x"))
     assert abs(display_aspect(stream) / Fraction(w, h) - 1) < Fraction(1, 100)
+
+
+async def test_odd_source_without_a_probe_comes_out_even(tmp_path: Path) -> None:
+    """The live fallback (a stream not up when the attempt probed): the size rule by expression."""
+    source = generate(tmp_path / "odd.mp4", "-f", "lavfi", "-i", "testsrc=size=321x241:rate=10",
+                      "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p")  # fmt: skip
+    spec = TranscodeJobSpec.model_validate(
+        {"input": {"uri": str(source)}, "outputs": [{"name": "web", "video": h264(), "audio": {"codec": "none"}}]}
+    )
+    (tmp_path / "out").mkdir()
+    plan = build_encode_plan(spec, "cpu", input_url=str(source), output_dir=str(tmp_path / "out"),
+                             scratch_dir=str(tmp_path), allowed_protocols=ALL, threads=1)  # fmt: skip
+    await asyncio.to_thread(run, plan.passes[-1])
+
+    stream = video_stream(tmp_path / "out" / "web.mp4")
+    assert (stream["width"], stream["height"]) == (322, 242)
 
 
 def with_display_rotation(stored: Path, path: Path, *, degrees: int) -> Path:
@@ -218,18 +238,21 @@ def field_counts(path: Path) -> tuple[int, int, int]:
     return tff, bff, progressive
 
 
-@pytest.mark.parametrize(
-    ("name", "size", "top", "field", "order"),
-    [("hd-tff.ts", "480x270", "1", "tff", "tt"), ("pal-bff.ts", "352x288", "0", "bff", "bb")],
-)
-async def test_interlaced_mpeg2_is_deinterlaced(
-    tmp_path: Path, name: str, size: str, top: str, field: str, order: str
-) -> None:
-    # 50 progressive frames/s woven into 25 interlaced frames/s: real combing on motion
+def interlaced_source(path: Path, size: str, field: str) -> Path:
+    """MPEG-2 in TS, `field` (tff/bff) first: 50 progressive frames/s woven into 25 interlaced
+    frames/s, so motion combs."""
     weave = "interleave_top" if field == "tff" else "interleave_bottom"
-    source = generate(tmp_path / name, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=50",
-                      "-vf", f"tinterlace=mode={weave},setfield={field}", "-c:v", "mpeg2video", "-q:v", "4",
-                      "-flags", "+ilme+ildct", "-top", top, "-f", "mpegts")  # fmt: skip
+    return generate(path, "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=50",
+                    "-vf", f"tinterlace=mode={weave},setfield={field}", "-c:v", "mpeg2video", "-q:v", "4",
+                    "-flags", "+ilme+ildct", "-top", "1" if field == "tff" else "0", "-f", "mpegts")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "field", "order"),
+    [("hd-tff.ts", "480x270", "tff", "tt"), ("pal-bff.ts", "352x288", "bff", "bb")],
+)
+async def test_interlaced_mpeg2_is_deinterlaced(tmp_path: Path, name: str, size: str, field: str, order: str) -> None:
+    source = interlaced_source(tmp_path / name, size, field)
     tff, bff, progressive = field_counts(source)
     assert (tff if field == "tff" else bff) > progressive  # the source really is interlaced
     plan, media = await plan_for(source, tmp_path, [{"name": "p", "video": h264(), "audio": {"codec": "none"}}])
@@ -245,6 +268,7 @@ async def test_interlaced_mpeg2_is_deinterlaced(
 
 
 # -- colour ---------------------------------------------------------------------------------
+
 
 HDR10_PARAMS = (
     "log-level=error:hdr10=1:repeat-headers=1:colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:"
@@ -272,20 +296,23 @@ async def test_hdr_sources_are_tone_mapped_to_bt709(tmp_path: Path, params: str,
     assert (stream["pix_fmt"], stream["color_range"]) == ("yuv420p", "tv")
 
 
-async def test_hdr10_passthrough_keeps_pq_in_ten_bit_hevc(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("codec", "encoder"), [("hevc", "libx265"), ("av1", "libsvtav1")])
+async def test_hdr10_passthrough_keeps_pq_and_its_metadata_in_ten_bit(tmp_path: Path, codec: str, encoder: str) -> None:
     source = hdr_source(tmp_path / "hdr10.mkv", HDR10_PARAMS, "smpte2084")
-    video = {"codec": "hevc", "preset": "ultrafast", "crf": 30, "hdr": "passthrough"}
+    video = {"codec": codec, "preset": "ultrafast", "crf": 30, "hdr": "passthrough"}
 
-    out, _, _ = await encode(source, tmp_path, [{"name": "hdr", "video": video, "audio": {"codec": "none"}}])
+    out, plan, _ = await encode(source, tmp_path, [{"name": "hdr", "video": video, "audio": {"codec": "none"}}])
 
+    assert encoder in plan.passes[-1]
     stream = video_stream(out / "hdr.mp4")
+    assert stream["codec_name"] == codec
     assert (stream["color_primaries"], stream["color_transfer"], stream["color_space"]) == (
         "bt2020",
         "smpte2084",
         "bt2020nc",
     )
     assert stream["pix_fmt"] == "yuv420p10le"
-    info = await probe_input(str(out / "hdr.mp4"), "file")  # reads the first frame's SEI
+    info = await probe_input(str(out / "hdr.mp4"), "file")  # reads the first frame's SEI / metadata OBU
     assert info is not None
     assert info.media.mastering_display == "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
     assert info.media.content_light == "1000,400"
@@ -333,6 +360,65 @@ async def test_bt601_sd_source_is_converted_not_just_retagged(tmp_path: Path) ->
     assert video_stream(out / "hd.mp4")["color_space"] == "bt709"
     red = centre_rgb(out / "hd.mp4")
     assert all(abs(a - e) <= 8 for a, e in zip(red, (255, 0, 0), strict=True)), red
+
+
+# -- thumbnails -------------------------------------------------------------------------------
+
+
+def first_frame(path: Path, pix_fmt: str, *filters: str) -> tuple[bytes, int, int]:
+    """The first frame as raw `pix_fmt` (range and matrix as tagged), and its size."""
+    chain = ",".join([*filters, "scale=in_color_matrix=auto:in_range=auto", f"format={pix_fmt}"])
+    done = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-frames:v", "1",
+         "-vf", chain, "-f", "rawvideo", "-"],
+        capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    stream = video_stream(path)
+    return done.stdout, stream["width"], stream["height"]
+
+
+def line_ratio(path: Path) -> float:
+    """Mean luma difference between neighbouring lines over that between lines two apart: under 1
+    for a progressive picture (neighbours are closer), over 1 where the two fields of a moving
+    picture are woven together (combing)."""
+    luma, width, height = first_frame(path, "gray")
+    rows = [luma[y * width : (y + 1) * width] for y in range(height)]
+    near = sum(abs(a - b) for y in range(height - 1) for a, b in zip(rows[y], rows[y + 1], strict=True))
+    far = sum(abs(a - b) for y in range(height - 2) for a, b in zip(rows[y], rows[y + 2], strict=True))
+    return (near / (height - 1)) / (far / (height - 2))
+
+
+def mean_rgb(path: Path, *filters: str) -> tuple[float, float, float]:
+    rgb, width, height = first_frame(path, "rgb24", *filters)
+    pixels = width * height
+    return sum(rgb[0::3]) / pixels, sum(rgb[1::3]) / pixels, sum(rgb[2::3]) / pixels
+
+
+async def test_thumbnails_of_an_interlaced_source_are_progressive(tmp_path: Path) -> None:
+    source = interlaced_source(tmp_path / "hd-tff.ts", "480x270", "tff")
+    assert line_ratio(source) > 1.0  # a frame of the source, as it is, combs
+
+    # full width: scaling down would blur the combing away and make the check meaningless
+    out, _, _ = await encode(source, tmp_path, [{"name": "p", "video": h264(), "audio": {"codec": "none"}}],
+                             thumbnails={"intervalSeconds": 1, "width": 480})  # fmt: skip
+
+    thumbs = sorted((out / "thumbs").glob("thumb_*.jpg"))
+    assert len(thumbs) == SECONDS
+    assert all(line_ratio(thumb) < 0.8 for thumb in thumbs), [line_ratio(t) for t in thumbs]
+
+
+async def test_thumbnails_of_an_hdr_source_are_tone_mapped_like_the_rendition(tmp_path: Path) -> None:
+    source = hdr_source(tmp_path / "hdr10.mkv", HDR10_PARAMS, "smpte2084")
+
+    out, _, _ = await encode(source, tmp_path, [{"name": "sdr", "video": h264(crf=18), "audio": {"codec": "none"}}],
+                             thumbnails={"intervalSeconds": 1, "width": 320})  # fmt: skip
+
+    thumb = mean_rgb(out / "thumbs" / "thumb_00001.jpg")
+    rendition = mean_rgb(out / "sdr.mp4")
+    as_if_sdr = mean_rgb(source)  # the PQ code values shown as they are: what SDR screens get untreated
+    # mean colour distances (0..441): measured 2.5 to the rendition, 30 to the untreated picture
+    assert math.dist(thumb, rendition) <= 6, (thumb, rendition)
+    assert math.dist(thumb, as_if_sdr) >= 20, (thumb, as_if_sdr)
 
 
 # -- timestamps far from zero -----------------------------------------------------------------

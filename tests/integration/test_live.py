@@ -14,13 +14,9 @@ from typing import Any
 import pytest
 
 from conftest import Farm
-from helpers import nginx_rtmp, wait_for
+from helpers import RTMP_HOST, nginx_rtmp, wait_for
 
 pytestmark = pytest.mark.integration
-
-# Not 127.0.0.1: the test API server listens there, and the egress policy never lets a job reach the
-# API server's address. The pool allowlists this address (and rtmp, which bypasses the egress proxy).
-RTMP_HOST = "127.0.0.7"
 
 
 @pytest.fixture

@@ -167,8 +167,8 @@ def test_hls_ladder_with_thumbnails_and_sprite_cpu() -> None:
         "[s0]scale=w=1280:h=-2[v0];"
         "[s1]scale=w=-2:h=480[v1];"
         "[s2]fps=15,scale=w=426:h=240[v2];"
-        "[s3]fps=1/10,scale=w=160:h=-2[thumbs];"
-        "[s4]fps=1/10,scale=w=160:h=-2,tile=4x3[sprite]"
+        "[s3]fps=1/10,scale=w=160:h=-2:out_color_matrix=bt601:out_range=pc[thumbs];"
+        "[s4]fps=1/10,scale=w=160:h=-2:out_color_matrix=bt601:out_range=pc,tile=4x3[sprite]"
     )
     keyframes = "expr:gte(t,n_forced*4)"
     assert p.passes == [
@@ -393,7 +393,7 @@ def test_nvenc() -> None:
             "-i", IN,
             "-filter_complex",
             "[0:v:0]split=3[s0][s1][s2];[s0]scale_cuda=w=-2:h=1080[v0];[s1]scale_cuda=w=1280:h=-2[v1];"
-            "[s2]fps=1/5,hwdownload,format=nv12|p010le,scale=w=320:h=-2[thumbs]",
+            "[s2]fps=1/5,hwdownload,format=nv12|p010le,scale=w=320:h=-2:out_color_matrix=bt601:out_range=pc[thumbs]",
             "-map", "[v0]", "-map", "0:a:0?",
             "-c:v", "h264_nvenc", "-preset:v", "p5", "-rc:v", "vbr", "-cq:v", "23", "-b:v", "0",
             "-c:a", "aac", "-b:a", "128k",
@@ -423,8 +423,8 @@ def test_nvenc_hls_forces_idr_keyframes() -> None:
         "-forced-idr:v:0",
         "1",
     ]
-    # no filters: the decoded CUDA frames go straight to the encoder
-    assert argv[argv.index("-filter_complex") + 1] == "[0:v:0]null[v0]"
+    # unprobed, no size asked: the CUDA scaler makes each frame the nearest even size
+    assert argv[argv.index("-filter_complex") + 1] == "[0:v:0]scale_cuda=w=2*round(iw/2):h=2*round(ih/2)[v0]"
 
 
 def test_qsv() -> None:
@@ -478,7 +478,8 @@ def test_vaapi() -> None:
             *HEAD, "-protocol_whitelist", "file",
             "-vaapi_device", "/dev/dri/renderD128", "-hwaccel", "vaapi", "-hwaccel_output_format", "vaapi",
             "-i", IN,
-            "-filter_complex", "[0:v:0]split=2[s0][v1];[s0]scale_vaapi=w=1280:h=-2[v0]",
+            "-filter_complex",
+            "[0:v:0]split=2[s0][s1];[s0]scale_vaapi=w=1280:h=-2[v0];[s1]scale_vaapi=w=2*round(iw/2):h=2*round(ih/2)[v1]",
             "-map", "[v0]", "-map", "0:a:0?",
             "-c:v", "h264_vaapi", "-compression_level:v", "2", "-rc_mode:v", "CQP", "-qp:v", "24",
             "-c:a", "aac", "-b:a", "128k",
@@ -647,7 +648,7 @@ def test_audio_none_and_audio_only() -> None:
     assert p.passes == [
         [
             *FILE_INPUT,
-            "-filter_complex", "[0:v:0]null[v0]",
+            "-filter_complex", "[0:v:0]scale=w=2*round(iw/2):h=2*round(ih/2)[v0]",
             "-map", "[v0]", "-c:v", "libx264", "-crf:v", "30", "-pix_fmt:v", "yuv420p", "-an",
             "-f", "mp4", "-movflags", "+faststart", f"{OUT}/silent.mp4",
             "-map", "0:a:0?", "-vn", "-c:a", "libopus", "-b:a", "96k", "-ar:a", "48000",
@@ -687,7 +688,7 @@ def test_rtmp_restream_output() -> None:
             "-i",
             IN,  # a recorded input is restreamed in real time
             "-filter_complex",
-            "[0:v:0]null[v0]",
+            "[0:v:0]scale=w=2*round(iw/2):h=2*round(ih/2)[v0]",
             "-map",
             "[v0]",
             "-map",
@@ -763,8 +764,9 @@ def test_threads() -> None:
         [
             *HEAD, "-protocol_whitelist", "file", "-threads", "2", "-i", IN,
             "-filter_complex_threads", "2",
-            "-filter_complex", "[0:v:0]split=3[s0][v1][s2];[s0]scale=w=640:h=-2[v0];"
-            "[s2]fps=1/60,scale=w=320:h=-2[thumbs]",
+            "-filter_complex",
+            "[0:v:0]split=3[s0][s1][s2];[s0]scale=w=640:h=-2[v0];[s1]scale=w=2*round(iw/2):h=2*round(ih/2)[v1];"
+            "[s2]fps=1/60,scale=w=320:h=-2:out_color_matrix=bt601:out_range=pc[thumbs]",
             "-map", "[v0]", "-map", "0:a:0?", "-c:v", "libx264", "-pix_fmt:v", "yuv420p",
             "-c:a", "aac", "-b:a", "128k", "-threads", "2",
             "-f", "mp4", "-movflags", "+faststart", f"{OUT}/a.mp4",

@@ -206,7 +206,7 @@ def test_a_rotated_422_source_is_uploaded_upright_and_not_turned_again() -> None
     graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
     assert graph == (
         "[0:v:0]format=nv12,hwupload_cuda,split=2[s0][s1];[s0]scale_cuda=w=720:h=1280,setsar=1[v0];"
-        "[s1]fps=1/10,hwdownload,format=nv12|p010le,scale=w=320:h=568,setsar=1[thumbs]"
+        "[s1]fps=1/10,hwdownload,format=nv12|p010le,scale=w=320:h=568:out_color_matrix=bt601:out_range=pc,setsar=1[thumbs]"
     )
     assert "-hwaccel" not in p.passes[0]
 

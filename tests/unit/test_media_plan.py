@@ -10,6 +10,7 @@ import pytest
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, PlannedOutput, build_encode_plan
+from ffrtmp.ffmpeg.filters import svtav1_master_display
 from ffrtmp.ffmpeg.loudness import (
     LoudnessMeasurement,
     LoudnessParseError,
@@ -55,6 +56,7 @@ HDR10 = SourceMedia(
     mastering_display=MASTER_DISPLAY,
     content_light="1000,400",
 )
+HLG = SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67", color_primaries="bt2020")
 TONEMAP = (
     "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
     "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
@@ -293,8 +295,7 @@ def test_hdr10_passthrough_on_libx265_keeps_the_signalling() -> None:
 
 
 def test_hlg_passthrough_on_nvenc_is_main10_with_hlg_tags() -> None:
-    hlg = SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67", color_primaries="bt2020")
-    p = plan([{"name": "hlg", "video": {"codec": "hevc", "hdr": "passthrough"}}], "nvenc", source=hlg)
+    p = plan([{"name": "hlg", "video": {"codec": "hevc", "hdr": "passthrough"}}], "nvenc", source=HLG)
     argv = p.passes[0]
     assert argv[argv.index("-c:v") : argv.index("-an")] == [
         "-c:v", "hevc_nvenc", "-profile:v", "main10", "-color_primaries:v", "bt2020",
@@ -305,6 +306,61 @@ def test_hlg_passthrough_on_nvenc_is_main10_with_hlg_tags() -> None:
 def test_hdr_passthrough_needs_hevc_or_av1() -> None:
     with pytest.raises(InvalidSpec, match="hdr passthrough needs codec hevc or av1"):
         plan([{"name": "a", "video": {"codec": "h264", "hdr": "passthrough"}}], source=HDR10)
+
+
+def test_hdr10_passthrough_on_svtav1_writes_mastering_display_and_content_light() -> None:
+    p = plan([{"name": "hdr", "video": {"codec": "av1", "crf": 30, "hdr": "passthrough"}}], source=HDR10)
+    argv = p.passes[0]
+    assert argv[argv.index("-c:v") : argv.index("-c:a")] == [
+        "-c:v", "libsvtav1", "-crf:v", "30", "-pix_fmt:v", "yuv420p10le",
+        "-color_primaries:v", "bt2020", "-color_trc:v", "smpte2084", "-colorspace:v", "bt2020nc",
+        "-color_range:v", "tv",
+        "-svtav1-params:v",
+        "mastering-display=G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001):content-light=1000,400",
+    ]  # fmt: skip
+
+
+def test_hdr10_passthrough_on_vaapi_hevc_writes_the_hdr_sei_from_the_frames() -> None:
+    p = plan([{"name": "hdr", "video": {"codec": "hevc", "hdr": "passthrough"}}], "vaapi", source=HDR10)
+    argv = p.passes[0]
+    assert argv[argv.index("-c:v") : argv.index("-c:a")] == [
+        "-c:v", "hevc_vaapi", "-profile:v", "main10", "-color_primaries:v", "bt2020",
+        "-color_trc:v", "smpte2084", "-colorspace:v", "bt2020nc", "-color_range:v", "tv", "-tag:v", "hvc1",
+        "-sei:v", "hdr",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "codec", "encoder", "kwargs"),
+    [
+        ("nvenc", "hevc", "hevc_nvenc", {}),
+        ("nvenc", "av1", "av1_nvenc", {}),
+        ("qsv", "hevc", "hevc_qsv", {}),
+        ("qsv", "av1", "av1_qsv", {}),
+        ("vaapi", "av1", "av1_vaapi", {}),
+        ("cpu", "av1", "libaom-av1", {"av1_cpu_encoder": "libaom-av1"}),
+    ],
+)
+def test_hdr10_passthrough_is_refused_where_the_encoder_would_drop_the_metadata(
+    accelerator: str, codec: str, encoder: str, kwargs: dict[str, str]
+) -> None:
+    outputs = [{"name": "hdr", "video": {"codec": codec, "hdr": "passthrough"}}]
+    with pytest.raises(InvalidSpec, match=f"output hdr: {encoder} cannot write the source's HDR10 mastering display"):
+        plan(outputs, accelerator, source=HDR10, **kwargs)
+    # nothing to carry (HLG, or PQ without static metadata): the colour description is enough
+    for source in (
+        SourceMedia(width=1920, height=1080, color_transfer="arib-std-b67"),
+        SourceMedia(width=1920, height=1080, color_transfer="smpte2084"),
+    ):
+        argv = plan(outputs, accelerator, source=source, **kwargs).passes[0]
+        assert argv[argv.index("-color_trc:v") + 1] == source.color_transfer
+
+
+def test_svtav1_master_display_is_in_chromaticity_and_nits() -> None:
+    assert (
+        svtav1_master_display(MASTER_DISPLAY) == "G(0.265,0.69)B(0.15,0.06)R(0.68,0.32)WP(0.3127,0.329)L(1000,0.0001)"
+    )
+    assert svtav1_master_display("G(1,2)B(3,4)") is None
 
 
 # -- audio -------------------------------------------------------------------------------------
@@ -422,17 +478,34 @@ def test_hdr10_metadata_from_the_first_frame() -> None:
     assert source_media_from_probe(document).content_light == "0,0"
 
 
+DOWNLOAD = "hwdownload,format=nv12|p010le"
+HD_THUMB = "scale=w=320:h=180:out_color_matrix=bt601:out_range=pc,setsar=1"  # JPEG: full-range BT.601
+
+
 @pytest.mark.parametrize(
     ("accelerator", "source", "filters"),
     [
-        ("cpu", DVD, "bwdif=mode=send_frame:parity=auto:deint=all,fps=1/10,scale=w=320:h=180,setsar=1"),
-        ("cpu", HDR10, f"fps=1/10,{TONEMAP},scale=w=320:h=180,setsar=1"),
-        ("nvenc", DVD, "fps=1/10,hwdownload,format=nv12|p010le,scale=w=320:h=180,setsar=1"),
-        ("cpu", None, "fps=1/10,scale=w=320:h=-2"),
+        ("cpu", DVD, f"bwdif=mode=send_frame:parity=auto:deint=all,fps=1/10,{HD_THUMB}"),
+        ("cpu", HDR10, f"fps=1/10,{TONEMAP},{HD_THUMB}"),
+        ("cpu", None, "fps=1/10,scale=w=320:h=-2:out_color_matrix=bt601:out_range=pc"),
+        # hardware frames: their own deinterlacer before fps, then only the kept frames come down
+        ("nvenc", DVD, f"yadif_cuda=mode=send_frame:parity=auto:deint=all,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        ("vaapi", DVD, f"deinterlace_vaapi=rate=frame,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        ("qsv", DVD, f"vpp_qsv=deinterlace=2,fps=1/10,{DOWNLOAD},{HD_THUMB}"),
+        # and an HDR source is tone-mapped on the CPU after the download, like the cpu renditions
+        ("nvenc", HDR10, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
+        ("vaapi", HDR10, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
+        ("qsv", HLG, f"fps=1/10,{DOWNLOAD},{TONEMAP},{HD_THUMB}"),
     ],
 )
-def test_thumbnails_follow_the_source(accelerator: str, source: SourceMedia | None, filters: str) -> None:
-    s = TranscodeJobSpec.model_validate({"input": {"uri": IN}, "outputs": [{"name": "a"}], "thumbnails": {}})
+def test_thumbnails_get_the_renditions_deinterlace_and_tone_map(
+    accelerator: str, source: SourceMedia | None, filters: str
+) -> None:
+    # qsv cannot tone-map its renditions: they pass HLG through, the thumbnails are still SDR
+    video = {"codec": "hevc", "hdr": "passthrough"} if accelerator == "qsv" and source is HLG else {}
+    s = TranscodeJobSpec.model_validate(
+        {"input": {"uri": IN}, "outputs": [{"name": "a", "video": video}], "thumbnails": {}}
+    )
     p = build_encode_plan(
         s, accelerator, input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=source
     )
@@ -487,4 +560,4 @@ def test_thumbnails_of_downloaded_hardware_frames_are_turned() -> None:
         s, "vaapi", input_url=IN, output_dir=OUT, scratch_dir="/s", allowed_protocols=["file"], source=upside_down
     )
     graph = p.passes[0][p.passes[0].index("-filter_complex") + 1]
-    assert graph.endswith("[s1]fps=1/10,hwdownload,format=nv12|p010le,hflip,vflip,scale=w=320:h=180,setsar=1[thumbs]")
+    assert graph.endswith(f"[s1]fps=1/10,hwdownload,format=nv12|p010le,hflip,vflip,{HD_THUMB}[thumbs]")

@@ -211,7 +211,8 @@ class VideoSpec(ApiModel):
             "For HDR10 (PQ) and HLG sources. tonemap (default): convert to SDR BT.709 (zscale + "
             "tonemap hable on CPU, tonemap_vaapi on vaapi; not on qsv). passthrough: 10-bit output keeping "
             "the HDR transfer and BT.2020 primaries and matrix; needs codec hevc or av1. HDR10 mastering "
-            "display and content light levels are carried by libx265 (cpu hevc) only."
+            "display and content light levels are carried by libx265, libsvtav1 and hevc_vaapi; on other "
+            "encoders a source that has them is InvalidSpec."
         ),
     )
 

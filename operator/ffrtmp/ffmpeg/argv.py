@@ -62,18 +62,21 @@ from ffrtmp.ffmpeg.encoders import (
     AOM_CPU_USED_MAP,
     AV1_CPU_ENCODER,
     AV1_CPU_ENCODERS,
-    ENCODERS,
     FILE_EXTENSIONS,
     MUXERS,
     NVENC_PRESET_MAP,
     SVTAV1_PRESET_MAP,
     resolve_preset,
+    video_encoder,
 )
 from ffrtmp.ffmpeg.filters import (
     UnsupportedProcessing,
+    carries_hdr10_metadata,
+    check_hdr10_metadata,
     colour_options,
     filter_graph,
     rendition_filters,
+    svtav1_hdr_params,
     thumbnail_filters,
     video_processing,
     x265_hdr_params,
@@ -254,7 +257,7 @@ def _video_args(
         return ["-vn"]
     if v.codec == "copy":
         return [f"-c{s}", "copy"]
-    encoder = av1_cpu_encoder if (accelerator, v.codec) == ("cpu", "av1") else ENCODERS[accelerator][v.codec]
+    encoder = video_encoder(accelerator, v.codec, av1_cpu_encoder)
     args = [f"-c{s}", encoder]
     if r.preset is not None:
         if encoder == "libsvtav1":
@@ -329,6 +332,11 @@ def _video_args(
         if pass_number is not None:
             params += f":pass={pass_number}:stats={stats}.log"
         args += [f"-x265-params{s}", params]
+    if r.processing is not None and carries_hdr10_metadata(r.processing, source):
+        if encoder == "libsvtav1":
+            args += [f"-svtav1-params{s}", ":".join(svtav1_hdr_params(r.processing, source))]
+        elif encoder == "hevc_vaapi":
+            args += [f"-sei{s}", "hdr"]  # from the frames' side data (its default, said out loud)
     return args
 
 
@@ -365,7 +373,8 @@ def build_encode_plan(
     for files (`0:a:0?`) and requires it for hls (the variant map needs it).
 
     `source` (the probed input, see `media.SourceMedia`) decides output sizes, deinterlacing,
-    colour conversion and audio track choice; it implies `input_has_audio` when that is None.
+    colour conversion and audio track choice; it implies `input_has_audio` when that is None
+    (not for a live input: a moment of the stream may not show its audio yet).
     Loudness normalisation adds `loudness_measure_passes` before `passes`.
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
@@ -378,9 +387,9 @@ def build_encode_plan(
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
     check_folders(output_dir, scratch_dir)
-    if input_has_audio is None and source is not None:
-        input_has_audio = bool(source.audio_streams)
     live = is_live(spec)
+    if input_has_audio is None and source is not None and not live:
+        input_has_audio = bool(source.audio_streams)
     realtime = reads_in_real_time(spec)
     whitelist = protocol_whitelist(input_url, allowed_protocols)
     hls_outputs = [o for o in spec.outputs if o.container == "hls"]
@@ -412,6 +421,10 @@ def build_encode_plan(
         processing = None
         if video.codec not in ("copy", "none"):
             processing = video_processing(video, filter_source)
+            try:
+                check_hdr10_metadata(video_encoder(accelerator, video.codec, av1_cpu_encoder), processing, source)
+            except UnsupportedProcessing as e:
+                raise InvalidSpec(f"output {output.name}: {e}") from e
         path = default_output_path(output)
         if output.url is None:
             if output.container != "hls" and path.split("/")[0] in (HLS_DIR, THUMBS_DIR):
@@ -446,9 +459,10 @@ def build_encode_plan(
     thumbs = spec.thumbnails
     branches: list[tuple[str, list[str]]] = [(r.branch or "", r.filters) for r in encoded]
     if thumbs is not None:
-        branches.append(("thumbs", thumbnail_filters(thumbs, hardware, sprite=False, source=filter_source)))
+        frames = accelerator if hardware else "cpu"
+        branches.append(("thumbs", thumbnail_filters(thumbs, frames, sprite=False, source=filter_source)))
         if thumbs.sprite is not None:
-            branches.append(("sprite", thumbnail_filters(thumbs, hardware, sprite=True, source=filter_source)))
+            branches.append(("sprite", thumbnail_filters(thumbs, frames, sprite=True, source=filter_source)))
 
     def head(
         graph_branches: Sequence[tuple[str, list[str]]], *, final: bool = True, measuring: bool = False

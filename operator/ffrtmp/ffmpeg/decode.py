@@ -9,7 +9,7 @@ the frames go to the GPU once, at the head of the filter graph: `format=nv12`, o
 for HDR sources, then `hwupload_cuda`. Software decoding also turns frames upright
 (autorotate), so those chains do not turn them again.
 
-Without a probe (live streams) the GPU decodes, as before: the common live codecs are H.264 and
+Without a probe (a live stream not up yet when probed) the GPU decodes, as before: the common live codecs are H.264 and
 HEVC 4:2:0.
 """
 

@@ -17,11 +17,23 @@ ENCODERS: dict[str, dict[str, str]] = {
 VIDEO_CODECS = ("h264", "hevc", "av1")  # the codecs that are encoded (not copy or none)
 
 
-def video_encoder(accelerator: str, codec: str) -> str:
-    """The ffmpeg encoder a worker of `accelerator` uses for `codec` (cpu av1: AV1_CPU_ENCODER)."""
+def video_encoder(accelerator: str, codec: str, av1_cpu_encoder: str = AV1_CPU_ENCODER) -> str:
+    """The ffmpeg encoder a worker of `accelerator` uses for `codec` (cpu av1: `av1_cpu_encoder`)."""
     if (accelerator, codec) == ("cpu", "av1"):
-        return AV1_CPU_ENCODER
+        return av1_cpu_encoder
     return ENCODERS[accelerator][codec]
+
+
+# The encoders of the worker image's ffmpeg (Debian 12, 5.1) that write HDR10 static metadata
+# (SMPTE 2086 mastering display, CTA-861.3 content light level) into the stream, and how:
+# libx265 and libsvtav1 from the values the planner passes (-x265-params, -svtav1-params
+# mastering-display/content-light: SVT-AV1 1.4); hevc_vaapi from the decoded frames' side data
+# (`-sei hdr`, vaapi_encode_h265). The others cannot: hevc_nvenc passes only captions, timecode
+# and user-data SEI (FFmpeg's doxygen lists no nvenc reader of the HDR side data up to 7.1);
+# hevc_qsv gained it in FFmpeg 6.0 (Debian's libavcodec59 has no mfxExtMasteringDisplayColourVolume
+# 'DCVS' buffer, only the 'VSIN' colour description); libaom-av1 has no option for it; av1_nvenc,
+# av1_qsv and av1_vaapi are not in 5.1 (the self-test keeps jobs off them).
+HDR10_METADATA_ENCODERS = ("libx265", "libsvtav1", "hevc_vaapi")
 
 
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}

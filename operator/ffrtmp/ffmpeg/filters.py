@@ -15,7 +15,10 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
   `bwdif=mode=send_frame:parity=auto:deint=all`, nvenc `yadif_cuda` (same options), vaapi
   `deinterlace_vaapi=rate=frame`, qsv `vpp_qsv=deinterlace=2` (advanced).
 * Size: see `media.output_size`; with a probed source every output is even and square-pixel.
-  Without a probe (live inputs) the old rule holds: the given dimension, the other `-2`.
+  Live inputs are probed briefly too, so their output size is fixed by the first picture (a
+  size change mid-stream is scaled to it: encoders and players keep one size). Without a probe
+  (a stream not up yet when the attempt started): the given dimension, the other `-2`; none
+  given, `2*round(iw/2)` x `2*round(ih/2)`, the nearest even size of each frame (SAR kept).
 * Colour, with a probed SDR source or an HDR source being tone-mapped: outputs are tagged
   BT.709 (`-color_primaries/-color_trc/-colorspace bt709`) and limited range (`-color_range
   tv`). The scaler (cpu `scale`, vaapi `scale_vaapi`) converts what differs: full-range
@@ -30,17 +33,22 @@ deinterlace, fps, scale (+ `setsar=1`), tone map.
   range. On nvenc the frames are downloaded for this and uploaded again; vaapi uses
   `tonemap_vaapi`; qsv has no tone mapper in ffmpeg 5.1 (InvalidSpec: use passthrough or
   another pool). `hdr` passthrough (hevc/av1): 10-bit output keeping BT.2020 primaries and
-  matrix and the source transfer; libx265 also gets `hdr10`, `master-display` and `max-cll`
-  when the probe reported them.
+  matrix and the source transfer; HDR10 static metadata the probe reported goes to libx265
+  (`hdr10`, `master-display`, `max-cll`), libsvtav1 (`mastering-display`, `content-light` in
+  SVT-AV1's units) and hevc_vaapi (`-sei hdr`); other encoders would drop it: InvalidSpec
+  (`encoders.HDR10_METADATA_ENCODERS`).
 * Unknown source (no probe): no deinterlace in auto, no colour tags, nothing tone-mapped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from ffrtmp.api.job import ThumbnailSpec, VideoSpec
+from ffrtmp.ffmpeg.encoders import HDR10_METADATA_ENCODERS
 from ffrtmp.ffmpeg.media import HdrKind, SourceMedia, nearest_even, output_size
 
 HW_DOWNLOAD = "hwdownload,format=nv12|p010le"
@@ -141,7 +149,14 @@ def _colour_conversion(p: VideoProcessing) -> str:
     return options + (":out_range=tv" if p.to_limited_range else "")
 
 
-def _scale_filter(accelerator: str, width: int | None, height: int | None, *, conversion: str) -> str | None:
+# Without a probe (a live stream that was not up yet) and no size asked: the nearest even size
+# by expression, evaluated on the frames themselves (a pass-through for an even source).
+UNPROBED_EVEN_SIZE = ("2*round(iw/2)", "2*round(ih/2)")
+
+
+def _scale_filter(
+    accelerator: str, width: int | str | None, height: int | str | None, *, conversion: str
+) -> str | None:
     if conversion and accelerator in ("cpu", "vaapi") and width is None and height is None:
         return f"{'scale' if accelerator == 'cpu' else 'scale_vaapi'}={conversion.lstrip(':')}"
     if width is None and height is None:
@@ -175,8 +190,12 @@ def rendition_filters(video: VideoSpec, accelerator: str, processing: VideoProce
         filters.append(DEINTERLACE_FILTERS[accelerator])
     if video.fps is not None:
         filters.append(f"fps={video.fps}")
+    width: int | str | None
+    height: int | str | None
     if p.size is None:
         width, height = video.width, video.height
+        if width is None and height is None:
+            width, height = UNPROBED_EVEN_SIZE
     else:
         width, height = p.size if p.rescale else (None, None)
     scale = _scale_filter(accelerator, width, height, conversion=_colour_conversion(p))
@@ -230,28 +249,92 @@ def x265_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> 
     return params
 
 
+MASTER_DISPLAY_RE = re.compile(r"G\((\d+),(\d+)\)B\((\d+),(\d+)\)R\((\d+),(\d+)\)WP\((\d+),(\d+)\)L\((\d+),(\d+)\)")
+X265_CHROMA_UNIT = 50000  # x265 master-display chromaticities are in 1/50000
+X265_LUMINANCE_UNIT = 10000  # and luminances in 1/10000 cd/m2
+
+
+def _decimal(value: Fraction) -> str:
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")
+
+
+def svtav1_master_display(x265: str) -> str | None:
+    """x265's `G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)` in SVT-AV1's units: the same order, in
+    chromaticity coordinates and cd/m2 (SVT-AV1 reads integers as those units, not x265's)."""
+    match = MASTER_DISPLAY_RE.fullmatch(x265)
+    if match is None:
+        return None
+    n = [int(v) for v in match.groups()]
+    chroma = [_decimal(Fraction(v, X265_CHROMA_UNIT)) for v in n[:8]]
+    light = [_decimal(Fraction(v, X265_LUMINANCE_UNIT)) for v in n[8:]]
+    return (
+        f"G({chroma[0]},{chroma[1]})B({chroma[2]},{chroma[3]})R({chroma[4]},{chroma[5]})"
+        f"WP({chroma[6]},{chroma[7]})L({light[0]},{light[1]})"
+    )
+
+
+def carries_hdr10_metadata(processing: VideoProcessing, source: SourceMedia | None) -> bool:
+    """The rendition passes a PQ source through and the probe found static metadata to carry."""
+    return (
+        processing.hdr_passthrough == "pq"
+        and source is not None
+        and (source.mastering_display is not None or source.content_light is not None)
+    )
+
+
+def check_hdr10_metadata(encoder: str, processing: VideoProcessing, source: SourceMedia | None) -> None:
+    """UnsupportedProcessing where the encoder would drop the source's HDR10 static metadata."""
+    if carries_hdr10_metadata(processing, source) and encoder not in HDR10_METADATA_ENCODERS:
+        raise UnsupportedProcessing(
+            f"{encoder} cannot write the source's HDR10 mastering display and content light metadata in this "
+            "ffmpeg (5.1), and HDR10 without it is shown with guessed brightness: use a cpu pool (libx265 or "
+            "libsvtav1), hevc on vaapi, or video.hdr tonemap"
+        )
+
+
+def svtav1_hdr_params(processing: VideoProcessing, source: SourceMedia | None) -> list[str]:
+    """SVT-AV1 parameters carrying HDR10 static metadata (the colour description comes from
+    ffmpeg's -color_* options, which libsvtav1 passes on)."""
+    if not carries_hdr10_metadata(processing, source) or source is None:
+        return []
+    params = []
+    if source.mastering_display is not None:
+        mastering = svtav1_master_display(source.mastering_display)
+        if mastering is not None:
+            params.append(f"mastering-display={mastering}")
+    if source.content_light is not None:
+        params.append(f"content-light={source.content_light}")
+    return params
+
+
 def thumbnail_filters(
-    thumbs: ThumbnailSpec, hardware_frames: bool, *, sprite: bool, source: SourceMedia | None = None
+    thumbs: ThumbnailSpec, frames: str, *, sprite: bool, source: SourceMedia | None = None
 ) -> list[str]:
-    """Stills every N seconds, `thumbs.width` wide. With a probed source they have its display
-    aspect in square pixels; on CPU frames an interlaced source is deinterlaced (bwdif) and an
-    HDR one tone-mapped like the renditions. Hardware frames are downloaded first and get the
-    turn and the aspect only (bwdif and zscale do not take the downloaded nv12/p010 frames)."""
-    filters = [f"fps=1/{thumbs.interval_seconds}"]
-    if hardware_frames:
+    """Stills every N seconds, `thumbs.width` wide, from frames of the accelerator `frames`
+    ("cpu": software frames). With a probed source they get the renditions' treatment: an
+    interlaced source is deinterlaced before `fps` (a deinterlacer needs the neighbouring
+    frames) by the frames' own deinterlacer (bwdif, yadif_cuda, deinterlace_vaapi, vpp_qsv);
+    hardware frames are then downloaded (only the kept ones) and turned upright; an HDR source
+    is tone-mapped on the CPU like the cpu renditions (zscale + tonemap hable, whatever the pool:
+    a few frames); the still has the display aspect in square pixels, and a JPEG is converted to
+    the full-range BT.601 that JFIF readers assume."""
+    filters: list[str] = []
+    if source is not None and source.interlaced:
+        filters.append(DEINTERLACE_FILTERS[frames])
+    filters.append(f"fps=1/{thumbs.interval_seconds}")
+    if frames != "cpu":
         filters.append(HW_DOWNLOAD)
         if source is not None:
             filters += rotation_filters("cpu", source.rotation, downloaded=True)
-    elif source is not None:
-        if source.interlaced:
-            filters.insert(0, DEINTERLACE_FILTERS["cpu"])  # before fps: bwdif needs neighbouring frames
-        if source.hdr is not None:
-            filters += CPU_TONEMAP
+    if source is not None and source.hdr is not None:
+        filters += CPU_TONEMAP
     aspect = source.display_aspect if source is not None else None
+    # JPEG (JFIF) is full-range BT.601 whatever the source: convert, or readers shift the hues
+    jfif = ":out_color_matrix=bt601:out_range=pc" if thumbs.format == "jpg" else ""
     if aspect is None:
-        filters.append(f"scale=w={thumbs.width}:h=-2")
+        filters.append(f"scale=w={thumbs.width}:h=-2{jfif}")
     else:
-        filters += [f"scale=w={thumbs.width}:h={nearest_even(thumbs.width / aspect)}", "setsar=1"]
+        filters += [f"scale=w={thumbs.width}:h={nearest_even(thumbs.width / aspect)}{jfif}", "setsar=1"]
     if sprite and thumbs.sprite is not None:
         filters.append(f"tile={thumbs.sprite.columns}x{thumbs.sprite.rows}")
     return filters

@@ -3,7 +3,7 @@
 `SourceMedia` is a typed summary of ffprobe's `-show_streams -show_format` JSON: the first
 video stream's size, sample aspect ratio, field order and colour tags, and every audio
 stream with its language and channel count. The planner takes it (or None when the input
-cannot be probed, e.g. a live stream) and decides sizes, deinterlacing and tone mapping.
+cannot be probed, e.g. a live stream not up yet) and decides sizes, deinterlacing and tone mapping.
 
 Size rule (`output_size`): every encoded output is square-pixel (`setsar=1`) with even
 width and height (4:2:0 chroma needs both). The source's display aspect ratio (DAR =

@@ -20,6 +20,8 @@ from ffrtmp.ffmpeg.media import SourceMedia, source_media_from_probe
 
 FFPROBE = "ffprobe"
 PROBE_TIMEOUT_SECONDS = 30.0
+LIVE_PROBE_TIMEOUT_SECONDS = 10.0
+LIVE_ANALYZE_US = 2_000_000
 MASTER_PLAYLIST_MAX_BYTES = 1 << 20
 _ATTRIBUTE_RE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^",]*)')
 
@@ -146,12 +148,17 @@ async def probe_input(
     *,
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
     env: dict[str, str] | None = None,
+    live: bool = False,
 ) -> ProbeResult | None:
     """Probe a job's input with the same protocol whitelist, network timeout and environment (the
-    egress proxy) ffmpeg gets."""
+    egress proxy) ffmpeg gets. A live input is read for at most LIVE_ANALYZE_US of stream and
+    LIVE_PROBE_TIMEOUT_SECONDS in all (a stream not yet published gives None, not a wait)."""
     args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
     if "://" in url:
         args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
+    if live:
+        args += ["-analyzeduration", str(LIVE_ANALYZE_US)]
+        timeout_seconds = min(timeout_seconds, LIVE_PROBE_TIMEOUT_SECONDS)
     document = await run_ffprobe(
         [*args, "-print_format", "json", "-show_format", "-show_streams", url],
         timeout_seconds=timeout_seconds,

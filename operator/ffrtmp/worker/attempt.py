@@ -264,13 +264,14 @@ class Attempt:
             raise _Failed(self._egress_failure() or Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
         self._whitelist = protocol_whitelist(url, self.config.allowed_protocols)
-        info = None
-        if not self.spec.input.live and not url.startswith(("rtmp://", "rtmps://")):
-            info = await probe_input(url, self._whitelist, env=self._ffmpeg_env({}))
-            refused = self._egress_failure()
-            if refused is not None:
-                raise _Failed(refused)
-        self._input_duration = info.duration_seconds if info else None
+        # A live input is probed too (briefly): its first picture fixes the output size, field
+        # order and colour handling; a stream not up yet is planned without (filters.py).
+        live = is_live(self.spec)
+        info = await probe_input(url, self._whitelist, env=self._ffmpeg_env({}), live=live)
+        refused = self._egress_failure()
+        if refused is not None:
+            raise _Failed(refused)
+        self._input_duration = info.duration_seconds if info and not live else None
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
             plan = build_encode_plan(
@@ -281,7 +282,8 @@ class Attempt:
                 scratch_dir=str(self.scratch),
                 allowed_protocols=list(self.config.allowed_protocols),
                 threads=self._threads(),
-                input_has_audio=None if info is None else info.audio_codec is not None,
+                # a moment of a live stream may not show its audio yet: unknown, not absent
+                input_has_audio=None if info is None or live else info.audio_codec is not None,
                 source=None if info is None else info.media,
                 render_device=self.config.render_device,
             )
