@@ -158,8 +158,8 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "ffmpeg-rtmp"
-    assert chart["version"] == "0.1.0"
-    assert chart["appVersion"] == "0.1.0"
+    assert chart["version"] == "0.2.0"
+    assert chart["appVersion"] == "0.2.0"
     # CRD selectableFields (TranscodeJob status.phase, status.worker) are GA since Kubernetes 1.31.
     assert chart["kubeVersion"] == ">=1.31.0-0"
     for f in (
@@ -556,7 +556,7 @@ def test_deployment_defaults(helm: str) -> None:
     c = pod["containers"][0]
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
-    assert c["image"] == "ghcr.io/ffmpeg-rtmp/worker:0.1.0"
+    assert c["image"] == "ghcr.io/ffmpeg-rtmp/worker:0.2.0"
     assert c["command"] == ["ffrtmp", "operator"]
     assert c["args"] == [
         "--all-namespaces",
@@ -564,7 +564,7 @@ def test_deployment_defaults(helm: str) -> None:
         "--health-port=8080",
         "--ready-port=8081",
         "--log-format=json",
-        "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.1.0",
+        "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.2.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,configMap,secret,projected,downwardAPI",
