@@ -132,8 +132,8 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
         }, ns)  # fmt: skip
         wait_for(lambda: ready_workers() == 1, 120, "a ready worker of the previous release", interval=0.5)
 
-        # 1. Jobs in flight on the previous release (input.realtime: each encode lasts the clip's 8 s).
-        clip = make_clip(media / "clip.mp4", seconds=8)
+        # 1. Jobs in flight on the previous release (input.realtime: each encode lasts the clip's 10 s).
+        clip = make_clip(media / "clip.mp4", seconds=10)
         in_flight = [f"flight-{i}" for i in range(3)]
         for name in in_flight:
             cluster.apply(job(name, clip, realtime=True), ns)
@@ -179,9 +179,15 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
         assert "title" not in tags_of(skew_status["outputs"][0]["path"]), "not a worker of the previous release"
 
         # 4. Workers of this tree (as their Pods are replaced): the new field takes effect.
+        old_pods = {p["metadata"]["name"] for p in cluster.list("pods", ns)}
         old_workers.stop()
         start_workers("workers-new")
-        wait_for(lambda: ready_workers() == 1, 120, "a ready worker of this tree", interval=0.5)
+
+        def new_worker_ready() -> bool:
+            pods = {p["metadata"]["name"] for p in cluster.list("pods", ns)}
+            return bool(pods) and not pods & old_pods and ready_workers() == 1
+
+        wait_for(new_worker_ready, 120, "the old worker Pod gone and a worker of this tree ready", interval=0.5)
         cluster.apply(job("tagged", clip, tags=tags), ns)
         all_jobs = wait_for(lambda: finished(cluster, ns, 5), 120, "the tagged job", interval=0.5)
         [tagged] = [j for j in all_jobs if j["metadata"]["name"] == "tagged"]

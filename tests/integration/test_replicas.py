@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -204,19 +205,22 @@ def test_a_skewed_clock_neither_steals_a_live_lease_nor_waits_forever(farm: Farm
 
 
 def test_a_leader_stopped_mid_scale_up_creates_no_pods_after_the_takeover(farm: Farm) -> None:
-    """The leader decides to add two workers and is stopped before it sends the creates (the test hook
-    stops it exactly there). The standby takes over and makes the same decision; the old leader, resumed,
-    drops its two creates unsent. The pool ends with the two Pods of the new leader's term, not four."""
+    """The leader decides to add workers and is stopped before it sends the creates (the test hook stops
+    it exactly there). The standby takes over and creates the two Pods the queue needs; the old leader,
+    resumed, drops its creates unsent. The pool ends with the new leader's two Pods, not more."""
     port_a = free_port()
     a = start_replica(farm, "operator-a", port_a, env={STOP_BEFORE_POD_CREATES_ENV: "1"})
     wait_for(lambda: holder(farm) == identity(a), 60, "operator-a to lead")
     b = start_replica(farm, "operator-b")
     term_a = lease(farm)["leaseTransitions"]
     # No stand-in workers: the queued jobs only make the autoscaler ask for two Pods (KWOK runs them).
-    farm.pool("cpu", minWorkers=0, maxWorkers=2, maxConcurrentJobs=1)
+    # The jobs come first, so that the pool's first decision sees both.
     for i in range(2):
         farm.job(f"job-{i}", str(farm.media / "clip.mp4"))
+    farm.pool("cpu", minWorkers=0, maxWorkers=2, maxConcurrentJobs=1)
     wait_for(lambda: stopped(a), 60, "operator-a to stop itself before creating Pods")
+    decided = re.search(r"stopping this process before creating (\d+) Pods", a.tail(200))
+    assert decided is not None, a.tail(50)
     try:
         assert worker_pods(farm) == []
         wait_for(lambda: holder(farm) == identity(b), 60, "operator-b to take the Lease over")
@@ -224,7 +228,8 @@ def test_a_leader_stopped_mid_scale_up_creates_no_pods_after_the_takeover(farm: 
     finally:
         signal_group(a, signal.SIGCONT)
     fenced = "ffrtmp_operator_fenced_writes_total"
-    wait_for(lambda: total([scrape(port_a)], fenced, kind="Pod") == 2, 30, "operator-a to drop its two creates")
+    dropped = int(decided.group(1))
+    wait_for(lambda: total([scrape(port_a)], fenced, kind="Pod") == dropped, 30, "operator-a to drop its creates")
     assert "not leading any more" in a.tail(200)
     time.sleep(2)  # a create sent after all would show by now
     pods = worker_pods(farm)
