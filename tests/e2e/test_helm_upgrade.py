@@ -94,11 +94,13 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
     }
     # The previous chart's `helm install` creates the CRDs of its crds/ (where the cluster may lose them).
     crds_recreated = _let_helm_create_crds(cluster)
+    print(f"CRDs created by the previous chart's helm install: {crds_recreated}")
     if not crds_recreated:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(previous / "crds"))
     rel = Release(cluster, f"up-{suffix}", ns, ns, tmp_path, helm_env, crds_recreated)
     media, output, logs, state = (tmp_path / d for d in ("media", "output", "logs", "workers"))
     output.mkdir()
+    clip = make_clip(media / "clip.mp4", seconds=10)  # before the workers' storage check
     running: list[Service] = []
     try:
         rel.helm("install", rel.name, str(previous / "charts" / "ffmpeg-rtmp"), "-n", ns, *rel.values_args())
@@ -133,7 +135,6 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
         wait_for(lambda: ready_workers() == 1, 120, "a ready worker of the previous release", interval=0.5)
 
         # 1. Jobs in flight on the previous release (input.realtime: each encode lasts the clip's 10 s).
-        clip = make_clip(media / "clip.mp4", seconds=10)
         in_flight = [f"flight-{i}" for i in range(3)]
         for name in in_flight:
             cluster.apply(job(name, clip, realtime=True), ns)
@@ -233,6 +234,8 @@ def job(name: str, clip: Path, *, realtime: bool = False, tags: dict[str, str] |
 def server_keeps_tags(c: TestCluster, ns: str, doc: dict[str, Any]) -> bool:
     """A server-side dry run keeps spec.outputs[].tags (the old schema would prune it)."""
     out = c.kubectl("create", "-n", ns, "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(doc), check=False)
+    if out.returncode != 0:
+        print(f"dry run: {out.stderr.strip()}")
     return out.returncode == 0 and "tags" in json.loads(out.stdout)["spec"]["outputs"][0]
 
 
