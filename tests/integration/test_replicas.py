@@ -1,24 +1,28 @@
 """Two operator replicas with --leader-elect against the local control plane: sums of job metrics over
 both replicas are right, the standby takes over from a stopped leader and finishes the rest, a demoted
 replica exports no stale job series, and a skewed wall clock neither steals a live Lease nor waits
-forever (issue 17)."""
+forever, and a leader stopped mid scale-up creates no Pods once it wakes after the takeover (issue 17)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Farm
+from ffrtmp.api.constants import LABEL_LEADER_TERM
 from ffrtmp.conditions import parse_time
 from ffrtmp.controller.leader import CLOCK_SKEW_ENV
+from ffrtmp.controller.reconciler import STOP_BEFORE_POD_CREATES_ENV
 from ffrtmp.dev.cluster import free_port
 from helpers import Service, make_clip, operator_argv, start_service, wait_for
 
@@ -89,6 +93,16 @@ def start_replica(farm: Farm, name: str, metrics_port: int = 0, env: dict[str, s
 
 def signal_group(svc: Service, sig: int) -> None:
     os.killpg(svc.proc.pid, sig)
+
+
+def stopped(svc: Service) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    stat = Path(f"/proc/{svc.proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def worker_pods(farm: Farm) -> list[dict[str, Any]]:
+    return [p for p in farm.cluster.list("pods", farm.namespace) if not p["metadata"].get("deletionTimestamp")]
 
 
 def succeeded(farm: Farm) -> int:
@@ -188,3 +202,40 @@ def test_a_skewed_clock_neither_steals_a_live_lease_nor_waits_forever(farm: Farm
     # B's last renewTime says it is valid for another hour; C goes by when it last saw it change.
     wait_for(lambda: holder(farm) == identity(c), 60, "operator-c to take the Lease (not wait an hour)")
     assert lease(farm)["leaseTransitions"] == transitions + 2
+
+
+def test_a_leader_stopped_mid_scale_up_creates_no_pods_after_the_takeover(farm: Farm) -> None:
+    """The leader decides to add workers and is stopped before it sends the creates (the test hook stops
+    it exactly there). The standby takes over and creates the two Pods the queue needs; the old leader,
+    resumed, drops its creates unsent. The pool ends with the new leader's two Pods, not more."""
+    port_a = free_port()
+    a = start_replica(farm, "operator-a", port_a, env={STOP_BEFORE_POD_CREATES_ENV: "1"})
+    wait_for(lambda: holder(farm) == identity(a), 60, "operator-a to lead")
+    b = start_replica(farm, "operator-b")
+    term_a = lease(farm)["leaseTransitions"]
+    # No stand-in workers: the queued jobs only make the autoscaler ask for two Pods (KWOK runs them).
+    # The jobs come first, so that the pool's first decision sees both.
+    for i in range(2):
+        farm.job(f"job-{i}", str(farm.media / "clip.mp4"))
+    farm.pool("cpu", minWorkers=0, maxWorkers=2, maxConcurrentJobs=1)
+    wait_for(lambda: stopped(a), 60, "operator-a to stop itself before creating Pods")
+    decided = re.search(r"stopping this process before creating (\d+) Pods", a.tail(200))
+    assert decided is not None, a.tail(50)
+    try:
+        assert worker_pods(farm) == []
+        wait_for(lambda: holder(farm) == identity(b), 60, "operator-b to take the Lease over")
+        wait_for(lambda: len(worker_pods(farm)) == 2, 60, "operator-b's two worker Pods")
+    finally:
+        signal_group(a, signal.SIGCONT)
+    fenced = "ffrtmp_operator_fenced_writes_total"
+    dropped = int(decided.group(1))
+    wait_for(lambda: total([scrape(port_a)], fenced, kind="Pod") == dropped, 30, "operator-a to drop its creates")
+    assert "not leading any more" in a.tail(200)
+    time.sleep(2)  # a create sent after all would show by now
+    pods = worker_pods(farm)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    assert farm.cluster.get("wp", "cpu", farm.namespace)["status"]["desiredWorkers"] == 2
+    term_b = lease(farm)["leaseTransitions"]
+    assert term_b == term_a + 1
+    assert {p["metadata"]["labels"].get(LABEL_LEADER_TERM) for p in pods} == {str(term_b)}
+    assert holder(farm) == identity(b)

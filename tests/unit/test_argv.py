@@ -948,6 +948,7 @@ def _invalid(outputs: list[dict[str, Any]], accelerator: str, extra: dict[str, A
         ([{"name": "a"}, {"name": "a", "container": "mkv"}], "cpu", {}, "unique"),
         ([{"name": "a"}], "cpu", {"hls": {"segmentSeconds": 4}}, "at least one output with container hls"),
         ([{"name": "a"}], "amf", {}, "unknown accelerator"),
+        ([{"name": "a", "container": "mpegts", "tags": {"title": "t"}}], "cpu", {}, "tags are written into"),
     ],
 )
 def test_invalid_specs(outputs: list[dict[str, Any]], accelerator: str, extra: dict[str, Any], words: str) -> None:
@@ -1013,3 +1014,12 @@ def test_realtime_defaults_on_only_for_a_recorded_input_restreamed_to_rtmp() -> 
     live = spec([restream], input={"uri": "rtmp://h/live/in"})
     assert "-re" not in plan(live, input_url="rtmp://h/live/in").passes[0]
     assert "-re" not in plan(spec([restream], input={"uri": IN, "realtime": False})).passes[0]
+
+
+def test_tags_are_written_into_their_output_only() -> None:
+    tags = {"title": "Évening news = 20:00", "copyright": "(c) Station"}
+    main = plan(spec([{"name": "a", "tags": tags}, {"name": "b", "container": "mkv"}])).passes[-1]
+    a_end = main.index(f"{OUT}/a.mp4")
+    pairs = [main[i + 1] for i, x in enumerate(main) if x == "-metadata"]
+    assert pairs == ["title=Évening news = 20:00", "copyright=(c) Station"]
+    assert main.index("-metadata") < a_end

@@ -293,6 +293,31 @@ def test_crd_has_no_non_structural_keywords() -> None:
             assert "type" in node, f"{path} has no type"
 
 
+def model_property_names(schema: Any) -> set[str]:
+    """Every property name anywhere in a pydantic JSON schema (its $defs included)."""
+    if isinstance(schema, list):
+        return set().union(*(model_property_names(s) for s in schema))
+    if not isinstance(schema, dict):
+        return set()
+    own = set(schema["properties"]) if isinstance(schema.get("properties"), dict) else set()
+    return own.union(*(model_property_names(v) for v in schema.values()))
+
+
+@pytest.mark.parametrize(
+    ("crd_file", "section", "model"),
+    [
+        (JOB_CRD, "spec", TranscodeJobSpec), (JOB_CRD, "status", TranscodeJobStatus),
+        (POOL_CRD, "spec", WorkerPoolSpec), (POOL_CRD, "status", WorkerPoolStatus),
+    ],
+)  # fmt: skip
+def test_every_model_field_is_in_the_crd(crd_file: str, section: str, model: type[BaseModel]) -> None:
+    """Even fields named like a JSON-schema keyword (an output's tags.title): the API server would prune
+    a field the CRD lacks, silently."""
+    in_crd = {name.rsplit(".", 1)[-1] for name, _ in properties(openapi(crd_file)["properties"][section], section)}
+    missing = model_property_names(model.model_json_schema(by_alias=True)) - in_crd
+    assert not missing, missing
+
+
 def test_every_spec_and_status_property_is_described() -> None:
     missing = [
         path

@@ -10,6 +10,8 @@ POOL_PLURAL: Final = "workerpools"
 
 LABEL_POOL: Final = f"{GROUP}/pool"
 LABEL_WORKER: Final = f"{GROUP}/worker"
+# On worker Pods: the leaseTransitions of the leader Lease when the creating replica led (its term).
+LABEL_LEADER_TERM: Final = f"{GROUP}/leader-term"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"

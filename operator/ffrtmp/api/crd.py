@@ -47,7 +47,8 @@ def _inline(node: Any, defs: dict[str, Schema]) -> Any:
             raise ValueError(f"not structural: anyOf with {len(variants)} non-null variants: {node}")
         del node["anyOf"]
         node = {**_inline(variants[0], defs), **node}
-    node.pop("title", None)
+    if isinstance(node.get("title"), str):  # pydantic's title keyword, not a property named "title"
+        del node["title"]
     if node.get("additionalProperties") is False:
         # extra="forbid" in the models (strict in tests); the API server prunes or refuses unknown fields.
         del node["additionalProperties"]

@@ -301,6 +301,20 @@ class AudioSpec(ApiModel):
     )
 
 
+TagValue = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+TAG_CONTAINERS = ("mp4", "mkv", "flv")
+
+
+class OutputTags(ApiModel):
+    """Metadata tags written into the file's container (`-metadata`); players and `ffprobe` show them."""
+
+    title: TagValue | None = Field(default=None, description="Title, e.g. the programme's name.")
+    artist: TagValue | None = Field(default=None, description="Author or artist.")
+    comment: TagValue | None = Field(default=None, description="Free-form comment.")
+    copyright: TagValue | None = Field(default=None, description="Copyright notice.")
+    description: TagValue | None = Field(default=None, description="Longer description.")
+
+
 class OutputSpec(ApiModel):
     """One rendition: a file, an HLS variant, or an RTMP restream."""
 
@@ -322,6 +336,10 @@ class OutputSpec(ApiModel):
             (
                 "!has(self.video) || self.video.codec != 'hevc' || self.container != 'flv'",
                 "container flv cannot carry hevc",
+            ),
+            (
+                "!has(self.tags) || self.container in " + str(list(TAG_CONTAINERS)),
+                "tags are written into mp4, mkv and flv outputs only (hls and mpegts carry none)",
             ),
             (
                 "self.container != 'hls' || (has(self.video) && (self.video.codec == 'copy' || "
@@ -352,6 +370,9 @@ class OutputSpec(ApiModel):
     )
     video: VideoSpec | None = Field(default=None, description="Video settings (default: h264).")
     audio: AudioSpec | None = Field(default=None, description="Audio settings (default: aac).")
+    tags: OutputTags | None = Field(
+        default=None, description="Metadata tags of the file (mp4, mkv, flv), e.g. `title` and `copyright`."
+    )
 
 
 class HlsSpec(ApiModel):

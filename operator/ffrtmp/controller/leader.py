@@ -168,6 +168,15 @@ class LeaderElector:
         # Read by the metrics server's thread too: a float compare, no lock needed.
         return self._monotonic() < self._valid_until
 
+    @property
+    def term(self) -> int | None:
+        """The leader Lease's leaseTransitions while this replica leads, else None. Worker Pods carry it
+        (label ffmpeg-rtmp.io/leader-term): a Pod a deposed leader created is told apart by its older term."""
+        observed = self._observed
+        if not self.is_leader or observed is None or observed.record.holder != self.identity:
+            return None
+        return observed.record.transitions
+
     async def run(self) -> None:
         while True:
             started = self._monotonic()

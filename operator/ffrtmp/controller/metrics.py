@@ -114,6 +114,13 @@ class OperatorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.fenced_writes = PromCounter(
+            "ffrtmp_operator_fenced_writes_total",
+            "Writes (worker Pod creates and deletes, pool status) a replica decided while leading and dropped "
+            "unsent because its lead had ended by the time it would send them (e.g. it was stopped in between).",
+            ["kind"],
+            registry=r,
+        )
         self.loop_lag = LoopLag(r, "ffrtmp_operator")
         self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
 

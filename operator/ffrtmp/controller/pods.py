@@ -9,6 +9,7 @@ from ffrtmp.api.constants import (
     APP_NAME,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
+    LABEL_LEADER_TERM,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_POOL,
@@ -94,9 +95,15 @@ def storage_volumes(spec: WorkerPoolSpec) -> tuple[list[Obj], list[Obj]]:
 
 
 def build_worker_pod(
-    pool_name: str, namespace: str, pool_uid: str, spec: WorkerPoolSpec, settings: OperatorSettings
+    pool_name: str,
+    namespace: str,
+    pool_uid: str,
+    spec: WorkerPoolSpec,
+    settings: OperatorSettings,
+    leader_term: int | None = None,
 ) -> Obj:
-    """A worker Pod owned by its pool: device-plugin request, cgroup limits, restricted security."""
+    """A worker Pod owned by its pool: device-plugin request, cgroup limits, restricted security.
+    `leader_term`: the creating leader's term (leader election on), so duplicates are detectable."""
     env: list[Obj] = [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -190,6 +197,8 @@ def build_worker_pod(
         pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     # Extra labels never replace the operator's own: its selectors and the pool's /scale rely on them.
     labels = {**settings.worker_pod_labels, **(spec.pod_labels or {}), **worker_labels(pool_name)}
+    if leader_term is not None:
+        labels[LABEL_LEADER_TERM] = str(leader_term)
     annotations = {**settings.worker_pod_annotations, **(spec.pod_annotations or {})}
     extra_meta: Obj = {"annotations": annotations} if annotations else {}
     return {

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -45,6 +47,9 @@ API_CHECK_SECONDS = 2.0
 API_GAP_SECONDS = 5.0
 # A readiness check (a few milliseconds when healthy) answered this late means a stalled API server.
 API_STALL_SECONDS = 1.0
+# Test hook (never set in production): "1" makes the process SIGSTOP itself once, the first time it has
+# decided to create worker Pods and before it sends them, so a test can depose it at exactly that point.
+STOP_BEFORE_POD_CREATES_ENV = "FFRTMP_TEST_STOP_BEFORE_POD_CREATES"
 
 
 def job_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -81,6 +86,7 @@ class Reconciler:
         self._list_errors: dict[tuple[str, str], str] = {}
         self._last_api_ok = 0.0
         self._api_down = False
+        self._stop_before_pod_creates = os.environ.get(STOP_BEFORE_POD_CREATES_ENV) == "1"
 
     # -- events (the watches of `controller.watches` call these) -------------------------------
     def on_event(self, kind: str, event_type: str, obj: Obj) -> None:
@@ -419,16 +425,24 @@ class Reconciler:
         try:
             pods_path = resource_path("", "v1", "pods", pool.namespace)
             if create:
-                manifest = build_worker_pod(pool.name, pool.namespace, pool.uid, spec, self.settings)
-                created = await self._gather_results(
-                    self._bounded(self.client.create(pods_path, manifest)) for _ in range(create)
-                )
+                term = self.elector.term if self.elector is not None else None
+                manifest = build_worker_pod(pool.name, pool.namespace, pool.uid, spec, self.settings, term)
+                if self._stop_before_pod_creates:
+                    self._stop_before_pod_creates = False
+                    log.warning(
+                        "%s is set: stopping this process before creating %d Pods", STOP_BEFORE_POD_CREATES_ENV, create
+                    )
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                created = await self._gather_results(self._create_pod(pods_path, manifest) for _ in range(create))
                 for obj in created:
                     self.store.put_pod(obj)
             for name in delete:
-                await self._bounded(self.client.delete_ignore_missing(f"{pods_path}/{name}"))
+                async with self._writes:
+                    if self._fenced("Pod", f"deleting worker Pod {pool.namespace}/{name}"):
+                        continue
+                    await self.client.delete_ignore_missing(f"{pods_path}/{name}")
                 self.store.pods.pop(f"{pool.namespace}/{name}", None)
-            if status is not None:
+            if status is not None and not self._fenced("WorkerPool", f"the status of pool {key}"):
                 updated = await self._bounded(
                     self.client.merge_patch(pool_path(pool.namespace, pool.name, "status"), {"status": status})
                 )
@@ -439,6 +453,24 @@ class Reconciler:
             log.warning("reconciling pool %s failed: %s", key, e)
             self.metrics.reconcile_errors.labels("WorkerPool").inc()
 
+    def _fenced(self, kind: str, what: str) -> bool:
+        """Checked right before a worker Pod write is sent (after waiting for a write slot): True, and
+        the write dropped, when this replica's lead ended since it decided. A leader stopped mid-pass
+        (SIGSTOP, a frozen VM, a long pause) wakes up past its renew deadline, while another replica
+        may already lead and have made the same decision: acting on its own would double the Pods."""
+        if self.leading:
+            return False
+        log.warning("not leading any more: %s dropped unsent", what)
+        self.metrics.fenced_writes.labels(kind).inc()
+        return True
+
+    async def _create_pod(self, pods_path: str, manifest: Obj) -> Obj | None:
+        async with self._writes:
+            if self._fenced("Pod", f"creating a worker Pod of {manifest['metadata']['generateName']}*"):
+                return None
+            created: Obj = await self.client.create(pods_path, manifest)
+            return created
+
     async def _gather_results(self, aws: Any) -> list[Obj]:
         results = await asyncio.gather(*[asyncio.ensure_future(a) for a in aws], return_exceptions=True)
         out = []
@@ -446,7 +478,7 @@ class Reconciler:
             if isinstance(r, BaseException):
                 log.warning("creating a worker Pod failed: %s", r)
                 self.metrics.reconcile_errors.labels("Pod").inc()
-            else:
+            elif r is not None:  # None: fenced
                 out.append(r)
         return out
 

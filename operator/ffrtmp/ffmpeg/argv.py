@@ -529,6 +529,9 @@ def build_encode_plan(
             main += ["-f", MUXERS[r.output.container]]
             if r.output.container == "mp4":
                 main += ["-movflags", "+faststart"]
+            if r.output.tags is not None:
+                for key, value in r.output.tags.to_api().items():
+                    main += ["-metadata", f"{key}={value}"]
             if r.output.url is not None:
                 main += ["-flvflags", "no_duration_filesize"]
             main += [*extra, r.target]

@@ -6,7 +6,7 @@ specs that reach the worker otherwise and add those that need the accelerator or
 
 from __future__ import annotations
 
-from ffrtmp.api.job import AudioSpec, OutputSpec, VideoSpec
+from ffrtmp.api.job import TAG_CONTAINERS, AudioSpec, OutputSpec, VideoSpec
 from ffrtmp.ffmpeg.encoders import (
     AUDIO_CODECS_BY_CONTAINER,
     MP3_SAMPLE_RATES,
@@ -79,6 +79,8 @@ def validate_output(output: OutputSpec, video: VideoSpec, audio: AudioSpec, acce
         raise InvalidSpec(f"{name}: an rtmp:// url output needs container flv")
     if output.container == "hls" and (output.path is not None or output.url is not None):
         raise InvalidSpec(f"{name}: hls outputs are written under the job's hls folder; set no path or url")
+    if output.tags is not None and output.container not in TAG_CONTAINERS:
+        raise InvalidSpec(f"{name}: tags are written into mp4, mkv and flv outputs only, not {output.container}")
     if video.codec not in VIDEO_CODECS_BY_CONTAINER[output.container]:
         if output.container == "hls" and video.codec == "none":
             raise InvalidSpec(f"{name}: every hls output needs a video stream")
