@@ -402,8 +402,9 @@ def request_delta(
 async def create_jobs(
     client: KubeClient, namespace: str, docs: Iterable[Obj], concurrency: int = 50, sent: dict[str, float] | None = None
 ) -> dict[str, float]:
-    """Create every job with at most `concurrency` requests in flight; {name: monotonic time the
-    create was issued} (into `sent` when given, so that progress can be watched)."""
+    """Create every job (in its metadata.namespace, else `namespace`) with at most `concurrency`
+    requests in flight; {name: monotonic time the create was issued} (into `sent` when given, so
+    that progress can be watched)."""
     sent = {} if sent is None else sent
     queue: asyncio.Queue[Obj] = asyncio.Queue()
     for doc in docs:
@@ -418,7 +419,7 @@ async def create_jobs(
             sent[doc["metadata"]["name"]] = time.monotonic()
             for attempt in range(5):
                 try:
-                    await client.create(job_path(namespace), doc)
+                    await client.create(job_path(doc["metadata"].get("namespace") or namespace), doc)
                     break
                 except (ApiError, aiohttp.ClientError, TimeoutError):
                     if attempt == 4:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -168,20 +167,14 @@ class SimAgent(Agent):
         self.counters["handbacks"] = self.counters.get("handbacks", 0) + 1
         super()._spawn_handback(obj, number, why)
 
-    def _start(self, obj: Obj, number: int) -> None:
-        # Agent._start with SimAttempt in place of Attempt (same bookkeeping, same fenced writer).
-        name = obj["metadata"]["name"]
-        spec = TranscodeJobSpec.from_api(obj["spec"])
-        attempt = SimAttempt(
-            client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
-            spec=spec, config=self.config, metrics=self.metrics, namespace=self.config.namespace,
-            name=name, number=number, speed=self.speed, counters=self.counters,
-        )  # fmt: skip
-        self.attempts[name] = attempt
+    def _new_attempt(self, obj: Obj, number: int) -> Attempt:
         self.attempts_started += 1
-        task = asyncio.create_task(attempt.run(), name=f"attempt-{name}-{number}")
-        self._tasks[name] = task
-        task.add_done_callback(functools.partial(self._finished, name, attempt))
+        return SimAttempt(
+            client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
+            spec=TranscodeJobSpec.from_api(obj["spec"]), config=self.config, metrics=self.metrics,
+            namespace=self.config.namespace, name=obj["metadata"]["name"], number=number, speed=self.speed,
+            counters=self.counters,
+        )  # fmt: skip
 
 
 @dataclass

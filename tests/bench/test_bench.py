@@ -15,7 +15,7 @@ from .common import RESULTS_DIR, BenchEnv, write_json
 
 pytestmark = pytest.mark.bench
 
-NAMES = ["overhead", "api_requests", "latency", "autoscaler", "scheduling", "footprint"]
+NAMES = ["overhead", "api_requests", "latency", "autoscaler", "scheduling", "namespaces", "footprint"]
 
 
 @pytest.mark.timeout(3600)

@@ -474,3 +474,23 @@ def test_a_pool_with_an_invalid_spec_is_left_alone() -> None:
     bad = parse_pool({"metadata": {"name": "bad", "namespace": NS}, "spec": {"accelerator": "tpu"}})
     assert bad.spec is None
     assert decide(bad, waiting=5) == PoolDecision(0, [], None, [])
+
+
+def test_counter_changes_alone_are_written_at_most_every_two_seconds() -> None:
+    """busySlots and the like move with every job: written at once they cost a pool status write
+    per job and pass; a change of what the pool is (here a worker lost) is still written at once."""
+    memory = PoolMemory()
+    spec: Obj = {"maxConcurrentJobs": 4, "minWorkers": 2, "maxWorkers": 2, "autoscaling": {"enabled": False}}
+    pods, leases = ready("a", "b")
+    first = decide(pool(**spec), pods, leases, running={"a": 1}, memory=memory)
+    assert first.status is not None
+    assert first.status["busySlots"] == 1
+    written = pool(status=first.status, **spec)
+    assert decide(written, pods, leases, running={"a": 2}, memory=memory, now=NOW + 1.9).status is None
+    later = decide(written, pods, leases, running={"a": 2}, memory=memory, now=NOW + 2)
+    assert later.status is not None
+    assert later.status["busySlots"] == 2
+    lost = decide(pool(status=later.status, **spec), pods[:1], {f"{NS}/a": leases[f"{NS}/a"]},
+                  running={"a": 3}, memory=memory, now=NOW + 2.5)  # fmt: skip
+    assert lost.status is not None
+    assert (lost.status["readyWorkers"], lost.status["busySlots"]) == (1, 3)

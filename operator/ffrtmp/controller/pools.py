@@ -20,6 +20,13 @@ DURATION_WINDOW_SECONDS = 3600.0
 CAP_SECONDS = 300.0
 
 
+# The status fields that move with every job (what dashboards and `kubectl get` show): a change of
+# these alone is written at most every COUNTER_WRITE_SECONDS per pool. Written on every change, a
+# pool's status cost as many API writes as its jobs' own at 100 namespaces (BENCHMARKS.md, figure 8).
+COUNTERS = frozenset({"busySlots", "freeSlots", "queuedJobs", "runningJobs", "capacity"})
+COUNTER_WRITE_SECONDS = 2.0
+
+
 @dataclass
 class PoolMemory:
     """What the autoscaler remembers between passes (lost on restart; it then starts afresh)."""
@@ -31,6 +38,7 @@ class PoolMemory:
     # Most workers that could be scheduled, learnt from Pods that stayed Pending.
     cap: int | None = None
     cap_until: float = 0.0
+    status_written: float | None = None  # when decide_pool last returned a status to write
 
     def record_duration(self, finished: float, seconds: float) -> None:
         self.durations.append((finished, seconds))
@@ -217,21 +225,25 @@ def decide_pool(
         status["lastScaleTime"] = now_iso(now)
         status["lastScaleReason"] = reason
     memory.last_desired = desired
-    return PoolDecision(create, delete, status if _changed(pool.status, status) else None, events)
+    counters_due = memory.status_written is None or now - memory.status_written >= COUNTER_WRITE_SECONDS
+    write = _changed(pool.status, status, ignore=frozenset() if counters_due else COUNTERS)
+    if write:
+        memory.status_written = now
+    return PoolDecision(create, delete, status if write else None, events)
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _changed(old: Obj, new: Obj) -> bool:
+def _changed(old: Obj, new: Obj, ignore: frozenset[str] = frozenset()) -> bool:
     def strip(conds: object) -> object:
         if not isinstance(conds, list):
             return conds
         return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
 
     for key, value in new.items():
-        if key in ("lastScaleTime",):
+        if key == "lastScaleTime" or key in ignore:
             continue
         if key == "conditions":
             if strip(old.get(key)) != strip(value):

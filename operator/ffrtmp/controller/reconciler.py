@@ -260,8 +260,11 @@ class Reconciler:
         actions = await self._unless_leases_renewed(decisions.actions)
         await self._gather(self._apply_job(a) for a in actions)
         self._waiting = decisions.waiting_by_pool
-        # Pools see the jobs as they are after this pass's writes.
+        # Pools see the jobs as they are after this pass's writes. Their writes go out together
+        # (bounded by max_parallel_writes): one after the other, a hundred namespaces' pools took
+        # seconds per pass, and every job waiting for the next pass waited for them.
         running = running_by_worker(self.store.jobs.values())
+        pool_decisions = []
         for pool in list(self.store.pools.values()):
             memory = self.memory.setdefault(pool.key, PoolMemory())
             decision = decide_pool(
@@ -269,7 +272,12 @@ class Reconciler:
                 decisions.waiting_by_pool.get(pool.key, 0), memory, now, self.settings,
                 self.store.api_ok_since,
             )  # fmt: skip
-            await self._apply_pool(pool.key, decision.create, decision.delete, decision.status, decision.events)
+            pool_decisions.append((pool.key, decision))
+        await self._gather(
+            self._apply_pool(key, d.create, d.delete, d.status, d.events)
+            for key, d in pool_decisions
+            if d.create or d.delete or d.status is not None or d.events
+        )
         if self.leading and time.monotonic() - self._last_metrics > 1.0:
             self.metrics.refresh(self.store, self._waiting, now)
             self._last_metrics = time.monotonic()

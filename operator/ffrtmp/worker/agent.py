@@ -306,18 +306,21 @@ class Agent:
                 except Exception:
                     log.exception("re-checking %s failed", obj["metadata"]["name"])
 
-    def _start(self, obj: Obj, number: int) -> None:
-        name = obj["metadata"]["name"]
-        spec = TranscodeJobSpec.from_api(obj["spec"])
-        attempt = Attempt(
+    def _new_attempt(self, obj: Obj, number: int) -> Attempt:
+        """The attempt `_start` runs (the benchmarks' simulated workers return one that sleeps)."""
+        return Attempt(
             client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
-            spec=spec,
+            spec=TranscodeJobSpec.from_api(obj["spec"]),
             config=self.config,
             metrics=self.metrics,
             namespace=self.config.namespace,
-            name=name,
+            name=obj["metadata"]["name"],
             number=number,
         )
+
+    def _start(self, obj: Obj, number: int) -> None:
+        name = obj["metadata"]["name"]
+        attempt = self._new_attempt(obj, number)
         self.attempts[name] = attempt
         self.metrics.free_slots.set(self.free_slots)
         task = asyncio.create_task(attempt.run(), name=f"attempt-{name}-{number}")

@@ -1,0 +1,70 @@
+"""A reconcile pass writes the status of every namespace's pool together (bounded by
+max_parallel_writes), not one after the other: with a hundred watched namespaces the sequential
+writes held each pass, and every job waiting for the next one, for seconds (BENCHMARKS.md, figure 8).
+The API is an in-memory stand-in that answers each status write after 50 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from ffrtmp.controller.metrics import OperatorMetrics
+from ffrtmp.controller.reconciler import Reconciler
+from ffrtmp.controller.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+Obj = dict[str, Any]
+WRITE_SECONDS = 0.05
+
+
+def pool(namespace: str) -> Obj:
+    meta = {"name": "cpu", "namespace": namespace, "uid": f"u-{namespace}", "resourceVersion": "5", "generation": 1}
+    spec = {"accelerator": "cpu", "minWorkers": 0, "maxWorkers": 0, "autoscaling": {"enabled": False}}
+    return {"metadata": meta, "spec": spec, "status": {}}
+
+
+class SlowApi:
+    """Answers the readiness check at once and every pool status write after WRITE_SECONDS."""
+
+    def __init__(self, pools: dict[str, Obj]) -> None:
+        self.pools = pools
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.writes = 0
+
+    async def request(self, method: str, path: str, **_: Any) -> Obj:
+        return {}
+
+    async def create(self, path: str, body: Obj, **_: Any) -> Obj:
+        return body
+
+    async def merge_patch(self, path: str, body: Obj, **_: Any) -> Obj:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(WRITE_SECONDS)
+        self.in_flight -= 1
+        self.writes += 1
+        namespace = path.split("/namespaces/")[1].split("/", maxsplit=1)[0]
+        return {**self.pools[namespace], "status": body["status"]}
+
+
+async def test_the_pools_of_many_namespaces_are_written_together() -> None:
+    namespaces = [f"ns{i}" for i in range(40)]
+    pools = {ns: pool(ns) for ns in namespaces}
+    api = SlowApi(pools)
+    settings = OperatorSettings(namespaces=tuple(namespaces), max_parallel_writes=16, metrics_port=0, health_port=0)
+    reconciler = Reconciler(api, settings, OperatorMetrics())  # type: ignore[arg-type]
+    for ns in namespaces:
+        reconciler.on_sync("pools", ns, [pools[ns]], "10")
+
+    started = time.monotonic()
+    await reconciler.pass_once()
+    seconds = time.monotonic() - started
+
+    assert api.writes == 40
+    assert api.most_in_flight == 16  # as many as --max-parallel-writes allows, no more
+    assert seconds < 40 * WRITE_SECONDS / 2, f"40 pool writes took {seconds:.2f}s"
+    assert all(reconciler.store.pools[f"{ns}/cpu"].status.get("readyWorkers") == 0 for ns in namespaces)
