@@ -155,7 +155,10 @@ def sim_env(
     simbin: Path, clip: Path, steps: int = 6, step: float = 0.25, tail: float = 0, tail_mark: Path | None = None
 ) -> dict[str, str]:
     """Env that puts the simulated ffmpeg first on PATH (ffprobe stays the real one). The sim touches
-    `tail_mark` when its progress has ended, before it sleeps `tail` seconds and writes its output."""
+    `tail_mark` when its progress has ended, before it sleeps `tail` seconds and writes its output.
+    The connect guard is off: the sim opens no connection, so the worker's start check (a guarded
+    ffmpeg must be refused a connection) cannot pass with it; tests/ffmpeg/test_connect_guard.py
+    proves the guard on the real ffmpeg."""
     simbin.mkdir(parents=True, exist_ok=True)
     script = simbin / "ffmpeg"
     script.write_text(SIM_FFMPEG)
@@ -167,6 +170,7 @@ def sim_env(
         "FFRTMP_SIM_STEP": str(step),
         "FFRTMP_SIM_TAIL": str(tail),
         "FFRTMP_SIM_TAIL_MARK": str(tail_mark or ""),
+        "FFRTMP_CONNECT_GUARD": "off",
     }
 
 
