@@ -128,7 +128,12 @@ class InputSpec(ApiModel):
         ),
     )
     restart_policy: LiveRestartPolicy | None = Field(
-        default=None, description="For live inputs: reconnect with backoff when the stream drops."
+        default=None,
+        description=(
+            "For live inputs: reconnect with backoff when the stream drops (ffmpeg ends, or the stream "
+            "time stops advancing for 20 s: servers such as nginx-rtmp keep the connection open after "
+            "the publisher leaves)."
+        ),
     )
     realtime: bool | None = Field(
         default=None,

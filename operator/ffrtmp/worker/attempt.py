@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 STDERR_LINES = 30
 MEASURE_STDERR_LINES = 200  # a loudnorm measuring pass prints its JSON last, at info level
+# A live input whose stream time has not advanced for this long is lost (or the worker's stall limit
+# when that is shorter): ffmpeg is restarted per the input's restartPolicy. A little over the
+# network read timeout (ffmpeg.argv.NETWORK_RW_TIMEOUT_US), which ends the reads it can.
+LIVE_INPUT_LOSS_SECONDS = 20.0
 
 
 class Stop(Exception):
@@ -129,6 +133,9 @@ class Attempt:
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stopped.set()
+        self._terminate_ffmpeg()
+
+    def _terminate_ffmpeg(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGTERM)
@@ -438,6 +445,8 @@ class Attempt:
         parser = ProgressParser()
         last_change = time.monotonic()
         last_out_time = -1.0
+        stall_seconds = min(self.config.stall_seconds, LIVE_INPUT_LOSS_SECONDS) if live else self.config.stall_seconds
+        signalled_at: float | None = None
 
         async def read_stderr() -> None:
             assert proc.stderr is not None
@@ -481,12 +490,22 @@ class Attempt:
                 if deadline is not None and time.monotonic() >= deadline and killed_by is None:
                     killed_by = "timeout"
                     self.stop("timeout")
-                if now - last_change > self.config.stall_seconds and killed_by is None:
+                if now - last_change > stall_seconds and killed_by is None:
                     killed_by = "stall"
-                    self.stop("stall")
+                    if live:
+                        # The stream is lost, not the attempt: nginx-rtmp, for one, keeps a player's
+                        # connection open after its publisher leaves, and ffmpeg waits on it forever.
+                        # _encode restarts ffmpeg per the input's restart policy.
+                        self._terminate_ffmpeg()
+                    else:
+                        self.stop("stall")
                 if self.stop_reason is not None and killed_by is None:
                     killed_by = self.stop_reason
-            returncode = await self._wait_or_kill(proc)
+                if killed_by is not None:
+                    signalled_at = signalled_at if signalled_at is not None else now
+                    if now - signalled_at > self.config.kill_grace_seconds:
+                        self._kill_now()  # an ffmpeg stuck in a read may never act on SIGTERM
+            returncode = await self._wait_or_kill(proc, stopping=killed_by is not None)
         finally:
             if proc.returncode is None:
                 self._kill_now()
@@ -508,10 +527,10 @@ class Attempt:
                 killed_by = "oom"
         return FfmpegRun(returncode, "\n".join(stderr_tail), killed_by, peak)
 
-    async def _wait_or_kill(self, proc: asyncio.subprocess.Process) -> int:
+    async def _wait_or_kill(self, proc: asyncio.subprocess.Process, *, stopping: bool) -> int:
         grace = self.config.kill_grace_seconds
         try:
-            return await asyncio.wait_for(proc.wait(), grace if self.stop_reason else None)
+            return await asyncio.wait_for(proc.wait(), grace if stopping or self.stop_reason else None)
         except TimeoutError:
             self._kill_now()
             return await proc.wait()
