@@ -18,7 +18,6 @@ development only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import socket
@@ -27,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ffrtmp.egress.policy import IPAddress
+from ffrtmp.subprocesses import run_captured
 
 LIBRARY_ENV = "FFRTMP_CONNECT_GUARD"
 ALLOW_ENV = "FFRTMP_CONNECT_ALLOW"
@@ -88,23 +88,14 @@ async def check(library: str, ffmpeg: str = "ffmpeg") -> str | None:
         port = target.getsockname()[1]
         report = Path(folder) / "report"
         env = guard_env(os.environ, library, (), str(report))
+        argv = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", f"tcp://127.0.0.1:{port}"]
         try:
-            process = await asyncio.create_subprocess_exec(
-                ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", f"tcp://127.0.0.1:{port}",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-                env=env,
-            )  # fmt: skip
+            finished = await run_captured(argv, limit_seconds=CHECK_TIMEOUT_SECONDS, env=env)
         except OSError as e:
             return f"ffmpeg could not be started to check the connect guard: {e}"
-        try:
-            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-                _, stderr = await process.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        if finished is None:
             return f"ffmpeg with the connect guard {library} did not finish within {CHECK_TIMEOUT_SECONDS:.0f}s"
         if (ipaddress.ip_address("127.0.0.1"), port) not in read_report(report):
-            tail = stderr.decode(errors="replace").strip()[-300:]
+            tail = finished.stderr.decode(errors="replace").strip()[-300:]
             return f"ffmpeg with the connect guard {library} was not stopped from connecting: {tail}"
     return None

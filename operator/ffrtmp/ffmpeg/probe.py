@@ -17,6 +17,7 @@ from typing import Any
 
 from ffrtmp.ffmpeg.argv import NETWORK_RW_TIMEOUT_US
 from ffrtmp.ffmpeg.media import SourceMedia, source_media_from_probe
+from ffrtmp.subprocesses import run_captured
 
 FFPROBE = "ffprobe"
 PROBE_TIMEOUT_SECONDS = 30.0
@@ -97,28 +98,13 @@ async def run_ffprobe(
     """Run ffprobe with `args` (argv after the program name) in `env` (default: the worker's own);
     its JSON, or None on any failure."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            FFPROBE,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        finished = await run_captured([FFPROBE, *args], limit_seconds=timeout_seconds, env=env)
     except OSError:
         return None
-    try:
-        async with asyncio.timeout(timeout_seconds):
-            stdout, _ = await process.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        return None
-    if process.returncode != 0:
+    if finished is None or finished.returncode != 0:
         return None
     try:
-        document = json.loads(stdout)
+        document = json.loads(finished.stdout)
     except ValueError:
         return None
     return document if isinstance(document, dict) else None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ffrtmp.kube.config import ExecConfig, KubeConfig
+from ffrtmp.subprocesses import run_captured
 
 log = logging.getLogger(__name__)
 EXEC_TIMEOUT_SECONDS = 60.0
@@ -136,24 +137,23 @@ class Credentials:
         self.exec_runs += 1
         try:
             # stdin closed (nobody to answer a prompt); stderr shared, as kubectl does.
-            proc = await asyncio.create_subprocess_exec(
-                cfg.command, *cfg.args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env
+            finished = await run_captured(
+                [cfg.command, *cfg.args], limit_seconds=EXEC_TIMEOUT_SECONDS, env=env, capture_stderr=False
             )
         except OSError as e:
             hint = f"; {cfg.install_hint.strip()}" if cfg.install_hint else ""
             raise CredentialError(
                 f"user {user!r}: exec plugin {cfg.command!r} could not be run: {e.strerror}{hint}"
             ) from None
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), EXEC_TIMEOUT_SECONDS)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if finished is None:
             raise CredentialError(
                 f"user {user!r}: exec plugin {cfg.command!r} gave no answer in {EXEC_TIMEOUT_SECONDS:.0f}s"
-            ) from None
-        if proc.returncode != 0:
-            raise CredentialError(f"user {user!r}: exec plugin {cfg.command!r} exited with status {proc.returncode}")
+            )
+        if finished.returncode != 0:
+            raise CredentialError(
+                f"user {user!r}: exec plugin {cfg.command!r} exited with status {finished.returncode}"
+            )
+        out = finished.stdout
         cred = parse_exec_credential(out, cfg.api_version, user)
         if cred.cert_data is None and self.config.cert_data:  # a token plugin beside a static certificate
             cred = Credential(cred.token, self.config.cert_data, self.config.key_data, cred.expires)

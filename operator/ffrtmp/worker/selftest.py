@@ -11,13 +11,13 @@ operator's scheduler matches against each job's codecs."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass
 
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.ffmpeg.encoders import VIDEO_CODECS, video_encoder
+from ffrtmp.subprocesses import run_captured
 
 SELF_TEST_TIMEOUT = 60.0
 SOURCE = ["-f", "lavfi", "-i", "color=c=black:s=256x144:r=25:d=0.2"]
@@ -103,20 +103,11 @@ def parse_encoders(listing: str) -> frozenset[str]:
 async def _run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int | None, str, str, float]:
     """Exit code (None: timed out), stdout, stderr and seconds of one short ffmpeg run."""
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env} if env else None,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), SELF_TEST_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+    finished = await run_captured(argv, limit_seconds=SELF_TEST_TIMEOUT, env={**os.environ, **env} if env else None)
+    if finished is None:
         return None, "", "", SELF_TEST_TIMEOUT
-    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"), time.monotonic() - started
+    stdout, stderr = finished.stdout.decode(errors="replace"), finished.stderr.decode(errors="replace")
+    return finished.returncode, stdout, stderr, time.monotonic() - started
 
 
 async def run_self_test(
