@@ -24,10 +24,10 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -552,30 +552,32 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None
 
 
-class ProcessSampler:
-    """psutil samples of one process: RSS now and then, CPU seconds (user + system)."""
+async def submit_paced(total: int, rate: float, submit: Callable[[int], Coroutine[Any, Any, None]]) -> float:
+    """Start `submit(0)` .. `submit(total - 1)` at `rate` per second, each on its own task (a slow
+    answer does not slow the pace), wait for all, and return the seconds that took."""
+    t0 = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(total):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(submit(i)))
+    await asyncio.gather(*tasks)
+    return time.monotonic() - t0
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        import psutil
 
-        self.proc = psutil.Process(pid)
+class Sampler:
+    """Calls `sample()` every `interval` seconds between `start()` and `stop()` (a failed sample is
+    skipped: the process may be between restarts)."""
+
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, int, float]] = []  # (monotonic, rss, cpu seconds)
         self._task: asyncio.Task[None] | None = None
 
-    def cpu_seconds(self) -> float:
-        t = self.proc.cpu_times()
-        return float(t.user + t.system)
+    def sample(self) -> object:
+        raise NotImplementedError
 
-    def rss(self) -> int:
-        return int(self.proc.memory_info().rss)
-
-    def sample(self) -> tuple[float, int, float]:
-        s = (time.monotonic(), self.rss(), self.cpu_seconds())
-        self.samples.append(s)
-        return s
-
-    def start(self) -> ProcessSampler:
+    def start(self) -> Self:
         async def loop() -> None:
             while True:
                 with contextlib.suppress(Exception):
@@ -590,6 +592,29 @@ class ProcessSampler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class ProcessSampler(Sampler):
+    """psutil samples of one process: RSS now and then, CPU seconds (user + system)."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        import psutil
+
+        super().__init__(interval)
+        self.proc = psutil.Process(pid)
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic, rss, cpu seconds)
+
+    def cpu_seconds(self) -> float:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        return int(self.proc.memory_info().rss)
+
+    def sample(self) -> tuple[float, int, float]:
+        s = (time.monotonic(), self.rss(), self.cpu_seconds())
+        self.samples.append(s)
+        return s
 
     def max_rss(self, since: float = 0.0) -> int:
         return max((r for t, r, _ in self.samples if t >= since), default=0)

@@ -23,6 +23,7 @@ from .common import (
     pool_manifest,
     pool_path,
     sim_job,
+    submit_paced,
     variants_from_env,
     wait_pool_ready,
 )
@@ -79,15 +80,7 @@ async def measure(env: BenchEnv, report: Report, scale: str, variant: str) -> No
             except Exception as e:  # a failed create is counted, not retried: it would skew the rate
                 errors.append(f"{name}: {e}")
 
-        t0 = time.monotonic()
-        tasks = []
-        for i in range(total):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(create(i)))
-        await asyncio.gather(*tasks)
-        submit_seconds = time.monotonic() - t0
+        submit_seconds = await submit_paced(total, rate, create)
         expected = total - len(errors)
         complete = True
         try:

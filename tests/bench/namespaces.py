@@ -50,6 +50,7 @@ from .common import (
     Operator,
     ProcessSampler,
     Report,
+    Sampler,
     create_jobs,
     job_path,
     main,
@@ -60,6 +61,7 @@ from .common import (
     pool_path,
     request_delta,
     sim_job,
+    submit_paced,
     wait_until,
 )
 from .sim import SimFarm
@@ -114,38 +116,22 @@ class Round:
     seconds: float = 0.0
 
 
-class Connections:
+class Connections(Sampler):
     """The operator's ESTABLISHED TCP connections to kube-apiserver, sampled every 0.5 s."""
 
     def __init__(self, pid: int, port: int) -> None:
         import psutil
 
+        super().__init__(0.5)
         self.proc = psutil.Process(pid)
         self.port = port
         self.most = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def count(self) -> int:
+    def sample(self) -> int:
         conns = self.proc.net_connections(kind="tcp")
         n = sum(1 for c in conns if c.status == "ESTABLISHED" and c.raddr and c.raddr.port == self.port)
         self.most = max(self.most, n)
         return n
-
-    def start(self) -> Connections:
-        async def loop() -> None:
-            while True:
-                with contextlib.suppress(Exception):
-                    self.count()
-                await asyncio.sleep(0.5)
-
-        self._task = asyncio.create_task(loop())
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 async def open_watches(env: BenchEnv, limit: float = 30) -> float:
@@ -269,7 +255,7 @@ class Bench:
             r.ready_seconds = await wait_readyz(op, ready_port, limit=180)
             await asyncio.sleep(2)  # the last lists' watches open
             r.watches = await open_watches(self.env) - watches_before
-            r.connections_idle = conns.count()
+            r.connections_idle = conns.sample()
 
             per_ns = spread(p["workers"], n)
             await self.gather_bounded([
@@ -356,14 +342,7 @@ class Bench:
                 except Exception as e:  # counted, not retried: a retry would skew the rate
                     errors.append(f"{name}: {e}")
 
-            t0 = time.monotonic()
-            tasks = []
-            for i in range(total):
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(create(i)))
-            await asyncio.gather(*tasks)
+            await submit_paced(total, rate, create)
             expected = total - len(errors)
             with contextlib.suppress(TimeoutError):
                 await watch.wait(lambda: watch.count(lambda t: t.running is not None) >= expected, 120, "all Running")
