@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import kopf
 
 from ffrtmp.controller.leader import ElectionTiming
-from ffrtmp.controller.policy import DEFAULT_DENIED_TOLERATION_KEYS, DEFAULT_VOLUME_TYPES, PoolPolicy, parse_list
+from ffrtmp.controller.policy import POLICY_FLAGS, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.egress.policy import EgressConfigError, parse_cidrs
 from ffrtmp.kube.auth import Credentials
@@ -40,57 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--worker-runtime-class", action="append", default=[], metavar="ACCEL=NAME",
         help="RuntimeClass of the worker Pods of an accelerator's pools that set none, e.g. nvenc=nvidia",
     )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-image-prefixes", default=env("FFRTMP_POOL_ALLOWED_IMAGE_PREFIXES"),
-        help="comma-separated prefixes a WorkerPool's spec.image must start with (unset: any image)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-volume-types", default=env("FFRTMP_POOL_ALLOWED_VOLUME_TYPES"),
-        help="comma-separated volume sources allowed in a WorkerPool's spec.volumes "
-        f"(default: {','.join(DEFAULT_VOLUME_TYPES)}; hostPath only when listed)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-service-accounts", default=env("FFRTMP_POOL_ALLOWED_SERVICE_ACCOUNTS"),
-        help="comma-separated ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-runtime-classes", default=env("FFRTMP_POOL_ALLOWED_RUNTIME_CLASSES"),
-        help="comma-separated RuntimeClasses a WorkerPool's spec.runtimeClassName may name, besides those of "
-        "--worker-runtime-class (unset: only those)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-image-pull-secrets", default=env("FFRTMP_POOL_ALLOWED_IMAGE_PULL_SECRETS"),
-        help="comma-separated Secrets a WorkerPool's spec.imagePullSecrets may name, besides those of "
-        "--worker-image-pull-secret (unset: only those)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-priority-classes", default=env("FFRTMP_POOL_ALLOWED_PRIORITY_CLASSES"),
-        help="comma-separated PriorityClasses a WorkerPool's spec.priorityClassName may name (unset: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-denied-toleration-keys", default=env("FFRTMP_POOL_DENIED_TOLERATION_KEYS"),
-        help="comma-separated taint keys a WorkerPool's spec.tolerations may not tolerate; while any is set, a "
-        f"toleration without a key is refused too (default: {','.join(DEFAULT_DENIED_TOLERATION_KEYS)}; "
-        "empty: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-pod-label-keys", default=env("FFRTMP_POOL_ALLOWED_POD_LABEL_KEYS"),
-        help="comma-separated keys (or prefixes ending in *) a WorkerPool's spec.podLabels may use (unset: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-pod-annotation-keys", default=env("FFRTMP_POOL_ALLOWED_POD_ANNOTATION_KEYS"),
-        help="comma-separated keys (or prefixes ending in *) a WorkerPool's spec.podAnnotations may use "
-        "(unset: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-egress-destinations", default=env("FFRTMP_POOL_ALLOWED_EGRESS_DESTINATIONS"),
-        help="comma-separated host names, *.domain patterns and CIDRs a WorkerPool's spec.egress.allow may list "
-        "(an address or CIDR must lie inside a listed CIDR; unset: none)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pool-allowed-unproxied-protocols", default=env("FFRTMP_POOL_ALLOWED_UNPROXIED_PROTOCOLS"),
-        help="comma-separated protocols a WorkerPool's spec.egress.allowUnproxiedProtocols may list (unset: none)",
-    )  # fmt: skip
+    for policy_flag in POLICY_FLAGS:
+        parser.add_argument(
+            policy_flag.flag, dest=policy_flag.field, default=env(policy_flag.env),
+            help=f"comma-separated {policy_flag.help}",
+        )  # fmt: skip
     parser.add_argument(
         "--cluster-cidrs", default=env("FFRTMP_CLUSTER_CIDRS"),
         help="comma-separated Service and Pod CIDRs of the cluster: job egress to them is refused unless a "
@@ -150,22 +104,15 @@ def key_values(items: list[str], flag: str) -> dict[str, str]:
 
 def pool_policy_from(args: argparse.Namespace) -> PoolPolicy:
     """The --pool-* flags as a PoolPolicy; the operator's own RuntimeClasses and pull secrets are allowed too."""
-    denied = parse_list(args.pool_denied_toleration_keys)
+    listed = {f.field: parse_list(getattr(args, f.field)) for f in POLICY_FLAGS}
+    given = {field: values for field, values in listed.items() if values is not None}
+    if not given.get("volume_types"):
+        given.pop("volume_types", None)  # no volume type at all would leave pools without their media
     mapped = key_values(args.worker_runtime_class, "--worker-runtime-class").values()
+    given["runtime_classes"] = _union(listed["runtime_classes"], mapped)
+    given["image_pull_secrets"] = _union(listed["image_pull_secrets"], args.worker_image_pull_secret)
     try:
-        return PoolPolicy(
-            image_prefixes=parse_list(args.pool_allowed_image_prefixes) or (),
-            volume_types=parse_list(args.pool_allowed_volume_types) or DEFAULT_VOLUME_TYPES,
-            service_accounts=parse_list(args.pool_allowed_service_accounts) or (),
-            runtime_classes=_union(parse_list(args.pool_allowed_runtime_classes), mapped),
-            image_pull_secrets=_union(parse_list(args.pool_allowed_image_pull_secrets), args.worker_image_pull_secret),
-            priority_classes=parse_list(args.pool_allowed_priority_classes) or (),
-            denied_toleration_keys=DEFAULT_DENIED_TOLERATION_KEYS if denied is None else denied,
-            pod_label_keys=parse_list(args.pool_allowed_pod_label_keys) or (),
-            pod_annotation_keys=parse_list(args.pool_allowed_pod_annotation_keys) or (),
-            egress_destinations=parse_list(args.pool_allowed_egress_destinations) or (),
-            unproxied_protocols=parse_list(args.pool_allowed_unproxied_protocols) or (),
-        )
+        return PoolPolicy(**given)
     except EgressConfigError as e:
         raise SystemExit(f"--pool-allowed-egress-destinations: {e}") from e
 

@@ -62,6 +62,51 @@ class PoolPolicy:
         EgressPolicy.build(self.egress_destinations)  # EgressConfigError names a bad entry
 
 
+@dataclass(frozen=True)
+class PolicyFlag:
+    """The operator flag (and FFRTMP_ environment variable) that sets one PoolPolicy field: a
+    comma-separated list; unset keeps the field's default."""
+
+    field: str
+    flag: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "FFRTMP_" + self.flag.removeprefix("--").upper().replace("-", "_")
+
+
+POLICY_FLAGS: tuple[PolicyFlag, ...] = (
+    PolicyFlag("image_prefixes", "--pool-allowed-image-prefixes",
+               "prefixes a WorkerPool's spec.image must start with (unset: any image)"),
+    PolicyFlag("volume_types", "--pool-allowed-volume-types",
+               "volume sources allowed in a WorkerPool's spec.volumes "
+               f"(unset or empty: {','.join(DEFAULT_VOLUME_TYPES)}; hostPath only when listed)"),
+    PolicyFlag("service_accounts", "--pool-allowed-service-accounts",
+               "ServiceAccounts a WorkerPool's spec.serviceAccountName may name (unset: any)"),
+    PolicyFlag("runtime_classes", "--pool-allowed-runtime-classes",
+               "RuntimeClasses a WorkerPool's spec.runtimeClassName may name, besides those of "
+               "--worker-runtime-class (unset: only those)"),
+    PolicyFlag("image_pull_secrets", "--pool-allowed-image-pull-secrets",
+               "Secrets a WorkerPool's spec.imagePullSecrets may name, besides those of "
+               "--worker-image-pull-secret (unset: only those)"),
+    PolicyFlag("priority_classes", "--pool-allowed-priority-classes",
+               "PriorityClasses a WorkerPool's spec.priorityClassName may name (unset: none)"),
+    PolicyFlag("denied_toleration_keys", "--pool-denied-toleration-keys",
+               "taint keys a WorkerPool's spec.tolerations may not tolerate; while any is set, a toleration "
+               f"without a key is refused too (unset: {','.join(DEFAULT_DENIED_TOLERATION_KEYS)}; empty: none)"),
+    PolicyFlag("pod_label_keys", "--pool-allowed-pod-label-keys",
+               "keys (or prefixes ending in *) a WorkerPool's spec.podLabels may use (unset: none)"),
+    PolicyFlag("pod_annotation_keys", "--pool-allowed-pod-annotation-keys",
+               "keys (or prefixes ending in *) a WorkerPool's spec.podAnnotations may use (unset: none)"),
+    PolicyFlag("egress_destinations", "--pool-allowed-egress-destinations",
+               "host names, *.domain patterns and CIDRs a WorkerPool's spec.egress.allow may list (an address "
+               "or CIDR must lie inside a listed CIDR; unset: none)"),
+    PolicyFlag("unproxied_protocols", "--pool-allowed-unproxied-protocols",
+               "protocols a WorkerPool's spec.egress.allowUnproxiedProtocols may list (unset: none)"),
+)  # fmt: skip
+
+
 def _allowed(values: tuple[str, ...]) -> str:
     return ", ".join(values) if values else "none"
 
