@@ -75,7 +75,13 @@ def apply(writes: int) -> tuple[Api, OperatorMetrics]:
     metrics = OperatorMetrics(leading=lambda: lead.is_leader)
     r = Reconciler(api, OperatorSettings(max_parallel_writes=1), metrics, lead)  # type: ignore[arg-type]
     r.on_event("pools", "ADDED", pool_obj())
-    asyncio.run(r._apply_pool("media/cpu", 2, ["cpu-old"], {"desiredWorkers": 2}, []))
+
+    async def pool_writes() -> None:
+        await r._apply_pool("media/cpu", 2, ["cpu-old"], [])
+        r._write_pool_status_soon("media/cpu", {"desiredWorkers": 2})
+        await asyncio.gather(*r._pool_status_writes.values())
+
+    asyncio.run(pool_writes())
     return api, metrics
 
 

@@ -79,6 +79,8 @@ class Reconciler:
         # Events have slots of their own: a burst of them never delays a status write.
         self._event_writes = asyncio.Semaphore(max(settings.max_parallel_writes // 4, 1))
         self._background: set[asyncio.Task[Any]] = set()
+        self._pool_status_writes: dict[str, asyncio.Task[None]] = {}  # pool key -> its write in flight
+        self._pool_status_held: set[str] = set()  # pools a pass skipped while their write was out
         self.last_pass = 0.0
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
@@ -260,12 +262,17 @@ class Reconciler:
         actions = await self._unless_leases_renewed(decisions.actions)
         await self._gather(self._apply_job(a) for a in actions)
         self._waiting = decisions.waiting_by_pool
-        # Pools see the jobs as they are after this pass's writes. Their writes go out together
-        # (bounded by max_parallel_writes): one after the other, a hundred namespaces' pools took
-        # seconds per pass, and every job waiting for the next pass waited for them.
+        # Pools see the jobs as they are after this pass's writes. Their Pod creates and deletes go
+        # out together (bounded by max_parallel_writes) and the pass waits for them: the next one must
+        # see those Pods. Their status writes go out in the background: with a hundred namespaces'
+        # pools the pass waited for a hundred writes, and every waiting job with it. A pool whose
+        # status write is still out is decided once it is answered: its decision reads that status.
         running = running_by_worker(self.store.jobs.values())
         pool_decisions = []
         for pool in list(self.store.pools.values()):
+            if pool.key in self._pool_status_writes:
+                self._pool_status_held.add(pool.key)
+                continue
             memory = self.memory.setdefault(pool.key, PoolMemory())
             decision = decide_pool(
                 pool, self.store.pods.values(), self.store.leases, running,
@@ -274,10 +281,13 @@ class Reconciler:
             )  # fmt: skip
             pool_decisions.append((pool.key, decision))
         await self._gather(
-            self._apply_pool(key, d.create, d.delete, d.status, d.events)
+            self._apply_pool(key, d.create, d.delete, d.events)
             for key, d in pool_decisions
-            if d.create or d.delete or d.status is not None or d.events
+            if d.create or d.delete or d.events
         )
+        for key, d in pool_decisions:
+            if d.status is not None:
+                self._write_pool_status_soon(key, d.status)
         if self.leading and time.monotonic() - self._last_metrics > 1.0:
             self.metrics.refresh(self.store, self._waiting, now)
             self._last_metrics = time.monotonic()
@@ -423,9 +433,37 @@ class Reconciler:
             return mode != "none"
         return mode == "decisions" and not observed
 
-    async def _apply_pool(
-        self, key: str, create: int, delete: list[str], status: Obj | None, events: list[JobEvent]
-    ) -> None:
+    def _write_pool_status_soon(self, key: str, status: Obj) -> None:
+        """Write a pool's status in the background; when it is answered, a pass that skipped the pool
+        meanwhile is made up for."""
+        task = asyncio.create_task(self._write_pool_status(key, status), name=f"pool-status {key}")
+        self._pool_status_writes[key] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._pool_status_writes.pop(key, None)
+            if key in self._pool_status_held:
+                self._pool_status_held.discard(key)
+                self.trigger.set()
+
+        task.add_done_callback(done)
+
+    async def _write_pool_status(self, key: str, status: Obj) -> None:
+        pool = self.store.pools.get(key)
+        if pool is None:
+            return
+        try:
+            async with self._writes:
+                if self._fenced("WorkerPool", f"the status of pool {key}"):
+                    return
+                updated = await self.client.merge_patch(
+                    pool_path(pool.namespace, pool.name, "status"), {"status": status}
+                )
+            self.store.put_pool(updated)
+        except ApiError as e:
+            log.warning("writing the status of pool %s failed: %s", key, e)
+            self.metrics.reconcile_errors.labels("WorkerPool").inc()
+
+    async def _apply_pool(self, key: str, create: int, delete: list[str], events: list[JobEvent]) -> None:
         pool = self.store.pools[key]
         spec = pool.spec
         if spec is None:
@@ -450,11 +488,6 @@ class Reconciler:
                         continue
                     await self.client.delete_ignore_missing(f"{pods_path}/{name}")
                 self.store.pods.pop(f"{pool.namespace}/{name}", None)
-            if status is not None and not self._fenced("WorkerPool", f"the status of pool {key}"):
-                updated = await self._bounded(
-                    self.client.merge_patch(pool_path(pool.namespace, pool.name, "status"), {"status": status})
-                )
-                self.store.put_pool(updated)
             for event in events:
                 self._event(pool.namespace, "WorkerPool", pool.name, pool.uid, event)
         except ApiError as e:
