@@ -173,6 +173,7 @@ async def test_stale_attempt_publishes_nothing(
     clip = copy_clip(clips["one"], media)
     # ffmpeg ends its progress, then takes 3 s for its trailer (a large faststart output does).
     tail_mark = tmp_path / "progress-ended"
+    guard_library = connect_guard()  # before sim_env turns the guard off for the worker processes it is for
     for k, v in sim_env(tmp_path / "simbin", clip, steps=2, step=0.1, tail=3, tail_mark=tail_mark).items():
         monkeypatch.setenv(k, v)
     spec = {"input": {"uri": str(clip)}, "outputs": [{"name": "out", "video": {"codec": "h264", "crf": 30}}]}
@@ -183,7 +184,7 @@ async def test_stale_attempt_publishes_nothing(
     config = WorkerConfig(
         pod_name="w-a", namespace=namespace, pool="p", media_roots=(str(media),), output_root=str(output),
         scratch_dir=str(tmp_path / "scratch"), progress_interval=0.1, kill_grace_seconds=2,
-        connect_guard=connect_guard(),
+        connect_guard=guard_library,
     )  # fmt: skip
     attempt = Attempt(
         FencedStatus(admin, obj, "w-a", 1), TranscodeJobSpec.model_validate(obj["spec"]), config, WorkerMetrics(),
