@@ -56,7 +56,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	bash hack/test.sh $(PYTEST_ARGS)
 
 test-fast: venv
 	bash hack/tools.sh --connect-guard

@@ -36,7 +36,8 @@ from chaoslib import (
 
 from helpers import TestCluster, make_clip, wait_for
 
-pytestmark = pytest.mark.chaos
+# Five minutes of waiting on a frozen API server: `make test` runs it beside the rest (hack/test.sh).
+pytestmark = [pytest.mark.chaos, pytest.mark.background]
 
 OUTAGE_SECONDS = 300.0
 # Read in real time (input.realtime), 5 fps: "mid" encodes end about half-way through the outage (their
