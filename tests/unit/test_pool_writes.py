@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from ffrtmp.controller import reconciler as reconciler_module
 from ffrtmp.controller.metrics import OperatorMetrics
-from ffrtmp.controller.reconciler import Reconciler
+from ffrtmp.controller.reconciler import FULL_POOL_PASS_SECONDS, Reconciler
 from ffrtmp.controller.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -60,6 +61,14 @@ async def wait_for_writes(api: SlowApi, count: int) -> None:
             await api.answered.wait()
 
 
+async def settle(reconciler: Reconciler) -> None:
+    """Until every pool status write of the reconciler is answered and done with."""
+    async with asyncio.timeout(10):
+        while reconciler._pool_status_writes:
+            await asyncio.gather(*reconciler._pool_status_writes.values())
+            await asyncio.sleep(0)  # their done callbacks
+
+
 def many_pools(count: int) -> tuple[SlowApi, Reconciler, list[str]]:
     namespaces = [f"ns{i}" for i in range(count)]
     pools = {ns: pool(ns) for ns in namespaces}
@@ -91,6 +100,7 @@ async def test_a_pool_whose_status_write_is_out_is_decided_again_once_it_is_answ
     await reconciler.pass_once()
     await asyncio.sleep(0)  # the writes are sent
     reconciler.trigger.clear()
+    reconciler._last_full_pool_pass = 0.0  # a pass that would decide every pool
     await reconciler.pass_once()  # the writes are still out: no pool is decided, nothing is written twice
     await wait_for_writes(api, 3)
     assert api.writes == 3
@@ -98,3 +108,33 @@ async def test_a_pool_whose_status_write_is_out_is_decided_again_once_it_is_answ
     await reconciler.pass_once()  # decided from the written status: nothing left to write
     await asyncio.sleep(2 * WRITE_SECONDS)
     assert api.writes == 3
+
+
+async def test_a_pass_decides_only_the_pools_that_changed_and_every_pool_each_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, reconciler, _ = many_pools(50)
+    decided: list[str] = []
+    real = reconciler_module.decide_pool
+
+    def counting(pool: Any, *args: Any, **kwargs: Any) -> Any:
+        decided.append(pool.key)
+        return real(pool, *args, **kwargs)
+
+    monkeypatch.setattr(reconciler_module, "decide_pool", counting)
+    await reconciler.pass_once()
+    assert len(decided) == 50  # the first pass decides every pool
+    await settle(reconciler)
+
+    decided.clear()
+    changed = {**pool("ns7"), "spec": {**pool("ns7")["spec"], "minWorkers": 0}}
+    changed["metadata"] = {**changed["metadata"], "resourceVersion": "6", "generation": 2}
+    reconciler.on_event("pools", "MODIFIED", changed)
+    await reconciler.pass_once()
+    assert decided == ["ns7/cpu"]  # one event, one pool decided
+    await settle(reconciler)
+
+    decided.clear()
+    monkeypatch.setattr(reconciler, "_last_full_pool_pass", time.monotonic() - FULL_POOL_PASS_SECONDS)
+    await reconciler.pass_once()
+    assert len(decided) == 50  # what only time changes is decided for every pool at least every second

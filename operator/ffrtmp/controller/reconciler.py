@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from ffrtmp.api.constants import GROUP, JOB_PLURAL, LEASE_PREFIX, POOL_PLURAL, VERSION
+from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_POOL, LEASE_PREFIX, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import (
@@ -47,6 +47,7 @@ API_CHECK_SECONDS = 2.0
 API_GAP_SECONDS = 5.0
 # A readiness check (a few milliseconds when healthy) answered this late means a stalled API server.
 API_STALL_SECONDS = 1.0
+FULL_POOL_PASS_SECONDS = 1.0
 # Test hook (never set in production): "1" makes the process SIGSTOP itself once, the first time it has
 # decided to create worker Pods and before it sends them, so a test can depose it at exactly that point.
 STOP_BEFORE_POD_CREATES_ENV = "FFRTMP_TEST_STOP_BEFORE_POD_CREATES"
@@ -58,6 +59,14 @@ def job_path(namespace: str, name: str | None = None, subresource: str | None = 
 
 def pool_path(namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     return resource_path(GROUP, VERSION, POOL_PLURAL, namespace, name, subresource)
+
+
+def pool_key_of(kind: str, obj: Obj) -> str:
+    """The pool a WorkerPool or worker Pod event concerns."""
+    meta = obj.get("metadata") or {}
+    if kind == "pods":
+        return f"{meta.get('namespace', '')}/{(meta.get('labels') or {}).get(LABEL_POOL, '')}"
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 class Reconciler:
@@ -81,6 +90,9 @@ class Reconciler:
         self._background: set[asyncio.Task[Any]] = set()
         self._pool_status_writes: dict[str, asyncio.Task[None]] = {}  # pool key -> its write in flight
         self._pool_status_held: set[str] = set()  # pools a pass skipped while their write was out
+        self._dirty_pools: set[str] = set()  # pools an event touched since their last decision
+        self._pool_inputs: dict[str, tuple[int, int]] = {}  # pool key -> (waiting, running) last decided on
+        self._last_full_pool_pass = 0.0
         self.last_pass = 0.0
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
@@ -102,6 +114,7 @@ class Reconciler:
                 self.store.of_kind(kind).pop(key_of(obj), None)
             else:
                 self.store.put(kind, obj)
+            self._dirty_pools.add(pool_key_of(kind, obj))
             self.trigger.set()
 
     def on_sync(self, kind: str, namespace: str, items: list[Obj], resource_version: str) -> None:
@@ -122,6 +135,7 @@ class Reconciler:
             if int(current[key].resource_version or 0) <= list_rv:
                 current.pop(key, None)
         self._synced.add((kind, namespace))
+        self._last_full_pool_pass = 0.0  # a relist may change any pool's inputs
         if all((kind, ns) in self._synced for ns in self.namespaces):
             self.store.synced.add(kind)
         self._api_answered(time.time())
@@ -159,7 +173,7 @@ class Reconciler:
         key = store_key("leases", obj)
         if event_type == "DELETED":
             self.store.leases.pop(key, None)
-            self.trigger.set()
+            self._lease_changed(key)
             return
         old = self.store.leases.get(key)
         new = self.store.put_lease(obj)
@@ -170,7 +184,13 @@ class Reconciler:
             new.draining,
             new.duration,
         ):
-            self.trigger.set()
+            self._lease_changed(key)
+
+    def _lease_changed(self, key: str) -> None:
+        pod = self.store.pods.get(key)  # a worker's Lease is keyed by its Pod
+        if pod is not None:
+            self._dirty_pools.add(f"{pod.namespace}/{pod.pool}")
+        self.trigger.set()
 
     def _observe_transition(self, old: JobView | None, new: JobView) -> None:
         if new.phase == (old.phase if old else None):
@@ -234,6 +254,7 @@ class Reconciler:
             if not elector.is_leader:
                 self.metrics.drop_job_metrics()
             self._last_metrics = 0.0
+            self._last_full_pool_pass = 0.0
             self.trigger.set()
 
     async def _decide_forever(self) -> None:
@@ -268,11 +289,28 @@ class Reconciler:
         # pools the pass waited for a hundred writes, and every waiting job with it. A pool whose
         # status write is still out is decided once it is answered: its decision reads that status.
         running = running_by_worker(self.store.jobs.values())
+        running_by_pool: dict[str, int] = {}
+        for pod in self.store.pods.values():
+            if pod.key in running:
+                pool_key = f"{pod.namespace}/{pod.pool}"
+                running_by_pool[pool_key] = running_by_pool.get(pool_key, 0) + running[pod.key]
+        # A pass decides the pools an event touched or whose queue or running count moved; every pool
+        # at least every FULL_POOL_PASS_SECONDS (what only time changes: Lease freshness, the
+        # autoscaler's windows, pending timeouts, counters due). At a hundred namespaces deciding every
+        # pool on every pass cost ten times the job decisions (BENCHMARKS.md, figure 8).
+        dirty, self._dirty_pools = self._dirty_pools, set()
+        full = time.monotonic() - self._last_full_pool_pass >= FULL_POOL_PASS_SECONDS
+        if full:
+            self._last_full_pool_pass = time.monotonic()
         pool_decisions = []
         for pool in list(self.store.pools.values()):
+            inputs = (decisions.waiting_by_pool.get(pool.key, 0), running_by_pool.get(pool.key, 0))
+            if not full and pool.key not in dirty and self._pool_inputs.get(pool.key) == inputs:
+                continue
             if pool.key in self._pool_status_writes:
                 self._pool_status_held.add(pool.key)
                 continue
+            self._pool_inputs[pool.key] = inputs
             memory = self.memory.setdefault(pool.key, PoolMemory())
             decision = decide_pool(
                 pool, self.store.pods.values(), self.store.leases, running,
@@ -443,6 +481,7 @@ class Reconciler:
             self._pool_status_writes.pop(key, None)
             if key in self._pool_status_held:
                 self._pool_status_held.discard(key)
+                self._dirty_pools.add(key)
                 self.trigger.set()
 
         task.add_done_callback(done)
