@@ -344,7 +344,7 @@ def worker_slots(
 ) -> list[WorkerSlots]:
     slots = []
     for pod in store.pods.values():
-        pool = store.pools.get(f"{pod.namespace}/{pod.pool}")
+        pool = store.pools.get(pod.pool_key)
         if pool is None or pool.spec is None:
             continue
         lease = store.leases.get(pod.key)

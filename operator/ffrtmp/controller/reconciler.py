@@ -189,7 +189,7 @@ class Reconciler:
     def _lease_changed(self, key: str) -> None:
         pod = self.store.pods.get(key)  # a worker's Lease is keyed by its Pod
         if pod is not None:
-            self._dirty_pools.add(f"{pod.namespace}/{pod.pool}")
+            self._dirty_pools.add(pod.pool_key)
         self.trigger.set()
 
     def _observe_transition(self, old: JobView | None, new: JobView) -> None:
@@ -292,8 +292,7 @@ class Reconciler:
         running_by_pool: dict[str, int] = {}
         for pod in self.store.pods.values():
             if pod.key in running:
-                pool_key = f"{pod.namespace}/{pod.pool}"
-                running_by_pool[pool_key] = running_by_pool.get(pool_key, 0) + running[pod.key]
+                running_by_pool[pod.pool_key] = running_by_pool.get(pod.pool_key, 0) + running[pod.key]
         # A pass decides the pools an event touched or whose queue or running count moved; every pool
         # at least every FULL_POOL_PASS_SECONDS (what only time changes: Lease freshness, the
         # autoscaler's windows, pending timeouts, counters due). At a hundred namespaces deciding every

@@ -196,6 +196,11 @@ class WorkerPod:
     unschedulable: str | None  # the scheduler's message while it cannot place the Pod
     resource_version: str
 
+    @property
+    def pool_key(self) -> str:
+        """The store key of the WorkerPool this Pod belongs to."""
+        return f"{self.namespace}/{self.pool}"
+
 
 def parse_worker_pod(obj: Obj) -> WorkerPod:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
