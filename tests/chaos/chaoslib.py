@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,20 @@ def control_plane_healthy(cluster: TestCluster, timeout: float = 120) -> None:
         )
 
     wait_for(nodes_ready, timeout, "nodes Ready", interval=1)
+    # kube-controller-manager's informers back off (up to 30 s a try) while the API is down, so the
+    # next test's namespace would wait that long for its default ServiceAccount: wait here instead,
+    # where the outage was made, until its controllers act again.
+    probe = f"chaos-recovered-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", probe)
+    try:
+        wait_for(
+            lambda: cluster.kubectl("get", "sa", "default", "-n", probe, check=False).returncode == 0,
+            timeout,
+            "kube-controller-manager to create a new namespace's default ServiceAccount",
+            interval=0.5,
+        )
+    finally:
+        cluster.kubectl("delete", "namespace", probe, "--wait=false", check=False)
 
 
 # -- the scenario summary -------------------------------------------------------------------------
