@@ -105,26 +105,23 @@ async def measure(env: BenchEnv, report: Report, scale: str, label: str, interva
         else:
             per_run[f"{key} ({group or 'core'})"] += n
     progress = farm.counters.get("progress_writes", 0)
-    progress_end = farm.counters.get("progress_end_writes", 0)
     common = {
         "jobs": jobs, "workers": workers, "slots_per_worker": slots, "job_nominal_seconds": duration,
         "progress_interval_s": interval, "job_events": events,
     }  # fmt: skip
     report.add(f"requests_per_job_{label}", total / jobs, "requests/job", simulated=True, **common)
     report.add(
-        f"requests_per_job_excl_progress_{label}", (total - progress - progress_end) / jobs, "requests/job",
+        f"requests_per_job_excl_progress_{label}", (total - progress) / jobs, "requests/job",
         simulated=True, target="<= 6", **common,
         note="transcodejobs + core events requests, minus the workers' progress writes",
     )  # fmt: skip
     report.add(
-        f"progress_writes_per_job_{label}", (progress + progress_end) / jobs, "writes/job", simulated=True,
-        note=f"of which {progress_end / jobs:.2f}/job the write on ffmpeg's progress=end", **common,
+        f"progress_writes_per_job_{label}", progress / jobs, "writes/job", simulated=True, **common,
     )  # fmt: skip
     report.details[label] = {
         "per_job_by_verb_resource": {k: round(v, 3) for k, v in sorted(per_job.items())},
         "per_run_other_resources": dict(sorted(per_run.items())),
         "progress_writes": progress,
-        "progress_end_writes": progress_end,
         "worker_status_writes": farm.counters.get("worker_status_writes", 0),
         "worker_handbacks": farm.counters.get("handbacks", 0),
         "note": "PATCH transcodejobs/status minus worker_status_writes = the operator's status writes",

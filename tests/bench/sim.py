@@ -60,15 +60,12 @@ class SimAttempt(Attempt):
     speed: float = 1.0
     counters: dict[str, int] = field(default_factory=dict)  # shared by the farm
 
-    async def _progress(
-        self, snap: ProgressSnapshot, duration: float | None, live: bool, index: int, passes: int
-    ) -> None:
+    async def _write_progress(self, progress: Obj) -> None:
         before = self.client_status.writes
-        await super()._progress(snap, duration, live, index, passes)
+        await super()._write_progress(progress)
         written = self.client_status.writes - before
         if written:
-            key = "progress_end_writes" if snap.ended else "progress_writes"
-            self.counters[key] = self.counters.get(key, 0) + written
+            self.counters["progress_writes"] = self.counters.get("progress_writes", 0) + written
 
     async def run(self) -> str:
         try:
@@ -85,7 +82,7 @@ class SimAttempt(Attempt):
         simulated attempts). The first block comes after 0.5 s, as from ffmpeg."""
         if elapsed < STATS_PERIOD:
             return STATS_PERIOD
-        due = self._last_write + self.config.progress_interval - time.monotonic()
+        due = self._last_write + self.progress_interval - time.monotonic()
         return max(STATS_PERIOD, due)
 
     async def _prepare(self) -> EncodePlan:
@@ -173,7 +170,7 @@ class SimAgent(Agent):
             client_status=FencedStatus(self.client, obj, self.config.pod_name, number),
             spec=TranscodeJobSpec.from_api(obj["spec"]), config=self.config, metrics=self.metrics,
             namespace=self.config.namespace, name=obj["metadata"]["name"], number=number, speed=self.speed,
-            counters=self.counters,
+            counters=self.counters, progress_seconds=lambda: self.cadence.progress_seconds,
         )  # fmt: skip
 
 

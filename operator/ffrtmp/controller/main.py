@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import kopf
 
+from ffrtmp.controller.cadence import WriteBudget
 from ffrtmp.controller.leader import ElectionTiming
 from ffrtmp.controller.policy import POLICY_FLAGS, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
@@ -78,6 +79,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-parallel-writes", type=int, default=OperatorSettings.max_parallel_writes,
         help="status writes, Pod creates and deletes in flight at once (Events get a quarter of this on top)",
     )  # fmt: skip
+    budget = WriteBudget()
+    parser.add_argument(
+        "--write-budget", type=float, metavar="WRITES_PER_SECOND",
+        default=float(env("FFRTMP_WRITE_BUDGET", str(budget.writes_per_second))),
+        help="steady API writes/s the whole farm may make (Lease renewals, progress, Events): workers' "
+        "renewal and progress periods grow with the farm to stay under it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-floor-seconds", type=float, default=budget.progress_floor_seconds,
+        help="the shortest progress period the operator publishes (a small farm keeps each worker's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-max-seconds", type=float, default=budget.progress_max_seconds,
+        help="the longest progress period, at most half the heartbeat timeout",
+    )  # fmt: skip
+    parser.add_argument(
+        "--renew-max-seconds", type=float, default=budget.renew_max_seconds,
+        help="the longest Lease renewal period; a lost worker is found 3x this (+ --lease-grace-seconds) "
+        "after its last renewal at the latest",
+    )  # fmt: skip
     parser.add_argument(
         "--job-events", choices=["decisions", "all", "failures", "none"], default=OperatorSettings.job_events,
         help="Events on TranscodeJobs: the operator's decisions and every Warning (default); all (also Started "
@@ -121,6 +142,24 @@ def _union(listed: tuple[str, ...] | None, own: Iterable[str]) -> tuple[str, ...
     return tuple(dict.fromkeys([*(listed or ()), *own]))
 
 
+def write_budget_from(args: argparse.Namespace) -> WriteBudget:
+    heartbeat = OperatorSettings.heartbeat_timeout_seconds
+    if args.progress_max_seconds > heartbeat / 2:
+        raise SystemExit(
+            f"--progress-max-seconds {args.progress_max_seconds:g} is over half the heartbeat timeout"
+            f" ({heartbeat:g} s): a running job would be taken for lost between two progress reports"
+        )
+    try:
+        return WriteBudget(
+            writes_per_second=args.write_budget,
+            progress_floor_seconds=args.progress_floor_seconds,
+            progress_max_seconds=args.progress_max_seconds,
+            renew_max_seconds=args.renew_max_seconds,
+        )
+    except ValueError as e:
+        raise SystemExit(f"ffrtmp operator: {e}") from e
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     devices = dict(OperatorSettings().device_resources)
     for item in args.device_resource:
@@ -142,6 +181,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         resync_seconds=args.resync_seconds,
         max_parallel_writes=max(args.max_parallel_writes, 1),
         job_events=args.job_events,
+        write_budget=write_budget_from(args),
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         ready_port=args.ready_port,

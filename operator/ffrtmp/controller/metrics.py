@@ -122,6 +122,27 @@ class OperatorMetrics:
             registry=r,
         )
         self.loop_lag = LoopLag(r, "ffrtmp_operator")
+        # The write budget (cadence.py): leader-only, like the job series.
+        jr = self.job_registry
+        self.write_budget = Gauge(
+            "ffrtmp_write_budget_writes_per_second", "The farm's steady API write budget (--write-budget).", registry=jr
+        )
+        self.expected_writes = Gauge(
+            "ffrtmp_expected_writes_per_second",
+            "Steady API writes/s the published cadence makes: worker Lease renewals + progress reports + Events.",
+            registry=jr,
+        )
+        self.write_budget_exceeded = Gauge(
+            "ffrtmp_write_budget_exceeded",
+            "1 while the farm needs more writes than the budget even at the longest periods (see RUNBOOK).",
+            registry=jr,
+        )
+        self.cadence_seconds = Gauge(
+            "ffrtmp_cadence_seconds",
+            "The periods the operator publishes to workers: Lease renewal, Lease duration, progress.",
+            ["period"],
+            registry=jr,
+        )
         self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
 
     def _is_leading(self) -> bool:

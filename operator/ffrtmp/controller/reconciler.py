@@ -18,8 +18,10 @@ from typing import Any
 
 import aiohttp
 
+from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_POOL, LEASE_PREFIX, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
+from ffrtmp.controller.cadence import current_cadence, decide_cadence, lease_annotation_writes, published_annotation
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import (
     DeleteJob,
@@ -48,6 +50,9 @@ API_GAP_SECONDS = 5.0
 # A readiness check (a few milliseconds when healthy) answered this late means a stalled API server.
 API_STALL_SECONDS = 1.0
 FULL_POOL_PASS_SECONDS = 1.0
+# Lease cadence annotations written per full pass, as a share of the write budget (a new cadence
+# reaches a thousand workers over some seconds, not in one burst).
+CADENCE_ROLLOUT_SHARE = 0.25
 # Test hook (never set in production): "1" makes the process SIGSTOP itself once, the first time it has
 # decided to create worker Pods and before it sends them, so a test can depose it at exactly that point.
 STOP_BEFORE_POD_CREATES_ENV = "FFRTMP_TEST_STOP_BEFORE_POD_CREATES"
@@ -93,6 +98,8 @@ class Reconciler:
         self._dirty_pools: set[str] = set()  # pools an event touched since their last decision
         self._pool_inputs: dict[str, tuple[int, int]] = {}  # pool key -> (waiting, running) last decided on
         self._last_full_pool_pass = 0.0
+        self._cadence: Cadence | None = None  # what was last decided (None: not yet, read from the Leases)
+        self._cadence_writes: set[str] = set()  # Lease keys whose cadence annotation write is out
         self.last_pass = 0.0
         self._last_metrics = 0.0
         self._waiting: dict[str, int] = {}
@@ -325,6 +332,8 @@ class Reconciler:
         for key, d in pool_decisions:
             if d.status is not None:
                 self._write_pool_status_soon(key, d.status)
+        if full:
+            self._publish_cadence(sum(running.values()))
         if self.leading and time.monotonic() - self._last_metrics > 1.0:
             self.metrics.refresh(self.store, self._waiting, now)
             self._last_metrics = time.monotonic()
@@ -469,6 +478,62 @@ class Reconciler:
         if event.type == "Warning":
             return mode != "none"
         return mode == "decisions" and not observed
+
+    def _publish_cadence(self, running: int) -> None:
+        """Decide the farm's renewal and progress periods and put them on the worker Leases that do not
+        carry them yet (in the background; a Lease with a write out is skipped until it is answered)."""
+        budget = self.settings.write_budget
+        leases = self.store.leases
+        if self._cadence is None:
+            self._cadence = current_cadence(lease.cadence for lease in leases.values())
+        decision = decide_cadence(len(leases), running, budget, self._cadence)
+        if decision.cadence != self._cadence:
+            log.info(
+                "write budget %g/s: %d workers, %d running jobs -> %s (%.0f writes/s%s)",
+                budget.writes_per_second, len(leases), running, decision.cadence.annotation(),
+                decision.expected_writes_per_second, ", over budget" if decision.over_budget else "",
+            )  # fmt: skip
+        self._cadence = decision.cadence
+        self.metrics.write_budget.set(budget.writes_per_second)
+        self.metrics.expected_writes.set(decision.expected_writes_per_second)
+        self.metrics.write_budget_exceeded.set(1 if decision.over_budget else 0)
+        for period, seconds in (
+            ("renew", decision.cadence.renew_seconds),
+            ("lease", decision.cadence.lease_seconds),
+            ("progress", decision.cadence.progress_seconds),
+        ):
+            self.metrics.cadence_seconds.labels(period).set(seconds)
+        wanted = published_annotation(decision, budget)
+        told = {key: lease.cadence for key, lease in leases.items() if key not in self._cadence_writes}
+        limit = max(int(budget.writes_per_second * CADENCE_ROLLOUT_SHARE), 1)
+        for key, value in lease_annotation_writes(told, wanted, limit):
+            self._cadence_writes.add(key)
+            task = asyncio.create_task(self._write_lease_cadence(key, value), name=f"cadence {key}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _write_lease_cadence(self, key: str, value: str | None) -> None:
+        try:
+            lease = self.store.leases.get(key)
+            if lease is None:
+                return
+            namespace = key.partition("/")[0]
+            path = resource_path("coordination.k8s.io", "v1", "leases", namespace) + f"/{lease.name}"
+            async with self._writes:
+                if self._fenced("Lease", f"the cadence of Lease {namespace}/{lease.name}"):
+                    return
+                annotations = {ANNOTATION_CADENCE: value}
+                updated = await self.client.merge_patch(path, {"metadata": {"annotations": annotations}})
+            if key in self.store.leases:
+                self.store.put_lease(updated)
+        except ApiError as e:
+            if not e.not_found:
+                log.warning("publishing the cadence on Lease %s failed: %s", key, e)
+                self.metrics.reconcile_errors.labels("Lease").inc()
+        except (aiohttp.ClientError, TimeoutError) as e:  # the next full pass tries again
+            log.warning("publishing the cadence on Lease %s failed: %r", key, e)
+        finally:
+            self._cadence_writes.discard(key)
 
     def _write_pool_status_soon(self, key: str, status: Obj) -> None:
         """Write a pool's status in the background; when it is answered, a pass that skipped the pool

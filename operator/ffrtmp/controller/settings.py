@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ffrtmp.controller.cadence import WriteBudget
 from ffrtmp.controller.policy import PoolPolicy
 
 
@@ -51,6 +52,8 @@ class OperatorSettings:
     # "failures" (Warnings only) or "none".
     job_events: str = "decisions"
     max_parallel_writes: int = 32
+    # The farm's steady API writes (Lease renewals, progress, Events): cadence.py sizes the periods.
+    write_budget: WriteBudget = field(default_factory=WriteBudget)
     metrics_port: int = 9090
     health_port: int = 8080
     # /readyz: 200 once every watched kind in every namespace has been listed, else 503 and why.

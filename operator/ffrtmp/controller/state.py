@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from ffrtmp.api.cadence import ANNOTATION_CADENCE
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
@@ -238,6 +239,8 @@ class WorkerLease:
     # The encoders that passed the worker's self-test; None: not said (a worker from before the
     # capability test), taken as able to run any codec.
     encoders: frozenset[str] | None = None
+    name: str = ""  # the Lease object's name
+    cadence: str | None = None  # the cadence annotation the operator published on it (api/cadence.py)
 
 
 def parse_encoders_annotation(value: object) -> frozenset[str] | None:
@@ -265,6 +268,8 @@ def parse_lease(obj: Obj) -> WorkerLease:
         storage_ok=_check_ok(str(storage)) if storage is not None else True,
         storage_message=str(storage or "").partition(":")[2].strip(),
         encoders=parse_encoders_annotation(annotations.get(ANNOTATION_ENCODERS)),
+        name=meta["name"],
+        cadence=annotations.get(ANNOTATION_CADENCE),
     )
 
 

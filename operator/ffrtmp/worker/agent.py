@@ -10,6 +10,7 @@ import signal
 import time
 from typing import Any
 
+from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
 from ffrtmp.api.constants import (
     ANNOTATION_DRAINING,
     ANNOTATION_ENCODER,
@@ -70,6 +71,9 @@ class Agent:
         self._done: dict[tuple[str, int], float] = {}
         self._no_slot_since: dict[tuple[str, int], float] = {}
         self._lease_dirty = asyncio.Event()
+        # The worker's own periods; the operator may publish longer ones on the Lease (api/cadence.py).
+        self.own_cadence = Cadence(config.renew_seconds, config.lease_seconds, config.progress_interval)
+        self.cadence = self.own_cadence
         self.metrics.api_last_success_age.set_function(self._api_age)
         self.metrics.api_reachable.set_function(self._api_reachable)
 
@@ -182,7 +186,7 @@ class Agent:
             "metadata": meta,
             "spec": {
                 "holderIdentity": self.config.pod_name,
-                "leaseDurationSeconds": self.config.lease_seconds,
+                "leaseDurationSeconds": round(self.cadence.lease_seconds),
                 "renewTime": _micro(now),
             },
         }
@@ -192,18 +196,38 @@ class Agent:
         once, on another connection): waiting out the client's default timeout would let the Lease expire
         behind one stuck request."""
         body = self._lease_body()
-        timeout = self.config.lease_seconds * RENEWAL_TIMEOUT
+        timeout = self.cadence.lease_seconds * RENEWAL_TIMEOUT
         try:
-            await self.client.merge_patch(f"{self._lease_path}/{self._lease_name}", body, request_timeout=timeout)
+            lease = await self.client.merge_patch(
+                f"{self._lease_path}/{self._lease_name}", body, request_timeout=timeout
+            )
         except ApiError as e:
             if not e.not_found:
                 raise
             body["spec"]["acquireTime"] = body["spec"]["renewTime"]
-            await self.client.create(self._lease_path, body, request_timeout=timeout)
+            lease = await self.client.create(self._lease_path, body, request_timeout=timeout)
+        self._adopt_cadence(lease)
+
+    def _adopt_cadence(self, lease: Obj) -> None:
+        """Take the periods the operator published on the Lease (never shorter than our own). A longer
+        Lease duration goes out with the next renewal, which comes after the longer period."""
+        annotations = (lease.get("metadata") or {}).get("annotations") or {}
+        published = Cadence.parse(annotations.get(ANNOTATION_CADENCE))
+        cadence = published.at_least(self.own_cadence) if published else self.own_cadence
+        if cadence != self.cadence:
+            log.info("the operator's write budget: now %s (was %s)", cadence.annotation(), self.cadence.annotation())
+            self.cadence = cadence
+            if cadence.lease_seconds != lease.get("spec", {}).get("leaseDurationSeconds"):
+                self._lease_dirty.set()  # write the new Lease duration now, not one old period later
+        self.metrics.cadence_seconds.labels("renew").set(cadence.renew_seconds)
+        self.metrics.cadence_seconds.labels("lease").set(cadence.lease_seconds)
+        self.metrics.cadence_seconds.labels("progress").set(cadence.progress_seconds)
 
     async def _lease_loop(self) -> None:
-        slow = self.config.lease_seconds * SLOW_RENEWAL
         while True:
+            slow = self.cadence.lease_seconds * SLOW_RENEWAL
+            wait = self.cadence.renew_seconds
+            self._lease_dirty.clear()  # set from here on (a new Lease duration to write, say): renew again at once
             sent = time.monotonic()
             try:
                 await self.renew_lease()
@@ -213,16 +237,16 @@ class Agent:
                 if took > slow:
                     log.warning(
                         "renewing the Lease took %.1fs (Lease %ds; event loop lag %.1fs): the API server is slow",
-                        took, self.config.lease_seconds, self.metrics.loop_lag.latest,
+                        took, self.cadence.lease_seconds, self.metrics.loop_lag.latest,
                     )  # fmt: skip
             except Exception as e:  # keep renewing, whatever broke this round
                 self.metrics.lease_renew_failures.inc()
                 log.warning("renewing the Lease failed after %.1fs: %r", time.monotonic() - sent, e)
                 if isinstance(e, TimeoutError):
                     continue  # the period already passed waiting: try again now
-            self._lease_dirty.clear()
+                wait = self.own_cadence.renew_seconds  # a longer published period assumes renewals that land
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_dirty.wait(), self.config.renew_seconds)
+                await asyncio.wait_for(self._lease_dirty.wait(), wait)
 
     async def _release_lease(self) -> None:
         """On exit, let the Lease lapse at once (it goes with the Pod, by its ownerReference)."""
@@ -316,6 +340,7 @@ class Agent:
             namespace=self.config.namespace,
             name=obj["metadata"]["name"],
             number=number,
+            progress_seconds=lambda: self.cadence.progress_seconds,
         )
 
     def _start(self, obj: Obj, number: int) -> None:

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,8 @@ class Attempt:
     namespace: str
     name: str
     number: int
+    # How often to report progress: the agent's current cadence (api/cadence.py); None: config.progress_interval.
+    progress_seconds: Callable[[], float] | None = None
     stop_reason: str | None = None
     _proc: asyncio.subprocess.Process | None = None
     _last_write: float = 0.0
@@ -111,6 +113,10 @@ class Attempt:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def progress_interval(self) -> float:
+        return self.progress_seconds() if self.progress_seconds else self.config.progress_interval
 
     @property
     def job_dir(self) -> Path:
@@ -556,7 +562,7 @@ class Attempt:
         now = time.monotonic()
         # The first write comes one interval after the Running write (which says 0 %), and the
         # final block is never written: the Succeeded or failure write follows at once.
-        if now - max(self._last_write, self._started_monotonic) < self.config.progress_interval or snap.ended:
+        if now - max(self._last_write, self._started_monotonic) < self.progress_interval or snap.ended:
             return
         if self._progress_write is not None and not self._progress_write.done():
             return  # the last report is still on its way (a slow or unreachable API server): skip this one

@@ -43,6 +43,12 @@ class WorkerMetrics:
             ["encoder"],
             registry=r,
         )
+        self.cadence_seconds = Gauge(
+            "ffrtmp_worker_cadence_seconds",
+            "The periods this worker keeps: Lease renewal, Lease duration, progress (the operator's write budget).",
+            ["period"],
+            registry=r,
+        )
         self.lease_renew_seconds = Histogram(
             "ffrtmp_worker_lease_renew_seconds",
             "Time from sending a Lease renewal to the API server's answer.",

@@ -1,0 +1,156 @@
+"""The write budget's cadence: properties of decide_cadence, the Lease annotation, the rollout."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ffrtmp.api.cadence import Cadence
+from ffrtmp.controller.cadence import (
+    RENEWALS_PER_LEASE,
+    WriteBudget,
+    current_cadence,
+    decide_cadence,
+    lease_annotation_writes,
+    published_annotation,
+)
+
+pytestmark = pytest.mark.unit
+
+PROPERTY = settings(max_examples=400, deadline=None)
+BUDGET = WriteBudget()
+workers = st.integers(min_value=0, max_value=20_000)
+running = st.integers(min_value=0, max_value=200_000)
+budgets = st.builds(
+    WriteBudget,
+    writes_per_second=st.floats(min_value=5, max_value=2_000),
+    lease_share=st.floats(min_value=0.1, max_value=0.9),
+    event_writes_per_second=st.floats(min_value=0, max_value=4),
+)
+
+
+def test_a_small_farm_runs_at_the_floor_and_nothing_is_published() -> None:
+    decision = decide_cadence(3, 10, BUDGET)
+    assert decision.cadence == Cadence(5, 15, 5)
+    assert published_annotation(decision, BUDGET) is None
+    assert not decision.over_budget
+
+
+def test_the_issues_example_two_thousand_workers_ten_thousand_jobs() -> None:
+    decision = decide_cadence(2_000, 10_000, BUDGET)
+    # 2,000 / 50 writes/s = 40 s renewals; progress gets 100 - 10 - 50 = 40 writes/s: 250 s -> 300 s step.
+    assert decision.cadence == Cadence(40, 120, 300)
+    assert decision.expected_writes_per_second == pytest.approx(2_000 / 40 + 10_000 / 300 + 10)
+    assert not decision.over_budget
+    assert published_annotation(decision, BUDGET) == "renew=40,lease=120,progress=300"
+
+
+@PROPERTY
+@given(workers, running, budgets)
+def test_periods_stay_within_floor_and_ceiling(w: int, r: int, budget: WriteBudget) -> None:
+    c = decide_cadence(w, r, budget).cadence
+    assert budget.renew_floor_seconds <= c.renew_seconds <= budget.renew_max_seconds
+    assert budget.progress_floor_seconds <= c.progress_seconds <= budget.progress_max_seconds
+    assert c.lease_seconds == RENEWALS_PER_LEASE * c.renew_seconds
+
+
+@PROPERTY
+@given(workers, running, budgets)
+def test_the_budget_holds_unless_a_ceiling_binds(w: int, r: int, budget: WriteBudget) -> None:
+    d = decide_cadence(w, r, budget)
+    at_ceiling = (
+        d.cadence.renew_seconds == budget.renew_max_seconds or d.cadence.progress_seconds == budget.progress_max_seconds
+    )
+    if not at_ceiling:
+        assert not d.over_budget
+        assert d.expected_writes_per_second <= budget.writes_per_second * (1 + 1e-9)
+    assert d.over_budget == (d.expected_writes_per_second > budget.writes_per_second * (1 + 1e-9))
+
+
+@PROPERTY
+@given(workers, workers, running, budgets)
+def test_renewal_period_is_monotone_in_workers(a: int, b: int, r: int, budget: WriteBudget) -> None:
+    low, high = sorted((a, b))
+    assert decide_cadence(low, r, budget).cadence.renew_seconds <= decide_cadence(high, r, budget).cadence.renew_seconds
+
+
+@PROPERTY
+@given(workers, running, running, budgets)
+def test_progress_period_is_monotone_in_running_jobs(w: int, a: int, b: int, budget: WriteBudget) -> None:
+    low, high = sorted((a, b))
+    slow = decide_cadence(w, high, budget).cadence.progress_seconds
+    assert decide_cadence(w, low, budget).cadence.progress_seconds <= slow
+
+
+@PROPERTY
+@given(workers, running, budgets)
+def test_a_decision_is_stable_when_fed_back(w: int, r: int, budget: WriteBudget) -> None:
+    first = decide_cadence(w, r, budget)
+    assert decide_cadence(w, r, budget, current=first.cadence) == first
+
+
+@PROPERTY
+@given(workers, workers, running, budgets)
+def test_steps_down_only_with_a_margin(before: int, after: int, r: int, budget: WriteBudget) -> None:
+    current = decide_cadence(before, r, budget).cadence
+    held = decide_cadence(after, r, budget, current=current).cadence
+    fresh = decide_cadence(after, r, budget).cadence
+    # Never below what the load needs, never above what was published or what the load needs.
+    assert held.renew_seconds >= fresh.renew_seconds
+    assert held.renew_seconds <= max(current.renew_seconds, fresh.renew_seconds)
+    if held.renew_seconds < current.renew_seconds:
+        lease_writes = budget.writes_per_second * budget.lease_share
+        assert after / lease_writes <= 0.8 * held.renew_seconds or held.renew_seconds == budget.renew_floor_seconds
+
+
+def test_load_just_under_a_step_keeps_the_longer_period() -> None:
+    up = decide_cadence(300, 0, BUDGET).cadence  # 300 / 50 = 6 s -> 10 s
+    assert up.renew_seconds == 10
+    # 240 workers need 4.8 s: the floor would do, but only 4.0 s fits with the margin: stay at 10 s.
+    assert decide_cadence(240, 0, BUDGET, current=up).cadence.renew_seconds == 10
+    assert decide_cadence(200, 0, BUDGET, current=up).cadence.renew_seconds == 5
+
+
+def test_past_the_ceilings_the_decision_says_over_budget() -> None:
+    decision = decide_cadence(5_000, 0, BUDGET)
+    assert decision.cadence.renew_seconds == 40
+    assert decision.over_budget
+    assert decision.expected_writes_per_second == pytest.approx(5_000 / 40 + 0 + 10)
+
+
+def test_budget_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="write budget"):
+        WriteBudget(writes_per_second=0)
+    with pytest.raises(ValueError, match="Lease share"):
+        WriteBudget(lease_share=1.0)
+
+
+@given(st.builds(Cadence, st.integers(1, 600), st.integers(1, 1800), st.integers(1, 900)))
+def test_annotation_round_trips(cadence: Cadence) -> None:
+    assert Cadence.parse(cadence.annotation()) == cadence
+
+
+@pytest.mark.parametrize("text", [None, "", "renew=5", "renew=x,lease=15,progress=5", "renew=0,lease=15,progress=5", 7])
+def test_a_malformed_annotation_is_ignored(text: object) -> None:
+    assert Cadence.parse(text) is None
+
+
+def test_published_cadence_never_shortens_a_workers_own_periods() -> None:
+    own = Cadence(3, 9, 1)
+    assert Cadence(10, 30, 20).at_least(own) == Cadence(10, 30, 20)
+    assert Cadence(5, 15, 5).at_least(Cadence(5, 60, 10)) == Cadence(5, 60, 10)
+
+
+def test_rollout_is_bounded_per_pass_and_skips_leases_already_told() -> None:
+    wanted = "renew=10,lease=30,progress=10"
+    published = {"ns/w3": None, "ns/w1": wanted, "ns/w2": "renew=5,lease=15,progress=5", "ns/w4": None}
+    assert lease_annotation_writes(published, wanted, 2) == [("ns/w2", wanted), ("ns/w3", wanted)]
+    assert lease_annotation_writes(published, None, 10) == [("ns/w1", None), ("ns/w2", None)]
+    assert lease_annotation_writes({"ns/w1": wanted}, wanted, 10) == []
+
+
+def test_current_cadence_is_what_most_leases_carry() -> None:
+    assert current_cadence([None, None]) is None
+    values = ["renew=10,lease=30,progress=5", "renew=10,lease=30,progress=5", "renew=5,lease=15,progress=5", None]
+    assert current_cadence(values) == Cadence(10, 30, 5)
