@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.controller.cadence import WriteBudget
 
 pytestmark = pytest.mark.e2e
 
@@ -569,6 +570,10 @@ def test_deployment_defaults(helm: str) -> None:
         "--health-port=8080",
         "--ready-port=8081",
         "--log-format=json",
+        "--write-budget=100",
+        "--renew-max-seconds=40",
+        "--progress-floor-seconds=5",
+        "--progress-max-seconds=300",
         "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.2.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
@@ -607,6 +612,10 @@ def test_deployment_all_options(helm: str) -> None:
         "--leader-elect",
         "--leader-election-namespace=ffmpeg-rtmp",
         "--log-format=text",
+        "--write-budget=250",
+        "--renew-max-seconds=60",
+        "--progress-floor-seconds=10",
+        "--progress-max-seconds=120",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
         "--worker-image-pull-secret=ghcr",
@@ -851,6 +860,28 @@ def test_worker_extras_reach_the_worker_pods_through_the_operator_flags(helm: st
     assert pod["spec"]["imagePullSecrets"] == [{"name": "ghcr"}]
     assert pod["metadata"]["labels"]["team"] == "media"
     assert pod["metadata"]["annotations"] == {"example.com/owner": "media-platform"}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ((), WriteBudget()),
+        (ALL, WriteBudget(250, renew_max_seconds=60, progress_floor_seconds=10, progress_max_seconds=120)),
+    ],
+)
+def test_write_budget_values_become_the_operators_budget(
+    helm: str, values: tuple[str, ...], expected: WriteBudget
+) -> None:
+    import argparse
+
+    from ffrtmp.controller import main
+
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    budget_flags = ("--write-budget=", "--renew-max-seconds=", "--progress-floor-seconds=", "--progress-max-seconds=")
+    flags = [a for a in _args(render(helm, *values)) if a.startswith(budget_flags)]
+    assert len(flags) == 4
+    assert main.settings_from(parser.parse_args(flags)).write_budget == expected
 
 
 def test_helm_test_pod(helm: str) -> None:
