@@ -23,8 +23,10 @@ def bench_scale() -> str:
 
 @pytest.fixture(scope="session")
 def bench_env(bench_scale: str) -> Iterator[BenchEnv]:
-    from . import footprint, scheduling
+    import importlib
 
-    workers = max(footprint.workers_needed(bench_scale), scheduling.workers_needed(bench_scale))
+    from .run import ORDER
+
+    workers = max(importlib.import_module(f"{__package__}.{n}").workers_needed(bench_scale) for n in ORDER)
     with BenchEnv(extra_nodes_for(workers)) as env:
         yield env

@@ -12,14 +12,12 @@ import importlib
 import pytest
 
 from .common import RESULTS_DIR, BenchEnv, write_json
+from .run import ORDER
 
 pytestmark = pytest.mark.bench
 
-NAMES = ["overhead", "api_requests", "latency", "autoscaler", "scheduling", "namespaces", "footprint"]
-
-
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ORDER)
 def test_benchmark(name: str, bench_env: BenchEnv, bench_scale: str) -> None:
     module = importlib.import_module(f"{__package__}.{name}")
     report = asyncio.run(module.run(bench_env, bench_scale))

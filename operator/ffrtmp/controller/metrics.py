@@ -122,6 +122,12 @@ class OperatorMetrics:
             registry=r,
         )
         self.loop_lag = LoopLag(r, "ffrtmp_operator")
+        self.pass_seconds = Histogram(
+            "ffrtmp_operator_pass_seconds",
+            "One decision pass of the leader: decide every job and the pools due, and send the job writes.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
         # The write budget (cadence.py): leader-only, like the job series.
         jr = self.job_registry
         self.write_budget = Gauge(

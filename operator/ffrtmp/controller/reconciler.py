@@ -285,6 +285,13 @@ class Reconciler:
     async def pass_once(self) -> None:
         if not self.leading or not await self._api_reachable():
             return
+        started = time.monotonic()
+        try:
+            await self._decide_and_apply()
+        finally:
+            self.metrics.pass_seconds.observe(time.monotonic() - started)
+
+    async def _decide_and_apply(self) -> None:
         now = time.time()
         decisions = decide_jobs(self.store, now, self.settings)
         actions = await self._unless_leases_renewed(decisions.actions)

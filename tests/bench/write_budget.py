@@ -1,0 +1,300 @@
+"""Figure 9: the farm's steady API writes under the write budget, at 100 to 2,000 workers.
+
+One namespace, one operator (`--write-budget`, default 100 writes/s), one pool of simulated workers
+(tests/bench/sim.py: the real worker agent — Lease renewals, job watch, fenced progress writes —
+with attempts that sleep instead of running ffmpeg) with 5 slots each, grown in steps. At each
+step the pool is resized to W workers and filled with 5 x W - PROBE_SLOTS jobs long enough to stay
+Running; once the jobs run and the operator's cadence is on the Leases (one more renewal period for
+the workers to take it), a steady window measures:
+
+- writes/s from kube-apiserver's own `apiserver_request_total` (POST, PUT, PATCH, DELETE): ours
+  (leases, transcodejobs, events, workerpools, pods) against the budget, and everything (KWOK's
+  node heartbeats and Pod status included);
+- progress freshness: at the window's end, the age of each Running job's newest progress report
+  (status.heartbeatTime), p50/p99/max;
+- submit -> Running p99 of probe jobs submitted through the window into the free slots;
+- the operator's RSS and CPU, and its decision pass time (`ffrtmp_operator_pass_seconds`);
+- CPU of the bench process (all simulated workers), kube-apiserver and etcd: where the limit is.
+
+Then a few simulated workers are killed outright (no Lease release) and the time until none of
+their jobs names them any more is the worker-loss detection time (Lease duration + grace + a pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import time
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
+from ffrtmp.conditions import parse_time
+from ffrtmp.dev.cluster import free_port
+from ffrtmp.kube.client import KubeClient, resource_path
+
+from .common import (
+    BenchEnv,
+    JobWatch,
+    ProcessSampler,
+    Report,
+    create_jobs,
+    job_path,
+    main,
+    percentile,
+    pods_path,
+    pool_manifest,
+    pool_path,
+    request_delta,
+    sim_job,
+    wait_pool_ready,
+)
+from .sim import SimFarm
+
+NAME = "write_budget"
+PARAMS: dict[str, dict[str, Any]] = {
+    # The small scale runs under a small budget, so that its farm is big enough to need longer periods.
+    "small": {"sizes": [20, 60], "budget": 20.0, "window": 40.0},
+    "full": {"sizes": [100, 500, 1000, 2000], "budget": 100.0, "window": 60.0},
+}
+SLOTS = 5
+PROBE_SLOTS = 10  # slots kept free for the probe jobs
+PROBE_EVERY = 2.0  # seconds between probe jobs in the window
+LONG_JOB_SECONDS = 7200
+OURS = {"leases", "transcodejobs", "transcodejobs/status", "events", "workerpools", "workerpools/status", "pods"}
+STEP_LIMIT = float(os.environ.get("FFRTMP_BENCH_STEP_LIMIT", "900"))
+log = logging.getLogger(__name__)
+
+
+def workers_needed(scale: str) -> int:
+    return int(max(PARAMS[scale]["sizes"]))
+
+
+async def run(env: BenchEnv, scale: str) -> Report:
+    p = PARAMS[scale]
+    report = Report(NAME, scale)
+    ns = env.create_namespace("budget")
+    biggest = workers_needed(scale)
+    client = env.client(max_connections=biggest + 100)
+    bare = env.client(max_connections=60)
+    farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=5.0, lease_seconds=15).start()
+    metrics_port = free_port()
+    op = env.start_operator(ns, "--write-budget", str(p["budget"]), "--metrics-port", str(metrics_port))
+    watch = JobWatch(bare, ns)
+    report.details["steps"] = []
+    try:
+        await op.wait_ready()
+        await bare.create(pool_path(ns), pool_manifest(
+            "cpu", maxConcurrentJobs=SLOTS, minWorkers=p["sizes"][0], maxWorkers=p["sizes"][0],
+            autoscaling={"enabled": False}, resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
+        ))  # fmt: skip
+        watch.start()
+        await watch.synced.wait()
+        made = 0
+        for workers in p["sizes"]:
+            try:
+                row = await step(env, report, bare, farm, watch, op.pid, metrics_port, ns, workers, made, p)
+            except Exception as e:  # keep the figures of the sizes measured so far
+                log.exception("write budget step %d failed", workers)
+                report.details["steps"].append({"workers": workers, "error": repr(e)})
+                break
+            made = row["jobs_created"]
+    finally:
+        await watch.stop()
+        await farm.close()
+        op.stop()
+        await client.close()
+        await bare.close()
+        env.delete_namespace(ns, wait_seconds=60)
+    return report
+
+
+async def step(
+    env: BenchEnv, report: Report, bare: KubeClient, farm: SimFarm, watch: JobWatch, op_pid: int, metrics_port: int,
+    ns: str, workers: int, made: int, p: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    budget: float = p["budget"]
+    started = time.monotonic()
+    await bare.merge_patch(pool_path(ns, "cpu"), {"spec": {"minWorkers": workers, "maxWorkers": workers}})
+    target = workers * SLOTS - PROBE_SLOTS
+    await create_jobs(bare, ns, (sim_job(f"long-{i:05d}", LONG_JOB_SECONDS) for i in range(made, target)), 50)
+    ready_s, ready = await wait_pool_ready(bare, ns, "cpu", workers, limit=STEP_LIMIT)
+    running_target = int(target * 0.98)
+    try:
+        await watch.wait(lambda: running(watch) >= running_target, STEP_LIMIT, f"{running_target} jobs Running")
+    except TimeoutError:
+        log.warning("only %d of %d jobs Running after %.0fs", running(watch), target, STEP_LIMIT)
+    ramp_s = time.monotonic() - started
+    cadence = await wait_cadence(bare, metrics_port, ns, workers)
+    await asyncio.sleep(cadence.renew_seconds + 2)  # every worker renews once with it (and takes it)
+
+    window: float = max(p["window"], 2 * cadence.renew_seconds)
+    operator = ProcessSampler(op_pid)
+    bench = ProcessSampler(os.getpid())
+    apiserver = ProcessSampler(env.cluster.state.pids["kube-apiserver"])
+    etcd = ProcessSampler(env.cluster.state.pids["etcd"])
+    samplers = {"operator": operator, "bench (simulated workers)": bench, "kube-apiserver": apiserver, "etcd": etcd}
+    cpu0 = {name: s.cpu_seconds() for name, s in samplers.items()}
+    rss: list[int] = []
+    passes0 = await operator_histogram(metrics_port, "ffrtmp_operator_pass_seconds")
+    before = await env.apiserver_requests()
+    t0 = time.monotonic()
+    sent: dict[str, float] = {}
+    probe = 0
+    while time.monotonic() - t0 < window:
+        name = f"probe-{workers}-{probe:03d}"
+        await create_jobs(bare, ns, [sim_job(name, 1)], 1, sent)
+        probe += 1
+        rss.append(operator.rss())
+        await asyncio.sleep(PROBE_EVERY)
+    elapsed = time.monotonic() - t0
+    after = await env.apiserver_requests()
+    passes1 = await operator_histogram(metrics_port, "ffrtmp_operator_pass_seconds")
+    cores = {name: (s.cpu_seconds() - cpu0[name]) / elapsed for name, s in samplers.items()}
+    ages = await progress_ages(bare, ns)
+    await watch.wait(lambda: all(watch.jobs[n].running is not None for n in sent), 120, "the probes Running")
+    latencies = [t.running - sent[n] for n, t in watch.jobs.items() if n in sent and t.running is not None]
+
+    writes: dict[str, float] = defaultdict(float)
+    for (verb, _group, resource, sub), n in request_delta(before, after).items():
+        if verb in ("POST", "PUT", "PATCH", "DELETE"):
+            writes[resource + (f"/{sub}" if sub else "")] += n / elapsed
+    ours = sum(v for k, v in writes.items() if k in OURS)
+    detect = await worker_loss(bare, farm, ns, cadence)
+    pass_mean, pass_p99 = histogram_summary(passes0, passes1)
+
+    params = {"workers": workers, "running_jobs": running(watch), "budget": budget, "cadence": cadence.annotation()}
+    report.add(f"writes_per_s_{workers}w", ours, "writes/s", simulated=True, target=f"<= {budget:g}",
+               note="ours: leases, transcodejobs, events, workerpools, pods", **params)  # fmt: skip
+    report.add(f"progress_age_p99_{workers}w", percentile(ages, 99), "s", simulated=True,
+               note=f"age of each Running job's newest progress at the window's end ({len(ages)} jobs)",
+               **params)  # fmt: skip
+    report.add(f"worker_loss_detection_{workers}w", max(detect) if detect else None, "s", simulated=True,
+               note=f"kill (no Lease release) -> jobs no longer name the worker; {len(detect)} workers killed",
+               **params)  # fmt: skip
+    report.add(f"submit_to_running_p99_{workers}w", percentile(latencies, 99), "s", simulated=True,
+               note=f"{len(latencies)} probe jobs during the window", **params)  # fmt: skip
+    report.add(f"operator_rss_{workers}w", statistics.fmean(rss) / 1e6 if rss else None, "MB", simulated=True,
+               **params)  # fmt: skip
+    report.add(f"operator_pass_p99_{workers}w", pass_p99, "s", simulated=True,
+               note=f"bucket upper bound; mean {pass_mean * 1000 if pass_mean else 0:.1f} ms", **params)  # fmt: skip
+    row = {
+        "workers": workers, "ready_workers": ready, "pool_ready_s": round(ready_s, 1), "ramp_s": round(ramp_s, 1),
+        "jobs_created": max(made, target), "running": running(watch), "cadence": cadence.annotation(),
+        "window_s": round(elapsed, 1), "writes_per_s_ours": round(ours, 2),
+        "writes_per_s_all": round(sum(writes.values()), 2),
+        "writes_per_s_by_resource": {k: round(v, 2) for k, v in sorted(writes.items()) if v >= 0.05},
+        "progress_age_s": {"p50": percentile(ages, 50), "p99": percentile(ages, 99), "max": max(ages, default=None)},
+        "submit_to_running_s": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)},
+        "worker_loss_detection_s": [round(d, 1) for d in detect],
+        "cpu_cores": {k: round(v, 3) for k, v in cores.items()},
+        "operator_rss_mb": round(statistics.fmean(rss) / 1e6, 1) if rss else None,
+        "operator_pass_s": {"mean": pass_mean, "p99_bucket": pass_p99},
+    }  # fmt: skip
+    report.details["steps"].append(row)
+    print(f"write budget: {row}", flush=True)
+    return row
+
+
+def running(watch: JobWatch) -> int:
+    return watch.count(lambda t: t.phase == "Running")
+
+
+async def operator_text(port: int) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        return await resp.text()
+
+
+async def operator_histogram(port: int, name: str) -> dict[str, float]:
+    """{le: cumulative count, "sum": total, "count": n} of an unlabelled histogram."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(await operator_text(port)):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                out[sample.labels["le"]] = sample.value
+            elif sample.name == f"{name}_sum":
+                out["sum"] = sample.value
+            elif sample.name == f"{name}_count":
+                out["count"] = sample.value
+    return out
+
+
+def histogram_summary(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, float | None]:
+    """(mean, the upper bound of the bucket holding the 99th percentile) of the observations in between."""
+    count = after.get("count", 0) - before.get("count", 0)
+    if count <= 0:
+        return None, None
+    mean = (after.get("sum", 0) - before.get("sum", 0)) / count
+    bounds = sorted((float(le), after[le] - before.get(le, 0)) for le in after if le not in ("sum", "count"))
+    p99 = next((le for le, n in bounds if n >= 0.99 * count), None)
+    return mean, p99
+
+
+async def wait_cadence(bare: KubeClient, port: int, ns: str, workers: int) -> Cadence:
+    """The cadence the operator decided, once 99 % of the Leases carry it (or none needs to)."""
+    deadline = time.monotonic() + 300
+    while True:
+        periods: dict[str, float] = {}
+        for family in text_string_to_metric_families(await operator_text(port)):
+            for sample in family.samples:
+                if sample.name == "ffrtmp_cadence_seconds":
+                    periods[sample.labels["period"]] = sample.value
+        if len(periods) == 3:
+            cadence = Cadence(periods["renew"], periods["lease"], periods["progress"])
+            leases = (await bare.get(resource_path("coordination.k8s.io", "v1", "leases", ns)))["items"]
+            values = [(lease["metadata"].get("annotations") or {}).get(ANNOTATION_CADENCE) for lease in leases]
+            told = sum(1 for v in values if Cadence.parse(v) == cadence)
+            at_floor = all(v is None for v in values) and cadence == Cadence(5, 15, 5)
+            if at_floor or told >= 0.99 * workers:
+                return cadence
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the operator's cadence not on the Leases after 300 s: {periods}")
+        await asyncio.sleep(1)
+
+
+async def progress_ages(bare: KubeClient, ns: str) -> list[float]:
+    jobs = (await bare.request("GET", job_path(ns), request_timeout=300))["items"]
+    now = time.time()
+    ages = []
+    for job in jobs:
+        status = job.get("status") or {}
+        beat = parse_time(status.get("heartbeatTime"))
+        if status.get("phase") == "Running" and beat is not None:
+            ages.append(now - beat)
+    return ages
+
+
+async def worker_loss(bare: KubeClient, farm: SimFarm, ns: str, cadence: Cadence) -> list[float]:
+    """Kill a few busy simulated workers outright; seconds until no job names each of them."""
+    busy = [name for name, agent in farm.agents.items() if agent.attempts and not agent.draining][:3]
+    killed_at: dict[str, float] = {}
+    for name in busy:
+        farm.agents[name].quiet_exit = True
+        farm.runs[name].cancel()
+        killed_at[name] = time.monotonic()
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + cadence.lease_seconds * 2 + 120
+    while len(found) < len(busy) and time.monotonic() < deadline:
+        for name in busy:
+            if name in found:
+                continue
+            named = await bare.get(job_path(ns), fieldSelector=f"status.worker={name}")
+            if not named["items"]:
+                found[name] = time.monotonic() - killed_at[name]
+        await asyncio.sleep(0.5)
+    # The dead workers' Pods go: the pool makes new ones, which the simulated kubelet starts.
+    for name in busy:
+        await bare.delete_ignore_missing(f"{pods_path(ns)}/{name}")
+        farm.agents.pop(name, None)
+        farm.runs.pop(name, None)
+    return list(found.values())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(NAME, run, workers_needed))
