@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.controller.events import EventBudget
 
 pytestmark = pytest.mark.e2e
 
@@ -198,6 +199,10 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "operator.logFormat=xml",
         "operator.replicaCount=-1",
         "operator.metricsPort=80",
+        "operator.events.rate=0",
+        "operator.events.burst=0",
+        "operator.events.summarySeconds=-1",
+        "operator.events.unknown=1",
         "unknownTopLevel=1",
         "operator.unknown=1",
         "operator.securityContext.allowPrivilegeEscalation=true",
@@ -569,6 +574,9 @@ def test_deployment_defaults(helm: str) -> None:
         "--health-port=8080",
         "--ready-port=8081",
         "--log-format=json",
+        "--event-rate=10",
+        "--event-burst=50",
+        "--event-summary-seconds=60",
         "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.2.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
@@ -591,6 +599,14 @@ def test_deployment_defaults(helm: str) -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
 
+def test_event_budget_defaults_are_the_operators() -> None:
+    """The chart passes --event-* always: its defaults must be the operator's own."""
+    events = _values()["operator"]["events"]
+    assert (events["rate"], events["burst"], events["summarySeconds"]) == (
+        EventBudget().rate, EventBudget().burst, EventBudget().summary_seconds,
+    )  # fmt: skip
+
+
 def test_deployment_all_options(helm: str) -> None:
     docs = render(helm, *ALL)
     dep = one(docs, "Deployment")
@@ -607,6 +623,9 @@ def test_deployment_all_options(helm: str) -> None:
         "--leader-elect",
         "--leader-election-namespace=ffmpeg-rtmp",
         "--log-format=text",
+        "--event-rate=2.5",
+        "--event-burst=1000000",
+        "--event-summary-seconds=300",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
         "--worker-image-pull-secret=ghcr",
