@@ -16,6 +16,7 @@ from .run import ORDER
 
 pytestmark = pytest.mark.bench
 
+
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", ORDER)
 def test_benchmark(name: str, bench_env: BenchEnv, bench_scale: str) -> None:

@@ -32,6 +32,7 @@ import yaml
 
 from ffrtmp.api.pool import WorkerPoolSpec
 from ffrtmp.controller.cadence import WriteBudget
+from ffrtmp.controller.events import EventBudget
 
 pytestmark = pytest.mark.e2e
 
@@ -199,6 +200,10 @@ def test_helm_lint_strict(helm: str, values: str) -> None:
         "operator.logFormat=xml",
         "operator.replicaCount=-1",
         "operator.metricsPort=80",
+        "operator.events.rate=0",
+        "operator.events.burst=0",
+        "operator.events.summarySeconds=-1",
+        "operator.events.unknown=1",
         "unknownTopLevel=1",
         "operator.unknown=1",
         "operator.securityContext.allowPrivilegeEscalation=true",
@@ -574,6 +579,9 @@ def test_deployment_defaults(helm: str) -> None:
         "--renew-max-seconds=40",
         "--progress-floor-seconds=5",
         "--progress-max-seconds=300",
+        "--event-rate=10",
+        "--event-burst=50",
+        "--event-summary-seconds=60",
         "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.2.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
@@ -596,6 +604,14 @@ def test_deployment_defaults(helm: str) -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
 
+def test_event_budget_defaults_are_the_operators() -> None:
+    """The chart passes --event-* always: its defaults must be the operator's own."""
+    events = _values()["operator"]["events"]
+    assert (events["rate"], events["burst"], events["summarySeconds"]) == (
+        EventBudget().rate, EventBudget().burst, EventBudget().summary_seconds,
+    )  # fmt: skip
+
+
 def test_deployment_all_options(helm: str) -> None:
     docs = render(helm, *ALL)
     dep = one(docs, "Deployment")
@@ -616,6 +632,9 @@ def test_deployment_all_options(helm: str) -> None:
         "--renew-max-seconds=60",
         "--progress-floor-seconds=10",
         "--progress-max-seconds=120",
+        "--event-rate=2.5",
+        "--event-burst=1000000",
+        "--event-summary-seconds=300",
         "--worker-image=registry.example.com:5000/ffmpeg-rtmp/worker@sha256:" + "0123456789abcdef" * 4,
         "--worker-service-account=transcoder",
         "--worker-image-pull-secret=ghcr",

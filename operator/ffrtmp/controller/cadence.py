@@ -36,7 +36,7 @@ STEP_DOWN_MARGIN = 0.8
 class WriteBudget:
     writes_per_second: float = 100.0
     lease_share: float = 0.5
-    # Held for Events (events.py budgets them): progress gets what renewals and Events leave.
+    # Held for Normal Events (--event-rate; events.py): progress gets what renewals and Events leave.
     event_writes_per_second: float = 10.0
     renew_floor_seconds: float = 5.0
     renew_max_seconds: float = 40.0

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import kopf
 
 from ffrtmp.controller.cadence import WriteBudget
+from ffrtmp.controller.events import SUMMARY_REASON, EventBudget
 from ffrtmp.controller.leader import ElectionTiming
 from ffrtmp.controller.policy import POLICY_FLAGS, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
@@ -104,6 +105,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Events on TranscodeJobs: the operator's decisions and every Warning (default); all (also Started "
         "and Completed, one more Event per transition); failures (Warnings only); none",
     )  # fmt: skip
+    events = EventBudget()
+    parser.add_argument(
+        "--event-rate", type=float, default=float(env("FFRTMP_EVENT_RATE", events.rate)), metavar="PER_SECOND",
+        help="Normal Events (job and pool transitions) written per second on average: their share of the "
+        "operator's API writes. Those over it are not written but counted, and each namespace that had any "
+        f"gets one {SUMMARY_REASON} Event per --event-summary-seconds saying how many of each reason. "
+        "Warnings are always written (default: %(default)s; $FFRTMP_EVENT_RATE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--event-burst", type=int, default=int(env("FFRTMP_EVENT_BURST", events.burst)), metavar="COUNT",
+        help="Normal Events written at once after a quiet spell, beyond --event-rate (default: %(default)s; "
+        "$FFRTMP_EVENT_BURST)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--event-summary-seconds", type=float, metavar="SECONDS",
+        default=float(env("FFRTMP_EVENT_SUMMARY_SECONDS", events.summary_seconds)),
+        help=f"how long Normal Events over the budget are counted before their namespace's {SUMMARY_REASON} Event "
+        "(default: %(default)s; $FFRTMP_EVENT_SUMMARY_SECONDS)",
+    )  # fmt: skip
     parser.add_argument(
         "--device-resource", action="append", default=[], metavar="ACCEL=NAME",
         help="device-plugin resource of an accelerator, e.g. nvenc=nvidia.com/gpu",
@@ -155,6 +175,7 @@ def write_budget_from(args: argparse.Namespace) -> WriteBudget:
             progress_floor_seconds=args.progress_floor_seconds,
             progress_max_seconds=args.progress_max_seconds,
             renew_max_seconds=args.renew_max_seconds,
+            event_writes_per_second=args.event_rate,
         )
     except ValueError as e:
         raise SystemExit(f"ffrtmp operator: {e}") from e
@@ -165,6 +186,10 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     for item in args.device_resource:
         accel, _, name = item.partition("=")
         devices[accel] = name
+    try:
+        event_budget = EventBudget(args.event_rate, args.event_burst, args.event_summary_seconds)
+    except ValueError as e:
+        raise SystemExit(f"ffrtmp operator: {e} (--event-rate, --event-burst, --event-summary-seconds)") from e
     return OperatorSettings(
         namespaces=tuple(args.namespace),
         worker_image=args.worker_image,
@@ -182,6 +207,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         max_parallel_writes=max(args.max_parallel_writes, 1),
         job_events=args.job_events,
         write_budget=write_budget_from(args),
+        event_budget=event_budget,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         ready_port=args.ready_port,

@@ -121,6 +121,13 @@ class OperatorMetrics:
             ["kind"],
             registry=r,
         )
+        self.events = PromCounter(
+            "ffrtmp_events_total",
+            "Kubernetes Events the operator had to post, by outcome: written, sampled (Normal, over --event-rate: "
+            "not written, counted in its namespace's next EventsSampled Event) or failed (the API refused it).",
+            ["type", "reason", "outcome"],
+            registry=r,
+        )
         self.loop_lag = LoopLag(r, "ffrtmp_operator")
         self.pass_seconds = Histogram(
             "ffrtmp_operator_pass_seconds",

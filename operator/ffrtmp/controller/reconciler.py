@@ -22,6 +22,7 @@ from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_POOL, LEASE_PREFIX, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
 from ffrtmp.controller.cadence import current_cadence, decide_cadence, lease_annotation_writes, published_annotation
+from ffrtmp.controller.events import SUMMARY_REASON, EventGate, ObjectRef
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import (
     DeleteJob,
@@ -92,6 +93,7 @@ class Reconciler:
         self._writes = asyncio.Semaphore(settings.max_parallel_writes)
         # Events have slots of their own: a burst of them never delays a status write.
         self._event_writes = asyncio.Semaphore(max(settings.max_parallel_writes // 4, 1))
+        self.event_gate = EventGate(settings.event_budget, time.monotonic())
         self._background: set[asyncio.Task[Any]] = set()
         self._pool_status_writes: dict[str, asyncio.Task[None]] = {}  # pool key -> its write in flight
         self._pool_status_held: set[str] = set()  # pools a pass skipped while their write was out
@@ -341,6 +343,7 @@ class Reconciler:
                 self._write_pool_status_soon(key, d.status)
         if full:
             self._publish_cadence(sum(running.values()))
+        self._post_event_summaries()
         if self.leading and time.monotonic() - self._last_metrics > 1.0:
             self.metrics.refresh(self.store, self._waiting, now)
             self._last_metrics = time.monotonic()
@@ -636,14 +639,33 @@ class Reconciler:
     def _event(
         self, namespace: str, kind: str, name: str, uid: str, event: JobEvent, *, observed: bool = False
     ) -> None:
-        """Post a core/v1 Event in the background: `kubectl describe` tells the story."""
+        """Post a core/v1 Event in the background, within the Event budget: `kubectl describe` tells the story."""
         if kind == "TranscodeJob" and not self._post_job_event(event, observed):
             return
+        obj = ObjectRef(kind, name, uid)
+        pool = obj if kind == "WorkerPool" else self._pool_of_job(namespace, name)
+        if not self.event_gate.admit(namespace, event.type, event.reason, obj, pool, time.monotonic()):
+            self.metrics.events.labels(event.type, event.reason, "sampled").inc()
+            return
+        self._post_event(namespace, obj, event)
+
+    def _pool_of_job(self, namespace: str, name: str) -> ObjectRef | None:
+        job = self.store.jobs.get(f"{namespace}/{name}")
+        pool = self.store.pools.get(f"{namespace}/{job.pool}") if job is not None and job.pool else None
+        return ObjectRef("WorkerPool", pool.name, pool.uid) if pool is not None else None
+
+    def _post_event_summaries(self) -> None:
+        for summary in self.event_gate.summaries(time.monotonic()):
+            event = JobEvent("Normal", SUMMARY_REASON, summary.message())
+            self._post_event(summary.namespace, summary.target, event)
+
+    def _post_event(self, namespace: str, obj: ObjectRef, event: JobEvent) -> None:
         now = now_iso(time.time())
         body: Obj = {
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "metadata": {"generateName": f"{obj.name}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "name": name, "namespace": namespace, "uid": uid,
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": obj.kind, "name": obj.name, "namespace": namespace,
+                "uid": obj.uid,
             },
             "type": event.type,
             "reason": event.reason,
@@ -657,11 +679,14 @@ class Reconciler:
         }  # fmt: skip
 
         async def post() -> None:
+            outcome = "written"
             try:
                 async with self._event_writes:
                     await self.client.create(resource_path("", "v1", "events", namespace), body)
-            except ApiError as e:
+            except (ApiError, OSError, TimeoutError, aiohttp.ClientError) as e:
                 log.debug("posting event failed: %s", e)
+                outcome = "failed"
+            self.metrics.events.labels(event.type, event.reason, outcome).inc()
 
         task = asyncio.ensure_future(post())
         self._background.add(task)

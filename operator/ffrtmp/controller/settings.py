@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ffrtmp.controller.cadence import WriteBudget
+from ffrtmp.controller.events import EventBudget
 from ffrtmp.controller.policy import PoolPolicy
 
 
@@ -51,6 +52,9 @@ class OperatorSettings:
     # Warning), "all" (also Started and Completed, which the worker's status writes already tell),
     # "failures" (Warnings only) or "none".
     job_events: str = "decisions"
+    # Of those, and of the pools' Events: every Warning is written, Normal ones within this budget;
+    # the rest are counted and summed up per namespace (events.py).
+    event_budget: EventBudget = field(default_factory=EventBudget)
     max_parallel_writes: int = 32
     # The farm's steady API writes (Lease renewals, progress, Events): cadence.py sizes the periods.
     write_budget: WriteBudget = field(default_factory=WriteBudget)
