@@ -37,7 +37,7 @@ from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
 from ffrtmp.controller.settings import OperatorSettings
-from ffrtmp.controller.state import JobView, Store, key_of, store_key
+from ffrtmp.controller.state import JobView, Store, WorkerPod, key_of, store_key
 from ffrtmp.controller.watches import WATCHED, feed, not_ready
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
 
@@ -306,7 +306,9 @@ class Reconciler:
         # status write is still out is decided once it is answered: its decision reads that status.
         running = running_by_worker(self.store.jobs.values())
         running_by_pool: dict[str, int] = {}
+        pods_by_pool: dict[str, list[WorkerPod]] = {}
         for pod in self.store.pods.values():
+            pods_by_pool.setdefault(pod.pool_key, []).append(pod)
             if pod.key in running:
                 running_by_pool[pod.pool_key] = running_by_pool.get(pod.pool_key, 0) + running[pod.key]
         # A pass decides the pools an event touched or whose queue or running count moved; every pool
@@ -328,7 +330,7 @@ class Reconciler:
             self._pool_inputs[pool.key] = inputs
             memory = self.memory.setdefault(pool.key, PoolMemory())
             decision = decide_pool(
-                pool, self.store.pods.values(), self.store.leases, running,
+                pool, pods_by_pool.get(pool.key, ()), self.store.leases, running,
                 decisions.waiting_by_pool.get(pool.key, 0), memory, now, self.settings,
                 self.store.api_ok_since,
             )  # fmt: skip

@@ -209,8 +209,8 @@ class Agent:
         self._adopt_cadence(lease)
 
     def _adopt_cadence(self, lease: Obj) -> None:
-        """Take the periods the operator published on the Lease (never shorter than our own). A longer
-        Lease duration goes out with the next renewal, which comes after the longer period."""
+        """Take the periods the operator published on the Lease (never shorter than our own). A changed
+        Lease duration is written by a second renewal at once: the Lease must outlast the new period."""
         annotations = (lease.get("metadata") or {}).get("annotations") or {}
         published = Cadence.parse(annotations.get(ANNOTATION_CADENCE))
         cadence = published.at_least(self.own_cadence) if published else self.own_cadence
