@@ -154,3 +154,29 @@ def test_current_cadence_is_what_most_leases_carry() -> None:
     assert current_cadence([None, None]) is None
     values = ["renew=10,lease=30,progress=5", "renew=10,lease=30,progress=5", "renew=5,lease=15,progress=5", None]
     assert current_cadence(values) == Cadence(10, 30, 5)
+
+
+async def test_a_worker_takes_a_published_cadence_but_never_below_its_own() -> None:
+    from ffrtmp.api.cadence import ANNOTATION_CADENCE
+    from ffrtmp.kube.client import KubeClient
+    from ffrtmp.worker.agent import Agent
+    from ffrtmp.worker.config import WorkerConfig
+
+    config = WorkerConfig(pod_name="w-1", namespace="ns", pool="cpu", lease_seconds=15, renew_seconds=5.0,
+                          progress_interval=30.0)  # fmt: skip
+    agent = Agent(client=KubeClient.__new__(KubeClient), config=config)
+
+    def lease(annotation: str | None, duration: int) -> dict[str, object]:
+        annotations = {} if annotation is None else {ANNOTATION_CADENCE: annotation}
+        return {"metadata": {"annotations": annotations}, "spec": {"leaseDurationSeconds": duration}}
+
+    agent._adopt_cadence(lease("renew=20,lease=60,progress=10", 15))
+    assert agent.cadence == Cadence(20, 60, 30)  # progress: its own 30 s is longer than the published 10
+    assert agent._lease_dirty.is_set()  # the Lease still says 15 s: renew again now with 60 s
+    assert agent._lease_body()["spec"]["leaseDurationSeconds"] == 60
+    agent._lease_dirty.clear()
+    agent._adopt_cadence(lease("renew=20,lease=60,progress=10", 60))
+    assert not agent._lease_dirty.is_set()
+    agent._adopt_cadence(lease(None, 60))  # the annotation removed: back to its own periods
+    assert agent.cadence == Cadence(5, 15, 30)
+    assert agent._lease_dirty.is_set()
