@@ -259,7 +259,17 @@ async def wait_cadence(bare: KubeClient, port: int, ns: str, workers: int) -> Ca
 
 
 async def progress_ages(bare: KubeClient, ns: str) -> list[float]:
-    jobs = (await bare.request("GET", job_path(ns), request_timeout=300))["items"]
+    """Ages of the Running jobs' newest progress reports, from a paged list (10,000 jobs in one answer
+    outlast the API server's 60 s request timeout on a busy machine)."""
+    jobs: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        params: dict[str, str | int] = {"limit": 500, **({"continue": token} if token else {})}
+        page = await bare.get(job_path(ns), **params)
+        jobs.extend(page["items"])
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            break
     now = time.time()
     ages = []
     for job in jobs:
