@@ -1010,7 +1010,7 @@ LEADER_RULES = [
 ]
 WORKER_RULES = {
     ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch"},
-    ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch"},
+    ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch", "update"},
     ("coordination.k8s.io", "leases"): {"create", "get", "update", "patch"},
 }
 
