@@ -124,7 +124,7 @@ async def measure(env: BenchEnv, report: Report, scale: str, label: str, interva
         "progress_writes": progress,
         "worker_status_writes": farm.counters.get("worker_status_writes", 0),
         "worker_handbacks": farm.counters.get("handbacks", 0),
-        "note": "PATCH transcodejobs/status minus worker_status_writes = the operator's status writes",
+        "note": "PATCH + PUT transcodejobs/status minus worker_status_writes = the operator's status writes",
     }
 
 

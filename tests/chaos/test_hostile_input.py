@@ -594,7 +594,8 @@ def test_workers_have_least_privilege_and_pods_are_restricted(farm: ChaosFarm, c
         return out.stdout.strip() == "yes"
 
     allowed = [("get", "transcodejobs"), ("list", "transcodejobs"), ("watch", "transcodejobs"),
-               ("patch", "transcodejobs", "--subresource=status"), ("create", "leases"),
+               ("patch", "transcodejobs", "--subresource=status"),
+               ("update", "transcodejobs", "--subresource=status"), ("create", "leases"),
                ("get", "leases"), ("patch", "leases")]  # fmt: skip
     denied = [("create", "transcodejobs"), ("delete", "transcodejobs"), ("patch", "transcodejobs"),
               ("update", "transcodejobs"), ("get", "workerpools"), ("patch", "workerpools"),

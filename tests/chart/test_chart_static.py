@@ -1010,7 +1010,7 @@ LEADER_RULES = [
 ]
 WORKER_RULES = {
     ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch"},
-    ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch"},
+    ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch", "update"},
     ("coordination.k8s.io", "leases"): {"create", "get", "update", "patch"},
 }
 
@@ -1783,3 +1783,130 @@ def test_worker_identity_policy_follows_the_values(helm: str) -> None:
     off = render(helm, "--set", "worker.admissionPolicy=false")
     names = [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
     assert names == ["ffmpeg-rtmp-workerpools", "ffmpeg-rtmp-workerpools"]
+
+
+# --------------------------------------------------------------------------------------------
+# API Priority and Fairness (templates/flowcontrol.yaml; on a real API server: tests/integration/test_api_priority.py)
+
+FLOWCONTROL = "flowcontrol.apiserver.k8s.io/v1"
+DEFAULT_QUEUING = {"queues": 64, "handSize": 6, "queueLengthLimit": 50}
+
+
+def _flow_schemas(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"] for d in of_kind(docs, "FlowSchema")}
+
+
+def _priority_levels(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d["spec"] for d in of_kind(docs, "PriorityLevelConfiguration")}
+
+
+def _sa(namespace: str, name: str) -> dict[str, Any]:
+    return {"kind": "ServiceAccount", "serviceAccount": {"namespace": namespace, "name": name}}
+
+
+def test_api_priority_defaults(helm: str) -> None:
+    """On by default: three Limited levels, and four FlowSchemas that send the operator's requests and the
+    workers' status updates to control, their Lease writes to liveness, their status patches to progress."""
+    docs = render(helm)
+    assert {d["apiVersion"] for d in docs if d["kind"] in ("FlowSchema", "PriorityLevelConfiguration")} == {FLOWCONTROL}
+    levels = _priority_levels(docs)
+
+    def limited(shares: int, **extra: int) -> dict[str, Any]:
+        return {"type": "Limited", "limited": {
+            "nominalConcurrencyShares": shares, "lendablePercent": 0, **extra,
+            "limitResponse": {"type": "Queue", "queuing": DEFAULT_QUEUING},
+        }}  # fmt: skip
+
+    assert levels == {
+        "ffmpeg-rtmp-control": limited(40),  # no borrowingLimitPercent: it may borrow without limit
+        "ffmpeg-rtmp-liveness": limited(20),
+        "ffmpeg-rtmp-progress": limited(10, borrowingLimitPercent=0),
+    }
+    schemas = _flow_schemas(docs)
+    assert {n: (s["priorityLevelConfiguration"]["name"], s["matchingPrecedence"], s["distinguisherMethod"]["type"])
+            for n, s in schemas.items()} == {
+        "ffmpeg-rtmp-operator": ("ffmpeg-rtmp-control", 850, "ByUser"),
+        "ffmpeg-rtmp-worker-results": ("ffmpeg-rtmp-control", 850, "ByUser"),
+        "ffmpeg-rtmp-worker-leases": ("ffmpeg-rtmp-liveness", 860, "ByNamespace"),
+        "ffmpeg-rtmp-worker-progress": ("ffmpeg-rtmp-progress", 870, "ByNamespace"),
+    }  # fmt: skip
+    (op,) = schemas["ffmpeg-rtmp-operator"]["rules"]
+    assert op["subjects"] == [_sa(NAMESPACE, "ffmpeg-rtmp-operator")]
+    assert op["resourceRules"] == [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": True,
+                                    "namespaces": ["*"]}]  # fmt: skip
+    assert op["nonResourceRules"] == [{"verbs": ["*"], "nonResourceURLs": ["*"]}]
+    worker = [_sa(NAMESPACE, "ffmpeg-rtmp-worker")]
+    expected = {
+        "ffmpeg-rtmp-worker-results": (["update", "create"], "ffmpeg-rtmp.io", "transcodejobs/status"),
+        "ffmpeg-rtmp-worker-leases": (["create", "update", "patch"], "coordination.k8s.io", "leases"),
+        "ffmpeg-rtmp-worker-progress": (["patch"], "ffmpeg-rtmp.io", "transcodejobs/status"),
+    }
+    for name, (verbs, group, resource) in expected.items():
+        (rule,) = schemas[name]["rules"]
+        assert rule["subjects"] == worker, name
+        assert rule["resourceRules"] == [
+            {"verbs": verbs, "apiGroups": [group], "resources": [resource], "namespaces": ["*"]}
+        ], name
+        assert "nonResourceRules" not in rule
+    # The two worker verbs on transcodejobs/status never meet in one level, and the progress level is the
+    # only one that matches a patch of it.
+    assert not set(expected["ffmpeg-rtmp-worker-results"][0]) & set(expected["ffmpeg-rtmp-worker-progress"][0])
+
+
+def test_api_priority_matches_every_worker_service_account_in_every_worker_namespace(helm: str) -> None:
+    """APF names a ServiceAccount by namespace and name: one subject per worker namespace (those of the worker
+    RBAC) and per name a pool may use (worker.serviceAccount.name and poolPolicy.allowedServiceAccounts)."""
+    docs = render(helm, *ALL)
+    names = ("transcoder", "transcoder-gpu")
+    namespaces = ("media", "media-batch", "media-gpu")
+    roles = of_kind(docs, "Role")
+    assert {r["metadata"]["namespace"] for r in roles if r["metadata"]["name"].endswith("-worker")} == set(namespaces)
+    schemas = _flow_schemas(docs)
+    for name in ("ffmpeg-rtmp-worker-results", "ffmpeg-rtmp-worker-leases", "ffmpeg-rtmp-worker-progress"):
+        (rule,) = schemas[name]["rules"]
+        assert rule["subjects"] == [_sa(ns, sa) for ns in namespaces for sa in names], name
+    # The operator stays in the release namespace, whatever it watches.
+    assert schemas["ffmpeg-rtmp-operator"]["rules"][0]["subjects"] == [_sa(NAMESPACE, "ffmpeg-rtmp-operator")]
+    # The worker ServiceAccount counts even when poolPolicy.allowedServiceAccounts leaves it out (pools
+    # without spec.serviceAccountName use it).
+    docs = render(helm, "--set", "poolPolicy.allowedServiceAccounts={enc}", "--set", "operator.serviceAccount.name=op")
+    (rule,) = _flow_schemas(docs)["ffmpeg-rtmp-worker-progress"]["rules"]
+    assert rule["subjects"] == [_sa(NAMESPACE, "ffmpeg-rtmp-worker"), _sa(NAMESPACE, "enc")]
+    assert _flow_schemas(docs)["ffmpeg-rtmp-operator"]["rules"][0]["subjects"] == [_sa(NAMESPACE, "op")]
+
+
+def test_api_priority_follows_the_values(helm: str) -> None:
+    docs = render(helm, *ALL)
+    levels = _priority_levels(docs)
+    assert levels["ffmpeg-rtmp-control"]["limited"] == {
+        "nominalConcurrencyShares": 60, "lendablePercent": 10, "borrowingLimitPercent": 50,
+        "limitResponse": {"type": "Queue", "queuing": {"queues": 32, "handSize": 4, "queueLengthLimit": 100}},
+    }  # fmt: skip
+    assert levels["ffmpeg-rtmp-progress"]["limited"] == {
+        "nominalConcurrencyShares": 5, "lendablePercent": 0,  # borrowingLimitPercent null: left out, no limit
+        "limitResponse": {"type": "Queue", "queuing": {"queues": 16, "handSize": 2, "queueLengthLimit": 20}},
+    }  # fmt: skip
+    assert levels["ffmpeg-rtmp-liveness"]["limited"]["nominalConcurrencyShares"] == 20  # untouched default
+    precedence = {n: s["matchingPrecedence"] for n, s in _flow_schemas(docs).items()}
+    assert precedence == {"ffmpeg-rtmp-operator": 700, "ffmpeg-rtmp-worker-results": 700,
+                          "ffmpeg-rtmp-worker-leases": 710, "ffmpeg-rtmp-worker-progress": 720}  # fmt: skip
+    off = render(helm, "--set", "apiPriority.enabled=false")
+    assert not of_kind(off, "FlowSchema") and not of_kind(off, "PriorityLevelConfiguration")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "apiPriority.matchingPrecedence=9000",  # at or after the cluster's service-accounts: never matched
+        "apiPriority.matchingPrecedence=0",
+        "apiPriority.control.nominalConcurrencyShares=0",
+        "apiPriority.progress.lendablePercent=101",
+        "apiPriority.liveness.borrowingLimitPercent=-1",
+        "apiPriority.progress.queuing.queues=0",
+        "apiPriority.progress.queuing.unknown=1",
+    ],
+)
+def test_api_priority_schema_rejects_bad_values(helm: str, bad: str) -> None:
+    proc = run(_template_cmd(helm, ("--set", bad), RELEASE, NAMESPACE, False))
+    assert proc.returncode != 0, f"--set {bad} was accepted"
+    assert "schema" in proc.stderr, proc.stderr

@@ -229,6 +229,13 @@ def test_install_creates_crds_service_accounts_and_rbac_only(release: Release) -
         f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{f}-{p}"
         for p in ("workerpools", "worker-identity")
     }
+    # API priority and fairness: cluster-scoped too, named after the release.
+    assert _names(c, "flowschema,prioritylevelconfiguration", "-l", selector) == {
+        f"flowschema.flowcontrol.apiserver.k8s.io/{f}-{s}"
+        for s in ("operator", "worker-results", "worker-leases", "worker-progress")
+    } | {
+        f"prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/{f}-{p}" for p in ("control", "liveness", "progress")
+    }
     # operator.enabled=false: nothing that would need a container runtime.
     assert not _names(c, "deployment,service,pod", "-n", ns, "-l", selector)
     assert not _names(c, "serviceaccount,role,rolebinding", "-n", release.other, "-l", selector)
@@ -408,12 +415,12 @@ def test_worker_service_account_rbac(release: Release) -> None:
     ns, other = release.namespace, release.other
     yes: list[tuple[str, str, str | None, tuple[str, ...]]] = [
         ("get", TJ, ns, ()), ("list", TJ, ns, ()), ("watch", TJ, ns, ()),
-        ("get", TJ, ns, STATUS), ("patch", TJ, ns, STATUS),
+        ("get", TJ, ns, STATUS), ("patch", TJ, ns, STATUS), ("update", TJ, ns, STATUS),
         ("create", LEASES, ns, ()), ("get", LEASES, ns, ()), ("update", LEASES, ns, ()), ("patch", LEASES, ns, ()),
     ]  # fmt: skip
     no: list[tuple[str, str, str | None, tuple[str, ...]]] = [
         ("delete", TJ, ns, ()), ("create", TJ, ns, ()), ("update", TJ, ns, ()), ("patch", TJ, ns, ()),
-        ("deletecollection", TJ, ns, ()), ("update", TJ, ns, STATUS),
+        ("deletecollection", TJ, ns, ()),
         ("get", "secrets", ns, ()), ("list", "secrets", ns, ()),
         ("list", "pods", ns, ()), ("get", "pods", ns, ()), ("create", "pods", ns, ()), ("delete", "pods", ns, ()),
         ("create", "pods", ns, ("--subresource=exec",)),
@@ -521,6 +528,7 @@ def test_helm_uninstall_removes_the_release_objects(release: Release) -> None:
     selector = f"app.kubernetes.io/instance={release.name}"
     assert not _names(c, "serviceaccount,role,rolebinding", "-A", "-l", selector)
     assert not _names(c, "clusterrole,clusterrolebinding", "-l", selector)
+    assert not _names(c, "flowschema,prioritylevelconfiguration", "-l", selector)
     f = release.fullname
     for kind, name, where in (
         ("serviceaccount", f"{f}-operator", ns),

@@ -35,17 +35,18 @@ SECONDS = 2
 
 
 class StatusRecorder:
-    """Takes the attempt's status patches in place of the fenced API client."""
+    """Takes the attempt's status writes (progress patches and updates) in place of the fenced API client."""
 
     def __init__(self) -> None:
-        self.patches: list[dict[str, Any]] = []
+        self.writes: list[dict[str, Any]] = []
 
     async def patch(self, status: dict[str, Any]) -> dict[str, Any]:
-        self.patches.append(status)
+        self.writes.append(status)
         return status
 
-    async def patch_until(self, status: dict[str, Any], *, seconds: float = 120.0) -> dict[str, Any]:
-        return await self.patch(status)
+    async def update_until(self, status: dict[str, Any], *, seconds: float = 120.0) -> dict[str, Any]:
+        self.writes.append(status)
+        return status
 
 
 def attempt(media: Path, tmp_path: Path, spec: dict[str, Any], **config_fields: Any) -> tuple[Attempt, StatusRecorder]:
@@ -103,8 +104,8 @@ async def test_broadcast_ts_with_loudness_through_the_attempt(tmp_path: Path) ->
 
     assert failure is None
     assert len(plan.loudness_measure_passes) == 1
-    percents = [p["progress"]["percent"] for p in recorder.patches if "progress" in p]
-    out_times = [p["progress"]["outTimeSeconds"] for p in recorder.patches if "progress" in p]
+    percents = [p["progress"]["percent"] for p in recorder.writes if "progress" in p]
+    out_times = [p["progress"]["outTimeSeconds"] for p in recorder.writes if "progress" in p]
     assert percents == sorted(percents)
     assert job._input_duration == pytest.approx(SECONDS, abs=0.3)  # the duration, not the end time
     assert percents and percents[-1] >= 50  # two passes: measuring, then encoding
@@ -148,7 +149,7 @@ async def test_an_odd_sized_live_stream_comes_out_even(tmp_path: Path) -> None:
                 plan = await job._prepare()
                 encoding = asyncio.create_task(job._encode(plan))
                 for _ in range(200):  # a second of the stream encoded, then stop as a delete would
-                    if any(((p.get("progress") or {}).get("outTimeSeconds") or 0) >= 1 for p in recorder.patches):
+                    if any(((p.get("progress") or {}).get("outTimeSeconds") or 0) >= 1 for p in recorder.writes):
                         break
                     await asyncio.sleep(0.1)
                 job.stop("cancelled")

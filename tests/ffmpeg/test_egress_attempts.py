@@ -168,18 +168,19 @@ def clear_requests(net: Net) -> None:
 
 
 class StatusRecorder:
-    """Takes the attempt's status patches in place of the fenced API client."""
+    """Takes the attempt's status writes (progress patches and updates) in place of the fenced API client."""
 
     def __init__(self) -> None:
         self.conditions: list[dict[str, Any]] = []
-        self.patches: list[dict[str, Any]] = []
+        self.writes: list[dict[str, Any]] = []
 
     async def patch(self, status: dict[str, Any]) -> dict[str, Any]:
-        self.patches.append(status)
+        self.writes.append(status)
         return status
 
-    async def patch_until(self, status: dict[str, Any], *, seconds: float = 120.0) -> dict[str, Any]:
-        return await self.patch(status)
+    async def update_until(self, status: dict[str, Any], *, seconds: float = 120.0) -> dict[str, Any]:
+        self.writes.append(status)
+        return status
 
 
 def config(net: Net, tmp_path: Path, **overrides: Any) -> WorkerConfig:
@@ -207,7 +208,7 @@ async def run_job(
     job = Attempt(cast(FencedStatus, recorder), spec, config(net, tmp_path, **overrides), WorkerMetrics(), "ns",
                   "job", 1)  # fmt: skip
     outcome = await job.run()
-    results = [p["result"] for p in recorder.patches if "result" in p]
+    results = [p["result"] for p in recorder.writes if "result" in p]
     return outcome, results[-1] if results else {}, job
 
 

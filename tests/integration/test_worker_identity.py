@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from ffrtmp.api.constants import LEASE_PREFIX
+from ffrtmp.kube.client import merge_patched
 from helpers import REPO, TestCluster, transcode_job, wait_for
 
 pytestmark = pytest.mark.integration
@@ -166,6 +167,13 @@ def _status(as_: TestCluster, ns: str, name: str, status: dict[str, Any]) -> Any
     return _patch(as_, ns, "tj", name, {"status": status}, "--subresource=status")
 
 
+def _update_status(as_: TestCluster, admin: TestCluster, ns: str, name: str, status: dict[str, Any]) -> Any:
+    """A PUT of the job's /status, as the worker sends every write but progress (FencedStatus.update)."""
+    obj = admin.get("tj", name, ns)
+    obj["status"] = merge_patched(obj.get("status") or {}, status)
+    return as_.kubectl("replace", "--subresource=status", "-n", ns, "-f", "-", input=json.dumps(obj), check=False)
+
+
 def _denied(proc: Any, policy: str, message: str) -> None:
     assert proc.returncode != 0, f"allowed: {proc.stdout}"
     # The API server's own refusal by this policy (not RBAC, not the CRD schema), with its message.
@@ -240,12 +248,14 @@ def test_a_worker_writes_only_what_is_its_own(setup: Setup) -> None:
     _allowed(_patch(w2, ns, "lease", f"{LEASE_PREFIX}w2", {"spec": {"renewTime": "2026-12-02T15:00:00.000000Z"}}))
     _denied(_status(w2, ns, "mine", {"progress": {"percent": 99.0}}), policy,
             "worker Pod w2 may write only the status of jobs assigned to it; mine is assigned to w1")  # fmt: skip
+    _denied(_update_status(w2, c, ns, "mine", {"phase": "Failed"}), policy,
+            "worker Pod w2 may write only the status of jobs assigned to it; mine is assigned to w1")  # fmt: skip
     _denied(_patch(w2, ns, "lease", own, {"spec": {"holderIdentity": "w2"}}), policy,
             f"worker Pod w2 may write only its own Lease {LEASE_PREFIX}w2, not {own}")  # fmt: skip
 
-    # A worker's own finishing write passes (as the agent writes it: Succeeded, with its result).
+    # A worker's own finishing write passes (as the agent writes it: an update, Succeeded, with its result).
     finish = {"phase": "Succeeded", "result": {"attempt": 1, "worker": "w1", "outcome": "Succeeded"}}
-    _allowed(_status(w1, ns, "mine", finish))
+    _allowed(_update_status(w1, c, ns, "mine", finish))
     assert c.get("tj", "mine", ns)["status"]["phase"] == "Succeeded"
 
     # The same ServiceAccount with a token bound to no Pod writes nothing: not even "its" Lease.

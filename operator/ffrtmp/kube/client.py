@@ -26,6 +26,21 @@ JSON_PATCH = "application/json-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 
+def merge_patched(target: Any, patch: Any) -> Any:
+    """`target` with the JSON merge patch `patch` applied (RFC 7386), as the API server applies a merge
+    patch: objects merge key by key, null deletes the key, anything else (lists too) replaces. The
+    arguments are not changed; the result may share unchanged parts with them."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patched(out.get(key), value)
+    return out
+
+
 class ApiError(Exception):
     """A non-2xx answer of the API server."""
 

@@ -384,7 +384,7 @@ class Agent:
                 "message": why, "retryable": True, "finishTime": now_iso(now),
             }  # fmt: skip
             with contextlib.suppress(Superseded):
-                await fence.patch({"result": result, "message": f"attempt {number} handed back: {why}"})
+                await fence.update({"result": result, "message": f"attempt {number} handed back: {why}"})
 
         task = asyncio.ensure_future(handback())
         self._background.add(task)

@@ -178,7 +178,7 @@ class Attempt:
 
     async def _run(self) -> str:
         try:
-            await self.client_status.patch_until(self._running_status())
+            await self.client_status.update_until(self._running_status())
         except Superseded as e:
             log.info("%s attempt %d not started: %s", self.key, self.number, e)
             return "Superseded"
@@ -367,7 +367,7 @@ class Attempt:
             )
             restarts += 1
             log.info("%s live input lost; restart %d in %ss", self.key, restarts, delay)
-            await self.client_status.patch_until(
+            await self.client_status.update_until(
                 {"restarts": restarts, "message": f"live input lost; restart {restarts} in {delay}s"}
             )
             with contextlib.suppress(TimeoutError):
@@ -603,7 +603,7 @@ class Attempt:
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
         # Confirm the attempt is still ours before touching the job folder: a worker that was
         # partitioned away (its job reassigned) must not publish over the current attempt.
-        await self.client_status.patch_until({"message": f"publishing outputs of attempt {self.number}"})
+        await self.client_status.update_until({"message": f"publishing outputs of attempt {self.number}"})
         # Publish: move this attempt's files into the job folder, replacing older ones.
         self.job_dir.mkdir(parents=True, exist_ok=True)
         if self.attempt_dir != self.job_dir:
@@ -625,7 +625,7 @@ class Attempt:
         now = time.time()
         message = f"{len(outputs)} output(s) written by {self.config.pod_name}"
         self.finishing = True
-        await self.client_status.patch_until(
+        await self.client_status.update_until(
             {
                 "phase": "Succeeded",
                 "completionTime": now_iso(now),
@@ -695,7 +695,7 @@ class Attempt:
     async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
         now = time.time()
         self.finishing = True
-        await self.client_status.patch_until(
+        await self.client_status.update_until(
             {
                 "result": {
                     "attempt": self.number, "worker": self.config.pod_name, "outcome": outcome, "reason": reason,

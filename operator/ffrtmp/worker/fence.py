@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, VERSION
-from ffrtmp.kube.client import ApiError, KubeClient, resource_path
+from ffrtmp.kube.client import ApiError, KubeClient, merge_patched, resource_path
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -45,8 +45,15 @@ def transient(error: BaseException) -> bool:
 
 
 class FencedStatus:
-    """Merge patches of /status carrying the last seen resourceVersion. On a conflict it re-reads
-    the job: if the attempt is still ours it retries, otherwise it raises Superseded."""
+    """Status writes of one attempt, conditional on the last seen resourceVersion. On a conflict it
+    re-reads the job: if the attempt is still ours it retries, otherwise it raises Superseded.
+
+    Progress reports are merge patches (`patch`); every other write (Running, results, hand-backs) is an
+    `update`, a PUT of /status. The API server's priority and fairness can tell requests apart only by
+    verb, not by body: the chart's FlowSchemas (templates/flowcontrol.yaml) put the workers' patches in a
+    bulk priority level, so that a flood of progress never queues a result. An update sends the last seen
+    object with `status` merged exactly as the server would merge the same patch into it (merge_patched),
+    so both verbs write the same status, fenced the same way."""
 
     def __init__(self, client: KubeClient, obj: Obj, worker: str, attempt: int) -> None:
         meta = obj["metadata"]
@@ -71,13 +78,13 @@ class FencedStatus:
         if why:
             raise Superseded(why)
 
-    async def patch_until(self, status: Obj, *, seconds: float = OUTAGE_PATIENCE_SECONDS) -> Obj:
-        """`patch`, retried with backoff (at most 10 s apart) through an API outage of up to `seconds`."""
+    async def update_until(self, status: Obj, *, seconds: float = OUTAGE_PATIENCE_SECONDS) -> Obj:
+        """`update`, retried with backoff (at most 10 s apart) through an API outage of up to `seconds`."""
         deadline = time.monotonic() + seconds
         delay = 0.5
         while True:
             try:
-                return await self.patch(status)
+                return await self.update(status)
             except Exception as e:
                 if not transient(e) or time.monotonic() + delay > deadline:
                     raise
@@ -86,14 +93,18 @@ class FencedStatus:
                 delay = min(delay * 2, 10.0)
 
     async def patch(self, status: Obj, *, attempts: int = 5) -> Obj:
+        """A progress report: a merge patch of /status."""
+        return await self._write(status, "patch", attempts)
+
+    async def update(self, status: Obj, *, attempts: int = 5) -> Obj:
+        """Any other status write: a PUT of /status."""
+        return await self._write(status, "update", attempts)
+
+    async def _write(self, status: Obj, verb: Literal["patch", "update"], attempts: int) -> Obj:
         self.check()
         for _ in range(attempts):
-            body = {
-                "metadata": {"resourceVersion": self.obj["metadata"]["resourceVersion"]},
-                "status": status,
-            }
             try:
-                self.obj = await self.client.merge_patch(self.path + "/status", body)
+                self.obj = await self._send(status, verb)
                 self.writes += 1
                 return self.obj
             except ApiError as e:
@@ -109,3 +120,13 @@ class FencedStatus:
                 raise
             self.check()
         raise ApiError(409, "Conflict", f"status of {self.path} kept changing")
+
+    async def _send(self, status: Obj, verb: Literal["patch", "update"]) -> Obj:
+        meta = self.obj["metadata"]
+        if verb == "patch":
+            body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+            return await self.client.merge_patch(self.path + "/status", body)
+        # A status update keeps the server's managedFields whatever the body says: leave them out.
+        metadata = {k: v for k, v in meta.items() if k != "managedFields"}
+        body = {**self.obj, "metadata": metadata, "status": merge_patched(self.obj.get("status") or {}, status)}
+        return await self.client.replace(self.path + "/status", body)
