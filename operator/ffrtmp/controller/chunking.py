@@ -1,0 +1,110 @@
+"""Chunk planning (pure): where a file input is cut so that its chunks can be encoded in parallel.
+
+Times are integer microseconds on the source timeline (0 is the input's first timestamp, as
+ffmpeg's `-start_at_zero` sees it), so that a boundary is one exact number shared by the chunk
+that ends there and the one that starts there: a frame at time t belongs to the chunk with
+start <= t < end, in every chunk encode and in the stitch.
+
+Boundaries go at a source keyframe close to the nominal chunk length (the decoder then starts
+right at the cut, and an open-GOP source is cut where its GOPs are closed enough to decode),
+else at the exact nominal time (the chunk encode then decodes from the previous keyframe and
+drops the frames before its start). The plan is stored compactly (`encode_boundaries`) so that
+a restarted operator continues the same plan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MICROS = 1_000_000
+MIN_CHUNK_SECONDS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int
+    start_us: int
+    end_us: int
+
+    @property
+    def duration_us(self) -> int:
+        return self.end_us - self.start_us
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkBounds:
+    """How long a chunk may be: every chunk but the last lies in [shortest, longest]; the last
+    in (0, last_longest]."""
+
+    nominal_us: int
+    tolerance_us: int
+
+    @property
+    def shortest_us(self) -> int:
+        return self.nominal_us - self.tolerance_us
+
+    @property
+    def longest_us(self) -> int:
+        return self.nominal_us + self.tolerance_us
+
+    @property
+    def last_longest_us(self) -> int:
+        # A remainder of up to half a chunk joins the last chunk instead of becoming a tiny one.
+        return self.nominal_us + self.nominal_us // 2
+
+
+def bounds_for(chunk_seconds: int) -> ChunkBounds:
+    """A keyframe within a quarter of the nominal length of the nominal cut is taken instead of it."""
+    if chunk_seconds < MIN_CHUNK_SECONDS:
+        raise ValueError(f"chunk_seconds must be at least {MIN_CHUNK_SECONDS}")
+    nominal = chunk_seconds * MICROS
+    return ChunkBounds(nominal, nominal // 4)
+
+
+def plan_chunks(duration_us: int, chunk_seconds: int, keyframes_us: Sequence[int] = ()) -> tuple[Chunk, ...]:
+    """Chunks covering [0, duration_us) in order, without gap or overlap.
+
+    `keyframes_us`: the source's video keyframe times (any order; values outside the input are
+    ignored). Each cut is at the keyframe nearest the nominal cut (previous cut + chunk length)
+    within the bounds' tolerance, else exactly at the nominal cut.
+    """
+    if duration_us <= 0:
+        raise ValueError("duration must be positive")
+    bounds = bounds_for(chunk_seconds)
+    keys = sorted({k for k in keyframes_us if 0 < k < duration_us})
+    chunks: list[Chunk] = []
+    start = 0
+    while duration_us - start > bounds.last_longest_us:
+        nominal = start + bounds.nominal_us
+        low = bisect.bisect_left(keys, start + bounds.shortest_us)
+        high = bisect.bisect_right(keys, start + bounds.longest_us)
+        near = keys[low:high]
+        cut = min(near, key=lambda k: (abs(k - nominal), k)) if near else nominal
+        chunks.append(Chunk(len(chunks), start, cut))
+        start = cut
+    chunks.append(Chunk(len(chunks), start, duration_us))
+    return tuple(chunks)
+
+
+def encode_boundaries(chunks: Sequence[Chunk]) -> str:
+    """The plan as stored in the parent's status: every boundary in microseconds, comma-separated
+    (`0,10010000,...,duration`); 720 chunks take about 7 kB."""
+    if not chunks:
+        return ""
+    return ",".join([*(str(c.start_us) for c in chunks), str(chunks[-1].end_us)])
+
+
+def decode_boundaries(text: str) -> tuple[Chunk, ...]:
+    """The chunks of a stored plan; ValueError when it is not a valid one."""
+    points = [int(p) for p in text.split(",")]
+    if len(points) < 2 or points[0] != 0 or any(b <= a for a, b in itertools.pairwise(points)):
+        raise ValueError(f"not a chunk plan: {text[:80]!r}")
+    return tuple(Chunk(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(points)))
+
+
+def seconds(us: int) -> str:
+    """Microseconds as ffmpeg reads seconds, exactly: 10010000 -> `10.010000`."""
+    return f"{us // MICROS}.{us % MICROS:06d}"
