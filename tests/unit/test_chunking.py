@@ -15,8 +15,9 @@ from ffrtmp.controller.chunking import (
     decode_boundaries,
     encode_boundaries,
     plan_chunks,
-    seconds,
 )
+from ffrtmp.ffmpeg.chunks import parse_keyframe_probe
+from ffrtmp.ffmpeg.timeline import parse_micros, seconds
 
 pytestmark = pytest.mark.unit
 
@@ -96,3 +97,21 @@ def test_refuses_chunks_shorter_than_two_seconds_and_empty_inputs() -> None:
 def test_seconds_are_written_exactly() -> None:
     assert seconds(10_010_000) == "10.010000"
     assert seconds(33_367) == "0.033367"
+
+
+@pytest.mark.parametrize(
+    ("text", "us"),
+    [("2.000000", 2_000_000), ("0.033367", 33_367), ("10.01", 10_010_000), ("7", 7_000_000), ("-0.08", -80_000)],
+)
+def test_ffprobe_times_are_read_exactly(text: str, us: int) -> None:
+    assert parse_micros(text) == us
+
+
+def test_keyframe_probe_times_count_from_the_inputs_first_timestamp() -> None:
+    # An MPEG-TS input starts at 1.4 s: its first keyframe is 0 on the timeline chunks are cut on.
+    document = {
+        "frames": [{"pts_time": "3.400000"}, {"pts_time": "1.400000"}, {"side_data_list": []}],
+        "format": {"start_time": "1.400000", "duration": "12.040000"},
+    }
+    assert parse_keyframe_probe(document) == (12_040_000, [0, 2_000_000])
+    assert parse_keyframe_probe({}) == (None, [])

@@ -19,7 +19,18 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MICROS = 1_000_000
+from ffrtmp.ffmpeg.timeline import MICROS, seconds
+
+__all__ = [
+    "MICROS",
+    "Chunk",
+    "ChunkBounds",
+    "bounds_for",
+    "decode_boundaries",
+    "encode_boundaries",
+    "plan_chunks",
+    "seconds",
+]
 MIN_CHUNK_SECONDS = 2
 
 
@@ -103,8 +114,3 @@ def decode_boundaries(text: str) -> tuple[Chunk, ...]:
     if len(points) < 2 or points[0] != 0 or any(b <= a for a, b in itertools.pairwise(points)):
         raise ValueError(f"not a chunk plan: {text[:80]!r}")
     return tuple(Chunk(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(points)))
-
-
-def seconds(us: int) -> str:
-    """Microseconds as ffmpeg reads seconds, exactly: 10010000 -> `10.010000`."""
-    return f"{us // MICROS}.{us % MICROS:06d}"

@@ -94,6 +94,7 @@ from ffrtmp.ffmpeg.rendition import (
     expected_size,
     video_map,
 )
+from ffrtmp.ffmpeg.timeline import MICROS, seconds
 from ffrtmp.ffmpeg.validation import check_extra_args, check_folders, validate_output
 
 # Names other modules import from here (the planner's public face).
@@ -363,6 +364,7 @@ def build_encode_plan(
     source: SourceMedia | None = None,
     av1_cpu_encoder: str = AV1_CPU_ENCODER,
     render_device: str = DEFAULT_RENDER_DEVICE,
+    time_range: tuple[int, int] | None = None,
 ) -> EncodePlan:
     """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
 
@@ -376,6 +378,10 @@ def build_encode_plan(
     colour conversion and audio track choice; it implies `input_has_audio` when that is None
     (not for a live input: a moment of the stream may not show its audio yet).
     Loudness normalisation adds `loudness_measure_passes` before `passes`.
+
+    `time_range` (start, end) in microseconds of the source timeline: encode only the video frames
+    with start <= pts < end, with timestamps relative to start and kept as they are (one chunk of
+    a chunked job, see `ffmpeg.chunks`).
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
@@ -476,6 +482,12 @@ def build_encode_plan(
             argv += _hardware_input_args(accelerator, render_device)
         if threads is not None:
             argv += ["-threads", str(threads)]
+        if time_range is not None:
+            # Source timestamps (from 0) through the graph: `trim` then cuts both neighbours of a
+            # boundary at the same timestamp; -ss only seeks to the keyframe before the start.
+            argv += ["-copyts", "-start_at_zero", "-noaccurate_seek"]
+            if time_range[0] > 0:
+                argv += ["-ss", seconds(time_range[0])]
         if spec.input.start_seconds is not None:
             argv += ["-ss", str(spec.input.start_seconds)]
         if spec.input.duration_seconds is not None:
@@ -486,9 +498,13 @@ def build_encode_plan(
         if graph_branches:
             if threads is not None:
                 argv += ["-filter_complex_threads", str(threads)]
-            argv += ["-filter_complex", filter_graph(graph_branches, upload if hardware else ())]
+            argv += ["-filter_complex", filter_graph(graph_branches, [*cut, *(upload if hardware else ())])]
         return argv
 
+    cut: list[str] = []
+    if time_range is not None:
+        start, end = time_range
+        cut = [f"trim=start={seconds(start)}:end={seconds(end)}", f"setpts=PTS-round({seconds(start)}/TB)"]
     thread_args = ["-threads", str(threads)] if threads is not None else []
     extra = list(spec.extra_args or [])
     check_extra_args(extra)
@@ -526,6 +542,9 @@ def build_encode_plan(
         if r.output.container != "hls":
             main += [*video_map(r), *audio_map(r, required=input_has_audio is True)]
             main += [*video_opts(r, ":v", pass_number, False), *audio_args(r, ":a"), *thread_args]
+            if time_range is not None:
+                # The frames' own timestamps, at the source's precision: the stitch restores them.
+                main += ["-fps_mode:v", "passthrough", "-enc_time_base:v", "-1"]
             main += ["-f", MUXERS[r.output.container]]
             if r.output.container == "mp4":
                 main += ["-movflags", "+faststart"]
@@ -557,7 +576,9 @@ def build_encode_plan(
         directories.add(THUMBS_DIR)
     passes.append(main)
     uses_svt = accelerator == "cpu" and av1_cpu_encoder == "libsvtav1" and any(r.video.codec == "av1" for r in encoded)
-    duration = spec.input.duration_seconds
+    duration: float | None = spec.input.duration_seconds
+    if time_range is not None:
+        duration = (time_range[1] - time_range[0]) / MICROS
     return EncodePlan(
         passes=passes,
         outputs=planned,
