@@ -990,7 +990,7 @@ def test_pods_meet_restricted_pod_security(helm: str, config: str) -> None:
 # RBAC
 
 OPERATOR_NAMESPACED_RULES = {
-    ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch", "delete"},
+    ("ffmpeg-rtmp.io", "transcodejobs"): {"get", "list", "watch", "create", "delete"},
     ("ffmpeg-rtmp.io", "transcodejobs/status"): {"get", "patch", "update"},
     ("ffmpeg-rtmp.io", "workerpools"): {"get", "list", "watch"},
     ("ffmpeg-rtmp.io", "workerpools/status"): {"get", "patch", "update"},

@@ -442,7 +442,7 @@ def test_operator_service_account_rbac(release: Release) -> None:
     ns, other = release.namespace, release.other
     leader = f"{LEASES}/{LEADER_LEASE}"
     yes: list[tuple[str, str, str | None, tuple[str, ...]]] = [
-        *[(v, TJ, ns, ()) for v in ("get", "list", "watch", "delete")],
+        *[(v, TJ, ns, ()) for v in ("get", "list", "watch", "create", "delete")],
         *[(v, TJ, ns, STATUS) for v in ("get", "patch", "update")],
         *[(v, WP, ns, ()) for v in ("get", "list", "watch")],
         *[(v, WP, ns, STATUS) for v in ("get", "patch", "update")],

@@ -20,10 +20,12 @@ from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.controller.chunking import plan_chunks
 from ffrtmp.ffmpeg.argv import EncodePlan, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
+    AUDIO_DIR,
     KEYFRAME_PROBE_ARGS,
     TimeRange,
     audio_plan,
     check_chunkable,
+    chunk_dir,
     chunk_video_plan,
     parse_keyframe_probe,
     stitch_plan,
@@ -103,6 +105,7 @@ def run_passes(passes: list[list[str]]) -> None:
 
 
 def run_plan(plan: EncodePlan, folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
     for directory in plan.directories:
         (folder / directory).mkdir(parents=True, exist_ok=True)
     run_passes(plan.passes)
@@ -128,14 +131,14 @@ def encode_chunked(spec: TranscodeJobSpec, source: Path, tmp_path: Path, chunk_s
     for folder in (work, scratch, out):
         folder.mkdir()
     common: dict[str, Any] = {
-        "input_url": str(source), "work_dir": str(work), "scratch_dir": str(scratch), "allowed_protocols": FILES,
-        "source": media,
+        "input_url": str(source), "scratch_dir": str(scratch), "allowed_protocols": FILES, "source": media,
     }  # fmt: skip
     for chunk in chunks:
-        run_plan(chunk_video_plan(spec, chunk, "cpu", **common), work)
-    audio = audio_plan(spec, **common)
+        folder = work / chunk_dir(chunk.index)
+        run_plan(chunk_video_plan(spec, chunk, "cpu", output_dir=str(folder), **common), folder)
+    audio = audio_plan(spec, output_dir=str(work / AUDIO_DIR), **common)
     if audio is not None:
-        run_plan(audio, work)
+        run_plan(audio, work / AUDIO_DIR)
     stitch = stitch_plan(spec, chunks, work_dir=str(work), output_dir=str(out), with_audio=audio is not None)
     for name, text in stitch.lists.items():
         (work / name).write_text(text)

@@ -401,6 +401,7 @@ def test_transcodejob_printer_columns() -> None:
         ("Pool", ".status.pool", 0),
         ("Accel", ".spec.accelerator", 0),
         ("Attempts", ".status.attempt", 0),
+        ("Chunks", ".status.chunks.summary", 0),
         ("Age", ".metadata.creationTimestamp", 0),
         ("Worker", ".status.worker", 1),
         ("Node", ".status.node", 1),

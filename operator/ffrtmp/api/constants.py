@@ -10,6 +10,9 @@ POOL_PLURAL: Final = "workerpools"
 
 LABEL_POOL: Final = f"{GROUP}/pool"
 LABEL_WORKER: Final = f"{GROUP}/worker"
+# On a chunked job's children: the parent's name, and the part (`plan`, `audio`, `stitch` or the chunk number).
+LABEL_PARENT: Final = f"{GROUP}/parent"
+LABEL_CHUNK: Final = f"{GROUP}/chunk"
 # On worker Pods: the leaseTransitions of the leader Lease when the creating replica led (its term).
 LABEL_LEADER_TERM: Final = f"{GROUP}/leader-term"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"

@@ -160,6 +160,7 @@ def transcodejob_crd() -> Schema:
         _column("Pool", "string", ".status.pool", "WorkerPool of the current attempt."),
         _column("Accel", "string", ".spec.accelerator", "Requested encoder family."),
         _column("Attempts", "integer", ".status.attempt", "Attempts so far."),
+        _column("Chunks", "string", ".status.chunks.summary", "Chunked jobs: chunks encoded / total."),
         age,
         _column("Worker", "string", ".status.worker", "Worker Pod of the current attempt.", 1),
         _column("Node", "string", ".status.node", "Node of that worker.", 1),

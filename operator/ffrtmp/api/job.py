@@ -425,6 +425,94 @@ class JobResources(ApiModel):
     )
 
 
+class ChunkingSpec(ApiModel):
+    """Chunked encoding: the input is cut into time ranges that workers encode in parallel, then
+    stitched. For long file inputs to mp4 files; the job's wall time shrinks with the pool's free
+    slots at a small cost in total CPU (each chunk decodes from the keyframe before its start)."""
+
+    mode: Literal["Off", "On"] = Field(
+        default="Off",
+        description=(
+            "Off (default): one worker runs the job. On: a planning task probes the input's keyframes and "
+            "cuts it into chunks; child TranscodeJobs (labelled ffmpeg-rtmp.io/parent) encode each chunk's "
+            "video and the whole input's audio once, and a stitch task joins them by stream copy."
+        ),
+    )
+    chunk_seconds: int = Field(
+        default=10,
+        ge=2,
+        le=3600,
+        description=(
+            "Nominal chunk length. A cut moves to a source keyframe within a quarter of it, else it is exact; "
+            "a remainder of up to half a chunk joins the last chunk."
+        ),
+    )
+    max_chunks_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="At most this many chunk tasks queued or running at once (default: all of them).",
+    )
+
+
+MAX_MICROS = 86400 * 7 * 1_000_000  # a week of input, as the input's own seconds fields allow
+
+
+class ChunkTask(ApiModel):
+    """Set by the operator on the child jobs of a chunked job (do not set it yourself): which part
+    of the parent's work this child does. Intermediate files go to the parent's work area
+    (`<output root>/<namespace>/<parent>/.chunks/`)."""
+
+    kind: Literal["Plan", "Video", "Audio", "Stitch"] = Field(
+        description=(
+            "Plan: probe the input and store the chunk plan; Video: encode one chunk's video for every "
+            "output; Audio: encode the whole input's audio for every output; Stitch: join the chunks and "
+            "the audio into the parent's outputs."
+        )
+    )
+    parent: str = Field(min_length=1, max_length=253, description="The chunked job this task belongs to.")
+    chunk_seconds: int | None = Field(default=None, ge=2, le=3600, description="Plan: the nominal chunk length.")
+    index: int | None = Field(default=None, ge=0, le=100000, description="Video: the chunk's number from 0.")
+    start_micros: int | None = Field(
+        default=None, ge=0, le=MAX_MICROS, description="Video: chunk start on the source timeline."
+    )
+    end_micros: int | None = Field(default=None, ge=1, le=MAX_MICROS, description="Video: chunk end (exclusive).")
+    plan: str | None = Field(
+        default=None, max_length=65536, description="Stitch: the chunk boundaries (as status.chunks.plan)."
+    )
+
+
+_CHUNKING_ON = "has(self.chunking) && self.chunking.mode == 'On'"
+_CHUNKING_RULES = (
+    (
+        f"!({_CHUNKING_ON}) || (self.input.uri.startsWith('/') && !(has(self.input.live) && self.input.live))",
+        "chunking needs a file input: live, rtmp(s) and http(s) inputs are not supported with chunking yet",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, o.container == 'mp4')",
+        "chunking writes mp4 files: hls, rtmp/flv, mkv and mpegts outputs are not supported with chunking yet",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || !(has(self.hls) || has(self.thumbnails))",
+        "hls packaging and thumbnails are not supported with chunking yet",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !(o.video.codec in ['copy', 'none']))",
+        "chunking encodes video: video codec copy or none is not supported with chunking",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !((has(o.video.twoPass) && o.video.twoPass) "
+        "|| has(o.video.fps)))",
+        "twoPass and fps are not supported with chunking yet",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || !(has(self.input.startSeconds) || has(self.input.durationSeconds))",
+        "input.startSeconds and input.durationSeconds are not supported with chunking yet",
+    ),
+    (f"!({_CHUNKING_ON}) || !has(self.chunkTask)", "chunkTask is set by the operator on a chunked job's children"),
+)
+
+
 _OUTPUTS_RULES = rules(
     (
         "self.filter(o, o.container == 'hls').size() == 0 || "
@@ -443,6 +531,7 @@ def _immutable_optional(name: str) -> tuple[str, str]:
 
 
 _SPEC_RULES = rules(
+    *_CHUNKING_RULES,
     (
         "self.accelerator != 'nvenc' || self.outputs.all(o, !has(o.video) || !has(o.video.preset) || "
         f"o.video.preset in {_cel_list((*NVENC_PRESETS, 'fast', 'medium', 'slow'))})",
@@ -489,6 +578,8 @@ _SPEC_RULES = rules(
     _immutable_optional("extraArgs"),
     _immutable_optional("hls"),
     _immutable_optional("thumbnails"),
+    _immutable_optional("chunking"),
+    _immutable_optional("chunkTask"),
 )
 # Transition rules (those naming oldSelf) only run on update; the server skips them on create.
 
@@ -580,6 +671,12 @@ class TranscodeJobSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "atomic", **_EXTRA_ARGS_RULES},
     )
     resources: JobResources | None = Field(default=None, description="Per-job limits the worker enforces.")
+    chunking: ChunkingSpec | None = Field(
+        default=None, description="Encode a long file input in chunks on several workers at once (default Off)."
+    )
+    chunk_task: ChunkTask | None = Field(
+        default=None, description="Set by the operator on a chunked job's children: the part this child does."
+    )
 
 
 Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -629,6 +726,21 @@ class AttemptResult(ApiModel):
     finish_time: Timestamp | None = Field(default=None, description="When the attempt ended.")
 
 
+class ChunksStatus(ApiModel):
+    """A chunked job's chunks (on the parent), or the plan a Plan task made (on that child)."""
+
+    plan: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="Chunk boundaries in microseconds of the source timeline, comma-separated, from 0 to the end.",
+    )
+    total: int | None = Field(default=None, ge=0, description="Chunks in the plan.")
+    succeeded: int | None = Field(default=None, ge=0, description="Chunks encoded.")
+    running: int | None = Field(default=None, ge=0, description="Chunks being encoded.")
+    failed: int | None = Field(default=None, ge=0, description="Chunks failed past their backoffLimit.")
+    summary: str | None = Field(default=None, max_length=64, description="`succeeded/total`, or the stage.")
+
+
 class TranscodeJobStatus(ApiModel):
     """Observed state, written by the operator and by the worker running the current attempt."""
 
@@ -657,6 +769,7 @@ class TranscodeJobStatus(ApiModel):
     )
     result: AttemptResult | None = None
     restarts: int | None = Field(default=None, ge=0, description="Live restarts after stream loss.")
+    chunks: ChunksStatus | None = Field(default=None, description="Chunked jobs: the plan and the chunks' states.")
     reason: str | None = Field(
         default=None, max_length=64, description=f"Why the job failed: {', '.join(get_args(FailureReason))}."
     )

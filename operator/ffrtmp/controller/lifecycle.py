@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.controller.chunked import CreateJob, children_by_parent, decide_chunked, orphaned
 from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, eligible_pools, plan
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, PoolObj, Store, WorkerLease, WorkerPod
@@ -48,7 +49,7 @@ class DeleteJob:
     reason: str
 
 
-JobAction = PatchStatus | DeleteJob
+JobAction = PatchStatus | DeleteJob | CreateJob
 
 
 @dataclass
@@ -395,7 +396,17 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
     """Every job transition due now, and the assignments of queued jobs to free slots."""
     out = JobDecisions()
     candidates: list[QueuedJob] = []
+    children = children_by_parent(store.jobs.values())
     for job in store.jobs.values():
+        if job.parent is not None and job.part is not None and orphaned(job, store.jobs):
+            out.actions.append(DeleteJob(job.key, job.uid, f"its chunked parent {job.parent} is finished or gone"))
+            continue
+        if job.chunked_spec is not None and not job.terminal and job.invalid is None:
+            chunked = decide_chunked(job, children.get(job.key, []), now)
+            out.actions.extend(chunked.creates)
+            if chunked.status is not None:
+                out.actions.append(PatchStatus(job.key, job.resource_version, chunked.status))
+            continue
         candidate = _decide_one(job, store, now, settings, out)
         if candidate is not None:
             candidates.append(candidate)

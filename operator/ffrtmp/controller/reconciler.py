@@ -22,10 +22,10 @@ from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
 from ffrtmp.api.constants import GROUP, JOB_PLURAL, LABEL_POOL, LEASE_PREFIX, POOL_PLURAL, VERSION
 from ffrtmp.conditions import now_iso
 from ffrtmp.controller.cadence import current_cadence, decide_cadence, lease_annotation_writes, published_annotation
+from ffrtmp.controller.chunked import CreateJob
 from ffrtmp.controller.events import SUMMARY_REASON, EventGate, ObjectRef
 from ffrtmp.controller.leader import LeaderElector
 from ffrtmp.controller.lifecycle import (
-    DeleteJob,
     JobAction,
     JobEvent,
     PatchStatus,
@@ -442,10 +442,19 @@ class Reconciler:
             return await aw
 
     # -- applying -----------------------------------------------------------------------------
-    async def _apply_job(self, action: PatchStatus | DeleteJob) -> None:
+    async def _apply_job(self, action: JobAction) -> None:
         namespace, _, name = action.key.partition("/")
         try:
-            if isinstance(action, PatchStatus):
+            if isinstance(action, CreateJob):
+                try:
+                    created = await self._bounded(self.client.create(job_path(namespace), action.body))
+                except ApiError as e:
+                    if e.status != 409:  # already there: a decision repeated after a restart or a lost answer
+                        raise
+                    return
+                self.store.put_job(created)
+                log.info("created %s", action.key)
+            elif isinstance(action, PatchStatus):
                 body: Obj = {"metadata": {"resourceVersion": action.resource_version}, "status": action.status}
                 updated = await self._bounded(self.client.merge_patch(job_path(namespace, name, "status"), body))
                 self._api_answered(time.time())

@@ -20,6 +20,8 @@ from ffrtmp.api.constants import (
     ANNOTATION_ENCODER,
     ANNOTATION_ENCODERS,
     ANNOTATION_STORAGE,
+    LABEL_CHUNK,
+    LABEL_PARENT,
     LABEL_POOL,
 )
 from ffrtmp.api.job import TranscodeJobSpec
@@ -88,6 +90,18 @@ class JobView:
     # new status, and 10,000 jobs' decoded condition dicts would cost about 2 kB each.
     conditions_json: str
     message: str | None
+    # Chunked jobs (controller/chunked.py). On a parent with spec.chunking.mode On: its spec as JSON
+    # (the children are made from it) and its status.chunks. On a child: its parent and part labels.
+    chunked_spec: str | None = None
+    chunks: Obj | None = None
+    parent: str | None = None
+    part: str | None = None
+    uid_of_owner: str | None = None
+    # status.chunks.plan (a Plan child's result), status.reason, status.outputs, progress percent
+    chunk_plan: str | None = None
+    reason: str | None = None
+    outputs_json: str | None = None
+    percent: float | None = None
 
     @property
     def conditions(self) -> list[Obj]:
@@ -142,6 +156,12 @@ def parse_job(obj: Obj) -> JobView:
             retryable=bool(result.get("retryable", False)),
             stderr_tail=str(result.get("stderrTail") or ""),
         )
+    labels = meta.get("labels") or {}
+    chunking = spec.get("chunking") or {}
+    chunked = chunking.get("mode") == "On"
+    chunks = status.get("chunks") if isinstance(status.get("chunks"), dict) else None
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TranscodeJob"]
+    progress = status.get("progress") or {}
     queued = condition(status.get("conditions"), "Queued")
     suspended = condition(status.get("conditions"), "Suspended")
     pool_ref = spec.get("poolRef") or {}
@@ -180,6 +200,15 @@ def parse_job(obj: Obj) -> JobView:
         suspended=bool(suspended and suspended.get("status") == "True"),
         conditions_json=json.dumps(status.get("conditions") or [], separators=(",", ":")),
         message=status.get("message"),
+        chunked_spec=json.dumps(spec, sort_keys=True) if chunked else None,
+        chunks=chunks if chunked else None,
+        parent=labels.get(LABEL_PARENT),
+        part=labels.get(LABEL_CHUNK),
+        uid_of_owner=owners[0].get("uid") if owners else None,
+        chunk_plan=(chunks or {}).get("plan") if spec.get("chunkTask") else None,
+        reason=status.get("reason"),
+        outputs_json=json.dumps(status.get("outputs") or []) if labels.get(LABEL_CHUNK) == "stitch" else None,
+        percent=progress.get("percent") if isinstance(progress, dict) else None,
     )
 
 

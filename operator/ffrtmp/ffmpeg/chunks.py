@@ -4,7 +4,7 @@ A chunked job's outputs are made in three kinds of task, each a plain ffmpeg run
 (the planner of `controller.chunking` decides the time ranges):
 
 * chunk i: every output's video for the source frames with start <= pts < end, no audio, into
-  `<work>/chunks/<output>/<i>.mp4`. Source timestamps go through the graph (`-copyts
+  `<work>/c<i>/<output>.mp4`. Source timestamps go through the graph (`-copyts
   -start_at_zero`) so that `trim` cuts both neighbours of a boundary at the same timestamp;
   `-ss` before `-i` only seeks to the keyframe before the start (decoding from there, so a cut
   need not be at a keyframe). The frames keep their timestamps, relative to the chunk's start,
@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ffrtmp.api.job import AudioSpec, OutputSpec, TranscodeJobSpec, VideoSpec
+from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.ffmpeg.argv import BASE_ARGS, FFMPEG, EncodePlan, PlannedOutput, build_encode_plan, default_output_path
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
 from ffrtmp.ffmpeg.media import SourceMedia
 from ffrtmp.ffmpeg.timeline import parse_micros, seconds
 
-CHUNKS_DIR = "chunks"
 AUDIO_DIR = "audio"
 
 
@@ -50,13 +50,9 @@ class TimeRange:
     end_us: int
 
 
-def chunk_file(output_name: str, index: int) -> str:
-    """Where chunk `index` of an output's video goes, relative to the work area."""
-    return f"{CHUNKS_DIR}/{output_name}/{index:05d}.mp4"
-
-
-def audio_file(output_name: str) -> str:
-    return f"{AUDIO_DIR}/{output_name}.m4a"
+def chunk_dir(index: int) -> str:
+    """The folder of chunk `index` in the work area: one file per output, `<output>.mp4`."""
+    return f"c{index:05d}"
 
 
 def check_chunkable(spec: TranscodeJobSpec) -> None:
@@ -85,30 +81,31 @@ def chunk_video_plan(
     accelerator: str,
     *,
     input_url: str,
-    work_dir: str,
+    output_dir: str,
     scratch_dir: str,
     allowed_protocols: list[str],
     threads: int | None = None,
     source: SourceMedia | None = None,
+    render_device: str = DEFAULT_RENDER_DEVICE,
 ) -> EncodePlan:
-    """One chunk: every output's video for the chunk's time range, without audio."""
+    """One chunk: every output's video for the chunk's time range, without audio, as
+    `<output>.mp4` in `output_dir` (published as the work area's `chunk_dir(index)`)."""
     check_chunkable(spec)
     outputs = [
-        output.model_copy(
-            update={"audio": AudioSpec(codec="none"), "path": chunk_file(output.name, chunk.index), "tags": None}
-        )
+        output.model_copy(update={"audio": AudioSpec(codec="none"), "path": f"{output.name}.mp4", "tags": None})
         for output in spec.outputs
     ]
     return build_encode_plan(
         spec.model_copy(update={"outputs": outputs}),
         accelerator,
         input_url=input_url,
-        output_dir=work_dir,
+        output_dir=output_dir,
         scratch_dir=scratch_dir,
         allowed_protocols=allowed_protocols,
         threads=threads,
         input_has_audio=False,
         source=source,
+        render_device=render_device,
         time_range=(chunk.start_us, chunk.end_us),
     )
 
@@ -117,19 +114,20 @@ def audio_plan(
     spec: TranscodeJobSpec,
     *,
     input_url: str,
-    work_dir: str,
+    output_dir: str,
     scratch_dir: str,
     allowed_protocols: list[str],
     threads: int | None = None,
     source: SourceMedia | None = None,
 ) -> EncodePlan | None:
-    """Every output's audio from the whole input, in one run; None when no output carries audio
-    (the input has none, or every output drops it)."""
+    """Every output's audio from the whole input, in one run, as `<output>.m4a` in `output_dir`
+    (published as the work area's AUDIO_DIR); None when no output carries audio (the input has
+    none, or every output drops it)."""
     check_chunkable(spec)
     if source is not None and not source.audio_streams:
         return None
     outputs = [
-        OutputSpec(name=o.name, container="mp4", path=audio_file(o.name), video=VideoSpec(codec="none"), audio=o.audio)
+        OutputSpec(name=o.name, container="mp4", path=f"{o.name}.m4a", video=VideoSpec(codec="none"), audio=o.audio)
         for o in spec.outputs
         if (o.audio or AudioSpec()).codec != "none"
     ]
@@ -139,7 +137,7 @@ def audio_plan(
         spec.model_copy(update={"outputs": outputs, "extra_args": None}),
         "cpu",
         input_url=input_url,
-        output_dir=work_dir,
+        output_dir=output_dir,
         scratch_dir=scratch_dir,
         allowed_protocols=allowed_protocols,
         threads=threads,
@@ -164,7 +162,7 @@ def concat_list(output_name: str, chunks: Sequence[TimeRange]) -> str:
     lines = ["ffconcat version 1.0"]
     for chunk in chunks:
         lines += [
-            f"file {chunk_file(output_name, chunk.index)}",
+            f"file {chunk_dir(chunk.index)}/{output_name}.mp4",
             "inpoint 0",
             f"duration {seconds(chunk.end_us - chunk.start_us)}",
         ]
@@ -188,7 +186,7 @@ def stitch_plan(
         argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", "file", "-f", "concat", "-i", os.path.join(work_dir, listed)]
         audio = with_audio and (output.audio or AudioSpec()).codec != "none"
         if audio:
-            argv += ["-i", os.path.join(work_dir, audio_file(output.name))]
+            argv += ["-i", os.path.join(work_dir, AUDIO_DIR, f"{output.name}.m4a")]
         argv += ["-map", "0:v:0", *(["-map", "1:a:0"] if audio else []), "-c", "copy"]
         argv += ["-movflags", "+faststart"]
         if output.tags is not None:

@@ -2,6 +2,11 @@
 
 Outputs are written into a private folder of the attempt and moved into the job's folder only
 when the attempt succeeded, so a failed or superseded attempt never leaves files behind.
+
+A chunked job's child (`spec.chunkTask`, see `ffmpeg.chunks`) runs the same way; its "job
+folder" is its part of the parent's work area (`<parent>/.chunks/c<i>` or `.../audio`), except
+the stitch's, which is the parent's own folder: the parent's outputs are published by the stitch,
+which then removes the work area.
 """
 
 from __future__ import annotations
@@ -20,16 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.api.job import ChunkTask, TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
+from ffrtmp.controller.chunking import decode_boundaries, encode_boundaries, plan_chunks
 from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import EgressProxy
 from ffrtmp.egress.rules import check_unproxied, destination_refusal, guard_refusal, proxy_env, url_refusal
 from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
+from ffrtmp.ffmpeg.chunks import (
+    AUDIO_DIR,
+    KEYFRAME_PROBE_ARGS,
+    TimeRange,
+    audio_plan,
+    chunk_dir,
+    chunk_video_plan,
+    parse_keyframe_probe,
+    stitch_plan,
+)
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
 from ffrtmp.ffmpeg.loudness import LoudnessMeasurement, LoudnessParseError, apply_measurements, parse_loudnorm_output
-from ffrtmp.ffmpeg.probe import probe, probe_input
+from ffrtmp.ffmpeg.media import SourceMedia
+from ffrtmp.ffmpeg.probe import probe, probe_input, run_ffprobe
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, transient
@@ -44,6 +61,8 @@ MEASURE_STDERR_LINES = 200  # a loudnorm measuring pass prints its JSON last, at
 # when that is shorter): ffmpeg is restarted per the input's restartPolicy. A little over the
 # network read timeout (ffmpeg.argv.NETWORK_RW_TIMEOUT_US), which ends the reads it can.
 LIVE_INPUT_LOSS_SECONDS = 20.0
+WORK_DIR = ".chunks"  # a chunked job's work area, in its output folder
+KEYFRAME_PROBE_TIMEOUT_SECONDS = 300.0  # reads every packet of the input (decodes only keyframes)
 
 
 class Stop(Exception):
@@ -100,6 +119,7 @@ class Attempt:
     _whitelist: str = ""
     _input_duration: float | None = None
     _stderr_tail: str = ""
+    _chunk_plan: str | None = None  # what a chunk Plan task found, for its status
     _proxy: EgressProxy | None = None
     _pinned: tuple[guard.Endpoint, ...] = ()  # checked addresses of rtmp hosts: the connect guard allows them
     # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
@@ -120,7 +140,14 @@ class Attempt:
 
     @property
     def job_dir(self) -> Path:
-        return Path(self.config.output_root) / self.namespace / self.name
+        task = self.spec.chunk_task
+        if task is None:
+            return Path(self.config.output_root) / self.namespace / self.name
+        parent = Path(self.config.output_root) / self.namespace / task.parent
+        if task.kind == "Stitch":
+            return parent
+        part = {"Plan": "plan", "Audio": AUDIO_DIR}.get(task.kind) or chunk_dir(task.index or 0)
+        return parent / WORK_DIR / part
 
     @property
     def attempt_dir(self) -> Path:
@@ -287,6 +314,8 @@ class Attempt:
         self._input_duration = info.duration_seconds if info and not live else None
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.spec.chunk_task is not None:
+                return await self._chunk_task_plan(self.spec.chunk_task, url, info.media if info else None)
             plan = build_encode_plan(
                 self.spec,
                 self.config.accelerator,
@@ -305,6 +334,51 @@ class Attempt:
         for folder in plan.directories:
             (self.attempt_dir / folder).mkdir(parents=True, exist_ok=True)
         return plan
+
+    async def _chunk_task_plan(self, task: ChunkTask, url: str, source: SourceMedia | None) -> EncodePlan:
+        """The runs of one part of a chunked job (the caller turns InvalidSpec into a failure)."""
+        common: dict[str, Any] = {
+            "input_url": url, "output_dir": str(self.attempt_dir), "scratch_dir": str(self.scratch),
+            "allowed_protocols": list(self.config.allowed_protocols), "threads": self._threads(), "source": source,
+        }  # fmt: skip
+        nothing = EncodePlan(passes=[], outputs=[], live=False, duration_seconds=None)
+        if task.kind == "Plan":
+            document = await run_ffprobe(
+                ["-protocol_whitelist", self._whitelist, *KEYFRAME_PROBE_ARGS, url],
+                timeout_seconds=KEYFRAME_PROBE_TIMEOUT_SECONDS, env=self._ffmpeg_env({}),
+            )  # fmt: skip
+            duration, keyframes = parse_keyframe_probe(document or {})
+            if duration is None or duration <= 0:
+                raise _Failed(
+                    Failure("InvalidInput", "the input's duration cannot be read: it cannot be chunked", False)
+                )
+            chunks = plan_chunks(duration, task.chunk_seconds or 10, keyframes)
+            self._chunk_plan = encode_boundaries(chunks)
+            return nothing
+        if task.kind == "Video":
+            if task.index is None or task.start_micros is None or task.end_micros is None:
+                raise InvalidSpec("chunkTask Video needs index, startMicros and endMicros")
+            chunk = TimeRange(task.index, task.start_micros, task.end_micros)
+            return chunk_video_plan(
+                self.spec, chunk, self.config.accelerator, **common, render_device=self.config.render_device
+            )
+        if task.kind == "Audio":
+            return audio_plan(self.spec, **common) or nothing
+        work = self.job_dir / WORK_DIR
+        try:
+            ranges = [TimeRange(c.index, c.start_us, c.end_us) for c in decode_boundaries(task.plan or "")]
+        except ValueError as e:
+            raise InvalidSpec(f"chunkTask Stitch: {e}") from e
+        with_audio = await asyncio.to_thread(lambda: any((work / AUDIO_DIR).glob("*.m4a")))
+        stitch = stitch_plan(
+            self.spec, ranges, work_dir=str(work), output_dir=str(self.attempt_dir), with_audio=with_audio
+        )
+        for name, text in stitch.lists.items():
+            await asyncio.to_thread((work / name).write_text, text)
+        return EncodePlan(
+            passes=stitch.passes, outputs=stitch.outputs, live=False,
+            duration_seconds=ranges[-1].end_us / 1_000_000, directories=stitch.directories,
+        )  # fmt: skip
 
     def _missing_outputs(self, plan: EncodePlan) -> Failure | None:
         """ffmpeg can exit 0 although a muxer could not write (HLS segments): check the files."""
@@ -618,6 +692,9 @@ class Attempt:
             number = stale.name.split("-")[1]
             if number.isdigit() and int(number) < self.number:
                 shutil.rmtree(stale, ignore_errors=True)
+        task = self.spec.chunk_task
+        if task is not None and task.kind == "Stitch":
+            await asyncio.to_thread(shutil.rmtree, self.job_dir / WORK_DIR, True)
         outputs = await self._results(plan)
         input_bytes = _input_size(self._input_url)
         if input_bytes:
@@ -633,6 +710,7 @@ class Attempt:
                 "progress": {"percent": None if plan.live else 100.0},
                 "outputs": outputs,
                 "restarts": restarts or None,
+                **({"chunks": {"plan": self._chunk_plan}} if self._chunk_plan is not None else {}),
                 "message": message,
                 "reason": None,
                 "result": {

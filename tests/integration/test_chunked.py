@@ -1,0 +1,74 @@
+"""A chunked job on the local control plane: the operator, two stand-in workers, real ffmpeg."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from conftest import Farm
+from helpers import ffprobe, make_clip, wait_for
+
+pytestmark = pytest.mark.integration
+
+PARENT_LABEL = "ffmpeg-rtmp.io/parent"
+
+
+def status(job: dict[str, Any]) -> dict[str, Any]:
+    return job.get("status") or {}
+
+
+def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
+    clip = make_clip(farm.media / "film.mp4", seconds=12)  # one keyframe: six exact 2 s cuts
+    farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=1, autoscaling={"enabled": False})
+    farm.start_operator()
+    farm.start_workers()
+    wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 workers")
+    outputs = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}]
+    farm.job("film", str(clip), outputs, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
+
+    seen: dict[str, dict[str, Any]] = {}  # child name -> its last status seen
+    summaries: set[str] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        for job in farm.jobs():
+            name = job["metadata"]["name"]
+            if name == "film":
+                summaries.add(str((status(job).get("chunks") or {}).get("summary")))
+            elif (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == "film":
+                seen[name] = {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
+                              "spec": job["spec"], **status(job)}  # fmt: skip
+        if farm.phase("film") in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.3)
+    parent = farm.get_job("film")
+    assert status(parent).get("phase") == "Succeeded", status(parent)
+
+    chunks = status(parent)["chunks"]
+    assert (chunks["total"], chunks["succeeded"], chunks["summary"]) == (6, 6, "6/6")
+    assert chunks["plan"] == ",".join(str(s * 2_000_000) for s in range(7))
+    assert "planning" in summaries and any(s.endswith("/6") and s != "6/6" for s in summaries), summaries
+    parts = sorted(child["labels"]["ffmpeg-rtmp.io/chunk"] for child in seen.values())
+    assert parts == ["audio", *(f"c{i:05d}" for i in range(6)), "plan", "stitch"]
+    assert all(child["owner"]["uid"] == parent["metadata"]["uid"] for child in seen.values())
+    assert all("chunking" not in child["spec"] for child in seen.values())
+    workers = {child.get("worker") for name, child in seen.items() if name.startswith("film-c0")} - {None}
+    assert len(workers) == 2, f"the chunks ran on {workers}"
+
+    (output,) = status(parent)["outputs"]
+    path = farm.output / farm.namespace / "film" / "main.mp4"
+    assert output["path"] == str(path)
+    probe = ffprobe(path)
+    video = next(s for s in probe["streams"] if s["codec_type"] == "video")
+    audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
+    assert int(video["nb_frames"]) == 12 * 25
+    assert abs(float(video["duration"]) - float(audio["duration"])) <= 1 / 25 + 1e-6
+    assert not (path.parent / ".chunks").exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["main.mp4"]
+
+    wait_for(
+        lambda: not [j for j in farm.jobs() if (j["metadata"].get("labels") or {}).get(PARENT_LABEL)],
+        60,
+        "the children deleted",
+    )
