@@ -79,7 +79,7 @@ def header(text: str) -> list[str]:
 def test_get_transcodejobs_columns(cluster: TestCluster, ns: str, applied: list[Obj]) -> None:
     jobs = sorted(d["metadata"]["name"] for d in applied if d["kind"] == "TranscodeJob")
     out = cluster.kubectl("get", "tj", "-n", ns).stdout
-    assert header(out) == ["NAME", "STATUS", "PROGRESS", "POOL", "ACCEL", "ATTEMPTS", "AGE"]
+    assert header(out) == ["NAME", "STATUS", "PROGRESS", "POOL", "ACCEL", "ATTEMPTS", "CHUNKS", "AGE"]
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert sorted(rows) == jobs
     # No status yet: Accel (from spec) and Age are the only values.
@@ -87,7 +87,7 @@ def test_get_transcodejobs_columns(cluster: TestCluster, ns: str, applied: list[
     assert rows["clip-qsv"][1] == "qsv"
     wide = cluster.kubectl("get", "transcodejobs", "-n", ns, "-o", "wide").stdout
     assert header(wide) == [
-        "NAME", "STATUS", "PROGRESS", "POOL", "ACCEL", "ATTEMPTS", "AGE", "WORKER", "NODE", "MESSAGE",
+        "NAME", "STATUS", "PROGRESS", "POOL", "ACCEL", "ATTEMPTS", "CHUNKS", "AGE", "WORKER", "NODE", "MESSAGE",
     ]  # fmt: skip
 
 
@@ -139,6 +139,18 @@ def test_explain_transcodejob_outputs(cluster: TestCluster) -> None:
     assert "Publish to this rtmp(s):// URL instead of a file (restream)." in text
     video = explain(cluster, "transcodejob.spec.outputs.video.crf")
     assert "Constant quality (lower is better); excludes bitrate." in video
+
+
+def test_explain_transcodejob_chunking(cluster: TestCluster) -> None:
+    text = explain(cluster, "transcodejob.spec.chunking")
+    assert "Encode a long file input in chunks on several workers at once (default Off)." in text
+    assert "At most this many chunk tasks queued or running at once" in text
+    assert "A cut moves to a source keyframe within a quarter of it" in explain(
+        cluster, "transcodejob.spec.chunking.chunkSeconds"
+    )
+    assert "Chunk boundaries in microseconds of the source timeline" in explain(
+        cluster, "transcodejob.status.chunks.plan"
+    )
 
 
 def test_explain_workerpool_egress(cluster: TestCluster) -> None:
@@ -421,6 +433,22 @@ INVALID = [
         "spec.storage.output.claimName", SHOULD_MATCH),
     Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",
         "should be greater than or equal to 0"),
+    Bad("chunking-rtmp-input", tj(uri="rtmp://10.0.0.1/live/cam", chunking={"mode": "On"}), "spec",
+        "chunking needs a file input: live, rtmp(s) and http(s) inputs are not supported with chunking yet"),
+    Bad("chunking-live-input", tj(input={"uri": "/media/in.ts", "live": True}, chunking={"mode": "On"}), "spec",
+        "chunking needs a file input"),
+    Bad("chunking-hls", tj(out(container="hls", video=VIDEO), chunking={"mode": "On"}), "spec",
+        "chunking writes mp4 files: hls, rtmp/flv, mkv and mpegts outputs are not supported with chunking yet"),
+    Bad("chunking-rtmp-output", tj(out(container="flv", url="rtmp://10.0.0.1/app/key"), chunking={"mode": "On"}),
+        "spec", "chunking writes mp4 files"),
+    Bad("chunking-two-pass",
+        tj(out(video={"bitrate": "2M", "twoPass": True}), accelerator="cpu", chunking={"mode": "On"}), "spec",
+        "twoPass and fps are not supported with chunking yet"),
+    Bad("chunking-thumbnails", tj(thumbnails={"intervalSeconds": 5}, chunking={"mode": "On"}), "spec",
+        "hls packaging and thumbnails are not supported with chunking yet"),
+    Bad("chunking-one-second", tj(chunking={"mode": "On", "chunkSeconds": 1}), "spec.chunking.chunkSeconds",
+        "should be greater than or equal to 2"),
+    Bad("chunking-mode", tj(chunking={"mode": "Auto"}), "spec.chunking.mode", "Unsupported value"),
 ]  # fmt: skip
 
 
