@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,29 +20,43 @@ def status(job: dict[str, Any]) -> dict[str, Any]:
     return job.get("status") or {}
 
 
-def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
-    clip = make_clip(farm.media / "film.mp4", seconds=12)  # one keyframe: six exact 2 s cuts
+OUTPUTS = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}]
+
+
+def two_workers(farm: Farm) -> None:
     farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=1, autoscaling={"enabled": False})
-    farm.start_operator()
     farm.start_workers()
     wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 workers")
-    outputs = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 32, "preset": "ultrafast"}}]
-    farm.job("film", str(clip), outputs, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
 
-    seen: dict[str, dict[str, Any]] = {}  # child name -> its last status seen
-    summaries: set[str] = set()
+
+def follow(
+    farm: Farm, name: str, seen: dict[str, dict[str, Any]], summaries: set[str], until: Callable[[], bool]
+) -> None:
+    """Record every child's last state and the parent's chunk summaries until `until()` or the parent ends."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         for job in farm.jobs():
-            name = job["metadata"]["name"]
-            if name == "film":
+            job_name = job["metadata"]["name"]
+            if job_name == name:
                 summaries.add(str((status(job).get("chunks") or {}).get("summary")))
-            elif (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == "film":
-                seen[name] = {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
-                              "spec": job["spec"], **status(job)}  # fmt: skip
-        if farm.phase("film") in ("Succeeded", "Failed"):
-            break
+            elif (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == name:
+                seen[job_name] = {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
+                                  "spec": job["spec"], **status(job)}  # fmt: skip
+        if until() or farm.phase(name) in ("Succeeded", "Failed"):
+            return
         time.sleep(0.3)
+    raise AssertionError(f"{name} did not finish: {status(farm.get_job(name))}")
+
+
+def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
+    clip = make_clip(farm.media / "film.mp4", seconds=12)  # one keyframe: six exact 2 s cuts
+    farm.start_operator()
+    two_workers(farm)
+    farm.job("film", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
+
+    seen: dict[str, dict[str, Any]] = {}  # child name -> its last status seen
+    summaries: set[str] = set()
+    follow(farm, "film", seen, summaries, lambda: False)
     parent = farm.get_job("film")
     assert status(parent).get("phase") == "Succeeded", status(parent)
 
@@ -72,3 +87,34 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
         60,
         "the children deleted",
     )
+
+
+def test_an_operator_killed_mid_run_continues_the_stored_plan(farm: Farm) -> None:
+    clip = make_clip(farm.media / "long.mp4", seconds=40, size="640x360")
+    op = farm.start_operator()
+    two_workers(farm)
+    farm.job("long", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
+    seen: dict[str, dict[str, Any]] = {}
+    summaries: set[str] = set()
+
+    def some_chunks_done() -> bool:
+        chunks = status(farm.get_job("long")).get("chunks") or {}
+        return 2 <= int(chunks.get("succeeded") or 0) < int(chunks.get("total") or 0) - 4
+
+    follow(farm, "long", seen, summaries, some_chunks_done)
+    plan = status(farm.get_job("long"))["chunks"]["plan"]
+    op.kill()
+    time.sleep(2)
+    farm.start_operator(name="operator-2")
+    follow(farm, "long", seen, summaries, lambda: False)
+    parent = status(farm.get_job("long"))
+    assert parent["phase"] == "Succeeded", parent
+    assert parent["chunks"]["plan"] == plan
+    assert parent["chunks"]["summary"] == "20/20"
+    chunks = {name: child for name, child in seen.items() if name.startswith("long-c0")}
+    assert len(chunks) == 20
+    # Nothing ran twice: every chunk, the audio, the plan and the stitch succeeded on their first attempt.
+    assert {name: child.get("attempt") for name, child in seen.items()} == {name: 1 for name in seen}
+    probe = ffprobe(farm.output / farm.namespace / "long" / "main.mp4")
+    video = next(s for s in probe["streams"] if s["codec_type"] == "video")
+    assert int(video["nb_frames"]) == 40 * 25
