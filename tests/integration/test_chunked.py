@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,3 +119,36 @@ def test_an_operator_killed_mid_run_continues_the_stored_plan(farm: Farm) -> Non
     probe = ffprobe(farm.output / farm.namespace / "long" / "main.mp4")
     video = next(s for s in probe["streams"] if s["codec_type"] == "video")
     assert int(video["nb_frames"]) == 40 * 25
+
+
+def test_deleting_a_chunked_job_mid_run_deletes_its_children(farm: Farm) -> None:
+    clip = make_clip(farm.media / "long.mp4", seconds=40, size="640x360")
+    farm.start_operator()
+    two_workers(farm)
+    farm.job("long", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
+
+    def encoding() -> bool:
+        return int((status(farm.get_job("long")).get("chunks") or {}).get("succeeded") or 0) >= 1
+
+    wait_for(encoding, 120, "a chunk encoded")
+    farm.cluster.kubectl("delete", "tj", "long", "-n", farm.namespace, "--wait=false")
+    wait_for(lambda: not farm.jobs(), 60, "the parent and every child gone")
+    # The workers stopped the chunks they were running: no ffmpeg of this test is left.
+    wait_for(lambda: not any(str(farm.media) in line for line in ps_lines()), 30, "no ffmpeg left reading the input")
+
+
+def test_a_child_failing_fails_the_parent_with_its_reason(farm: Farm) -> None:
+    garbage = farm.media / "garbage.mp4"
+    garbage.write_bytes(b"\\x00not a video\\xff" * 4096)
+    farm.start_operator()
+    two_workers(farm)
+    farm.job("bad", str(garbage), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2})
+    parent = status(farm.wait_phase("bad", "Failed", "Succeeded", timeout=120))
+    assert (parent["phase"], parent["reason"]) == ("Failed", "InvalidInput"), parent
+    assert "plan (bad-plan) failed" in parent["message"]
+    wait_for(lambda: [j["metadata"]["name"] for j in farm.jobs()] == ["bad"], 60, "the children deleted")
+
+
+def ps_lines() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("ffmpeg")]
