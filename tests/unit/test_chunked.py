@@ -154,3 +154,28 @@ def test_children_of_a_finished_or_deleted_parent_are_deleted(parent_obj: Obj | 
 def test_children_of_an_earlier_job_of_the_same_name_are_deleted_not_adopted() -> None:
     actions = decide(parent(), child("plan", "Succeeded", owner="u-old", chunks={"plan": PLAN}))
     assert [a.key for a in actions if isinstance(a, DeleteJob)] == [f"{NS}/film-plan"]
+
+
+def test_timeout_seconds_bounds_the_whole_chunked_job() -> None:
+    job = parent({"plan": PLAN}, "Running")
+    job["spec"]["timeoutSeconds"] = 60
+    job["status"]["startTime"] = "1970-01-12T13:28:20Z"  # NOW - 1100 s
+    actions = decide(job, child("plan", "Succeeded"), child("c00000", "Running"))
+    (patch,) = [a for a in actions if isinstance(a, PatchStatus) and a.key == f"{NS}/film"]
+    assert (patch.status["phase"], patch.status["reason"]) == ("Failed", "DeadlineExceeded")
+    assert patch.event is not None and patch.event.reason == "DeadlineExceeded"
+    job["spec"]["timeoutSeconds"] = 3600
+    store = Store()
+    for obj in (job, child("plan", "Succeeded"), child("c00000", "Running")):
+        store.put_job(obj)
+    decisions = decide_jobs(store, NOW, SETTINGS)
+    assert decisions.wake_at == pytest.approx(NOW - 1100 + 3600)
+    assert parent_patch(decisions.actions)["phase"] == "Running"
+
+
+def test_the_parent_tells_its_steps_in_events() -> None:
+    planned = decide(parent(), child("plan", "Succeeded", chunks={"plan": PLAN}))
+    (patch,) = [a for a in planned if isinstance(a, PatchStatus)]
+    assert patch.event is not None and (patch.event.reason, patch.event.message) == (
+        "Planned", "planned 3 chunks of about 2 s",
+    )  # fmt: skip

@@ -46,6 +46,8 @@ class CreateJob:
 class ChunkedDecision:
     creates: list[CreateJob]
     status: Obj | None  # a merge patch of the parent's status, None when nothing changed
+    event: tuple[str, str, str] | None = None  # (type, reason, message) of an Event on the parent
+    wake_at: float | None = None  # when the parent's timeoutSeconds runs out
 
 
 def orphaned(child: JobView, jobs: dict[str, JobView]) -> bool:
@@ -115,7 +117,15 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         child = failed[0]
         reason = child.reason or "FfmpegError"
         message = f"{child.part} ({child.name}) failed: {child.message or reason}"
-        return ChunkedDecision([], _finished(parent, "Failed", reason, message, now))
+        return ChunkedDecision([], _finished(parent, "Failed", reason, message, now), ("Warning", reason, message))
+    # timeoutSeconds bounds the whole chunked job, from its first step; each child also keeps it.
+    deadline = None
+    if parent.timeout_seconds is not None and parent.start_time is not None:
+        deadline = parent.start_time + parent.timeout_seconds
+        if deadline <= now:
+            message = f"ran longer than timeoutSeconds ({parent.timeout_seconds}s); its chunks were stopped"
+            expired = _finished(parent, "Failed", "DeadlineExceeded", message, now)
+            return ChunkedDecision([], expired, ("Warning", "DeadlineExceeded", message))
 
     plan_text = (parent.chunks or {}).get("plan")
     if not plan_text:
@@ -123,10 +133,11 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         if planner is not None and planner.phase == "Succeeded" and planner.chunk_plan:
             chunks = decode_boundaries(planner.chunk_plan)
             status = _running(parent, "planned", {"plan": planner.chunk_plan, **_counts(chunks, mine)}, None, now)
-            return ChunkedDecision([], status)
+            planned = f"planned {len(chunks)} chunks of about {chunking.get('chunkSeconds', 10)} s"
+            return ChunkedDecision([], status, ("Normal", "Planned", planned), deadline)
         create(PLAN, {"kind": "Plan", "chunkSeconds": int(chunking.get("chunkSeconds", 10))})
         status = _running(parent, "planning", {"summary": "planning"}, None, now)
-        return ChunkedDecision(creates, status)
+        return ChunkedDecision(creates, status, None, deadline)
 
     chunks = decode_boundaries(plan_text)
     create(AUDIO, {"kind": "Audio"})
@@ -149,12 +160,15 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         status = _finished(parent, "Succeeded", None, message, now)
         status["outputs"] = outputs
         status["chunks"] = {"plan": plan_text, **counts}
-        return ChunkedDecision([], status)
+        return ChunkedDecision([], status, ("Normal", "Completed", message))
     if encoded:
         create(STITCH, {"kind": "Stitch", "plan": plan_text})
     stage = "stitching" if encoded else "encoding"
     percent = _percent(chunks, mine, stitch)
-    return ChunkedDecision(creates, _running(parent, stage, {"plan": plan_text, **counts}, percent, now))
+    event = ("Normal", "Stitching", f"all {len(chunks)} chunks encoded") if encoded and stitch is None else None
+    return ChunkedDecision(
+        creates, _running(parent, stage, {"plan": plan_text, **counts}, percent, now), event, deadline
+    )
 
 
 def _counts(chunks: tuple[Chunk, ...], children: list[JobView]) -> Obj:

@@ -405,7 +405,10 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
             chunked = decide_chunked(job, children.get(job.key, []), now)
             out.actions.extend(chunked.creates)
             if chunked.status is not None:
-                out.actions.append(PatchStatus(job.key, job.resource_version, chunked.status))
+                event = JobEvent(*chunked.event) if chunked.event is not None else None
+                out.actions.append(PatchStatus(job.key, job.resource_version, chunked.status, event))
+            if chunked.wake_at is not None:
+                out.wake(chunked.wake_at)
             continue
         candidate = _decide_one(job, store, now, settings, out)
         if candidate is not None:
