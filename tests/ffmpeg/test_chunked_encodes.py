@@ -259,9 +259,11 @@ def test_a_second_rendition_and_tags_are_stitched_too(tmp_path: Path) -> None:
         ([{"name": "a", "container": "hls"}], "only mp4"),
         ([{"name": "a", "container": "mp4", "video": {"codec": "copy"}}], "codec copy"),
         ([{"name": "a", "container": "mp4", "video": {"fps": 30}}], "fps"),
+        ([{"name": "a", "container": "mp4"}], "realtime"),
     ],
 )
 def test_what_chunking_does_not_do_yet_is_invalid_spec(outputs: list[dict[str, Any]], words: str) -> None:
-    spec = TranscodeJobSpec.model_validate({"input": {"uri": "/media/a.mp4"}, "outputs": outputs})
+    source = {"uri": "/media/a.mp4", **({"realtime": True} if words == "realtime" else {})}
+    spec = TranscodeJobSpec.model_validate({"input": source, "outputs": outputs})
     with pytest.raises(InvalidSpec, match=words):
         check_chunkable(spec)

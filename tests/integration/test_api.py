@@ -446,6 +446,8 @@ INVALID = [
         "twoPass and fps are not supported with chunking yet"),
     Bad("chunking-thumbnails", tj(thumbnails={"intervalSeconds": 5}, chunking={"mode": "On"}), "spec",
         "hls packaging and thumbnails are not supported with chunking yet"),
+    Bad("chunking-realtime", tj(input={"uri": "/media/in.mp4", "realtime": True}, chunking={"mode": "On"}), "spec",
+        "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"),
     Bad("chunking-one-second", tj(chunking={"mode": "On", "chunkSeconds": 1}), "spec.chunking.chunkSeconds",
         "should be greater than or equal to 2"),
     Bad("chunking-mode", tj(chunking={"mode": "Auto"}), "spec.chunking.mode", "Unsupported value"),

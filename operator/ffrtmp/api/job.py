@@ -506,8 +506,9 @@ _CHUNKING_RULES = (
         "twoPass and fps are not supported with chunking yet",
     ),
     (
-        f"!({_CHUNKING_ON}) || !(has(self.input.startSeconds) || has(self.input.durationSeconds))",
-        "input.startSeconds and input.durationSeconds are not supported with chunking yet",
+        f"!({_CHUNKING_ON}) || !(has(self.input.startSeconds) || has(self.input.durationSeconds) || "
+        "(has(self.input.realtime) && self.input.realtime))",
+        "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet",
     ),
     (f"!({_CHUNKING_ON}) || !has(self.chunkTask)", "chunkTask is set by the operator on a chunked job's children"),
 )

@@ -57,8 +57,11 @@ def chunk_dir(index: int) -> str:
 
 def check_chunkable(spec: TranscodeJobSpec) -> None:
     """What chunking does not do yet, as InvalidSpec (the CRD's CEL refuses the same)."""
-    if spec.input.start_seconds is not None or spec.input.duration_seconds is not None:
-        raise InvalidSpec("input.startSeconds and input.durationSeconds are not supported with chunking yet")
+    if spec.input.start_seconds is not None or spec.input.duration_seconds is not None or spec.input.realtime:
+        # realtime (-re) paces by source timestamps, which a chunk keeps: it would wait until its start.
+        raise InvalidSpec(
+            "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"
+        )
     if not spec.input.uri.startswith("/"):
         raise InvalidSpec("chunking needs a file input")
     if spec.hls is not None or spec.thumbnails is not None:
