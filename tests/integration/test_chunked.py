@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -152,3 +154,33 @@ def test_a_child_failing_fails_the_parent_with_its_reason(farm: Farm) -> None:
 def ps_lines() -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.startswith("ffmpeg")]
+
+
+def test_a_killed_worker_costs_only_its_chunk(farm: Farm) -> None:
+    clip = make_clip(farm.media / "film.mp4", seconds=12, size="1280x720")  # seconds per chunk at preset slower
+    farm.start_operator()
+    farm.pool("cpu", "cpu", minWorkers=2, maxWorkers=2, maxConcurrentJobs=1, autoscaling={"enabled": False})
+    farm.start_workers("--restart-delay", "30")
+    wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 workers")
+    slow = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 30, "preset": "slower"}}]
+    farm.job("film", str(clip), slow, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
+
+    def chunk_encoding() -> dict[str, Any] | None:
+        for job in farm.jobs():
+            if job["metadata"]["name"].startswith("film-c0") and status(job).get("phase") == "Running":
+                return job
+        return None
+
+    victim = wait_for(chunk_encoding, 120, "a chunk encoding", interval=0.2)
+    worker = status(victim)["worker"]
+    os.kill(int(farm.workers_state()[worker]["pid"]), signal.SIGKILL)
+
+    seen: dict[str, dict[str, Any]] = {}
+    follow(farm, "film", seen, set(), lambda: False)
+    parent = status(farm.get_job("film"))
+    assert parent["phase"] == "Succeeded", parent
+    attempts = {name: child.get("attempt") for name, child in seen.items()}
+    assert attempts == {name: 2 if name == victim["metadata"]["name"] else 1 for name in seen}, attempts
+    assert seen[victim["metadata"]["name"]]["worker"] != worker
+    probe = ffprobe(farm.output / farm.namespace / "film" / "main.mp4")
+    assert int(next(s for s in probe["streams"] if s["codec_type"] == "video")["nb_frames"]) == 12 * 25
