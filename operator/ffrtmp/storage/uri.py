@@ -8,7 +8,8 @@ from dataclasses import dataclass
 # S3's bucket naming rules: 3-63 lower-case letters, digits, dots and hyphens, a letter or digit at each end.
 BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 # A key: no whitespace or control characters, no `.` or `..` step (servers that map keys to files refuse them).
-_KEY_STEP = r"(\.?[^\s/.][^\s/]*|\.\.[^\s/]+)"
+_CHAR = r"[^\s/\x00-\x1f\x7f]"
+_KEY_STEP = rf"(\.?[^\s/.\x00-\x1f\x7f]{_CHAR}*|\.\.{_CHAR}+)"
 OBJECT_URI_PATTERN = rf"^s3://{BUCKET}/{_KEY_STEP}(/{_KEY_STEP})*$"
 PREFIX_URI_PATTERN = rf"^s3://{BUCKET}/({_KEY_STEP}/)*$"
 MAX_KEY_BYTES = 1024
