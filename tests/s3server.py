@@ -1,5 +1,7 @@
 """A real S3 server for the tests: versitygw (built by hack/tools.sh from its Go module) with its POSIX
-backend in a temp folder, on a free loopback port, with root credentials made for the run.
+backend in a temp folder, on a free port of a loopback address, with root credentials made for the run.
+Not 127.0.0.1: the test API server listens there, and a job's egress policy never reaches the API
+server's address; pools allowlist `HOST` (spec.egress.allow) to reach this server.
 
 Its access log (one line per request, in the order the server finished them) lets a test see which
 objects were written in which order."""
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from ffrtmp.dev.cluster import default_bin_dir, free_port
+from ffrtmp.dev.cluster import default_bin_dir
 from ffrtmp.storage.s3 import Endpoint
 from ffrtmp.storage.sigv4 import Credentials
 from helpers import Service, start_service
@@ -23,6 +25,16 @@ from helpers import Service, start_service
 # `owner bucket [time] ip requester request-id OPERATION KEY REQUEST-URI STATUS ERROR-CODE ...`; the key
 # is logged as is (spaces too), the request URI encoded.
 _ACCESS_LINE = re.compile(r"\] \S+ \S+ \S+ (?P<op>s3_\w+) .*? (?P<uri>/\S*) (?P<status>\d{3}) (?P<error>\S+) ")
+
+
+HOST = "127.0.0.9"
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class Logged:
 @dataclass
 class S3Server:
     root: Path
+    host: str = HOST
     port: int = field(default_factory=free_port)
     access_key: str = field(default_factory=lambda: "FFRTMPTEST" + secrets.token_hex(5).upper())
     secret_key: str = field(default_factory=lambda: "s3secret-" + secrets.token_urlsafe(24))
@@ -45,7 +58,7 @@ class S3Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def endpoint(self) -> Endpoint:
@@ -68,7 +81,7 @@ class S3Server:
         iam = self.root / "iam"  # users besides root (add_user): unknown keys are then InvalidAccessKeyId
         iam.mkdir(exist_ok=True)
         argv = [str(binary), "--access", self.access_key, "--secret", self.secret_key, "--region", self.region,
-                "--port", f"127.0.0.1:{self.port}", "--quiet", "--access-log", str(self.access_log),
+                "--port", f"{self.host}:{self.port}", "--quiet", "--access-log", str(self.access_log),
                 "--iam-dir", str(iam), "posix", str(data)]  # fmt: skip
         self.service = start_service("versitygw", argv, self.root)
         deadline = time.monotonic() + timeout
@@ -76,7 +89,7 @@ class S3Server:
             if self.service.proc.poll() is not None:
                 raise AssertionError(f"versitygw exited:\n{self.service.tail()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                socket.create_connection((self.host, self.port), 1).close()
                 return self
             except OSError:
                 if time.monotonic() > deadline:

@@ -141,7 +141,7 @@ async def test_an_endpoint_that_does_not_answer_is_unreachable_after_retries(s3_
 
 async def test_requests_go_through_the_egress_proxy(s3_server: S3Server, s3: S3Client, bucket: str) -> None:
     await s3.put_object(bucket, "via-proxy.ts", b"segment", "video/mp2t")
-    allowing = EgressPolicy.build(["127.0.0.1/32"])
+    allowing = EgressPolicy.build([f"{s3_server.host}/32"])
     async with EgressProxy(allowing) as proxy:
         async with S3Client(s3_server.endpoint, s3_server.credentials, proxy=proxy.url) as proxied:
             assert await proxied.get_object(bucket, "via-proxy.ts") == b"segment"
@@ -149,13 +149,13 @@ async def test_requests_go_through_the_egress_proxy(s3_server: S3Server, s3: S3C
             part = os.urandom(6 * MIB)
             etag = await proxied.upload_part(bucket, "proxied.bin", upload, 1, part)
             await proxied.complete_multipart_upload(bucket, "proxied.bin", upload, [(1, etag)])
-        assert proxy.opened and all(host == "127.0.0.1" for host, _ in proxy.opened)
+        assert proxy.opened and all(host == s3_server.host for host, _ in proxy.opened)
     assert await s3.get_object(bucket, "proxied.bin", limit=7 * MIB) == part
     async with EgressProxy(EgressPolicy.build([])) as refusing:  # loopback is refused by default
         async with S3Client(s3_server.endpoint, s3_server.credentials, proxy=refusing.url) as refused:
             with pytest.raises(EgressRefused):
                 await refused.stat_object(bucket, "via-proxy.ts")
-        assert [r.host for r in refusing.refusals] == ["127.0.0.1"]
+        assert [r.host for r in refusing.refusals] == [s3_server.host]
 
 
 def test_virtual_hosted_and_path_style_addresses() -> None:

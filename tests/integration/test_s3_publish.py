@@ -44,7 +44,7 @@ def ladder(folder: Path, big: int = 0) -> dict[str, bytes]:
         files[f"hls/{rendition}/index.m3u8"] = b"#EXTM3U\n#EXTINF:2,\nseg_000.ts\n#EXTINF:2,\nseg_001.ts\n"
         for n in range(2):
             files[f"hls/{rendition}/seg_{n:03d}.ts"] = os.urandom(3000)
-    files["thumbnails/thumb_0001.jpg"] = os.urandom(500)
+    files["thumbs/thumb_0001.jpg"] = os.urandom(500)
     if big:
         files["out.mp4"] = os.urandom(big)
     for path, data in files.items():
