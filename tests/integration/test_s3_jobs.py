@@ -10,6 +10,7 @@ import hashlib
 import json
 import secrets
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,9 +193,24 @@ def test_mp4_and_hls_ladder_from_s3_to_s3(s3_farm: Farm, s3_server: S3Server) ->
     probed = ffprobe(run(presigned(f"shows/ladder/{segment}")))
     assert next(st for st in probed["streams"] if st["codec_type"] == "video")["height"] == 240
 
-    said = everything_said(farm)
+    (info,) = farm.workers_state().values()
+    url = f"http://127.0.0.1:{info['env']['FFRTMP_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        metrics = response.read().decode()
+    uploaded = sum(len(b) for b in run(objects("mp4/")).values()) + sum(len(b) for b in run(objects("shows/")).values())
+    manifests = sum(len(run(objects(p))[f"{p}manifest.json"]) for p in ("mp4/", "shows/ladder/"))
+    assert metric(metrics, "ffrtmp_job_upload_bytes_total") == uploaded - manifests, "every output byte, counted once"
+    assert metric(metrics, "ffrtmp_job_input_bytes_total") == 2 * clip.stat().st_size
+    assert metric(metrics, "ffrtmp_job_upload_seconds_count") == 2
+
+    said = everything_said(farm) + metrics
     assert s3_server.secret_key not in said
     assert "X-Amz-Signature" not in said
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's samples (all label sets) in Prometheus text."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
 
 
 def test_storage_failures_have_their_reason_name_bucket_and_key_and_leak_no_secret(

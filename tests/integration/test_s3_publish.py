@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ffrtmp.storage.publish import ManifestHeader, publish
-from ffrtmp.storage.s3 import S3Client
+from ffrtmp.storage.s3 import S3Client, S3Unreachable
 from ffrtmp.storage.upload import MIB, upload_file
 from ffrtmp.storage.uri import S3Location
 from s3server import S3Server
@@ -175,3 +175,39 @@ async def test_an_output_named_like_the_manifest_is_refused(s3: S3Client, bucket
     with pytest.raises(ValueError, match=r"manifest\.json"):
         await publish(s3, tmp_path, S3Location(bucket, "m/"), HEADER, masters=[], fence=fence)
     assert await s3.list_objects(bucket) == []
+
+
+async def test_a_server_restart_mid_upload_is_retried_and_shows_no_partial_object(tmp_path: Path) -> None:
+    server = S3Server(tmp_path / "server").start()
+    try:
+        async with S3Client(server.endpoint, server.credentials, attempts=6, backoff_seconds=0.2) as client:
+            await client.create_bucket("restart")
+            ladder(tmp_path / "out", big=40 * MIB)
+
+            async def fence(message: str) -> None:
+                return None
+
+            task = asyncio.create_task(publish(client, tmp_path / "out", S3Location("restart", "j/"), HEADER,
+                                               masters=["hls/master.m3u8"], fence=fence, parallel_parts=1))  # fmt: skip
+            for _ in range(400):
+                if any(r.operation == "UploadPart" for r in server.logged()):
+                    break
+                await asyncio.sleep(0.02)
+            server.stop()  # mid-upload: parts 2..5 of out.mp4 are still to go
+            async with S3Client(server.endpoint, server.credentials, attempts=1) as once:
+                with pytest.raises(S3Unreachable):
+                    await once.stat_object("restart", "j/out.mp4")
+            server.start()  # within the publish's retries (0.2 + 0.4 + 0.8 + 1.6 + 3.2 s)
+            assert not task.done()
+            done = await task
+            assert await client.stat_object("restart", "j/out.mp4") == 40 * MIB
+            assert await client.list_multipart_uploads("restart") == []
+            stored = {o.key: o.size for o in await client.list_objects("restart")}
+            assert stored.pop("j/manifest.json") > 0
+            assert stored == {f"j/{path}": u.size for path, u in done.objects}, "each object once, whole"
+        lines = server.access_log.read_text().splitlines()
+        restarted = [i for i, line in enumerate(lines) if line.startswith("log starts")][1]
+        parts = [i for i, line in enumerate(lines) if "s3_UploadPart " in line]
+        assert parts[0] < restarted < parts[-1], "the upload went on after the restart"
+    finally:
+        server.stop()
