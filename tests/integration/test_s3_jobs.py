@@ -250,7 +250,6 @@ def test_storage_failures_have_their_reason_name_bucket_and_key_and_leak_no_secr
         "wrong-key": (good_input, "wrong", None, "ObjectStorageAccessDenied",
                       [f"reading {good_input}", "SignatureDoesNotMatch", "credentialsSecretRef"]),
         "closed": (good_input, "closed", None, "DestinationNotAllowed", [s3_server.host, "spec.egress.allow"]),
-        "no-storage": (good_input, "plain", None, "ObjectStorageNotConfigured", ["WorkerPool plain", "objectStorage"]),
         "down": (good_input, "down", None, "ObjectStorageUnreachable", [down, "did not answer"]),
     }  # fmt: skip
     for name, (uri, pool, destination, _, _) in cases.items():
@@ -265,6 +264,16 @@ def test_storage_failures_have_their_reason_name_bucket_and_key_and_leak_no_secr
         retried = reason == "ObjectStorageUnreachable"
         assert s["attempt"] == (2 if retried else 1), (name, s["attempt"])
         assert s["result"]["retryable"] is retried, (name, s["result"])
+
+    # A job that names a pool without object storage is not sent there: it waits, saying why.
+    farm.job("no-storage", good_input, poolRef={"name": "plain"})
+    queued = wait_for(
+        lambda: next((c for c in status(farm.get_job("no-storage")).get("conditions", []) if c["type"] == "Queued"
+                      and c["reason"] == "NoMatchingPool"), None),
+        60, "no-storage Queued with NoMatchingPool",
+    )  # fmt: skip
+    assert queued["message"].startswith("WorkerPool plain (poolRef) has no spec.objectStorage"), queued
+    assert status(farm.get_job("no-storage"))["phase"] == "Queued"
 
     said = everything_said(farm)
     for value in (s3_server.secret_key, wrong.secret_access_key):

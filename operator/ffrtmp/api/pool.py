@@ -416,8 +416,8 @@ class WorkerPoolSpec(ApiModel):
         description=(
             "S3-compatible object storage for jobs with `s3://` inputs or a `spec.destination`. The endpoint must "
             "be reachable under the pool's egress policy (`spec.egress.allow` for private, loopback or in-cluster "
-            "addresses): ffmpeg's reads and the worker's uploads both go through the egress proxy. A job that needs "
-            "it on a pool without it fails with ObjectStorageNotConfigured."
+            "addresses): ffmpeg's reads and the worker's uploads both go through the egress proxy. Jobs that need "
+            "object storage are scheduled only to pools that have it."
         ),
     )
     storage: PoolStorage | None = Field(

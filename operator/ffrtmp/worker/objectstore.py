@@ -81,8 +81,8 @@ def not_configured(spec: TranscodeJobSpec, pool: str) -> Failure:
     what = "reads an s3:// input" if is_s3(spec.input.uri) else "uploads to spec.destination"
     return Failure(
         "ObjectStorageNotConfigured",
-        f"the job {what}, and WorkerPool {pool} has no spec.objectStorage (endpoint, region, credentials); "
-        "run it in a pool that has (spec.poolRef)",
+        f"the job {what}, and WorkerPool {pool} has no spec.objectStorage (endpoint, region, credentials): "
+        "was it removed after the job was scheduled?",
         False,
     )
 
