@@ -307,6 +307,7 @@ def _decide_one(
         pool_ref=job.pool_ref,
         not_before=job.not_before,
         codecs=job.codecs,
+        object_storage=job.object_storage,
     )
 
 
@@ -385,7 +386,13 @@ def running_by_worker(jobs: Iterable[JobView]) -> dict[str, int]:
 
 def pool_views(pools: Iterable[PoolObj]) -> list[PoolView]:
     return [
-        PoolView(name=p.name, namespace=p.namespace, accelerator=p.spec.accelerator, paused=p.spec.paused)
+        PoolView(
+            name=p.name,
+            namespace=p.namespace,
+            accelerator=p.spec.accelerator,
+            paused=p.spec.paused,
+            object_storage=p.spec.object_storage is not None,
+        )
         for p in pools
         if p.spec is not None
     ]
