@@ -110,4 +110,6 @@ go_install() {
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+# A real S3 server for the object-storage tests (tests/s3.py starts it with its POSIX backend).
+go_install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 echo "$bin"

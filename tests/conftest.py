@@ -1,4 +1,4 @@
-"""Session fixtures: a real control plane (started once), a namespace per test."""
+"""Session fixtures: a real control plane (started once), a namespace per test, a real S3 server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from ffrtmp.dev.cluster import LocalCluster, default_bin_dir
 from helpers import REPO, TestCluster, wait_for
+from s3server import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,11 @@ def namespace(cluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """versitygw on a free loopback port (POSIX backend in a temp folder), started once; tests make buckets."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()

@@ -421,7 +421,13 @@ async def create_jobs(
                 try:
                     await client.create(job_path(doc["metadata"].get("namespace") or namespace), doc)
                     break
-                except (ApiError, aiohttp.ClientError, TimeoutError):
+                except ApiError as e:
+                    if e.status == 409 and attempt > 0:
+                        break  # an earlier try that timed out on our side was created after all
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5)
+                except (aiohttp.ClientError, TimeoutError):
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.5)

@@ -59,14 +59,17 @@ NAME = "write_budget"
 PARAMS: dict[str, dict[str, Any]] = {
     # The small scale runs under a small budget, so that its farm is big enough to need longer periods.
     "small": {"sizes": [20, 60], "budget": 20.0, "window": 40.0},
-    "full": {"sizes": [100, 500, 1000, 2000], "budget": 100.0, "window": 60.0},
+    # 50, not the default 100: this 2-core machine's own API server saturates near 100 CRD status
+    # writes/s beside the benchmark's 2,000 simulated workers (BENCHMARKS.md, figure 9). Sizing the
+    # budget to the control plane is what the runbook asks of users too.
+    "full": {"sizes": [100, 500, 1000, 2000], "budget": 50.0, "window": 60.0},
 }
 SLOTS = 5
 PROBE_SLOTS = 10  # slots kept free for the probe jobs
 PROBE_EVERY = 2.0  # seconds between probe jobs in the window
 LONG_JOB_SECONDS = 7200
 OURS = {"leases", "transcodejobs", "transcodejobs/status", "events", "workerpools", "workerpools/status", "pods"}
-STEP_LIMIT = float(os.environ.get("FFRTMP_BENCH_STEP_LIMIT", "900"))
+STEP_LIMIT = float(os.environ.get("FFRTMP_BENCH_STEP_LIMIT", "600"))
 log = logging.getLogger(__name__)
 
 

@@ -95,7 +95,7 @@ def test_get_workerpools_columns(cluster: TestCluster, ns: str, applied: list[Ob
     out = cluster.kubectl("get", "wp", "-n", ns).stdout
     assert header(out) == ["NAME", "ACCEL", "READY", "DESIRED", "BUSY", "QUEUED", "MAX", "AGE"]
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert sorted(rows) == ["cpu", "nvenc", "qsv"]
+    assert sorted(rows) == ["cpu", "cpu-s3", "nvenc", "qsv"]
     # Without status, the row is NAME ACCEL MAX AGE (empty cells print nothing).
     assert rows["cpu"][1:3] == ["cpu", "8"]
     assert rows["qsv"][1:3] == ["qsv", "2"]
@@ -161,6 +161,16 @@ def test_explain_workerpool_egress(cluster: TestCluster) -> None:
     assert "host names" in allow and "CIDRs" in allow
     unproxied = explain(cluster, "workerpool.spec.egress.allowUnproxiedProtocols")
     assert "cannot send through the egress proxy" in unproxied
+
+
+def test_explain_object_storage(cluster: TestCluster) -> None:
+    destination = explain(cluster, "transcodejob.spec.destination.uri")
+    assert "media, then variant playlists, then master playlists, then `manifest.json`" in destination
+    assert "never deletes what was uploaded" in destination
+    storage = explain(cluster, "workerpool.spec.objectStorage")
+    assert "egress policy" in storage
+    secret = explain(cluster, "workerpool.spec.objectStorage.credentialsSecretRef")
+    assert "AWS_ACCESS_KEY_ID" in secret and "rotating" in secret
 
 
 def test_explain_workerpool_autoscaling(cluster: TestCluster) -> None:
@@ -376,6 +386,23 @@ INVALID = [
     Bad("uri-dotdot", tj(uri="/media/../etc/shadow"), "spec.input.uri", "input.uri must not contain '..'"),
     Bad("uri-whitespace", tj(uri="/media/my movie.mp4"), "spec.input.uri", "input.uri must not contain whitespace"),
     Bad("uri-empty", tj(uri=""), "spec.input.uri", "should be at least 1 chars long"),
+    Bad("uri-s3-playlist", tj(uri="s3://media/shows/master.m3u8"), "spec.input.uri",
+        "an HLS playlist cannot be read from s3://"),
+    Bad("uri-s3-folder", tj(uri="s3://media/shows/"), "spec.input.uri", "input.uri s3://bucket/key: bucket 3-63"),
+    Bad("uri-s3-bucket-capitals", tj(uri="s3://Media/a.mp4"), "spec.input.uri", "input.uri s3://bucket/key"),
+    Bad("uri-s3-dot-step", tj(uri="s3://media/./a.mp4"), "spec.input.uri", "a key with no . or .. steps"),
+    Bad("input-s3-live", tj(input={"uri": "s3://media/a.mp4", "live": True}), "spec.input",
+        "an s3:// input is a stored object, not a live stream"),
+    # destination
+    Bad("destination-not-a-prefix", tj(destination={"uri": "s3://out/a.mp4"}), "spec.destination.uri", SHOULD_MATCH),
+    Bad("destination-https", tj(destination={"uri": "https://out.example/a/"}), "spec.destination.uri",
+        SHOULD_MATCH),
+    Bad("destination-live", tj(uri="rtmp://live.example/app/key", destination={"uri": "s3://out/live/"}), "spec",
+        "destination uploads a finished job's files: a live job's playlists change while it runs"),
+    Bad("destination-manifest-name", tj(out(path="manifest.json", video=VIDEO), destination={"uri": "s3://out/j/"}),
+        "spec", "manifest.json under spec.destination is the job's manifest"),
+    Bad("destination-only-streams", tj(out(container="flv", url="rtmp://live.example/app/key", video=VIDEO),
+        destination={"uri": "s3://out/j/"}), "spec", "spec.destination uploads files, and every output is an rtmp"),
     # WorkerPool
     Bad("pool-min-above-max", wp(minWorkers=5, maxWorkers=2), "spec", "minWorkers must not exceed maxWorkers"),
     Bad("pool-replicas-above-max", wp(maxWorkers=4, replicas=9), "spec",
@@ -431,6 +458,12 @@ INVALID = [
         "spec.storage.output.subPath", SHOULD_MATCH),
     Bad("pool-storage-claim-capitals", wp(storage={"output": {"claimName": "Out"}}),
         "spec.storage.output.claimName", SHOULD_MATCH),
+    Bad("pool-object-storage-endpoint-path", wp(objectStorage={"endpoint": "https://s3.example/bucket",
+        "credentialsSecretRef": {"name": "s3"}}), "spec.objectStorage.endpoint", SHOULD_MATCH),
+    Bad("pool-object-storage-without-secret", wp(objectStorage={"endpoint": "https://s3.example"}),
+        "spec.objectStorage.credentialsSecretRef", "Required value"),
+    Bad("pool-object-storage-region-capitals", wp(objectStorage={"endpoint": "https://s3.example",
+        "region": "EU-West-1", "credentialsSecretRef": {"name": "s3"}}), "spec.objectStorage.region", SHOULD_MATCH),
     Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",
         "should be greater than or equal to 0"),
     Bad("chunking-rtmp-input", tj(uri="rtmp://10.0.0.1/live/cam", chunking={"mode": "On"}), "spec",
@@ -448,6 +481,8 @@ INVALID = [
         "hls packaging and thumbnails are not supported with chunking yet"),
     Bad("chunking-realtime", tj(input={"uri": "/media/in.mp4", "realtime": True}, chunking={"mode": "On"}), "spec",
         "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"),
+    Bad("chunking-destination", tj(destination={"uri": "s3://bucket/film/"}, chunking={"mode": "On"}), "spec",
+        "spec.destination is not supported with chunking yet"),
     Bad("chunking-one-second", tj(chunking={"mode": "On", "chunkSeconds": 1}), "spec.chunking.chunkSeconds",
         "should be greater than or equal to 2"),
     Bad("chunking-mode", tj(chunking={"mode": "Auto"}), "spec.chunking.mode", "Unsupported value"),

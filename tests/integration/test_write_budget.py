@@ -25,7 +25,8 @@ from ffrtmp.kube.client import KubeClient, resource_path
 from ffrtmp.kube.config import load_config
 from helpers import TestCluster
 
-pytestmark = pytest.mark.integration
+# A minute and a half of mostly waiting (rollout, renewal periods): `make test` runs it beside the rest.
+pytestmark = [pytest.mark.integration, pytest.mark.background]
 
 BUDGET = 40.0  # writes/s: 10 of them held for Events (the default), 20 for Lease renewals
 WORKERS = 200

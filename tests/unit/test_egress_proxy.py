@@ -7,6 +7,7 @@ Test servers listen on distinct loopback addresses; the policy allowlists 127.0.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 
 from ffrtmp.egress.policy import EgressPolicy, IPAddress, parse_address
-from ffrtmp.egress.proxy import EgressProxy, api_server_addresses, parse_connect_target
+from ffrtmp.egress.proxy import EGRESS_HEADER, EgressProxy, api_server_addresses, parse_connect_target
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_playlist
 
 ALLOWED, FORBIDDEN, SILENT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
@@ -170,6 +171,45 @@ async def test_requests_the_proxy_does_not_speak_are_bad_requests() -> None:
         chunked = await raw(proxy, b"POST http://8.8.8.8/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert all(a.startswith(b"HTTP/1.1 400") for a in (https_form, origin_form, bad_connect, chunked))
     assert proxy.refusals == []
+
+
+async def test_a_request_body_reaches_the_destination_whole() -> None:
+    """An upload's body (the worker's S3 parts) is passed on as it arrives, Content-Length bytes exactly."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        length = int(next(h for h in head.split("\r\n") if h.lower().startswith("content-length:")).split(":")[1])
+        received.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, ALLOWED, 0)
+    port = server.sockets[0].getsockname()[1]
+    body = hashlib.sha256(b"seed").digest() * (3 * 1024 * 1024 // 32 + 7)
+    try:
+        async with (
+            EgressProxy(POLICY) as proxy,
+            aiohttp.ClientSession() as session,
+            session.put(f"http://{ALLOWED}:{port}/part", data=body, proxy=proxy.url) as response,
+        ):
+            assert response.status == 200 and await response.read() == b"ok"
+            assert EGRESS_HEADER not in response.headers
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received == [body]
+
+
+async def test_the_proxy_marks_its_own_answers() -> None:
+    async with EgressProxy(POLICY) as proxy, aiohttp.ClientSession() as session:
+        async with session.get(f"http://{FORBIDDEN}:9/x", proxy=proxy.url) as refused:
+            assert (refused.status, refused.headers[EGRESS_HEADER]) == (403, "refused")
+        async with session.get(f"http://{ALLOWED}:9/x", proxy=proxy.url) as unreachable:  # nothing listens
+            assert (unreachable.status, unreachable.headers[EGRESS_HEADER]) == (502, "unreachable")
+        async with session.get("http://no-such-name.invalid/x", proxy=proxy.url) as unresolved:
+            assert (unresolved.status, unresolved.headers[EGRESS_HEADER]) == (502, "unresolved")
 
 
 def test_connect_targets() -> None:

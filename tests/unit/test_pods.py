@@ -570,3 +570,30 @@ def test_egress_allowlist_unproxied_protocols_and_cluster_cidrs_reach_the_worker
     assert env["FFRTMP_EGRESS_ALLOW"] == "10.1.2.3/32,media.internal"
     assert env["FFRTMP_EGRESS_UNPROXIED"] == "rtmp"
     assert env["FFRTMP_EGRESS_DENY"] == "10.96.0.0/12,10.244.0.0/16"
+
+
+def test_object_storage_reaches_the_worker_env_and_its_key_comes_from_the_secret() -> None:
+    storage = {"endpoint": "http://minio.storage:9000", "pathStyle": True,
+               "credentialsSecretRef": {"name": "media-s3", "secretAccessKeyKey": "secret"}}  # fmt: skip
+    pool_spec = spec(accelerator="cpu", objectStorage=storage)
+    pod = build_worker_pod("cpu", NS, POOL_UID, pool_spec, SETTINGS)
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["FFRTMP_S3_ENDPOINT"]["value"] == "http://minio.storage:9000"
+    assert env["FFRTMP_S3_REGION"]["value"] == "us-east-1"
+    assert env["FFRTMP_S3_PATH_STYLE"]["value"] == "true"
+    assert env["FFRTMP_S3_ACCESS_KEY_ID"] == {
+        "name": "FFRTMP_S3_ACCESS_KEY_ID",
+        "valueFrom": {"secretKeyRef": {"name": "media-s3", "key": "AWS_ACCESS_KEY_ID"}},
+    }
+    assert env["FFRTMP_S3_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "media-s3", "key": "secret"}
+    plain = build_worker_pod("cpu", NS, POOL_UID, spec(accelerator="cpu"), SETTINGS)["spec"]["containers"][0]["env"]
+    assert not any(e["name"].startswith("FFRTMP_S3_") for e in plain)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["s3.amazonaws.com", "ftp://h", "https://h/path", "https://user:pw@h", "https://h:99999999", "https://h?x=1"],
+)
+def test_object_storage_endpoints_are_scheme_host_and_port_only(endpoint: str) -> None:
+    with pytest.raises(ValidationError, match="endpoint"):
+        spec(accelerator="cpu", objectStorage={"endpoint": endpoint, "credentialsSecretRef": {"name": "s"}})

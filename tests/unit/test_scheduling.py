@@ -48,8 +48,9 @@ def can_run(w: WorkerSlots, job: QueuedJob) -> bool:
 
 
 def oracle_eligible(job: QueuedJob, pools: list[PoolView], workers: list[WorkerSlots]) -> set[str]:
-    """Names of the pools (paused ones included) in the job's namespace that may run it."""
-    mine = [p for p in pools if p.namespace == job.namespace]
+    """Names of the pools (paused ones included) in the job's namespace that may run it. A job that needs
+    object storage sees only the pools that have it."""
+    mine = [p for p in pools if p.namespace == job.namespace and (p.object_storage or not job.object_storage)]
     cpu_only = job.hardware_policy == "disabled" or job.accelerator == "cpu"
 
     def suits(p: PoolView) -> bool:
@@ -91,6 +92,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 namespace=st.sampled_from(NAMESPACES),
                 accelerator=st.sampled_from(POOL_ACCELERATORS),
                 paused=st.sampled_from([False, False, True]),
+                object_storage=st.booleans(),
             ),
             max_size=7,
             unique_by=lambda p: (p.namespace, p.name),
@@ -135,6 +137,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 pool_ref=draw(st.none() | st.none() | st.sampled_from([*POOL_NAMES, "ghost"])),
                 not_before=draw(st.none() | st.none() | st.floats(NOW - 10, NOW + 10)),
                 codecs=tuple(sorted(draw(st.lists(st.sampled_from(CODECS), unique=True, max_size=2)))),
+                object_storage=draw(st.sampled_from([False, False, True])),
             )
         )
     return jobs, workers, pools
@@ -344,8 +347,11 @@ def job(
     not_before: float | None = None,
     ns: str = "media",
     codecs: tuple[str, ...] = (),
+    object_storage: bool = False,
 ) -> QueuedJob:
-    return QueuedJob(f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before, codecs)
+    return QueuedJob(
+        f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before, codecs, object_storage
+    )
 
 
 def worker(
@@ -390,6 +396,36 @@ def test_no_matching_pool_for_a_missing_or_unsuitable_pool_ref() -> None:
     assert "nope" in by_job["media/ghost"].message
     assert by_job["media/wrong"].reason == "NoMatchingPool"
     assert "runs cpu" in by_job["media/wrong"].message
+
+
+def test_jobs_that_need_object_storage_go_only_to_pools_that_have_it() -> None:
+    s3 = PoolView("s3", "media", "cpu", False, object_storage=True)
+    workers = [worker("c1", "cpu", "cpu", capacity=4), worker("s1", "s3", "cpu", capacity=2, running=1)]
+    jobs = [job("a", "cpu", object_storage=True), job("b", "cpu", object_storage=True, queued_at=1), job("c", "cpu")]
+    assignments, blocked = plan(jobs, workers, [CPU, s3], NOW)
+    assert [(a.job, a.worker) for a in assignments] == [("media/a", "s1"), ("media/c", "c1")]
+    assert [(b.job, b.reason) for b in blocked] == [("media/b", "NoFreeSlot")], "the idle cpu pool is not for it"
+    assert "pool s3" in blocked[0].message
+    # preferred hardware falls back to a cpu pool with object storage when no nvenc pool has it
+    assignments, _ = plan([job("g", "nvenc", object_storage=True)], [*workers, worker("g1", "gpu", "nvenc")],
+                          [GPU, CPU, s3], NOW)  # fmt: skip
+    assert [a.worker for a in assignments] == ["s1"]
+
+
+def test_no_matching_pool_for_a_job_that_needs_object_storage() -> None:
+    jobs = [job("any", "cpu", object_storage=True), job("ref", pool_ref="cpu", object_storage=True)]
+    _, blocked = plan(jobs, [worker("c1", "cpu", "cpu")], [CPU], NOW)
+    by_job = {b.job: (b.reason, b.message) for b in blocked}
+    assert by_job["media/any"] == ("NoMatchingPool", "no WorkerPool in namespace media has spec.objectStorage, "
+                                   "and the job reads an s3:// input or uploads to spec.destination")  # fmt: skip
+    assert by_job["media/ref"][0] == "NoMatchingPool"
+    assert by_job["media/ref"][1].startswith("WorkerPool cpu (poolRef) has no spec.objectStorage")
+    s3_gpu = PoolView("s3-gpu", "media", "nvenc", False, object_storage=True)
+    _, blocked = plan([job("cpu-only", "cpu", object_storage=True)], [], [CPU, s3_gpu], NOW)
+    assert blocked[0].message == (
+        "no cpu WorkerPool in namespace media among the pools with spec.objectStorage, "
+        "and the job reads an s3:// input or uploads to spec.destination"
+    )
 
 
 def test_pools_of_other_namespaces_never_match() -> None:

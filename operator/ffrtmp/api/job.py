@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, Timestamp
+from ffrtmp.storage.uri import OBJECT_URI_PATTERN, PREFIX_URI_PATTERN
 
 Accelerator = Literal["auto", "nvenc", "qsv", "vaapi", "cpu"]
 HardwarePolicy = Literal["required", "preferred", "disabled"]
@@ -95,6 +96,10 @@ class InputSpec(ApiModel):
                 "!(self.uri.startsWith('rtmp') || (has(self.live) && self.live))",
                 "input.realtime is for file and http(s) inputs: a live input arrives in real time already",
             ),
+            (
+                "!self.uri.startsWith('s3://') || !(has(self.live) && self.live)",
+                "an s3:// input is a stored object, not a live stream",
+            ),
         )
     )
 
@@ -102,16 +107,27 @@ class InputSpec(ApiModel):
         min_length=1,
         max_length=2048,
         description=(
-            "Absolute file path under one of the pool's media roots, or an http(s):// or "
-            "rtmp(s):// URL. Other schemes (file:, concat:, data:, ...) are refused."
+            "Absolute file path under one of the pool's media roots, an http(s):// or rtmp(s):// URL, or "
+            "an object `s3://bucket/key` in the pool's object storage (WorkerPool spec.objectStorage), which "
+            "ffmpeg reads with ranged GETs through a presigned URL the worker makes. Other schemes (file:, "
+            "concat:, data:, ...) are refused."
         ),
         json_schema_extra=rules(
             (
-                "self.startsWith('/') || self.matches('^(https?|rtmps?)://[^/]')",
-                "input.uri must be an absolute file path or an http(s):// or rtmp(s):// URL",
+                "self.startsWith('/') || self.matches('^(https?|rtmps?|s3)://[^/]')",
+                "input.uri must be an absolute file path or an http(s):// or rtmp(s):// URL, or s3://bucket/key",
             ),
             ("!self.contains('/../') && !self.endsWith('/..')", "input.uri must not contain '..'"),
             ("!self.matches('[\\\\s\\\\x00]')", "input.uri must not contain whitespace"),
+            (
+                f"!self.startsWith('s3://') || self.matches({_cel_string(OBJECT_URI_PATTERN)})",
+                "input.uri s3://bucket/key: bucket 3-63 of a-z 0-9 . -, a key with no . or .. steps, not ending in /",
+            ),
+            (
+                "!self.startsWith('s3://') || !self.lowerAscii().matches('[.]m3u8?$')",
+                "an HLS playlist cannot be read from s3:// (its segments would need URLs of their own): "
+                "read it over https, or transcode a media file",
+            ),
         ),
     )
     start_seconds: int | None = Field(
@@ -497,6 +513,10 @@ _CHUNKING_RULES = (
         "hls packaging and thumbnails are not supported with chunking yet",
     ),
     (
+        f"!({_CHUNKING_ON}) || !has(self.destination)",
+        "spec.destination is not supported with chunking yet: chunked outputs go to the pool's output volume",
+    ),
+    (
         f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !(o.video.codec in ['copy', 'none']))",
         "chunking encodes video: video codec copy or none is not supported with chunking",
     ),
@@ -512,6 +532,25 @@ _CHUNKING_RULES = (
     ),
     (f"!({_CHUNKING_ON}) || !has(self.chunkTask)", "chunkTask is set by the operator on a chunked job's children"),
 )
+
+
+class DestinationSpec(ApiModel):
+    """Where the finished job's files go instead of the pool's output volume."""
+
+    uri: str = Field(
+        max_length=1024,
+        pattern=PREFIX_URI_PATTERN,
+        description=(
+            "`s3://bucket/prefix/` (or `s3://bucket/`) in the pool's object storage (WorkerPool "
+            "spec.objectStorage: endpoint, region, credentials). One prefix for the whole job: every output, "
+            "HLS ladder, thumbnail and sprite is uploaded below it at the path it has in the job's folder "
+            "(`out.mp4`, `hls/master.m3u8`, `hls/720p/seg_000.ts`, ...), so playlists keep their relative "
+            "references. Files are written to the worker's scratch space first and uploaded once the "
+            "attempt succeeded: media, then variant playlists, then master playlists, then `manifest.json` "
+            "(files, sizes, SHA-256, attempt), which marks a complete set. Above 8 MiB a file is uploaded "
+            "in parts. Deleting the job (or its TTL) never deletes what was uploaded."
+        ),
+    )
 
 
 _OUTPUTS_RULES = rules(
@@ -581,6 +620,20 @@ _SPEC_RULES = rules(
     _immutable_optional("thumbnails"),
     _immutable_optional("chunking"),
     _immutable_optional("chunkTask"),
+    _immutable_optional("destination"),
+    (
+        "!has(self.destination) || !(self.input.uri.startsWith('rtmp') || (has(self.input.live) && self.input.live))",
+        "destination uploads a finished job's files: a live job's playlists change while it runs, "
+        "write them to the pool's output volume",
+    ),
+    (
+        "!has(self.destination) || self.outputs.all(o, !has(o.path) || o.path != 'manifest.json')",
+        "manifest.json under spec.destination is the job's manifest: give the output another path",
+    ),
+    (
+        "!has(self.destination) || has(self.thumbnails) || self.outputs.exists(o, !has(o.url))",
+        "spec.destination uploads files, and every output is an rtmp:// url stream",
+    ),
 )
 # Transition rules (those naming oldSelf) only run on update; the server skips them on create.
 
@@ -610,7 +663,7 @@ class TranscodeJobSpec(ApiModel):
 
     model_config = api_config(json_schema_extra=_SPEC_RULES)
 
-    input: InputSpec = Field(description="The source: a file under a media root or a stream URL.")
+    input: InputSpec = Field(description="The source: a file under a media root, an object or a stream URL.")
     outputs: list[OutputSpec] = Field(
         min_length=1,
         max_length=10,
@@ -620,6 +673,13 @@ class TranscodeJobSpec(ApiModel):
             "x-kubernetes-list-map-keys": ["name"],
             **_OUTPUTS_RULES,
         },
+    )
+    destination: DestinationSpec | None = Field(
+        default=None,
+        description=(
+            "Upload the job's files to object storage (`uri: s3://bucket/prefix/`) instead of writing them to "
+            "the pool's output volume (default)."
+        ),
     )
     hls: HlsSpec | None = Field(default=None, description="Packaging of the `hls` outputs into one ABR ladder.")
     thumbnails: ThumbnailSpec | None = Field(default=None, description="Still images every N seconds.")
@@ -684,7 +744,8 @@ Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Faile
 FailureReason = Literal[
     "InputNotFound", "InputNotAllowed", "InvalidInput", "EncoderUnavailable", "DeadlineExceeded",
     "WorkerLost", "OOMKilled", "MemoryLimitExceeded", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
-    "BackoffLimitExceeded", "StreamEnded", "DestinationNotAllowed",
+    "BackoffLimitExceeded", "StreamEnded", "DestinationNotAllowed", "BucketNotFound", "ObjectStorageAccessDenied",
+    "ObjectStorageUnreachable", "ObjectStorageError", "ObjectStorageNotConfigured",
 ]  # fmt: skip
 
 
@@ -702,7 +763,7 @@ class OutputResult(ApiModel):
     """A written file, as ffprobe reports it."""
 
     name: str = Field(max_length=64, description="Rendition name (or `master`, `thumbnails`).")
-    path: str = Field(max_length=1024, description="Where it was written.")
+    path: str = Field(max_length=1100, description="Where it was written: a path, or s3://bucket/key when uploaded.")
     bytes: int = Field(ge=0, description="File size.")
     duration_seconds: float | None = Field(default=None, description="Media duration.")
     codec: str | None = Field(default=None, max_length=64, description="Video (else audio) codec.")

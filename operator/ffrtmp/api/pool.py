@@ -176,6 +176,63 @@ class PoolEgress(ApiModel):
         return self
 
 
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+# scheme://host[:port], host a DNS name, an IPv4 address or a bracketed IPv6 address; an optional trailing `/`.
+ENDPOINT_PATTERN = (
+    r"^https?://([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
+)
+
+
+class ObjectStorageCredentials(ApiModel):
+    """A Secret in the pool's namespace holding an access key: it reaches each worker Pod as environment
+    variables (secretKeyRef), never through a job's spec or status."""
+
+    name: ClaimName = Field(description="Name of the Secret, in the pool's namespace.")
+    access_key_id_key: SecretKey = Field(
+        default="AWS_ACCESS_KEY_ID", description="The Secret's key holding the access key id."
+    )
+    secret_access_key_key: SecretKey = Field(
+        default="AWS_SECRET_ACCESS_KEY", description="The Secret's key holding the secret access key."
+    )
+
+
+class ObjectStorage(ApiModel):
+    """The S3-compatible object storage this pool's jobs read `s3://` inputs from and upload `spec.destination`
+    to. The endpoint must be reachable under the pool's egress policy (`spec.egress.allow` for private,
+    loopback or in-cluster addresses): the worker's uploads and ffmpeg's reads both go through it."""
+
+    endpoint: str = Field(
+        max_length=253,
+        pattern=ENDPOINT_PATTERN,
+        description=(
+            "`https://s3.eu-west-1.amazonaws.com`, `https://storage.googleapis.com` (HMAC keys), "
+            "`http://minio.storage.svc:9000`: scheme, host and port only."
+        ),
+    )
+    region: str = Field(
+        default="us-east-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="The region requests are signed for (SigV4); most S3-compatible servers accept us-east-1.",
+    )
+    path_style: bool = Field(
+        default=False,
+        description=(
+            "Address buckets as `endpoint/bucket/key` (MinIO, Ceph, most self-hosted servers) instead of "
+            "`bucket.endpoint/key` (AWS's virtual-hosted style)."
+        ),
+    )
+    credentials_secret_ref: ObjectStorageCredentials = Field(
+        description=(
+            "The Secret with the access key (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unless named "
+            "otherwise). A worker Pod reads it when it starts: after rotating the key, delete the pool's idle "
+            "workers (or let the autoscaler replace them)."
+        )
+    )
+
+
 class WorkerPoolSpec(ApiModel):
     """What the worker Pods look like and how many there may be."""
 
@@ -352,6 +409,15 @@ class WorkerPoolSpec(ApiModel):
             "private, link-local (cloud metadata), CGNAT, multicast and reserved addresses, the cluster's "
             "Service and Pod ranges and the API server unless `allow` lists them (the API server: never). "
             "A refused job fails with reason DestinationNotAllowed."
+        ),
+    )
+    object_storage: ObjectStorage | None = Field(
+        default=None,
+        description=(
+            "S3-compatible object storage for jobs with `s3://` inputs or a `spec.destination`. The endpoint must "
+            "be reachable under the pool's egress policy (`spec.egress.allow` for private, loopback or in-cluster "
+            "addresses): ffmpeg's reads and the worker's uploads both go through the egress proxy. Jobs that need "
+            "object storage are scheduled only to pools that have it."
         ),
     )
     storage: PoolStorage | None = Field(

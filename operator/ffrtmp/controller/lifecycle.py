@@ -308,6 +308,7 @@ def _decide_one(
         pool_ref=job.pool_ref,
         not_before=job.not_before,
         codecs=job.codecs,
+        object_storage=job.object_storage,
     )
 
 
@@ -386,7 +387,13 @@ def running_by_worker(jobs: Iterable[JobView]) -> dict[str, int]:
 
 def pool_views(pools: Iterable[PoolObj]) -> list[PoolView]:
     return [
-        PoolView(name=p.name, namespace=p.namespace, accelerator=p.spec.accelerator, paused=p.spec.paused)
+        PoolView(
+            name=p.name,
+            namespace=p.namespace,
+            accelerator=p.spec.accelerator,
+            paused=p.spec.paused,
+            object_storage=p.spec.object_storage is not None,
+        )
         for p in pools
         if p.spec is not None
     ]

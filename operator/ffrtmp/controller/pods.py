@@ -15,7 +15,7 @@ from ffrtmp.api.constants import (
     LABEL_POOL,
     WORKER_COMPONENT,
 )
-from ffrtmp.api.pool import SCRATCH_DIR, WorkerPoolSpec
+from ffrtmp.api.pool import SCRATCH_DIR, ObjectStorage, WorkerPoolSpec
 from ffrtmp.controller.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -71,6 +71,23 @@ def _resources(spec: WorkerPoolSpec, settings: OperatorSettings) -> Obj:
     return out
 
 
+def object_storage_env(storage: ObjectStorage) -> list[Obj]:
+    """The worker's object storage settings, its access key from the pool's Secret (secretKeyRef: the key
+    is in the container's environment, never in the Pod spec)."""
+    secret = storage.credentials_secret_ref
+
+    def from_secret(name: str, key: str) -> Obj:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}}
+
+    return [
+        {"name": "FFRTMP_S3_ENDPOINT", "value": storage.endpoint},
+        {"name": "FFRTMP_S3_REGION", "value": storage.region},
+        {"name": "FFRTMP_S3_PATH_STYLE", "value": "true" if storage.path_style else "false"},
+        from_secret("FFRTMP_S3_ACCESS_KEY_ID", secret.access_key_id_key),
+        from_secret("FFRTMP_S3_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+    ]
+
+
 def storage_volumes(spec: WorkerPoolSpec) -> tuple[list[Obj], list[Obj]]:
     """The Pod volumes and container mounts of spec.storage: media read-only, output read-write."""
     volumes: list[Obj] = []
@@ -120,6 +137,8 @@ def build_worker_pod(
         {"name": "FFRTMP_EGRESS_DENY", "value": ",".join(settings.cluster_cidrs)},
         {"name": "FFRTMP_DRAIN_SECONDS", "value": str(max(spec.termination_grace_period_seconds - 10, 0))},
     ]
+    if spec.object_storage is not None:
+        env += object_storage_env(spec.object_storage)
     if spec.accelerator == "nvenc":
         env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"})
     if spec.accelerator in RENDER_NODE_ACCELERATORS:

@@ -14,6 +14,9 @@ Eligibility (`eligible_pools`)
       never causes a fallback, and neither does a paused hardware pool whose workers are fine:
       pausing holds the pool's jobs, it does not send them elsewhere.
     * accelerator `auto`: every pool; hardware pools form the first tier, cpu pools the second.
+    * A job that reads an s3:// input or uploads to spec.destination: only pools with
+      spec.objectStorage, as if the others did not exist (a `preferred` job falls back to a cpu pool
+      that has it when no hardware pool that has it is ready).
 
 Capabilities
     A worker's Lease lists the encoders that passed its self-test (`WorkerSlots.encoders`). A job
@@ -71,6 +74,7 @@ class QueuedJob:
     pool_ref: str | None
     not_before: float | None = None  # retry backoff: not schedulable before this
     codecs: tuple[str, ...] = ()  # video codecs it encodes (h264, hevc, av1), sorted
+    object_storage: bool = False  # it reads an s3:// input or uploads to spec.destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class PoolView:
     namespace: str
     accelerator: str
     paused: bool
+    object_storage: bool = False  # spec.objectStorage is set
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,14 @@ def _missing(stats: _PoolStats, codecs: tuple[str, ...]) -> str:
     return f"no ready worker of pool {stats.pool.name} has {noun} {', '.join(missing)}{together}"
 
 
+def _with_object_storage(ns: _Namespace) -> _Namespace:
+    """The namespace as a job that needs object storage sees it: its pools with spec.objectStorage only."""
+    return _Namespace(
+        {name: stats for name, stats in ns.pools.items() if stats.pool.object_storage},
+        {acc: [p for p in pools if p.object_storage] for acc, pools in ns.by_accelerator.items()},
+    )
+
+
 def _eligibility(
     ns: _Namespace | None,
     namespace: str,
@@ -253,8 +266,33 @@ def _eligibility(
     policy: str,
     pool_ref: str | None,
     codecs: tuple[str, ...] = (),
+    object_storage: bool = False,
 ) -> _Eligibility:
     ns = ns if ns is not None else _Namespace()
+    if not object_storage:
+        return _eligibility_of(ns, namespace, accelerator, policy, pool_ref, codecs)
+    if pool_ref is not None and pool_ref in ns.pools and not ns.pools[pool_ref].pool.object_storage:
+        return _Eligibility((), f"WorkerPool {pool_ref} (poolRef) has no spec.objectStorage, {_NEEDS_STORAGE}", "")
+    storage = _with_object_storage(ns)
+    el = _eligibility_of(storage, namespace, accelerator, policy, pool_ref, codecs)
+    if el.tiers or pool_ref is not None:
+        return el
+    if not storage.pools:
+        return _Eligibility((), f"no WorkerPool in namespace {namespace} has spec.objectStorage, {_NEEDS_STORAGE}", "")
+    return _Eligibility((), f"{el.no_pool} among the pools with spec.objectStorage, {_NEEDS_STORAGE}", "")
+
+
+_NEEDS_STORAGE = "and the job reads an s3:// input or uploads to spec.destination"
+
+
+def _eligibility_of(
+    ns: _Namespace,
+    namespace: str,
+    accelerator: str,
+    policy: str,
+    pool_ref: str | None,
+    codecs: tuple[str, ...],
+) -> _Eligibility:
     mode = _mode(accelerator, policy)
     if pool_ref is not None:
         stats = ns.pools.get(pool_ref)
@@ -312,7 +350,9 @@ def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[
     """
     index = _index(pools, _unique(workers))
     ns = index.get(job.namespace)
-    el = _eligibility(ns, job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs)
+    el = _eligibility(
+        ns, job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage
+    )
     return [
         pool for tier in el.tiers for pool in tier if ns is None or not ns.pools[pool.name].known_incapable(job.codecs)
     ]
@@ -322,8 +362,8 @@ def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[
 
 # Heap entry of a worker with a free slot: (load, running, name, pool, capacity).
 _Entry = tuple[float, int, str, str, int]
-# Jobs of one kind share their eligibility: (namespace, accelerator, policy, poolRef, codecs).
-_Kind = tuple[str, str, str, str | None, tuple[str, ...]]
+# Jobs of one kind share their eligibility: (namespace, accelerator, policy, poolRef, codecs, object storage).
+_Kind = tuple[str, str, str, str | None, tuple[str, ...], bool]
 
 
 def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[str, str]:
@@ -405,7 +445,7 @@ def plan(
             heapq.heapify(heap)
 
     ordered = sorted(jobs, key=lambda j: (-j.priority, j.queued_at, j.key))
-    # Per (namespace, accelerator, policy, poolRef, codecs): the eligibility and the live heaps of
+    # Per (namespace, accelerator, policy, poolRef, codecs, object storage): the eligibility and the live heaps of
     # the workers that can run those codecs, tier by tier.
     cache: dict[_Kind, tuple[_Eligibility, tuple[list[list[_Entry]], ...]]] = {}
     explained: dict[_Kind, tuple[str, str]] = {}
@@ -420,12 +460,13 @@ def plan(
         if job.not_before is not None and job.not_before > now:
             blocked.append(Blocked(job.key, BACKOFF, _backoff_message(job.not_before)))
             continue
-        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs)
+        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage)
         cached = cache.get(ckey)
         if cached is None:
             el = _eligibility(
-                index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs
-            )
+                index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref,
+                job.codecs, job.object_storage,
+            )  # fmt: skip
             live = tuple(
                 [
                     heap

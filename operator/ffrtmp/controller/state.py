@@ -66,6 +66,7 @@ class JobView:
     hardware_policy: str
     pool_ref: str | None
     codecs: tuple[str, ...]  # the video codecs it encodes (h264, hevc, av1), sorted
+    object_storage: bool  # it reads an s3:// input or uploads to spec.destination
     suspend: bool
     timeout_seconds: int | None
     backoff_limit: int
@@ -179,6 +180,7 @@ def parse_job(obj: Obj) -> JobView:
         hardware_policy=str(spec.get("hardwarePolicy", "preferred")),
         pool_ref=pool_ref.get("name"),
         codecs=encoded_codecs(spec),
+        object_storage=str((spec.get("input") or {}).get("uri", "")).startswith("s3://") or "destination" in spec,
         suspend=bool(spec.get("suspend", False)),
         timeout_seconds=spec.get("timeoutSeconds"),
         backoff_limit=int(spec.get("backoffLimit", 3)),

@@ -3,7 +3,9 @@ scheduler bound to a simulated node, with the Pod's own environment (the same co
 the image). Plays the kubelet's part: stops the process when the Pod goes, restarts it if it dies, and
 (with `pod_bound_tokens`) gives each worker a token of its Pod's ServiceAccount bound to that Pod, as the
 kubelet's projected token volume does: the API server then names the Pod in the token's user extra
-(`authentication.kubernetes.io/pod-name`), which the chart's worker-identity admission policy keys on."""
+(`authentication.kubernetes.io/pod-name`), which the chart's worker-identity admission policy keys on. Env
+read from Secrets (secretKeyRef: a pool's object storage key) is read from the API as the kubelet reads it,
+and never written to the state file."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,28 @@ TOKEN_SECONDS = 3600
 TOKEN_REFRESH_SECONDS = 0.8 * TOKEN_SECONDS
 
 
-def pod_environment(pod: Obj) -> dict[str, str]:
-    """The env the kubelet would give the worker container: values and downward-API fields."""
+class MissingSecret(Exception):
+    """A secretKeyRef names a Secret or key that does not exist (the kubelet's CreateContainerConfigError)."""
+
+
+def _env_items(pod: Obj) -> list[Obj]:
+    items: list[Obj] = (pod.get("spec") or {})["containers"][0].get("env") or []
+    return items
+
+
+def secret_references(pod: Obj) -> dict[str, list[str]]:
+    """The worker container's env variables read from Secrets, by Secret name."""
+    found: dict[str, list[str]] = {}
+    for item in _env_items(pod):
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            found.setdefault(ref["name"], []).append(item["name"])
+    return found
+
+
+def pod_environment(pod: Obj, secrets: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+    """The env the kubelet would give the worker container: values, downward-API fields, and Secret keys
+    (`secrets`: the data of each Secret `secret_references` names, decoded)."""
     meta, spec = pod["metadata"], pod.get("spec") or {}
     fields = {
         "metadata.name": meta.get("name", ""),
@@ -45,10 +68,18 @@ def pod_environment(pod: Obj) -> dict[str, str]:
     }
     env: dict[str, str] = {}
     for item in spec["containers"][0].get("env") or []:
+        source = item.get("valueFrom") or {}
         if "value" in item:
             env[item["name"]] = str(item["value"])
-        elif "fieldRef" in (item.get("valueFrom") or {}):
-            env[item["name"]] = fields.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
+        elif "fieldRef" in source:
+            env[item["name"]] = fields.get(source["fieldRef"]["fieldPath"], "")
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            value = (secrets or {}).get(ref["name"], {}).get(ref["key"])
+            if value is None and not ref.get("optional"):
+                raise MissingSecret(f"Secret {ref['name']} has no key {ref['key']} (env {item['name']})")
+            if value is not None:
+                env[item["name"]] = value
     return env
 
 
@@ -203,6 +234,19 @@ class StandInKubelet:
         path.write_text(json.dumps(token_kubeconfig(load_kubeconfig(self.worker_kubeconfig), token_file)))
         return str(path)
 
+    async def _secrets(self, pod: Obj) -> dict[str, dict[str, str]]:
+        """The data of the Secrets the Pod's env reads, decoded (a missing Secret reads as empty)."""
+        found: dict[str, dict[str, str]] = {}
+        for secret in secret_references(pod):
+            try:
+                obj = await self.client.get(resource_path("", "v1", "secrets", pod["metadata"]["namespace"], secret))
+            except ApiError as e:
+                if not e.not_found:
+                    raise
+                obj = {}
+            found[secret] = {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        return found
+
     async def _start(self, pod: Obj, restarts: int = 0) -> None:
         name = pod["metadata"]["name"]
         try:
@@ -211,9 +255,16 @@ class StandInKubelet:
             self._starting.discard(name)
             log.error("no token for pod %s: %r", name, e)
             return
+        try:
+            container_env = pod_environment(pod, await self._secrets(pod))
+        except (ApiError, MissingSecret) as e:
+            self._starting.discard(name)
+            log.error("cannot start the worker of pod %s: %s", name, e)
+            return
+        from_secrets = {v for names in secret_references(pod).values() for v in names}
         env = {
             **os.environ,
-            **pod_environment(pod),
+            **container_env,
             # The image's path of the connect guard is not on this machine: the tools cache's copy is.
             LIBRARY_ENV: str(default_connect_guard()),
             "KUBECONFIG": kubeconfig,
@@ -230,9 +281,8 @@ class StandInKubelet:
         )  # fmt: skip
         log_file.close()
         self._starting.discard(name)
-        process = Process(
-            name, proc, {k: v for k, v in env.items() if k.startswith(("FFRTMP_", "POD_", "NODE_"))}, restarts
-        )
+        saved = {k: v for k, v in env.items() if k.startswith(("FFRTMP_", "POD_", "NODE_")) and k not in from_secrets}
+        process = Process(name, proc, saved, restarts)
         self.processes[name] = process
         self._save()
         log.info("started worker for pod %s: pid %d", name, proc.pid)

@@ -11,7 +11,9 @@ playlist check uses it too. For each request the proxy
 
 A refused request gets the same answer whatever listens (or does not) at the destination, since
 the proxy never tries to connect: `403` with a fixed body. Each refusal is recorded, so the worker
-can tell "the egress policy refused" from any other failure (reason DestinationNotAllowed).
+can tell "the egress policy refused" from any other failure (reason DestinationNotAllowed). The
+proxy's own answers carry `X-Ffrtmp-Egress` (refused, unresolved, unreachable, bad-request), so a
+client of the worker (the S3 client) tells them from the destination's own 403 or 502.
 
 One request per client connection: plain-http responses are passed on with `Connection: close`
 (ffmpeg opens a new connection for its next request, and that one is checked again); CONNECT
@@ -38,6 +40,8 @@ HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 15.0
 REFUSED_BODY = b"Destination not allowed by the egress policy.\n"
+EGRESS_HEADER = "X-Ffrtmp-Egress"
+BODY_CHUNK = 64 * 1024
 _HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te",
                "trailer", "upgrade")  # fmt: skip
 
@@ -155,7 +159,7 @@ class EgressProxy:
         except asyncio.CancelledError:
             pass  # the proxy is closing (the attempt ended): this connection ends with it
         except _BadRequest as e:
-            await _answer(writer, 400, "Bad Request", f"{e}\n".encode())
+            await _answer(writer, 400, "Bad Request", f"{e}\n".encode(), "bad-request")
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -194,11 +198,14 @@ class EgressProxy:
             out = "\r\n".join([f"{method} {path} {version}", *headers, "Connection: close", "", ""])
             up_writer.write(out.encode("latin-1"))
             await up_writer.drain()
-            # The request body, if any (ffmpeg sends none when reading; bounded by Content-Length).
-            length = _content_length(header_lines)
-            if length:
-                up_writer.write(await reader.readexactly(length))
+            # The request body, if any (ffmpeg sends none when reading; the worker's S3 uploads do), passed on
+            # as it arrives: Content-Length bytes, never held whole.
+            remaining = _content_length(header_lines)
+            while remaining:
+                chunk = await reader.readexactly(min(remaining, BODY_CHUNK))
+                up_writer.write(chunk)
                 await up_writer.drain()
+                remaining -= len(chunk)
             async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
                 response = await up_reader.readuntil(b"\r\n\r\n")
             status_line, *response_headers = response.decode("latin-1").split("\r\n")
@@ -220,14 +227,14 @@ class EgressProxy:
             addresses = []
         if not addresses:
             # Names the resolver does not know: not a policy refusal (nothing was checked).
-            await _answer(writer, 502, "Bad Gateway", b"The destination name does not resolve.\n")
+            await _answer(writer, 502, "Bad Gateway", b"The destination name does not resolve.\n", "unresolved")
             return None
         for address in addresses:
             why = self.policy.denied_because(name, address)
             if why is not None:
                 self.refusals.append(Refusal(name, port, why))
                 log.info("%s egress refused: %s:%d (%s)", self.label, name, port, why)
-                await _answer(writer, 403, "Forbidden", REFUSED_BODY)
+                await _answer(writer, 403, "Forbidden", REFUSED_BODY, "refused")
                 return None
         last: Exception | None = None
         for address in addresses:
@@ -239,7 +246,7 @@ class EgressProxy:
             except (OSError, TimeoutError) as e:
                 last = e
         log.info("%s egress to %s:%d failed: %r", self.label, name, port, last)
-        await _answer(writer, 502, "Bad Gateway", b"The destination did not accept the connection.\n")
+        await _answer(writer, 502, "Bad Gateway", b"The destination did not accept the connection.\n", "unreachable")
         return None
 
 
@@ -251,10 +258,10 @@ def _content_length(header_lines: list[str]) -> int:
     return 0
 
 
-async def _answer(writer: asyncio.StreamWriter, code: int, text: str, body: bytes) -> None:
+async def _answer(writer: asyncio.StreamWriter, code: int, text: str, body: bytes, what: str) -> None:
     head = (
         f"HTTP/1.1 {code} {text}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{EGRESS_HEADER}: {what}\r\nConnection: close\r\n\r\n"
     )
     with contextlib.suppress(ConnectionError):
         writer.write(head.encode() + body)

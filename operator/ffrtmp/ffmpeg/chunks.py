@@ -64,6 +64,8 @@ def check_chunkable(spec: TranscodeJobSpec) -> None:
         )
     if not spec.input.uri.startswith("/"):
         raise InvalidSpec("chunking needs a file input")
+    if spec.destination is not None:
+        raise InvalidSpec("spec.destination is not supported with chunking yet")
     if spec.hls is not None or spec.thumbnails is not None:
         raise InvalidSpec("hls packaging and thumbnails are not supported with chunking yet")
     for output in spec.outputs:

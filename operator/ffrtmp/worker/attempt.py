@@ -1,7 +1,9 @@
 """One attempt of one job: input checks, ffmpeg passes with progress, results, clean-up.
 
 Outputs are written into a private folder of the attempt and moved into the job's folder only
-when the attempt succeeded, so a failed or superseded attempt never leaves files behind.
+when the attempt succeeded, so a failed or superseded attempt never leaves files behind. A job with
+spec.destination writes into the attempt's scratch folder instead, and its files are uploaded once
+the attempt succeeded (worker.objectstore), the fence checked before each step.
 
 A chunked job's child (`spec.chunkTask`, see `ffmpeg.chunks`) runs the same way; its "job
 folder" is its part of the parent's work area (`<parent>/.chunks/c<i>` or `.../audio`), except
@@ -48,10 +50,14 @@ from ffrtmp.ffmpeg.loudness import LoudnessMeasurement, LoudnessParseError, appl
 from ffrtmp.ffmpeg.media import SourceMedia
 from ffrtmp.ffmpeg.probe import probe, probe_input, run_ffprobe
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
+from ffrtmp.redact import redact
+from ffrtmp.storage.publish import ManifestHeader
+from ffrtmp.storage.uri import is_s3, parse_prefix_uri
 from ffrtmp.worker.config import WorkerConfig
 from ffrtmp.worker.fence import FencedStatus, Superseded, transient
 from ffrtmp.worker.memory import SAMPLE_SECONDS, cgroup_oom_kills, read_process_table, tree_rss
 from ffrtmp.worker.metrics import WorkerMetrics
+from ffrtmp.worker.objectstore import AttemptStorage, StorageFailed, check_job, not_configured, without_credentials
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -63,6 +69,9 @@ MEASURE_STDERR_LINES = 200  # a loudnorm measuring pass prints its JSON last, at
 LIVE_INPUT_LOSS_SECONDS = 20.0
 WORK_DIR = ".chunks"  # a chunked job's work area, in its output folder
 KEYFRAME_PROBE_TIMEOUT_SECONDS = 300.0  # reads every packet of the input (decodes only keyframes)
+# While outputs upload, the job's heartbeat is written this often, or at the progress period when that is
+# longer (the write budget's); the operator's heartbeat timeout is minutes.
+UPLOAD_HEARTBEAT_SECONDS = 5.0
 
 
 class Stop(Exception):
@@ -122,6 +131,9 @@ class Attempt:
     _chunk_plan: str | None = None  # what a chunk Plan task found, for its status
     _proxy: EgressProxy | None = None
     _pinned: tuple[guard.Endpoint, ...] = ()  # checked addresses of rtmp hosts: the connect guard allows them
+    _input_bytes: int = 0  # an s3:// input's size (file inputs are measured at the end)
+    _redactions: dict[str, str] = field(default_factory=dict)  # presigned URL -> the s3:// URI it reads
+    _uploaded: list[Obj] | None = None  # the results of a spec.destination upload, once done
     # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
     # error that is not an outage), raised by the next report.
     _progress_write: asyncio.Task[None] | None = None
@@ -151,6 +163,8 @@ class Attempt:
 
     @property
     def attempt_dir(self) -> Path:
+        if self.spec.destination is not None:
+            return self.scratch / "out"  # uploaded from there; the pool's output volume is not used
         if is_live(self.spec):
             # A live job's rolling playlist must be where players find it while it runs.
             return self.job_dir
@@ -222,6 +236,8 @@ class Attempt:
                 failure = self._egress_failure()
             if failure is None and plan is not None:
                 failure = self._missing_outputs(plan)
+            if failure is None and plan is not None and self.spec.destination is not None:
+                failure = await self._upload(plan)
             if failure is None and plan is not None:
                 await self._succeed(plan, restarts)
                 self.metrics.completed.labels(self.config.pool).inc()
@@ -281,12 +297,18 @@ class Attempt:
                 True,
             ))  # fmt: skip
         self.scratch.mkdir(parents=True, exist_ok=True)  # the guard's refusals are recorded there
+        refused = check_job(self.spec, self.config)  # a pool without spec.objectStorage, before anything else
+        if refused is not None:
+            raise _Failed(refused)
         try:
-            url = check_input(
-                self.spec.input.uri,
-                allowed_protocols=self.config.allowed_protocols,
-                media_roots=self.config.media_roots,
-            )
+            if is_s3(self.spec.input.uri):
+                url = await self._s3_input()
+            else:
+                url = check_input(
+                    self.spec.input.uri,
+                    allowed_protocols=self.config.allowed_protocols,
+                    media_roots=self.config.media_roots,
+                )
             await self._check_unproxied([url, *(o.url for o in self.spec.outputs if o.url)])
             if is_playlist(self.spec.input.uri):
                 await check_playlist(
@@ -303,7 +325,9 @@ class Attempt:
         except InputUnavailable as e:
             raise _Failed(self._egress_failure() or Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
-        self._whitelist = protocol_whitelist(url, self.config.allowed_protocols)
+        # A presigned s3 input is read over the endpoint's own scheme, whatever the pool's allowedProtocols.
+        schemes = (url.split(":", 1)[0],) if is_s3(self.spec.input.uri) else self.config.allowed_protocols
+        self._whitelist = protocol_whitelist(url, schemes)
         # A live input is probed too (briefly): its first picture fixes the output size, field
         # order and colour handling; a stream not up yet is planned without (filters.py).
         live = is_live(self.spec)
@@ -379,6 +403,66 @@ class Attempt:
             passes=stitch.passes, outputs=stitch.outputs, live=False,
             duration_seconds=ranges[-1].end_us / 1_000_000, directories=stitch.directories,
         )  # fmt: skip
+
+    def _object_storage(self) -> AttemptStorage:
+        storage = self.config.object_storage
+        if storage is None:
+            raise _Failed(not_configured(self.spec, self.config.pool))
+        return AttemptStorage(storage, self.config.egress_policy(), self._proxy_url())
+
+    async def _s3_input(self) -> str:
+        """ffmpeg's URL for an s3:// input: presigned, valid beyond the attempt's timeout; never reported."""
+        try:
+            url, self._input_bytes = await self._object_storage().input_url(
+                self.spec.input.uri, self.spec.timeout_seconds
+            )
+        except StorageFailed as e:
+            raise _Failed(e.failure) from None
+        self._redactions[url] = self.spec.input.uri
+        return url
+
+    async def _upload(self, plan: EncodePlan) -> Failure | None:
+        """Publish the attempt's files to spec.destination (ffprobed here first), writing the heartbeat meanwhile;
+        Superseded when the fence says the attempt is no longer the job's."""
+        assert self.spec.destination is not None
+        try:
+            storage = self._object_storage()
+        except _Failed as f:
+            return f.failure
+        outputs = await self._results(plan, self.attempt_dir)
+        header = ManifestHeader(self.namespace, self.name, str(self.client_status.obj["metadata"].get("uid", "")),
+                                self.number, self.config.pod_name)  # fmt: skip
+        masters = [o.path for o in plan.outputs if o.kind == "hls-master"]
+
+        async def fence(message: str) -> None:
+            await self.client_status.update_until({"message": message, "heartbeatTime": now_iso(time.time())})
+
+        started = time.monotonic()
+        task = asyncio.create_task(storage.publish(self.attempt_dir, self.spec.destination.uri, header, masters, fence))
+        try:
+            while not (await asyncio.wait({task}, timeout=max(self.progress_interval, UPLOAD_HEARTBEAT_SECONDS)))[0]:
+                try:
+                    await self.client_status.patch({"heartbeatTime": now_iso(time.time())})
+                except Superseded:
+                    raise
+                except Exception as e:
+                    if not transient(e):
+                        raise
+                    log.warning("%s heartbeat during the upload failed: %r", self.key, e)
+            publication = task.result()
+        except StorageFailed as e:
+            return e.failure
+        finally:
+            if not task.done():
+                task.cancel()  # the publish aborts its multipart uploads
+                await asyncio.gather(task, return_exceptions=True)
+        self.metrics.upload_bytes.labels(self.config.pool).inc(publication.bytes)
+        self.metrics.upload_seconds.labels(self.config.pool).observe(time.monotonic() - started)
+        prefix = parse_prefix_uri(self.spec.destination.uri)
+        for result in outputs:
+            result["path"] = str(prefix.child(Path(result["path"]).relative_to(self.attempt_dir).as_posix()))
+        self._uploaded = outputs
+        return None
 
     def _missing_outputs(self, plan: EncodePlan) -> Failure | None:
         """ffmpeg can exit 0 although a muxer could not write (HLS segments): check the files."""
@@ -456,7 +540,7 @@ class Attempt:
     def _ffmpeg_env(self, env: dict[str, str]) -> dict[str, str]:
         """The environment of ffmpeg and ffprobe: the worker's, the plan's, the egress proxy, and the
         connect guard allowing the proxy and the pinned rtmp addresses only."""
-        proxied = proxy_env({**os.environ, **env}, self._proxy_url())
+        proxied = proxy_env({**without_credentials(os.environ), **env}, self._proxy_url())
         if self.config.connect_guard == guard.OFF:
             return proxied
         assert self._proxy is not None
@@ -675,32 +759,23 @@ class Attempt:
                 await task
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
-        # Confirm the attempt is still ours before touching the job folder: a worker that was
-        # partitioned away (its job reassigned) must not publish over the current attempt.
-        await self.client_status.update_until({"message": f"publishing outputs of attempt {self.number}"})
-        # Publish: move this attempt's files into the job folder, replacing older ones.
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        if self.attempt_dir != self.job_dir:
-            for entry in self.attempt_dir.iterdir():
-                target = self.job_dir / entry.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(entry, target)
-            self.attempt_dir.rmdir()
-        for stale in self.job_dir.glob(".attempt-*"):
-            # Partial files of earlier attempts whose worker died before it could clean up.
-            number = stale.name.split("-")[1]
-            if number.isdigit() and int(number) < self.number:
-                shutil.rmtree(stale, ignore_errors=True)
-        task = self.spec.chunk_task
-        if task is not None and task.kind == "Stitch":
-            await asyncio.to_thread(shutil.rmtree, self.job_dir / WORK_DIR, True)
-        outputs = await self._results(plan)
-        input_bytes = _input_size(self._input_url)
+        if self._uploaded is not None:
+            outputs = self._uploaded
+        else:
+            # Confirm the attempt is still ours before touching the job folder: a worker that was
+            # partitioned away (its job reassigned) must not publish over the current attempt.
+            await self.client_status.update_until({"message": f"publishing outputs of attempt {self.number}"})
+            self._publish_to_volume()
+            task = self.spec.chunk_task
+            if task is not None and task.kind == "Stitch":
+                await asyncio.to_thread(shutil.rmtree, self.job_dir / WORK_DIR, True)
+            outputs = await self._results(plan, self.job_dir)
+        input_bytes = self._input_bytes or _input_size(self._input_url)
         if input_bytes:
             self.metrics.input_bytes.labels(self.config.pool).inc(input_bytes)
         now = time.time()
-        message = f"{len(outputs)} output(s) written by {self.config.pod_name}"
+        where = f"uploaded to {self.spec.destination.uri}" if self.spec.destination else "written"
+        message = f"{len(outputs)} output(s) {where} by {self.config.pod_name}"
         self.finishing = True
         await self.client_status.update_until(
             {
@@ -727,12 +802,29 @@ class Attempt:
             }
         )
 
-    async def _results(self, plan: EncodePlan) -> list[Obj]:
+    def _publish_to_volume(self) -> None:
+        """Move this attempt's files into the job folder, replacing older ones."""
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        if self.attempt_dir != self.job_dir:
+            for entry in self.attempt_dir.iterdir():
+                target = self.job_dir / entry.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            self.attempt_dir.rmdir()
+        for stale in self.job_dir.glob(".attempt-*"):
+            # Partial files of earlier attempts whose worker died before it could clean up.
+            number = stale.name.split("-")[1]
+            if number.isdigit() and int(number) < self.number:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    async def _results(self, plan: EncodePlan, root: Path) -> list[Obj]:
+        """The outputs as ffprobe reports them, from the folder `root` that holds them."""
         outputs: list[Obj] = []
         for out in plan.outputs:
             if out.kind == "stream":
                 continue
-            path = self.job_dir / out.path
+            path = root / out.path
             if out.kind == "thumbnails":
                 folder = path if path.is_dir() else path.parent
                 images = sorted(p for p in folder.glob("thumb_*") if p.is_file())
@@ -772,6 +864,7 @@ class Attempt:
 
     async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
         now = time.time()
+        message, stderr_tail = redact(message, self._redactions), redact(stderr_tail, self._redactions)
         self.finishing = True
         await self.client_status.update_until(
             {

@@ -8,10 +8,37 @@ from dataclasses import dataclass
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.egress.guard import DEFAULT_LIBRARY, LIBRARY_ENV
 from ffrtmp.egress.policy import EgressPolicy
+from ffrtmp.storage.s3 import Endpoint
+from ffrtmp.storage.sigv4 import Credentials
+
+# The pool's object storage (controller.pods.object_storage_env); ffmpeg's environment never has them.
+OBJECT_STORAGE_ENV_PREFIX = "FFRTMP_S3_"
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class ObjectStorageConfig:
+    """The pool's spec.objectStorage as the worker gets it: where, and the access key from its Secret."""
+
+    endpoint: Endpoint
+    credentials: Credentials
+
+    @classmethod
+    def from_env(cls, e: dict[str, str]) -> ObjectStorageConfig | None:
+        """None without FFRTMP_S3_ENDPOINT; a ValueError naming what is missing (never a value)."""
+        endpoint = e.get("FFRTMP_S3_ENDPOINT")
+        if not endpoint:
+            return None
+        missing = [n for n in ("FFRTMP_S3_ACCESS_KEY_ID", "FFRTMP_S3_SECRET_ACCESS_KEY") if not e.get(n)]
+        if missing:
+            raise ValueError(f"FFRTMP_S3_ENDPOINT is set but {' and '.join(missing)} is empty (the pool's Secret)")
+        return cls(
+            Endpoint(endpoint, e.get("FFRTMP_S3_REGION") or "us-east-1", e.get("FFRTMP_S3_PATH_STYLE") == "true"),
+            Credentials(e["FFRTMP_S3_ACCESS_KEY_ID"], e["FFRTMP_S3_SECRET_ACCESS_KEY"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,7 @@ class WorkerConfig:
     connect_guard: str = DEFAULT_LIBRARY
     scratch_dir: str = "/tmp"
     render_device: str = DEFAULT_RENDER_DEVICE
+    object_storage: ObjectStorageConfig | None = None
     lease_seconds: int = 15
     renew_seconds: float = 5.0
     progress_interval: float = 5.0
@@ -85,6 +113,7 @@ class WorkerConfig:
             connect_guard=get(LIBRARY_ENV, DEFAULT_LIBRARY),
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
             render_device=get("FFRTMP_RENDER_DEVICE", DEFAULT_RENDER_DEVICE),
+            object_storage=ObjectStorageConfig.from_env(e),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),
             renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0"))
             or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),

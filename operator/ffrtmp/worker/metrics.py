@@ -30,6 +30,16 @@ class WorkerMetrics:
         self.input_bytes = Counter(
             "ffrtmp_job_input_bytes_total", "Input bytes of succeeded attempts.", ["pool"], registry=r
         )
+        self.upload_bytes = Counter(
+            "ffrtmp_job_upload_bytes_total", "Bytes uploaded to spec.destination.", ["pool"], registry=r
+        )
+        self.upload_seconds = Histogram(
+            "ffrtmp_job_upload_seconds",
+            "Time to publish a succeeded attempt's outputs to object storage.",
+            ["pool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge("ffrtmp_worker_active_jobs", "Attempts running now.", registry=r)
         self.free_slots = Gauge("ffrtmp_worker_free_slots", "Slots free for new attempts.", registry=r)
         self.encode_fps = Gauge("ffrtmp_worker_encode_fps", "fps of the latest progress report.", registry=r)
