@@ -248,3 +248,20 @@ rtmp {{
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def token_kubeconfig(cluster: TestCluster, token: str, path: Path) -> Path:
+    """A kubeconfig for `cluster`'s server and CA that authenticates by `token` only."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
+    server = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    doc = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": server}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path

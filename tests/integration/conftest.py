@@ -1,18 +1,22 @@
-"""A farm per test: the operator and stand-in workers for one namespace, with media and outputs."""
+"""Fixtures of the integration tests: a farm per test (the operator and stand-in workers for one namespace,
+with media and outputs), and a client and bucket of the session's S3 server."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ffrtmp.storage.s3 import S3Client
 from helpers import Service, TestCluster, operator_argv, start_service, transcode_job, wait_for, workers_argv
+from s3server import S3Server
 
 
 @dataclass
@@ -146,3 +150,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+async def s3(s3_server: S3Server) -> AsyncIterator[S3Client]:
+    """A client of the session's S3 server, as its root user."""
+    async with S3Client(s3_server.endpoint, s3_server.credentials, backoff_seconds=0.05) as client:
+        yield client
+
+
+@pytest.fixture
+async def bucket(s3: S3Client) -> str:
+    """A new, empty bucket."""
+    name = f"test-{secrets.token_hex(4)}"
+    await s3.create_bucket(name)
+    return name

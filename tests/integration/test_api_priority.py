@@ -34,7 +34,7 @@ from ffrtmp.api.constants import GROUP, JOB_PLURAL, VERSION
 from ffrtmp.kube import KubeClient, load_config
 from ffrtmp.kube.client import resource_path
 from ffrtmp.worker.fence import FencedStatus
-from helpers import REPO, TestCluster, transcode_job, wait_for
+from helpers import REPO, TestCluster, token_kubeconfig, transcode_job, wait_for
 
 pytestmark = pytest.mark.integration
 Obj = dict[str, Any]
@@ -80,19 +80,7 @@ def _render(cluster: TestCluster, release: str, namespace: str) -> list[Obj]:
 def _token_kubeconfig(cluster: TestCluster, namespace: str, account: str, path: Path) -> Path:
     """A kubeconfig for the test cluster's server and CA that authenticates as `account` only."""
     token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration", "1h").stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
-    server = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    doc = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": server}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": account}}],
-        "current-context": "c",
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return path
+    return token_kubeconfig(cluster, token, path)
 
 
 def _in_force(cluster: TestCluster, name: str) -> bool:

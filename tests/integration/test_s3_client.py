@@ -8,7 +8,6 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -25,19 +24,6 @@ pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
 AWKWARD_KEYS = ["plain.mp4", "with space/and+plus=eq&amp.ts", "unicode/\u00e9t\u00e9 \u4e2d.m3u8", "a/b/c/deep.jpg"]
-
-
-@pytest.fixture
-async def s3(s3_server: S3Server) -> AsyncIterator[S3Client]:
-    async with S3Client(s3_server.endpoint, s3_server.credentials, backoff_seconds=0.05) as client:
-        yield client
-
-
-@pytest.fixture
-async def bucket(s3: S3Client) -> str:
-    name = f"test-{secrets.token_hex(4)}"
-    await s3.create_bucket(name)
-    return name
 
 
 async def test_objects_round_trip_with_awkward_keys(s3: S3Client, bucket: str) -> None:

@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
-import secrets
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +20,6 @@ from s3server import S3Server
 pytestmark = pytest.mark.integration
 
 HEADER = ManifestHeader("media", "lecture", "uid-1", 2, "cpu-worker-abc")
-
-
-@pytest.fixture
-async def s3(s3_server: S3Server) -> AsyncIterator[S3Client]:
-    async with S3Client(s3_server.endpoint, s3_server.credentials, backoff_seconds=0.05) as client:
-        yield client
-
-
-@pytest.fixture
-async def bucket(s3: S3Client) -> str:
-    name = f"pub-{secrets.token_hex(4)}"
-    await s3.create_bucket(name)
-    return name
 
 
 def ladder(folder: Path, big: int = 0) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ import yaml
 
 from ffrtmp.api.constants import LEASE_PREFIX
 from ffrtmp.kube.client import merge_patched
-from helpers import REPO, TestCluster, transcode_job, wait_for
+from helpers import REPO, TestCluster, token_kubeconfig, transcode_job, wait_for
 
 pytestmark = pytest.mark.integration
 RELEASE = "wid"
@@ -89,19 +89,7 @@ def _pod(name: str) -> dict[str, Any]:
 
 def _token_cluster(cluster: TestCluster, token: str, path: Path) -> TestCluster:
     """kubectl for the admin kubeconfig's server and CA, authenticated by `token` only."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    ctx = next(c["context"] for c in admin["contexts"] if c["name"] == admin["current-context"])
-    server = next(c["cluster"] for c in admin["clusters"] if c["name"] == ctx["cluster"])
-    doc = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": server}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return TestCluster(path, cluster.bin_dir, None)
+    return TestCluster(token_kubeconfig(cluster, token, path), cluster.bin_dir, None)
 
 
 def _worker(cluster: TestCluster, namespace: str, name: str, tmp: Path) -> Worker:

@@ -21,6 +21,7 @@ from ffrtmp.controller.lifecycle import (
 )
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import Store
+from ffrtmp.kube.client import merge_patched
 
 pytestmark = pytest.mark.unit
 
@@ -231,23 +232,10 @@ def only_patch(decisions: JobDecisions) -> PatchStatus:
     return action
 
 
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies a status patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
-
-
 def apply(store: Store, obj: Obj, action: PatchStatus) -> Obj:
     assert action.resource_version == obj["metadata"]["resourceVersion"]
     new = copy.deepcopy(obj)
-    new["status"] = merge(obj.get("status") or {}, action.status)
+    new["status"] = merge_patched(obj.get("status") or {}, action.status)
     new["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
     store.put_job(new)
     return new
