@@ -14,7 +14,8 @@ from chaoslib import ChaosFarm, JobRecorder, ScenarioResult, copy_clip, report
 
 from helpers import wait_for
 
-pytestmark = pytest.mark.chaos
+# Two minutes mostly spent waiting for restarts and a Lease takeover: `make test` runs them beside the rest.
+pytestmark = [pytest.mark.chaos, pytest.mark.background]
 
 SEED = 20240611
 LEASE = "ffmpeg-rtmp-operator"
