@@ -182,6 +182,11 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
         # 4. Workers of this tree (as their Pods are replaced): the new field takes effect.
         old_pods = {p["metadata"]["name"] for p in cluster.list("pods", ns)}
         old_workers.stop()
+        # The stand-in kubelet deletes its Pods when it stops, as a node drain would: a kubelet started
+        # while the old Pod still existed would run the new worker in it (and the operator never
+        # replaces a live worker's Pod).
+        wait_for(lambda: not {p["metadata"]["name"] for p in cluster.list("pods", ns)} & old_pods, 60,
+                 "the old worker Pods deleted")  # fmt: skip
         start_workers("workers-new")
 
         def new_worker_ready() -> bool:

@@ -293,14 +293,16 @@ class StandInKubelet:
         if refresh is not None:
             refresh.cancel()
         log.info("worker for pod %s exited with %s", name, code)
+        if process.stopping:
+            # The container stopped: finish the Pod's deletion, as the kubelet does — before the
+            # process is forgotten, so that stop_all, which waits for that, does not exit first.
+            path = resource_path("", "v1", "pods", self.namespace, name)
+            with contextlib.suppress(ApiError):
+                await self.client.delete(path, {"gracePeriodSeconds": 0})
         if self.processes.get(name) is process:
             del self.processes[name]
             self._save()
         if process.stopping:
-            # The container stopped: finish the Pod's deletion, as the kubelet does.
-            path = resource_path("", "v1", "pods", self.namespace, name)
-            with contextlib.suppress(ApiError):
-                await self.client.delete(path, {"gracePeriodSeconds": 0})
             return
         if name in self.pods:
             await asyncio.sleep(self.restart_delay)  # like the kubelet's crash-loop back-off
