@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import pool_manifest, pool_path, sim_job
+from bench.common import pool_manifest, pool_path, sim_job, wait_until
 from bench.sim import SimFarm
 from conftest import Farm
 from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
@@ -47,14 +46,6 @@ def writes_by_resource(cluster: TestCluster) -> dict[str, float]:
             sub = sample.labels.get("subresource", "")
             out[sample.labels.get("resource", "") + ("/" + sub if sub else "")] += sample.value
     return out
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-        await asyncio.sleep(0.5)
 
 
 async def test_a_pool_growing_to_200_workers_gets_longer_periods_and_stays_in_budget(farm: Farm) -> None:
