@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test`'s pytest run: two pytest processes at once, each with its own local control plane and
 # temp folder. Tests marked `background` spend minutes waiting (the five-minute API outage, whose
-# encodes read in real time) and run beside the rest instead of adding their minutes to the suite's.
+# encodes read in real time; the real node's probes and restarts; the Helm upgrade's rollouts) and run
+# beside the rest instead of adding their minutes to the suite's. The real node's tests are the only
+# ones that start a node, so both processes never run one at once.
 # Their output follows the main run's. Arguments go to both runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."

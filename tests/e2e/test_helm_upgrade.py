@@ -36,7 +36,7 @@ from test_helm_install import (
 
 from helpers import REPO, Service, TestCluster, ffprobe, make_clip, operator_argv, start_service, wait_for, workers_argv
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.background]  # mostly waiting on rollouts and jobs
 
 # The last commit of the release before this one (chart 0.1.0). Bump it with the chart version.
 PREVIOUS_RELEASE = "2b9c3a25d59e60134fd2561c34cc13f18581fd5c"

@@ -34,7 +34,9 @@ from ffrtmp.dev.cluster import default_bin_dir
 from ffrtmp.worker.memory import parse_oom_kills
 from helpers import REPO, TestCluster, ffprobe, make_clip, transcode_job, wait_for, worker_pool
 
-pytestmark = pytest.mark.node
+# Background: the real node's tests mostly wait on the kubelet (probes, restarts, Pod deletion) and
+# are the only ones that start a node, so they run beside the rest (hack/test.sh).
+pytestmark = [pytest.mark.node, pytest.mark.background]
 
 README_HEADING = "## Without Docker: a real node on this machine"
 HOST_DIR = Path("/tmp/ffmpeg-rtmp")
