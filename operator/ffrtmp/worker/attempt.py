@@ -39,8 +39,10 @@ from ffrtmp.ffmpeg.chunks import (
     KEYFRAME_PROBE_ARGS,
     TimeRange,
     audio_plan,
+    check_chunkable,
     chunk_dir,
     chunk_video_plan,
+    cuts_on_keyframes,
     parse_keyframe_probe,
     stitch_plan,
 )
@@ -376,6 +378,8 @@ class Attempt:
                 raise _Failed(
                     Failure("InvalidInput", "the input's duration cannot be read: it cannot be chunked", False)
                 )
+            check_chunkable(self.spec, task.chunk_seconds)
+            keyframes = keyframes if cuts_on_keyframes(self.spec) else []
             chunks = plan_chunks(duration, task.chunk_seconds or 10, keyframes)
             self._chunk_plan = encode_boundaries(chunks)
             return nothing
@@ -399,6 +403,9 @@ class Attempt:
         )
         for name, text in stitch.lists.items():
             await asyncio.to_thread((work / name).write_text, text)
+        for source_dir, target in stitch.copies.items():
+            if await asyncio.to_thread((work / source_dir).is_dir):
+                await asyncio.to_thread(shutil.copytree, work / source_dir, self.attempt_dir / target)
         return EncodePlan(
             passes=stitch.passes, outputs=stitch.outputs, live=False,
             duration_seconds=ranges[-1].end_us / 1_000_000, directories=stitch.directories,
