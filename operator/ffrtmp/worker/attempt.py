@@ -341,20 +341,21 @@ class Attempt:
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
             if self.spec.chunk_task is not None:
-                return await self._chunk_task_plan(self.spec.chunk_task, url, info.media if info else None)
-            plan = build_encode_plan(
-                self.spec,
-                self.config.accelerator,
-                input_url=url,
-                output_dir=str(self.attempt_dir),
-                scratch_dir=str(self.scratch),
-                allowed_protocols=list(self.config.allowed_protocols),
-                threads=self._threads(),
-                # a moment of a live stream may not show its audio yet: unknown, not absent
-                input_has_audio=None if info is None or live else info.audio_codec is not None,
-                source=None if info is None else info.media,
-                render_device=self.config.render_device,
-            )
+                plan = await self._chunk_task_plan(self.spec.chunk_task, url, info.media if info else None)
+            else:
+                plan = build_encode_plan(
+                    self.spec,
+                    self.config.accelerator,
+                    input_url=url,
+                    output_dir=str(self.attempt_dir),
+                    scratch_dir=str(self.scratch),
+                    allowed_protocols=list(self.config.allowed_protocols),
+                    threads=self._threads(),
+                    # a moment of a live stream may not show its audio yet: unknown, not absent
+                    input_has_audio=None if info is None or live else info.audio_codec is not None,
+                    source=None if info is None else info.media,
+                    render_device=self.config.render_device,
+                )
         except InvalidSpec as e:
             raise _Failed(Failure("InvalidSpec", str(e), False)) from e
         for folder in plan.directories:
