@@ -11,13 +11,21 @@ from hypothesis import strategies as st
 from test_chunked import NOW, NS, PLAN, SETTINGS, child, creates, decide, parent, parent_patch
 
 from ffrtmp.api.constants import CHUNKED_CONDITION
-from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.api.job import AudioSpec, TranscodeJobSpec
 from ffrtmp.conditions import condition
 from ffrtmp.controller.chunking import MICROS, choose_mode, plan_chunks
 from ffrtmp.controller.lifecycle import PatchStatus, decide_jobs
 from ffrtmp.controller.state import Store, parse_job
 from ffrtmp.ffmpeg.argv import build_encode_plan
-from ffrtmp.ffmpeg.chunks import TimeRange, chunk_video_plan, chunking_refusal, cuts_on_keyframes, stitch_plan
+from ffrtmp.ffmpeg.chunks import (
+    TimeRange,
+    audio_files,
+    audio_plan,
+    chunk_video_plan,
+    chunking_refusal,
+    cuts_on_keyframes,
+    stitch_plan,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -176,6 +184,18 @@ def test_hls_chunks_are_cut_on_the_grid_and_keep_the_segment_keyframes() -> None
     assert [single[i + 1] for i, a in enumerate(single) if a.startswith("-force_key_frames")] == [forced, forced]
 
 
+def test_outputs_with_the_same_audio_settings_share_one_audio_encode() -> None:
+    spec = ladder()
+    assert audio_files(spec) == {"hi": "hi", "lo": "lo", "file": "hi"}
+    common: Obj = {"input_url": "/media/film.mp4", "output_dir": "/w/audio", "scratch_dir": "/s",
+                   "allowed_protocols": ["file"]}  # fmt: skip
+    plan = audio_plan(spec, **common)
+    assert plan is not None and [o.path for o in plan.outputs] == ["hi.m4a", "lo.m4a"]
+    silent = spec.model_copy(update={"outputs": [o.model_copy(update={"audio": AudioSpec(codec="none")})
+                                                 for o in spec.outputs]})  # fmt: skip
+    assert audio_files(silent) == {} and audio_plan(silent, **common) is None
+
+
 def test_the_stitch_packages_with_the_single_pass_hls_muxer_options() -> None:
     spec = ladder(hls={"segmentSeconds": 4, "segmentType": "fmp4"})
     chunks = [TimeRange(0, 0, 8_000_000), TimeRange(1, 8_000_000, 16_000_000)]
@@ -203,6 +223,11 @@ def test_the_stitch_packages_with_the_single_pass_hls_muxer_options() -> None:
         "/out/.chunks/lo.ffconcat", "/out/.chunks/audio/lo.m4a",
     ]  # fmt: skip
     assert mp4[-1] == "/out/.attempt/file.mp4"
+    # file's audio settings are hi's (aac 128k): one encode for both
+    assert [mp4[i + 1] for i, a in enumerate(mp4) if a == "-i"] == [
+        "/out/.chunks/file.ffconcat",
+        "/out/.chunks/audio/hi.m4a",
+    ]
     assert [(o.name, o.kind) for o in stitch.outputs] == [
         ("file", "file"), ("hi", "hls-variant"), ("lo", "hls-variant"), ("master", "hls-master"),
     ]  # fmt: skip

@@ -17,7 +17,8 @@ A chunked job's outputs are made in three kinds of task, each a plain ffmpeg run
   whole multiple of the segment length (`cuts_on_keyframes`, the CRD's CEL): so its keyframes
   fall where a single pass puts them.
 * audio: every output's audio from the whole input, once, into `<work>/audio/<output>.m4a`
-  (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there), and
+  (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there); outputs
+  with the same audio settings share one encode (`audio_files`: a ladder's renditions mostly do), and
   the thumbnails and sprite sheets from the source, as a single pass makes them.
 * stitch: per output, the concat demuxer reads the chunks by stream copy. Its list gives each
   chunk `inpoint 0` (keep the first frame's offset from the chunk start: the demuxer would
@@ -183,10 +184,11 @@ def audio_plan(
     output carries audio, or the input has none, and no thumbnails)."""
     check_chunkable(spec)
     with_audio = source is None or bool(source.audio_streams)
+    encoded = sorted(set(audio_files(spec).values())) if with_audio else []
     outputs = [
         OutputSpec(name=o.name, container="mp4", path=f"{o.name}.m4a", video=VideoSpec(codec="none"), audio=o.audio)
         for o in spec.outputs
-        if with_audio and (o.audio or AudioSpec()).codec != "none"
+        if o.name in encoded
     ]
     if not outputs and spec.thumbnails is None:
         return None
@@ -201,6 +203,22 @@ def audio_plan(
         input_has_audio=True if source is not None and with_audio else None,
         source=source,
     )
+
+
+def audio_files(spec: TranscodeJobSpec) -> dict[str, str]:
+    """Output name -> the output whose `<name>.m4a` holds its audio, for the outputs with audio: the
+    first output with the same audio settings (the same encode of the same source stream)."""
+    files: dict[str, str] = {}
+    first: list[tuple[AudioSpec, str]] = []
+    for output in spec.outputs:
+        audio = output.audio or AudioSpec()
+        if audio.codec == "none":
+            continue
+        same = next((name for settings, name in first if settings == audio), None)
+        if same is None:
+            first.append((audio, output.name))
+        files[output.name] = same or output.name
+    return files
 
 
 @dataclass(frozen=True)
@@ -242,11 +260,12 @@ def stitch_plan(
         # Beside chunks/: the demuxer refuses paths with a component starting with a period.
         lists[f"{output.name}.ffconcat"] = concat_list(output.name, chunks)
     ladder = [o for o in spec.outputs if o.container == "hls"]
+    sources = audio_files(spec) if with_audio else {}
     for output in spec.outputs:
         if output.container == "hls":
             continue
         path = default_output_path(output)
-        audio = with_audio and (output.audio or AudioSpec()).codec != "none"
+        audio = sources.get(output.name)
         argv = [FFMPEG, *BASE_ARGS, *_joined_inputs(output, work_dir, audio)]
         argv += ["-map", "0:v:0", *(["-map", "1:a:0"] if audio else []), "-c", "copy"]
         argv += ["-movflags", "+faststart"]
@@ -257,7 +276,7 @@ def stitch_plan(
         passes.append(argv)
         planned.append(PlannedOutput(output.name, "file", path))
     if ladder:
-        passes.append(_hls_stitch(spec, ladder, work_dir, output_dir, with_audio))
+        passes.append(_hls_stitch(spec, ladder, work_dir, output_dir, sources))
         planned += [PlannedOutput(o.name, "hls-variant", default_output_path(o)) for o in ladder]
         master = (spec.hls or HlsSpec()).master_playlist
         planned.append(PlannedOutput("master", "hls-master", f"{HLS_DIR}/{master}"))
@@ -272,17 +291,18 @@ def stitch_plan(
     return StitchPlan(passes, planned, lists, directories, copies)
 
 
-def _joined_inputs(output: OutputSpec, work_dir: str, audio: bool) -> list[str]:
-    """An output's joined chunks (the concat demuxer over its list) and, with `audio`, its audio."""
+def _joined_inputs(output: OutputSpec, work_dir: str, audio: str | None) -> list[str]:
+    """An output's joined chunks (the concat demuxer over its list) and its audio: the audio file of
+    the output named `audio` (None: no audio)."""
     listed = os.path.join(work_dir, f"{output.name}.ffconcat")
     inputs = ["-protocol_whitelist", "file", "-f", "concat", "-i", listed]
-    if audio:
-        inputs += ["-protocol_whitelist", "file", "-i", os.path.join(work_dir, AUDIO_DIR, f"{output.name}.m4a")]
+    if audio is not None:
+        inputs += ["-protocol_whitelist", "file", "-i", os.path.join(work_dir, AUDIO_DIR, f"{audio}.m4a")]
     return inputs
 
 
 def _hls_stitch(
-    spec: TranscodeJobSpec, ladder: Sequence[OutputSpec], work_dir: str, output_dir: str, with_audio: bool
+    spec: TranscodeJobSpec, ladder: Sequence[OutputSpec], work_dir: str, output_dir: str, sources: dict[str, str]
 ) -> list[str]:
     """One run: every hls rendition's joined chunks and audio, by stream copy, into the hls muxer as
     the single pass configures it. The streams carry the encodes' target bitrates (bitrate, else
@@ -296,7 +316,7 @@ def _hls_stitch(
     for video_index, output in enumerate(ladder):
         video = output.video or VideoSpec()
         audio_spec = output.audio or AudioSpec()
-        audio = with_audio and audio_spec.codec != "none"
+        audio = sources.get(output.name)
         first = inputs.count("-i")
         inputs += _joined_inputs(output, work_dir, audio)
         rate = video.bitrate or video.maxrate
@@ -305,7 +325,7 @@ def _hls_stitch(
         if video.codec in ANNEX_B_FILTERS:
             maps += [f"-bsf:v:{video_index}", ANNEX_B_FILTERS[video.codec]]
         entry = f"v:{video_index}"
-        if audio:
+        if audio is not None:
             maps += ["-map", f"{first + 1}:a:0", f"-c:a:{audio_index}", "copy"]
             maps += [f"-b:a:{audio_index}", audio_spec.bitrate or DEFAULT_AUDIO_BITRATE]
             entry += f",a:{audio_index}"

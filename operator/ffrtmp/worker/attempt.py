@@ -861,6 +861,10 @@ class Attempt:
             # A variant's bytes are its playlist and segments; the master's, the whole ladder.
             counted = path.parent if out.kind in ("hls-variant", "hls-master") else path
             result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(counted)}
+            task = self.spec.chunk_task
+            if task is not None and task.kind != "Stitch":
+                outputs.append(result)  # a chunk's or the audio's files: only the stitch reads them
+                continue
             info = await probe(str(path), env=self._ffmpeg_env({}))
             if info is not None:
                 result.update({k: v for k, v in {
