@@ -39,7 +39,7 @@ LADDER = [
 
 def hls_spec(source: Path, outputs: list[dict[str, Any]], **extra: Any) -> TranscodeJobSpec:
     return TranscodeJobSpec.model_validate(
-        {"input": {"uri": str(source)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT}, **extra}
+        {"input": {"uri": str(source)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT}} | extra
     )
 
 
@@ -72,10 +72,11 @@ Layout = tuple[float, int, tuple[int, ...]]
 
 
 def variant_layout(variant: Path) -> list[Layout]:
-    """Per segment of an MPEG-TS variant: (first video frame's time, video frames, the keyframes'
-    positions in display order). One ffprobe over the segments joined byte by byte; a packet's byte
-    position says which segment holds it."""
-    files = [variant.parent / name for name, _ in segments(variant)]
+    """Per segment of a variant (MPEG-TS, or fMP4 after its init segment): (first video frame's time,
+    video frames, the keyframes' positions in display order). One ffprobe over the segments joined
+    byte by byte; a packet's byte position says which segment holds it."""
+    init = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', variant.read_text())
+    files = [variant.parent / name for name in init] + [variant.parent / name for name, _ in segments(variant)]
     ends = list(itertools.accumulate(f.stat().st_size for f in files))
     document = ffprobe_json(
         "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags,pos", "-print_format", "json",
@@ -84,8 +85,9 @@ def variant_layout(variant: Path) -> list[Layout]:
     held: list[list[dict[str, Any]]] = [[] for _ in files]
     for packet in document["packets"]:
         held[bisect.bisect_right(ends, int(packet["pos"]))].append(packet)
+    assert init == [] or held[0] == [], "frames in the init segment"
     layout: list[Layout] = []
-    for packets in held:
+    for packets in held[len(init) :]:
         packets.sort(key=lambda p: float(p["pts_time"]))
         keyframes = tuple(i for i, p in enumerate(packets) if p["flags"].startswith("K"))
         layout.append((round(float(packets[0]["pts_time"]), 4), len(packets), keyframes))
@@ -137,20 +139,31 @@ def test_a_chunked_ladder_has_the_single_pass_segments_and_master(tmp_path: Path
     assert {s["codec_type"] for s in audio["streams"]} == {"video", "audio"}
 
 
-def test_a_single_rendition_with_thumbnails_matches_the_single_pass(tmp_path: Path) -> None:
-    source = make_clip(tmp_path / "clip.mp4", rate="30000/1001", gop=600, audio=True)
+def test_a_single_fmp4_rendition_with_thumbnails_matches_the_single_pass(tmp_path: Path) -> None:
+    # keyframes every 10 s: the cuts at 4 and 8 s decode from the keyframe before them
+    source = make_clip(tmp_path / "clip.mp4", rate="25", gop=250, audio=True)
     outputs = [{"name": "main", "container": "hls", "video": {"preset": "ultrafast", "bitrate": "400k"}}]
     spec = hls_spec(
-        source, outputs, thumbnails={"intervalSeconds": 3, "width": 160, "sprite": {"columns": 2, "rows": 2}}
-    )
+        source, outputs, thumbnails={"intervalSeconds": 3, "width": 160, "sprite": {"columns": 2, "rows": 2}},
+        hls={"segmentSeconds": SEGMENT, "segmentType": "fmp4"},
+    )  # fmt: skip
     encode_chunked(spec, source, tmp_path, chunk_seconds=4)
     ours, theirs = tmp_path / "chunked", encode_single_pass(spec, source, tmp_path)
 
     assert (ours / "hls" / "master.m3u8").read_text() == (theirs / "hls" / "master.m3u8").read_text()
+    variant = ours / "hls" / "main" / "index.m3u8"
+    assert '#EXT-X-MAP:URI="init.mp4"' in variant.read_text()
+    ours_segments, theirs_segments = segments(variant), segments(theirs / "hls" / "main" / "index.m3u8")
+    assert (
+        [name for name, _ in ours_segments]
+        == [name for name, _ in theirs_segments]
+        == [f"seg_{i:05d}.m4s" for i in range(6)]
+    )
+    assert ours_segments == theirs_segments
     layout = ladder_layout(ours / "hls", ["main"])
     assert layout == ladder_layout(theirs / "hls", ["main"])
     assert len(layout["main"]) == 6 and all(keyframes[0] == 0 for _, _, keyframes in layout["main"])
-    assert sum(frames for _, frames, _ in layout["main"]) == 360  # 12 s at 29.97: every frame, once
+    assert [frames for _, frames, _ in layout["main"]] == [50] * 6  # every frame, once
     assert_decodes_cleanly(ours / "hls" / "main" / "index.m3u8")
 
     def images(root: Path) -> dict[str, str]:
