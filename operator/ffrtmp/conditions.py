@@ -68,3 +68,9 @@ def condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Map
 def is_true(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> bool:
     c = condition(conditions, type_)
     return bool(c and c.get("status") == "True")
+
+
+def is_false(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> bool:
+    """The condition is there and False (not merely absent or Unknown)."""
+    c = condition(conditions, type_)
+    return bool(c and c.get("status") == "False")

@@ -15,8 +15,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `tests.bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-# Order: the request counts first (quiet server), the 10,000-job footprint last.
-ORDER = ["overhead", "api_requests", "latency", "autoscaler", "scheduling", "namespaces", "write_budget", "footprint"]
+# Order: the request counts first (quiet server), the real encodes next, the 10,000-job footprint last.
+ORDER = [
+    "overhead", "chunking", "api_requests", "latency", "autoscaler", "scheduling", "namespaces", "write_budget",
+    "footprint",
+]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

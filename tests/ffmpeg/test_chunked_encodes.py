@@ -27,6 +27,7 @@ from ffrtmp.ffmpeg.chunks import (
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
+    cuts_on_keyframes,
     parse_keyframe_probe,
     stitch_plan,
 )
@@ -120,12 +121,13 @@ class Chunked:
 
 def encode_chunked(spec: TranscodeJobSpec, source: Path, tmp_path: Path, chunk_seconds: int) -> Chunked:
     """What the chunk, audio and stitch tasks of a chunked job do, one after another."""
-    check_chunkable(spec)
+    check_chunkable(spec, chunk_seconds)
     duration, keyframes = parse_keyframe_probe(ffprobe_json(*KEYFRAME_PROBE_ARGS, str(source)))
     assert duration is not None
     media = parse_probe_output(
         ffprobe_json("-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(source))
     ).media
+    keyframes = keyframes if cuts_on_keyframes(spec) else []
     chunks = tuple(TimeRange(c.index, c.start_us, c.end_us) for c in plan_chunks(duration, chunk_seconds, keyframes))
     work, scratch, out = tmp_path / "work", tmp_path / "scratch", tmp_path / "chunked"
     for folder in (work, scratch, out):
@@ -144,6 +146,8 @@ def encode_chunked(spec: TranscodeJobSpec, source: Path, tmp_path: Path, chunk_s
         (work / name).write_text(text)
     for directory in stitch.directories:
         (out / directory).mkdir(parents=True)
+    for source_dir, target in stitch.copies.items():
+        shutil.copytree(work / source_dir, out / target)
     run_passes(stitch.passes)
     return Chunked(out / stitch.outputs[0].path, chunks, work)
 
@@ -256,7 +260,7 @@ def test_a_second_rendition_and_tags_are_stitched_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("outputs", "words"),
     [
-        ([{"name": "a", "container": "hls"}], "only mp4"),
+        ([{"name": "a", "container": "mkv"}], "mp4 files and hls ladders, not mkv"),
         ([{"name": "a", "container": "mp4", "video": {"codec": "copy"}}], "codec copy"),
         ([{"name": "a", "container": "mp4", "video": {"fps": 30}}], "fps"),
         ([{"name": "a", "container": "mp4"}], "realtime"),

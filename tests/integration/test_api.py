@@ -151,6 +151,9 @@ def test_explain_transcodejob_chunking(cluster: TestCluster) -> None:
     assert "Chunk boundaries in microseconds of the source timeline" in explain(
         cluster, "transcodejob.status.chunks.plan"
     )
+    assert "inputs at least this long (default 600 s) are chunked" in words(
+        explain(cluster, "transcodejob.spec.chunking.autoMinSeconds")
+    )
 
 
 def test_explain_workerpool_egress(cluster: TestCluster) -> None:
@@ -476,25 +479,33 @@ INVALID = [
     Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",
         "should be greater than or equal to 0"),
     Bad("chunking-rtmp-input", tj(uri="rtmp://10.0.0.1/live/cam", chunking={"mode": "On"}), "spec",
-        "chunking needs a file input: live, rtmp(s) and http(s) inputs are not supported with chunking yet"),
+        "chunking needs a file input: live, rtmp(s), http(s) and s3 inputs are not supported with chunking"),
     Bad("chunking-live-input", tj(input={"uri": "/media/in.ts", "live": True}, chunking={"mode": "On"}), "spec",
         "chunking needs a file input"),
-    Bad("chunking-hls", tj(out(container="hls", video=VIDEO), chunking={"mode": "On"}), "spec",
-        "chunking writes mp4 files: hls, rtmp/flv, mkv and mpegts outputs are not supported with chunking yet"),
+    Bad("chunking-mkv", tj(out(container="mkv", video=VIDEO), chunking={"mode": "On"}), "spec",
+        "chunking writes mp4 files and hls ladders: rtmp/flv, mkv and mpegts outputs are not supported with chunking"),
     Bad("chunking-rtmp-output", tj(out(container="flv", url="rtmp://10.0.0.1/app/key"), chunking={"mode": "On"}),
-        "spec", "chunking writes mp4 files"),
+        "spec", "chunking writes mp4 files and hls ladders"),
+    Bad("chunking-hls-default-lengths", tj(HLS, chunking={"mode": "On"}), "spec",
+        "chunking.chunkSeconds 10 is not a whole multiple of hls.segmentSeconds 6: chunks are cut at segment "
+        "boundaries"),
+    Bad("chunking-hls-segment", tj(HLS, hls={"segmentSeconds": 4}, chunking={"mode": "On", "chunkSeconds": 18}),
+        "spec", "chunking.chunkSeconds 18 is not a whole multiple of hls.segmentSeconds 4"),
     Bad("chunking-two-pass",
         tj(out(video={"bitrate": "2M", "twoPass": True}), accelerator="cpu", chunking={"mode": "On"}), "spec",
-        "twoPass and fps are not supported with chunking yet"),
-    Bad("chunking-thumbnails", tj(thumbnails={"intervalSeconds": 5}, chunking={"mode": "On"}), "spec",
-        "hls packaging and thumbnails are not supported with chunking yet"),
+        "twoPass is not supported with chunking: a first pass would measure each chunk, not the whole input"),
+    Bad("chunking-fps", tj(out(video={"crf": 23, "fps": 30}), chunking={"mode": "On"}), "spec",
+        "fps is not supported with chunking yet"),
     Bad("chunking-realtime", tj(input={"uri": "/media/in.mp4", "realtime": True}, chunking={"mode": "On"}), "spec",
         "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"),
     Bad("chunking-destination", tj(destination={"uri": "s3://bucket/film/"}, chunking={"mode": "On"}), "spec",
         "spec.destination is not supported with chunking yet"),
     Bad("chunking-one-second", tj(chunking={"mode": "On", "chunkSeconds": 1}), "spec.chunking.chunkSeconds",
         "should be greater than or equal to 2"),
-    Bad("chunking-mode", tj(chunking={"mode": "Auto"}), "spec.chunking.mode", "Unsupported value"),
+    Bad("chunking-mode", tj(chunking={"mode": "Sometimes"}), "spec.chunking.mode",
+        'Unsupported value: "Sometimes": supported values: "Off", "On", "Auto"'),
+    Bad("chunking-auto-min-zero", tj(chunking={"mode": "Auto", "autoMinSeconds": 0}),
+        "spec.chunking.autoMinSeconds", "should be greater than or equal to 1"),
 ]  # fmt: skip
 
 

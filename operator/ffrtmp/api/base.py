@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
+from pydantic.config import JsonDict, JsonValue
 
 
 def api_config(*, json_schema_extra: JsonDict | None = None, extra: str = "forbid") -> ConfigDict:
@@ -48,6 +48,13 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def rules(*pairs: tuple[str, str]) -> JsonDict:
-    """CEL rules for `json_schema_extra`: (rule, message that says what must hold)."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]}
+def rules(*pairs: tuple[str, str] | tuple[str, str, str]) -> JsonDict:
+    """CEL rules for `json_schema_extra`: (rule, message that says what must hold[, messageExpression:
+    a CEL string expression naming the values, which the API server shows instead of the message])."""
+    validations: list[JsonValue] = []
+    for rule, message, *expression in pairs:
+        entry: JsonDict = {"rule": rule, "message": message}
+        if expression:
+            entry["messageExpression"] = expression[0]
+        validations.append(entry)
+    return {"x-kubernetes-validations": validations}

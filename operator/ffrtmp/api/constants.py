@@ -13,6 +13,8 @@ LABEL_WORKER: Final = f"{GROUP}/worker"
 # On a chunked job's children: the parent's name, and the part (`plan`, `audio`, `stitch` or the chunk number).
 LABEL_PARENT: Final = f"{GROUP}/parent"
 LABEL_CHUNK: Final = f"{GROUP}/chunk"
+# The condition of a job with spec.chunking On or Auto: True when it runs chunked, False when single-pass.
+CHUNKED_CONDITION: Final = "Chunked"
 # On worker Pods: the leaseTransitions of the leader Lease when the creating replica led (its term).
 LABEL_LEADER_TERM: Final = f"{GROUP}/leader-term"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"

@@ -441,17 +441,24 @@ class JobResources(ApiModel):
     )
 
 
+AUTO_MIN_SECONDS = 600
+
+
 class ChunkingSpec(ApiModel):
     """Chunked encoding: the input is cut into time ranges that workers encode in parallel, then
-    stitched. For long file inputs to mp4 files; the job's wall time shrinks with the pool's free
-    slots at a small cost in total CPU (each chunk decodes from the keyframe before its start)."""
+    stitched. For long file inputs to mp4 files and hls ladders; the job's wall time shrinks with the
+    pool's free slots at a small cost in total CPU (each chunk decodes from the keyframe before its
+    start) and one stream-copy stitch."""
 
-    mode: Literal["Off", "On"] = Field(
+    mode: Literal["Off", "On", "Auto"] = Field(
         default="Off",
         description=(
             "Off (default): one worker runs the job. On: a planning task probes the input's keyframes and "
             "cuts it into chunks; child TranscodeJobs (labelled ffmpeg-rtmp.io/parent) encode each chunk's "
-            "video and the whole input's audio once, and a stitch task joins them by stream copy."
+            "video and the whole input's audio (and the thumbnails) once, and a stitch task joins them by "
+            "stream copy (mp4 files, hls ladders). Auto: chunked when the outputs allow it and the planning "
+            "task finds the input at least autoMinSeconds long, else one worker runs the job; the condition "
+            "Chunked says which and why."
         ),
     )
     chunk_seconds: int = Field(
@@ -460,7 +467,8 @@ class ChunkingSpec(ApiModel):
         le=3600,
         description=(
             "Nominal chunk length. A cut moves to a source keyframe within a quarter of it, else it is exact; "
-            "a remainder of up to half a chunk joins the last chunk."
+            "a remainder of up to half a chunk joins the last chunk. With hls outputs it must be a whole "
+            "multiple of hls.segmentSeconds (default 6), and cuts are exact: chunks start at segment boundaries."
         ),
     )
     max_chunks_in_flight: int | None = Field(
@@ -468,6 +476,15 @@ class ChunkingSpec(ApiModel):
         ge=1,
         le=1000,
         description="At most this many chunk tasks queued or running at once (default: all of them).",
+    )
+    auto_min_seconds: int = Field(
+        default=AUTO_MIN_SECONDS,
+        ge=1,
+        le=86400 * 7,
+        description=(
+            f"mode Auto: inputs at least this long (default {AUTO_MIN_SECONDS} s) are chunked, shorter ones run "
+            "single-pass (a short input then costs one extra probing task)."
+        ),
     )
 
 
@@ -499,18 +516,23 @@ class ChunkTask(ApiModel):
 
 
 _CHUNKING_ON = "has(self.chunking) && self.chunking.mode == 'On'"
+_CHUNK_SECONDS = "(has(self.chunking.chunkSeconds) ? self.chunking.chunkSeconds : 10)"
+_SEGMENT_SECONDS = "(has(self.hls) && has(self.hls.segmentSeconds) ? self.hls.segmentSeconds : 6)"
 _CHUNKING_RULES = (
     (
         f"!({_CHUNKING_ON}) || (self.input.uri.startsWith('/') && !(has(self.input.live) && self.input.live))",
-        "chunking needs a file input: live, rtmp(s) and http(s) inputs are not supported with chunking yet",
+        "chunking needs a file input: live, rtmp(s), http(s) and s3 inputs are not supported with chunking",
     ),
     (
-        f"!({_CHUNKING_ON}) || self.outputs.all(o, o.container == 'mp4')",
-        "chunking writes mp4 files: hls, rtmp/flv, mkv and mpegts outputs are not supported with chunking yet",
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, o.container in ['mp4', 'hls'])",
+        "chunking writes mp4 files and hls ladders: rtmp/flv, mkv and mpegts outputs are not supported with chunking",
     ),
     (
-        f"!({_CHUNKING_ON}) || !(has(self.hls) || has(self.thumbnails))",
-        "hls packaging and thumbnails are not supported with chunking yet",
+        f"!({_CHUNKING_ON}) || !self.outputs.exists(o, o.container == 'hls') || "
+        f"{_CHUNK_SECONDS} % {_SEGMENT_SECONDS} == 0",
+        "chunking.chunkSeconds must be a whole multiple of hls.segmentSeconds: chunks are cut at segment boundaries",
+        "'chunking.chunkSeconds %d is not a whole multiple of hls.segmentSeconds %d: chunks are cut at segment "
+        f"boundaries'.format([{_CHUNK_SECONDS}, {_SEGMENT_SECONDS}])",
     ),
     (
         f"!({_CHUNKING_ON}) || !has(self.destination)",
@@ -521,16 +543,23 @@ _CHUNKING_RULES = (
         "chunking encodes video: video codec copy or none is not supported with chunking",
     ),
     (
-        f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !((has(o.video.twoPass) && o.video.twoPass) "
-        "|| has(o.video.fps)))",
-        "twoPass and fps are not supported with chunking yet",
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !(has(o.video.twoPass) && o.video.twoPass))",
+        "twoPass is not supported with chunking: a first pass would measure each chunk, not the whole input "
+        "(use bitrate with maxrate)",
+    ),
+    (
+        f"!({_CHUNKING_ON}) || self.outputs.all(o, !has(o.video) || !has(o.video.fps))",
+        "fps is not supported with chunking yet",
     ),
     (
         f"!({_CHUNKING_ON}) || !(has(self.input.startSeconds) || has(self.input.durationSeconds) || "
         "(has(self.input.realtime) && self.input.realtime))",
         "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet",
     ),
-    (f"!({_CHUNKING_ON}) || !has(self.chunkTask)", "chunkTask is set by the operator on a chunked job's children"),
+    (
+        "!has(self.chunking) || self.chunking.mode == 'Off' || !has(self.chunkTask)",
+        "chunkTask is set by the operator on a chunked job's children",
+    ),
 )
 
 

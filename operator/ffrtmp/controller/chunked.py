@@ -1,4 +1,4 @@
-"""Chunked jobs (pure): what a parent with `spec.chunking.mode: On` needs next.
+"""Chunked jobs (pure): what a parent with `spec.chunking.mode: On` (or Auto) needs next.
 
 A chunked parent is never assigned to a worker itself. Its work is done by child TranscodeJobs,
 which go through the same queue, priorities, slots, Leases and retries as any job:
@@ -10,6 +10,11 @@ which go through the same queue, priorities, slots, Leases and retries as any jo
    `<parent>-audio` (Audio) for the whole input's audio.
 3. `<parent>-stitch` (Stitch), once every chunk and the audio succeeded: it joins them into the
    parent's outputs and removes the work area; the parent then succeeds with its outputs.
+
+`mode: Auto` goes the same way, except that the parent runs single-pass (a job like any other,
+condition Chunked False with the reason) when its spec cannot be chunked, found before any child
+is made, or when the plan task finds the input shorter than `autoMinSeconds`; a chunked parent
+carries condition Chunked True with its reason (On too).
 
 Children carry the parent's spec (without `chunking`), its priority and pool, the labels
 ffmpeg-rtmp.io/parent and ffmpeg-rtmp.io/chunk, and an ownerReference to the parent. A child
@@ -25,10 +30,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ffrtmp.api.constants import API_VERSION, LABEL_CHUNK, LABEL_PARENT
-from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.controller.chunking import Chunk, decode_boundaries
+from ffrtmp.api.constants import API_VERSION, CHUNKED_CONDITION, LABEL_CHUNK, LABEL_PARENT
+from ffrtmp.api.job import AUTO_MIN_SECONDS, TranscodeJobSpec
+from ffrtmp.conditions import condition, now_iso, set_conditions
+from ffrtmp.controller.chunking import Chunk, ModeChoice, choose_mode, decode_boundaries
 from ffrtmp.controller.state import JobView
+from ffrtmp.ffmpeg.chunks import chunking_refusal
 
 Obj = dict[str, Any]
 PLAN, AUDIO, STITCH = "plan", "audio", "stitch"
@@ -129,14 +136,22 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
 
     plan_text = (parent.chunks or {}).get("plan")
     if not plan_text:
+        chunk_seconds = int(chunking.get("chunkSeconds", 10))
+        mode = str(chunking.get("mode", "On"))
+        refusal = chunking_refusal(TranscodeJobSpec.from_api(spec), chunk_seconds) if mode == "Auto" else None
         planner = by_part.get(PLAN)
-        if planner is not None and planner.phase == "Succeeded" and planner.chunk_plan:
-            chunks = decode_boundaries(planner.chunk_plan)
-            status = _running(parent, "planned", {"plan": planner.chunk_plan, **_counts(chunks, mine)}, None, now)
-            planned = f"planned {len(chunks)} chunks of about {chunking.get('chunkSeconds', 10)} s"
+        found = planner.chunk_plan if planner is not None and planner.phase == "Succeeded" else None
+        chunks = decode_boundaries(found) if found else None
+        duration = chunks[-1].end_us if chunks else None
+        choice = choose_mode(mode, refusal, duration, int(chunking.get("autoMinSeconds", AUTO_MIN_SECONDS)))
+        if choice is not None and not choice.chunked:
+            return ChunkedDecision([], _single_pass(parent, choice, now), ("Normal", "SinglePass", choice.message))
+        if found and chunks:
+            status = _running(parent, "planned", {"plan": found, **_counts(chunks, mine)}, None, now, choice)
+            planned = f"planned {len(chunks)} chunks of about {chunk_seconds} s"
             return ChunkedDecision([], status, ("Normal", "Planned", planned), deadline)
-        create(PLAN, {"kind": "Plan", "chunkSeconds": int(chunking.get("chunkSeconds", 10))})
-        status = _running(parent, "planning", {"summary": "planning"}, None, now)
+        create(PLAN, {"kind": "Plan", "chunkSeconds": chunk_seconds})
+        status = _running(parent, "planning", {"summary": "planning"}, None, now, choice)
         return ChunkedDecision(creates, status, None, deadline)
 
     chunks = decode_boundaries(plan_text)
@@ -194,23 +209,28 @@ def _percent(chunks: tuple[Chunk, ...], children: list[JobView], stitch: JobView
     return round(encoded * 0.98 + stitched * 0.02, 1)
 
 
-def _running(parent: JobView, stage: str, chunks: Obj, percent: float | None, now: float) -> Obj | None:
+def _running(
+    parent: JobView, stage: str, chunks: Obj, percent: float | None, now: float, choice: ModeChoice | None = None
+) -> Obj | None:
     message = f"chunked: {stage}" + (f", {chunks['summary']} chunks encoded" if "total" in chunks else "")
     same = (
         parent.phase == "Running"
         and parent.message == message
         and all((parent.chunks or {}).get(k) == v for k, v in chunks.items())
     )
-    if same and (percent is None or percent == parent.percent):
+    said = condition(parent.conditions, CHUNKED_CONDITION)
+    tell = choice is not None and (said is None or said.get("status") != "True" or said.get("reason") != choice.reason)
+    if same and (percent is None or percent == parent.percent) and not tell:
         return None
+    updates = [("Running", "True", "ChunksRunning", message)]
+    if choice is not None and tell:
+        updates.append((CHUNKED_CONDITION, "True", choice.reason, choice.message))
     status: Obj = {
         "phase": "Running",
         "message": message,
         "chunks": chunks,
         "observedGeneration": parent.generation,
-        "conditions": set_conditions(
-            parent.conditions, [("Running", "True", "ChunksRunning", message)], now=now, generation=parent.generation
-        ),
+        "conditions": set_conditions(parent.conditions, updates, now=now, generation=parent.generation),
     }
     if parent.start_time is None:
         status["startTime"] = now_iso(now)
@@ -219,6 +239,28 @@ def _running(parent: JobView, stage: str, chunks: Obj, percent: float | None, no
     if percent is not None:
         status["progress"] = {"percent": percent}
     return status
+
+
+def _single_pass(parent: JobView, choice: ModeChoice, now: float) -> Obj:
+    """Back to the queue as a job of its own: from now on it is scheduled and run like any job
+    (`state.parse_job` reads the condition Chunked False); its plan task is deleted with it."""
+    return {
+        "phase": "Pending",
+        "message": choice.message,
+        "chunks": None,
+        "progress": None,
+        "startTime": None,
+        "observedGeneration": parent.generation,
+        "conditions": set_conditions(
+            parent.conditions,
+            [
+                (CHUNKED_CONDITION, "False", choice.reason, choice.message),
+                ("Running", "False", choice.reason, "not running"),
+            ],
+            now=now,
+            generation=parent.generation,
+        ),
+    }
 
 
 def _finished(parent: JobView, phase: str, reason: str | None, message: str, now: float) -> Obj:

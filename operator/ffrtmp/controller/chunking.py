@@ -10,6 +10,8 @@ right at the cut, and an open-GOP source is cut where its GOPs are closed enough
 else at the exact nominal time (the chunk encode then decodes from the previous keyframe and
 drops the frames before its start). The plan is stored compactly (`encode_boundaries`) so that
 a restarted operator continues the same plan.
+
+`choose_mode` decides whether a job of chunking mode Auto runs chunked or single-pass.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ __all__ = [
     "MICROS",
     "Chunk",
     "ChunkBounds",
+    "ModeChoice",
     "bounds_for",
+    "choose_mode",
     "decode_boundaries",
     "encode_boundaries",
     "plan_chunks",
@@ -114,3 +118,32 @@ def decode_boundaries(text: str) -> tuple[Chunk, ...]:
     if len(points) < 2 or points[0] != 0 or any(b <= a for a, b in itertools.pairwise(points)):
         raise ValueError(f"not a chunk plan: {text[:80]!r}")
     return tuple(Chunk(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(points)))
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChoice:
+    """Whether a job with chunking On or Auto runs chunked, and why (its condition Chunked)."""
+
+    chunked: bool
+    reason: str
+    message: str
+
+
+def choose_mode(mode: str, refusal: str | None, duration_us: int | None, auto_min_seconds: int) -> ModeChoice | None:
+    """mode On: chunked. Auto: single-pass when the spec cannot be chunked (`refusal`, from
+    `ffmpeg.chunks.chunking_refusal`), else by the input's duration (the last boundary of the plan
+    task's plan): chunked when it is at least `auto_min_seconds`; None while it is not known."""
+    if mode == "On":
+        return ModeChoice(True, "ChunkingOn", "chunked: spec.chunking.mode is On")
+    if refusal is not None:
+        return ModeChoice(False, "NotChunkable", f"single-pass (chunking mode Auto): {refusal}")
+    if duration_us is None:
+        return None
+    length = f"the input is {seconds(duration_us)} s"
+    if duration_us >= auto_min_seconds * MICROS:
+        return ModeChoice(
+            True, "LongInput", f"chunked (mode Auto): {length}, at least autoMinSeconds {auto_min_seconds}"
+        )
+    return ModeChoice(
+        False, "ShortInput", f"single-pass (mode Auto): {length}, under autoMinSeconds {auto_min_seconds}"
+    )

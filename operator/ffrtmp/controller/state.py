@@ -20,13 +20,14 @@ from ffrtmp.api.constants import (
     ANNOTATION_ENCODER,
     ANNOTATION_ENCODERS,
     ANNOTATION_STORAGE,
+    CHUNKED_CONDITION,
     LABEL_CHUNK,
     LABEL_PARENT,
     LABEL_POOL,
 )
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.api.pool import WorkerPoolSpec
-from ffrtmp.conditions import condition, parse_time
+from ffrtmp.conditions import condition, is_false, parse_time
 from ffrtmp.ffmpeg.encoders import VIDEO_CODECS
 
 Obj = dict[str, Any]
@@ -159,7 +160,9 @@ def parse_job(obj: Obj) -> JobView:
         )
     labels = meta.get("labels") or {}
     chunking = spec.get("chunking") or {}
-    chunked = chunking.get("mode") == "On"
+    chunked = chunking.get("mode") == "On" or (
+        chunking.get("mode") == "Auto" and not is_false(status.get("conditions"), CHUNKED_CONDITION)
+    )
     chunks = status.get("chunks") if isinstance(status.get("chunks"), dict) else None
     owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "TranscodeJob"]
     progress = status.get("progress") or {}

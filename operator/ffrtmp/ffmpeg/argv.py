@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -365,6 +365,7 @@ def build_encode_plan(
     av1_cpu_encoder: str = AV1_CPU_ENCODER,
     render_device: str = DEFAULT_RENDER_DEVICE,
     time_range: tuple[int, int] | None = None,
+    segment_keyframes: Mapping[str, HlsSpec] | None = None,
 ) -> EncodePlan:
     """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
 
@@ -381,7 +382,9 @@ def build_encode_plan(
 
     `time_range` (start, end) in microseconds of the source timeline: encode only the video frames
     with start <= pts < end, with timestamps relative to start and kept as they are (one chunk of
-    a chunked job, see `ffmpeg.chunks`).
+    a chunked job, see `ffmpeg.chunks`). `segment_keyframes` (output name -> hls packaging): those
+    file outputs' video gets the keyframes an hls output of that packaging gets (a chunk of an hls
+    rendition, packaged by the stitch).
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
@@ -514,7 +517,7 @@ def build_encode_plan(
             r,
             accelerator,
             suffix,
-            hls=hls if in_hls else None,
+            hls=hls if in_hls else (segment_keyframes or {}).get(r.output.name),
             pass_number=pass_number,
             scratch_dir=scratch_dir,
             av1_cpu_encoder=av1_cpu_encoder,

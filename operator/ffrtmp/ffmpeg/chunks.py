@@ -12,13 +12,22 @@ A chunked job's outputs are made in three kinds of task, each a plain ffmpeg run
   duplicated or moved at a cut, and a variable frame rate survives. Each chunk is a closed GOP
   sequence starting with an IDR frame (a new encode always starts with one; x264/x265 GOPs are
   closed unless asked otherwise).
+  An hls output's chunk is encoded as its hls encode is, keyframes forced at every segment
+  boundary (`-force_key_frames`), and its chunks start exactly at multiples of chunkSeconds, a
+  whole multiple of the segment length (`cuts_on_keyframes`, the CRD's CEL): so its keyframes
+  fall where a single pass puts them.
 * audio: every output's audio from the whole input, once, into `<work>/audio/<output>.m4a`
-  (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there).
+  (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there); outputs
+  with the same audio settings share one encode (`audio_files`: a ladder's renditions mostly do), and
+  the thumbnails and sprite sheets from the source, as a single pass makes them.
 * stitch: per output, the concat demuxer reads the chunks by stream copy. Its list gives each
   chunk `inpoint 0` (keep the first frame's offset from the chunk start: the demuxer would
   otherwise move it to 0) and `duration` = the chunk's planned length, so that chunk i is placed
   at exactly its start on the source timeline and every frame gets back its source timestamp.
-  The audio is muxed beside it and the MP4 written with faststart.
+  The audio is muxed beside it and the MP4 written with faststart. The hls outputs are packaged
+  in one run by the single pass's hls muxer options (`hls.hls_muxer`): it cuts each variant's
+  segments at the first keyframe at or after every multiple of the segment length, the forced
+  ones, so segments start at the same frames in every rendition and as in a single pass.
 
 Frame timing: a chunked output keeps the source's frame timestamps. ffmpeg's default for a
 single-pass MP4 is a constant frame rate (frames duplicated or dropped to fit the grid), so for a
@@ -31,14 +40,26 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ffrtmp.api.job import AudioSpec, OutputSpec, TranscodeJobSpec, VideoSpec
+from ffrtmp.api.job import AudioSpec, HlsSpec, OutputSpec, TranscodeJobSpec, VideoSpec
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
-from ffrtmp.ffmpeg.argv import BASE_ARGS, FFMPEG, EncodePlan, PlannedOutput, build_encode_plan, default_output_path
+from ffrtmp.ffmpeg.argv import (
+    BASE_ARGS,
+    FFMPEG,
+    THUMBS_DIR,
+    EncodePlan,
+    PlannedOutput,
+    build_encode_plan,
+    default_output_path,
+)
+from ffrtmp.ffmpeg.hls import HLS_DIR, hls_muxer
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
 from ffrtmp.ffmpeg.media import SourceMedia
+from ffrtmp.ffmpeg.rendition import DEFAULT_AUDIO_BITRATE
 from ffrtmp.ffmpeg.timeline import parse_micros, seconds
 
 AUDIO_DIR = "audio"
+CHUNKABLE_CONTAINERS = ("mp4", "hls")
+ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 
 
 @dataclass(frozen=True)
@@ -55,29 +76,56 @@ def chunk_dir(index: int) -> str:
     return f"c{index:05d}"
 
 
-def check_chunkable(spec: TranscodeJobSpec) -> None:
-    """What chunking does not do yet, as InvalidSpec (the CRD's CEL refuses the same)."""
+def chunking_refusal(spec: TranscodeJobSpec, chunk_seconds: int | None = None) -> str | None:
+    """Why `spec` cannot be chunked (with chunks of `chunk_seconds`, when given), or None. The CRD's
+    CEL refuses the same for `mode: On`; `mode: Auto` runs such a job single-pass instead."""
     if spec.input.start_seconds is not None or spec.input.duration_seconds is not None or spec.input.realtime:
         # realtime (-re) paces by source timestamps, which a chunk keeps: it would wait until its start.
-        raise InvalidSpec(
-            "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"
-        )
-    if not spec.input.uri.startswith("/"):
-        raise InvalidSpec("chunking needs a file input")
+        return "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"
+    if not spec.input.uri.startswith("/") or spec.input.live:
+        return "chunking needs a file input: live, rtmp(s), http(s) and s3 inputs are not supported"
     if spec.destination is not None:
-        raise InvalidSpec("spec.destination is not supported with chunking yet")
-    if spec.hls is not None or spec.thumbnails is not None:
-        raise InvalidSpec("hls packaging and thumbnails are not supported with chunking yet")
+        return "spec.destination is not supported with chunking yet"
     for output in spec.outputs:
         video = output.video or VideoSpec()
-        if output.container != "mp4":
-            raise InvalidSpec(f"output {output.name}: only mp4 outputs are supported with chunking yet")
+        if output.container not in CHUNKABLE_CONTAINERS:
+            return f"output {output.name}: chunking writes mp4 files and hls ladders, not {output.container}"
         if video.codec in ("copy", "none"):
-            raise InvalidSpec(f"output {output.name}: chunking encodes video; codec {video.codec} is not supported")
+            return f"output {output.name}: chunking encodes video; codec {video.codec} is not supported"
         if video.two_pass:
-            raise InvalidSpec(f"output {output.name}: twoPass is not supported with chunking yet")
+            # A first pass measures the whole input to place bits; per chunk it would hit the target
+            # per chunk, not over the input (TWO_PASS_REFUSAL in the docs).
+            return f"output {output.name}: twoPass is not supported with chunking (use a bitrate with maxrate)"
         if video.fps is not None:
-            raise InvalidSpec(f"output {output.name}: fps is not supported with chunking yet")
+            return f"output {output.name}: fps is not supported with chunking yet"
+    segment = hls_segment_seconds(spec)
+    if chunk_seconds is not None and segment is not None and chunk_seconds % segment != 0:
+        return (
+            f"chunkSeconds {chunk_seconds} is not a whole multiple of hls.segmentSeconds {segment}: "
+            "chunks are cut at segment boundaries"
+        )
+    return None
+
+
+def check_chunkable(spec: TranscodeJobSpec, chunk_seconds: int | None = None) -> None:
+    """InvalidSpec when `spec` cannot be chunked (see `chunking_refusal`)."""
+    refusal = chunking_refusal(spec, chunk_seconds)
+    if refusal is not None:
+        raise InvalidSpec(refusal)
+
+
+def hls_segment_seconds(spec: TranscodeJobSpec) -> int | None:
+    """The hls segment length when the job has hls outputs."""
+    if not any(o.container == "hls" for o in spec.outputs):
+        return None
+    return (spec.hls or HlsSpec()).segment_seconds
+
+
+def cuts_on_keyframes(spec: TranscodeJobSpec) -> bool:
+    """Whether the planner may move a cut onto a source keyframe. Not for hls outputs: their chunks
+    start exactly at multiples of chunkSeconds, i.e. at segment boundaries, so that each chunk's
+    forced keyframes (and the segments the stitch cuts there) fall where a single pass puts them."""
+    return hls_segment_seconds(spec) is None
 
 
 def chunk_video_plan(
@@ -94,14 +142,18 @@ def chunk_video_plan(
     render_device: str = DEFAULT_RENDER_DEVICE,
 ) -> EncodePlan:
     """One chunk: every output's video for the chunk's time range, without audio, as
-    `<output>.mp4` in `output_dir` (published as the work area's `chunk_dir(index)`)."""
+    `<output>.mp4` in `output_dir` (published as the work area's `chunk_dir(index)`). An hls
+    output's chunk gets the keyframes its hls encode gets (forced at every segment boundary)."""
     check_chunkable(spec)
     outputs = [
-        output.model_copy(update={"audio": AudioSpec(codec="none"), "path": f"{output.name}.mp4", "tags": None})
+        output.model_copy(
+            update={"container": "mp4", "audio": AudioSpec(codec="none"), "path": f"{output.name}.mp4", "tags": None}
+        )
         for output in spec.outputs
     ]
+    ladder = spec.hls or HlsSpec()
     return build_encode_plan(
-        spec.model_copy(update={"outputs": outputs}),
+        spec.model_copy(update={"outputs": outputs, "hls": None, "thumbnails": None}),
         accelerator,
         input_url=input_url,
         output_dir=output_dir,
@@ -112,6 +164,7 @@ def chunk_video_plan(
         source=source,
         render_device=render_device,
         time_range=(chunk.start_us, chunk.end_us),
+        segment_keyframes={o.name: ladder for o in spec.outputs if o.container == "hls"},
     )
 
 
@@ -126,41 +179,59 @@ def audio_plan(
     source: SourceMedia | None = None,
 ) -> EncodePlan | None:
     """Every output's audio from the whole input, in one run, as `<output>.m4a` in `output_dir`
-    (published as the work area's AUDIO_DIR); None when no output carries audio (the input has
-    none, or every output drops it)."""
+    (published as the work area's AUDIO_DIR), and the job's thumbnails and sprite sheets from the
+    source (under THUMBS_DIR there, as a single pass makes them); None when there is neither (no
+    output carries audio, or the input has none, and no thumbnails)."""
     check_chunkable(spec)
-    if source is not None and not source.audio_streams:
-        return None
+    with_audio = source is None or bool(source.audio_streams)
+    encoded = sorted(set(audio_files(spec).values())) if with_audio else []
     outputs = [
         OutputSpec(name=o.name, container="mp4", path=f"{o.name}.m4a", video=VideoSpec(codec="none"), audio=o.audio)
         for o in spec.outputs
-        if (o.audio or AudioSpec()).codec != "none"
+        if o.name in encoded
     ]
-    if not outputs:
+    if not outputs and spec.thumbnails is None:
         return None
     return build_encode_plan(
-        spec.model_copy(update={"outputs": outputs, "extra_args": None}),
+        spec.model_copy(update={"outputs": outputs, "extra_args": None, "hls": None}),
         "cpu",
         input_url=input_url,
         output_dir=output_dir,
         scratch_dir=scratch_dir,
         allowed_protocols=allowed_protocols,
         threads=threads,
-        input_has_audio=True if source is not None else None,
+        input_has_audio=True if source is not None and with_audio else None,
         source=source,
     )
 
 
+def audio_files(spec: TranscodeJobSpec) -> dict[str, str]:
+    """Output name -> the output whose `<name>.m4a` holds its audio, for the outputs with audio: the
+    first output with the same audio settings (the same encode of the same source stream)."""
+    files: dict[str, str] = {}
+    first: list[tuple[AudioSpec, str]] = []
+    for output in spec.outputs:
+        audio = output.audio or AudioSpec()
+        if audio.codec == "none":
+            continue
+        same = next((name for settings, name in first if settings == audio), None)
+        if same is None:
+            first.append((audio, output.name))
+        files[output.name] = same or output.name
+    return files
+
+
 @dataclass(frozen=True)
 class StitchPlan:
-    """The stitch runs (one per output); before them, the concat lists they read are written
-    (path relative to the work area -> text) and `directories` (relative to the output folder)
-    made."""
+    """The stitch runs; before them, the concat lists they read are written (path relative to the
+    work area -> text), `directories` (relative to the output folder) made, and `copies` made (a
+    folder of the work area -> where it goes in the output folder: the thumbnails)."""
 
     passes: list[list[str]]
     outputs: list[PlannedOutput]
     lists: dict[str, str] = field(default_factory=dict)
     directories: list[str] = field(default_factory=list)
+    copies: dict[str, str] = field(default_factory=dict)
 
 
 def concat_list(output_name: str, chunks: Sequence[TimeRange]) -> str:
@@ -177,21 +248,25 @@ def concat_list(output_name: str, chunks: Sequence[TimeRange]) -> str:
 def stitch_plan(
     spec: TranscodeJobSpec, chunks: Sequence[TimeRange], *, work_dir: str, output_dir: str, with_audio: bool
 ) -> StitchPlan:
-    """Per output: its chunks by stream copy, its audio beside them, MP4 with faststart, written
-    to the job's output folder. `with_audio`: whether the audio task wrote audio files."""
+    """Per mp4 output: its chunks by stream copy, its audio beside them, MP4 with faststart; the hls
+    outputs: one run packaging every rendition's joined chunks and audio by stream copy with the
+    single pass's hls muxer options (`hls.hls_muxer`); the thumbnails copied. Written to the job's
+    output folder. `with_audio`: whether the audio task wrote audio files."""
     check_chunkable(spec)
     passes: list[list[str]] = []
     planned: list[PlannedOutput] = []
     lists: dict[str, str] = {}
     for output in spec.outputs:
         # Beside chunks/: the demuxer refuses paths with a component starting with a period.
-        listed = f"{output.name}.ffconcat"
-        lists[listed] = concat_list(output.name, chunks)
+        lists[f"{output.name}.ffconcat"] = concat_list(output.name, chunks)
+    ladder = [o for o in spec.outputs if o.container == "hls"]
+    sources = audio_files(spec) if with_audio else {}
+    for output in spec.outputs:
+        if output.container == "hls":
+            continue
         path = default_output_path(output)
-        argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", "file", "-f", "concat", "-i", os.path.join(work_dir, listed)]
-        audio = with_audio and (output.audio or AudioSpec()).codec != "none"
-        if audio:
-            argv += ["-i", os.path.join(work_dir, AUDIO_DIR, f"{output.name}.m4a")]
+        audio = sources.get(output.name)
+        argv = [FFMPEG, *BASE_ARGS, *_joined_inputs(output, work_dir, audio)]
         argv += ["-map", "0:v:0", *(["-map", "1:a:0"] if audio else []), "-c", "copy"]
         argv += ["-movflags", "+faststart"]
         if output.tags is not None:
@@ -200,8 +275,63 @@ def stitch_plan(
         argv += ["-f", "mp4", os.path.join(output_dir, path)]
         passes.append(argv)
         planned.append(PlannedOutput(output.name, "file", path))
-    directories = sorted({os.path.dirname(p.path) for p in planned} - {""})
-    return StitchPlan(passes, planned, lists, directories)
+    if ladder:
+        passes.append(_hls_stitch(spec, ladder, work_dir, output_dir, sources))
+        planned += [PlannedOutput(o.name, "hls-variant", default_output_path(o)) for o in ladder]
+        master = (spec.hls or HlsSpec()).master_playlist
+        planned.append(PlannedOutput("master", "hls-master", f"{HLS_DIR}/{master}"))
+    copies: dict[str, str] = {}
+    if spec.thumbnails is not None:
+        copies[os.path.join(AUDIO_DIR, THUMBS_DIR)] = THUMBS_DIR
+        thumbs = spec.thumbnails
+        planned.append(PlannedOutput("thumbnails", "thumbnails", f"{THUMBS_DIR}/thumb_%05d.{thumbs.format}"))
+        if thumbs.sprite is not None:
+            planned.append(PlannedOutput("sprite", "sprite", f"{THUMBS_DIR}/sprite_%03d.{thumbs.format}"))
+    directories = sorted({os.path.dirname(p.path) for p in planned if p.kind not in ("thumbnails", "sprite")} - {""})
+    return StitchPlan(passes, planned, lists, directories, copies)
+
+
+def _joined_inputs(output: OutputSpec, work_dir: str, audio: str | None) -> list[str]:
+    """An output's joined chunks (the concat demuxer over its list) and its audio: the audio file of
+    the output named `audio` (None: no audio)."""
+    listed = os.path.join(work_dir, f"{output.name}.ffconcat")
+    inputs = ["-protocol_whitelist", "file", "-f", "concat", "-i", listed]
+    if audio is not None:
+        inputs += ["-protocol_whitelist", "file", "-i", os.path.join(work_dir, AUDIO_DIR, f"{audio}.m4a")]
+    return inputs
+
+
+def _hls_stitch(
+    spec: TranscodeJobSpec, ladder: Sequence[OutputSpec], work_dir: str, output_dir: str, sources: dict[str, str]
+) -> list[str]:
+    """One run: every hls rendition's joined chunks and audio, by stream copy, into the hls muxer as
+    the single pass configures it. The streams carry the encodes' target bitrates (bitrate, else
+    maxrate; the audio's), which the muxer writes as the master playlist's BANDWIDTH as it does
+    from the encoders in a single pass; h264 and hevc go back to the Annex B headers an encoder gives
+    the muxer (the chunks' MP4 stores them as avcC/hvcC), from which it writes CODECS."""
+    inputs: list[str] = []
+    maps: list[str] = []
+    variants: list[str] = []
+    audio_index = 0
+    for video_index, output in enumerate(ladder):
+        video = output.video or VideoSpec()
+        audio_spec = output.audio or AudioSpec()
+        audio = sources.get(output.name)
+        first = inputs.count("-i")
+        inputs += _joined_inputs(output, work_dir, audio)
+        rate = video.bitrate or video.maxrate
+        maps += ["-map", f"{first}:v:0", f"-c:v:{video_index}", "copy"]
+        maps += [f"-b:v:{video_index}", rate] if rate is not None else []
+        if video.codec in ANNEX_B_FILTERS:
+            maps += [f"-bsf:v:{video_index}", ANNEX_B_FILTERS[video.codec]]
+        entry = f"v:{video_index}"
+        if audio is not None:
+            maps += ["-map", f"{first + 1}:a:0", f"-c:a:{audio_index}", "copy"]
+            maps += [f"-b:a:{audio_index}", audio_spec.bitrate or DEFAULT_AUDIO_BITRATE]
+            entry += f",a:{audio_index}"
+            audio_index += 1
+        variants.append(f"{entry},name:{output.name}")
+    return [FFMPEG, *BASE_ARGS, *inputs, *maps, *hls_muxer(spec.hls or HlsSpec(), output_dir, variants)]
 
 
 KEYFRAME_PROBE_ARGS = (

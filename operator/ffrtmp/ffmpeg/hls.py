@@ -1,4 +1,9 @@
-"""The HLS packaging: one hls muxer output carrying every hls rendition as a variant stream."""
+"""The HLS packaging: one hls muxer output carrying every hls rendition as a variant stream.
+
+The same muxer options package a single-pass encode (`hls_output`, fed by the encoders) and a
+chunked job's stitch (`ffmpeg.chunks`, fed by stream copies of the joined chunks), so both write
+the same segments, variant playlists and master playlist.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,29 @@ from ffrtmp.api.job import HlsSpec
 from ffrtmp.ffmpeg.rendition import Rendition, VideoArgs, audio_args, audio_map, video_map
 
 HLS_DIR = "hls"
+
+
+def hls_muxer(hls: HlsSpec, output_dir: str, variants: Sequence[str]) -> list[str]:
+    """The hls muxer's options and target: `variants` are the `-var_stream_map` entries
+    (`v:0,a:0,name:720p`), in the order of the output's streams."""
+    extension = "m4s" if hls.segment_type == "fmp4" else "ts"
+    muxer = ["-f", "hls", "-hls_time", str(hls.segment_seconds)]
+    flags = "independent_segments"
+    if hls.playlist_type == "live":
+        muxer += ["-hls_list_size", str(hls.list_size)]
+        flags += "+delete_segments"
+    else:
+        muxer += ["-hls_playlist_type", hls.playlist_type, "-hls_list_size", "0"]
+    if hls.segment_type == "fmp4":
+        muxer += ["-hls_segment_type", "fmp4"]
+    return [
+        *muxer,
+        "-hls_flags", flags,
+        "-hls_segment_filename", os.path.join(output_dir, HLS_DIR, "%v", f"seg_%05d.{extension}"),
+        "-master_pl_name", hls.master_playlist,
+        "-var_stream_map", " ".join(variants),
+        os.path.join(output_dir, HLS_DIR, "%v", "index.m3u8"),
+    ]  # fmt: skip
 
 
 def hls_output(
@@ -36,27 +64,6 @@ def hls_output(
             entry += f",a:{audio_index}"
             audio_index += 1
         variants.append(f"{entry},name:{r.output.name}")
-    extension = "m4s" if hls.segment_type == "fmp4" else "ts"
-    muxer = ["-f", "hls", "-hls_time", str(hls.segment_seconds)]
-    flags = "independent_segments"
-    if hls.playlist_type == "live":
-        muxer += ["-hls_list_size", str(hls.list_size)]
-        flags += "+delete_segments"
-    else:
-        muxer += ["-hls_playlist_type", hls.playlist_type, "-hls_list_size", "0"]
-    if hls.segment_type == "fmp4":
-        muxer += ["-hls_segment_type", "fmp4"]
-    muxer += [
-        "-hls_flags", flags,
-        "-hls_segment_filename", os.path.join(output_dir, HLS_DIR, "%v", f"seg_%05d.{extension}"),
-        "-master_pl_name", hls.master_playlist,
-        "-var_stream_map", " ".join(variants),
-    ]  # fmt: skip
-    return [
-        *maps,
-        *codecs,
-        *thread_args,
-        *muxer,
-        *extra,
-        os.path.join(output_dir, HLS_DIR, "%v", "index.m3u8"),
-    ]
+    muxer = hls_muxer(hls, output_dir, variants)
+    # extraArgs go before the target, after the muxer's own options (as they always did)
+    return [*maps, *codecs, *thread_args, *muxer[:-1], *extra, muxer[-1]]

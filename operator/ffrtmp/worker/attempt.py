@@ -39,8 +39,10 @@ from ffrtmp.ffmpeg.chunks import (
     KEYFRAME_PROBE_ARGS,
     TimeRange,
     audio_plan,
+    check_chunkable,
     chunk_dir,
     chunk_video_plan,
+    cuts_on_keyframes,
     parse_keyframe_probe,
     stitch_plan,
 )
@@ -339,20 +341,21 @@ class Attempt:
         self.attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
             if self.spec.chunk_task is not None:
-                return await self._chunk_task_plan(self.spec.chunk_task, url, info.media if info else None)
-            plan = build_encode_plan(
-                self.spec,
-                self.config.accelerator,
-                input_url=url,
-                output_dir=str(self.attempt_dir),
-                scratch_dir=str(self.scratch),
-                allowed_protocols=list(self.config.allowed_protocols),
-                threads=self._threads(),
-                # a moment of a live stream may not show its audio yet: unknown, not absent
-                input_has_audio=None if info is None or live else info.audio_codec is not None,
-                source=None if info is None else info.media,
-                render_device=self.config.render_device,
-            )
+                plan = await self._chunk_task_plan(self.spec.chunk_task, url, info.media if info else None)
+            else:
+                plan = build_encode_plan(
+                    self.spec,
+                    self.config.accelerator,
+                    input_url=url,
+                    output_dir=str(self.attempt_dir),
+                    scratch_dir=str(self.scratch),
+                    allowed_protocols=list(self.config.allowed_protocols),
+                    threads=self._threads(),
+                    # a moment of a live stream may not show its audio yet: unknown, not absent
+                    input_has_audio=None if info is None or live else info.audio_codec is not None,
+                    source=None if info is None else info.media,
+                    render_device=self.config.render_device,
+                )
         except InvalidSpec as e:
             raise _Failed(Failure("InvalidSpec", str(e), False)) from e
         for folder in plan.directories:
@@ -376,6 +379,8 @@ class Attempt:
                 raise _Failed(
                     Failure("InvalidInput", "the input's duration cannot be read: it cannot be chunked", False)
                 )
+            check_chunkable(self.spec, task.chunk_seconds)
+            keyframes = keyframes if cuts_on_keyframes(self.spec) else []
             chunks = plan_chunks(duration, task.chunk_seconds or 10, keyframes)
             self._chunk_plan = encode_boundaries(chunks)
             return nothing
@@ -399,6 +404,9 @@ class Attempt:
         )
         for name, text in stitch.lists.items():
             await asyncio.to_thread((work / name).write_text, text)
+        for source_dir, target in stitch.copies.items():
+            if await asyncio.to_thread((work / source_dir).is_dir):
+                await asyncio.to_thread(shutil.copytree, work / source_dir, self.attempt_dir / target)
         return EncodePlan(
             passes=stitch.passes, outputs=stitch.outputs, live=False,
             duration_seconds=ranges[-1].end_us / 1_000_000, directories=stitch.directories,
@@ -853,6 +861,10 @@ class Attempt:
             # A variant's bytes are its playlist and segments; the master's, the whole ladder.
             counted = path.parent if out.kind in ("hls-variant", "hls-master") else path
             result: Obj = {"name": out.name, "path": str(path), "bytes": _tree_size(counted)}
+            task = self.spec.chunk_task
+            if task is not None and task.kind != "Stitch":
+                outputs.append(result)  # a chunk's or the audio's files: only the stitch reads them
+                continue
             info = await probe(str(path), env=self._ffmpeg_env({}))
             if info is not None:
                 result.update({k: v for k, v in {
