@@ -345,9 +345,8 @@ def test_a_retry_record_tells_the_last_reason_known() -> None:
     result = {"attempt": 2, "worker": "cpu-a", "outcome": "Failed", "reason": "FfmpegError", "retryable": True}
     failed_once = child("c00001", "Running", attempt=3, failed=1, result=result)
     fine = child("c00002", "Running", attempt=1)
-    chunks = parent_patch(decide(parent({"plan": PLAN}, "Running"), child("plan", "Succeeded"), lost, failed_once, fine))[
-        "chunks"
-    ]
+    actions = decide(parent({"plan": PLAN}, "Running"), child("plan", "Succeeded"), lost, failed_once, fine)
+    chunks = parent_patch(actions)["chunks"]
     assert chunks["retried"] == 2
     assert chunks["retries"] == [
         {"part": "c00001", "attempts": 3, "failures": 1, "reason": "FfmpegError"},
