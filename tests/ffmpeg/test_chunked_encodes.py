@@ -135,6 +135,20 @@ def probe(path: Path) -> Probe:
     return Probe(streams, pts, num / den, dts)
 
 
+def leading_frames(path: Path) -> int:
+    """Video packets that follow a keyframe in decode order but show before it (open GOPs)."""
+    document = ffprobe_json(
+        "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,flags", "-print_format", "json", str(path)
+    )  # fmt: skip
+    leading, key_pts = 0, None
+    for packet in document["packets"]:
+        if "K" in packet["flags"]:
+            key_pts = int(packet["pts"])
+        elif key_pts is not None and int(packet["pts"]) < key_pts:
+            leading += 1
+    return leading
+
+
 def run_passes(passes: list[list[str]]) -> None:
     for argv in passes:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -291,6 +305,8 @@ def test_stitched_output_matches_a_single_pass_encode(
     expected = {"keyframe": all(on_keyframes), "exact": not any(on_keyframes), "any": True,
                 "mixed": any(on_keyframes) and not all(on_keyframes)}  # fmt: skip
     assert expected[cuts], (cuts, cut_points, chunked.keyframes_us)
+    if clip.open_gop:
+        assert leading_frames(source) > 0, "the source has no open GOP"
 
     reference = single
     if clip.vfr:
