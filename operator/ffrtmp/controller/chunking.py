@@ -105,7 +105,7 @@ def plan_chunks(duration_us: int, chunk_seconds: int, keyframes_us: Sequence[int
 def encode_boundaries(chunks: Sequence[Chunk]) -> str:
     """The plan as stored in the parent's status: every boundary in microseconds, comma-separated
     (`0,10010000,...,duration`): 720 chunks (2 h in 10 s chunks) take about 8 kB, and at most
-    MAX_PLAN_CHARS are stored (about 5,900 chunks; see plan_too_long)."""
+    MAX_PLAN_CHARS are stored (about 6,000 chunks; see plan_too_long)."""
     if not chunks:
         return ""
     return ",".join([*(str(c.start_us) for c in chunks), str(chunks[-1].end_us)])
