@@ -281,6 +281,14 @@ def test_a_suspended_parent_still_finishes_when_its_started_stitch_succeeds_or_a
     assert (status["phase"], status["reason"]) == ("Failed", "InvalidInput")
 
 
+def test_a_plan_found_while_suspended_is_stored_and_nothing_more_starts() -> None:
+    job = with_suspended_condition(suspended(parent(phase="Pending")))
+    actions = decide(job, child("plan", "Succeeded", chunks={"plan": PLAN}))
+    assert creates(actions) == {}
+    status = parent_patch(actions)
+    assert (status["phase"], status["chunks"]["plan"], status["chunks"]["summary"]) == ("Pending", PLAN, "0/3")
+
+
 def test_children_never_carry_the_parents_suspend() -> None:
     job = parent()
     job["spec"]["suspend"] = False
