@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Farm
+from ffrtmp.dev.cluster import free_port
 from helpers import ffprobe, make_clip, wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,15 +55,34 @@ def follow(
     raise AssertionError(f"{name} did not finish: {status(farm.get_job(name))}")
 
 
+def chunk_metrics(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The operator's ffrtmp_chunk* samples: name -> {sorted labels: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("ffrtmp_chunk"):
+                out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
 def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
     clip = make_clip(farm.media / "film.mp4", seconds=12)  # one keyframe: six exact 2 s cuts
-    farm.start_operator()
+    port = free_port()
+    farm.start_operator("--metrics-port", str(port))
     two_workers(farm)
     farm.job("film", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
 
     seen: dict[str, dict[str, Any]] = {}  # child name -> its last status seen
     summaries: set[str] = set()
-    follow(farm, "film", seen, summaries, lambda: False)
+    in_flight: set[float] = set()
+
+    def sample_in_flight() -> bool:
+        in_flight.update((chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {}).values())
+        return False
+
+    follow(farm, "film", seen, summaries, sample_in_flight)
     parent = farm.get_job("film")
     assert status(parent).get("phase") == "Succeeded", status(parent)
 
@@ -90,6 +113,79 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
         60,
         "the children deleted",
     )
+
+    # Every task's run time was observed once, by task; chunks were seen in flight on the two workers.
+    ns_pool = (("namespace", farm.namespace), ("pool", "cpu"))
+    assert in_flight & {1.0, 2.0}, in_flight
+    assert max(in_flight) <= 2.0, in_flight
+    counts = chunk_metrics(port)["ffrtmp_chunk_seconds_count"]
+    assert counts == {
+        (("task", "plan"),): 1,
+        (("task", "video"),): 6,
+        (("task", "audio"),): 1,
+        (("task", "stitch"),): 1,
+    }
+    assert ns_pool not in (chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {})  # none left in flight
+
+
+def test_suspend_holds_the_chunks_not_started_and_resume_finishes_the_job(farm: Farm) -> None:
+    clip = make_clip(farm.media / "film.mp4", seconds=12, size="480x270")  # three 4 s chunks
+    farm.start_operator()
+    farm.pool("cpu", "cpu", minWorkers=1, maxWorkers=1, maxConcurrentJobs=1, autoscaling={"enabled": False})
+    farm.start_workers()
+    slow = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 30, "preset": "slow"}}]
+    chunking = {"mode": "On", "chunkSeconds": 4, "maxChunksInFlight": 2}
+    farm.job("film", str(clip), slow, chunking=chunking, resources={"limits": {"cpu": "1"}})
+
+    def children() -> dict[str, dict[str, Any]]:
+        return {j["metadata"]["name"]: j for j in farm.jobs() if j["metadata"]["name"] != "film"}
+
+    def a_chunk_running() -> dict[str, dict[str, Any]] | None:
+        now = children()
+        return (
+            now
+            if any(n.startswith("film-c0") and status(j).get("phase") == "Running" for n, j in now.items())
+            else None
+        )
+
+    wait_for(a_chunk_running, 120, "a chunk running", interval=0.2)
+    suspend = {"spec": {"suspend": True}}
+    farm.cluster.kubectl("patch", "tj", "film", "-n", farm.namespace, "--type=merge", "-p", json.dumps(suspend))
+    farm.wait_phase("film", "Pending", timeout=30)
+    at_suspend = children()
+    started = {n for n, j in at_suspend.items() if status(j).get("phase") in ("Scheduled", "Running", "Succeeded")}
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        now = children()
+        return now if not [j for j in now.values() if status(j).get("phase") in ("Scheduled", "Running")] else None
+
+    held = wait_for(settled, 120, "the started tasks finished")
+    for name, job in held.items():
+        phase = status(job).get("phase")
+        if name in started:  # started before the suspend: finished, on its first attempt
+            assert (phase, status(job).get("attempt")) == ("Succeeded", 1), (name, status(job))
+        else:  # created, not started: suspended too, never assigned
+            assert phase == "Pending" and not status(job).get("attempt"), (name, status(job))
+            suspended = {c["type"]: c for c in status(job)["conditions"]}["Suspended"]
+            assert (suspended["status"], suspended["reason"]) == ("True", "ParentSuspended")
+    assert set(held) == set(at_suspend) and "film-stitch" not in held  # nothing created while suspended
+    assert any(status(j).get("phase") == "Pending" for j in held.values()), "nothing was held"
+    time.sleep(2)  # a hold holds: nothing is created or assigned meanwhile
+    assert {n: status(j).get("phase") for n, j in children().items()} == {
+        n: status(j).get("phase") for n, j in held.items()
+    }
+    parent = status(farm.get_job("film"))
+    assert {c["type"]: c["status"] for c in parent["conditions"]}["Suspended"] == "True"
+    assert parent["chunks"]["total"] == 3 and "startTime" not in parent
+
+    resume = {"spec": {"suspend": False}}
+    farm.cluster.kubectl("patch", "tj", "film", "-n", farm.namespace, "--type=merge", "-p", json.dumps(resume))
+    parent = status(farm.wait_phase("film", "Succeeded", "Failed", timeout=180))
+    assert parent["phase"] == "Succeeded", parent
+    assert {c["type"]: c["status"] for c in parent["conditions"]}["Suspended"] == "False"
+    assert (parent["chunks"]["summary"], parent["chunks"]["retried"]) == ("3/3", 0)
+    probe = ffprobe(farm.output / farm.namespace / "film" / "main.mp4")
+    assert int(next(s for s in probe["streams"] if s["codec_type"] == "video")["nb_frames"]) == 12 * 25
 
 
 def test_an_operator_killed_mid_run_continues_the_stored_plan(farm: Farm) -> None:

@@ -818,6 +818,15 @@ class AttemptResult(ApiModel):
     finish_time: Timestamp | None = Field(default=None, description="When the attempt ended.")
 
 
+class ChunkRetry(ApiModel):
+    """A task of a chunked job that was retried (after a failed attempt or a lost worker)."""
+
+    part: str = Field(max_length=16, description="The task: plan, audio, stitch, or cNNNNN (chunk NNNNN).")
+    attempts: int = Field(ge=0, description="Attempts so far (a requeue after a lost worker counts too).")
+    failures: int = Field(ge=0, description="Failed attempts that counted against backoffLimit.")
+    reason: str | None = Field(default=None, max_length=64, description="The last failure reason known.")
+
+
 class ChunksStatus(ApiModel):
     """A chunked job's chunks (on the parent), or the plan a Plan task made (on that child)."""
 
@@ -831,6 +840,17 @@ class ChunksStatus(ApiModel):
     running: int | None = Field(default=None, ge=0, description="Chunks being encoded.")
     failed: int | None = Field(default=None, ge=0, description="Chunks failed past their backoffLimit.")
     summary: str | None = Field(default=None, max_length=64, description="`succeeded/total`, or the stage.")
+    retried: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tasks (chunks, audio, plan, stitch) retried after a failed attempt or a lost worker.",
+    )
+    retries: list[ChunkRetry] | None = Field(
+        default=None,
+        max_length=20,
+        description="Up to 20 of the retried tasks, those with the most attempts first (never one entry per chunk).",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
 
 
 class TranscodeJobStatus(ApiModel):

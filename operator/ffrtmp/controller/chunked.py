@@ -21,6 +21,17 @@ ffmpeg-rtmp.io/parent and ffmpeg-rtmp.io/chunk, and an ownerReference to the par
 that fails past its backoffLimit fails the parent with that child's reason. When the parent is
 finished or gone its children are deleted (stopping any still running): a cluster without a
 garbage collector cleans up the same way.
+
+`spec.suspend: true` on a parent holds the work not yet started, as a suspended plain job is not
+scheduled: no child is created, and children still waiting for a slot are suspended too (phase
+Pending, condition Suspended, reason ParentSuspended) instead of being assigned. Children already
+assigned or running finish (unlike a plain job's attempt, which is stopped: a chunk is short, and
+its work is kept). The parent shows phase Pending with condition Suspended; its timeoutSeconds
+clock is reset, as a plain job's is. With `suspend: false` again everything continues where it was.
+
+The parent's `status.chunks` stays small whatever the chunk count: the plan as one string of
+boundaries, counts, and the tasks that needed more than one attempt as a count (`retried`) plus at
+most RETRIES_SHOWN records (`retries`), never one entry per chunk.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from ffrtmp.ffmpeg.chunks import chunking_refusal
 
 Obj = dict[str, Any]
 PLAN, AUDIO, STITCH = "plan", "audio", "stitch"
+RETRIES_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +92,23 @@ def children_by_parent(jobs: Iterable[JobView]) -> dict[str, list[JobView]]:
     return out
 
 
+def task_of(part: str) -> str:
+    """The kind of work a child does, by its part label: plan, audio, stitch or video (a chunk)."""
+    return part if part in (PLAN, AUDIO, STITCH) else "video"
+
+
+def held_by_parent(child: JobView, jobs: dict[str, JobView]) -> bool:
+    """A child not yet assigned whose chunked parent is suspended: it waits, suspended too."""
+    if child.parent is None or child.part is None or child.active or child.terminal:
+        return False
+    parent = jobs.get(f"{child.namespace}/{child.parent}")
+    return parent is not None and parent.suspend
+
+
 def child_body(parent: JobView, spec: Obj, part: str, task: Obj) -> Obj:
-    child_spec = {k: v for k, v in spec.items() if k not in ("chunking", "ttlSecondsAfterFinished", "slaSeconds")}
+    # suspend is the parent's: a child is held through it (held_by_parent), never stopped.
+    dropped = ("chunking", "ttlSecondsAfterFinished", "slaSeconds", "suspend")
+    child_spec = {k: v for k, v in spec.items() if k not in dropped}
     child_spec["chunkTask"] = {"parent": parent.name, **task}
     return {
         "apiVersion": API_VERSION,
@@ -114,10 +141,22 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
     creates: list[CreateJob] = []
 
     def create(part: str, task: Obj) -> None:
-        if part not in by_part:
+        if part not in by_part and not parent.suspend:
             creates.append(
                 CreateJob(f"{parent.namespace}/{child_name(parent.name, part)}", child_body(parent, spec, part, task))
             )
+
+    def step(
+        stage: str, chunks: Obj, percent: float | None, event: tuple[str, str, str] | None,
+        choice: ModeChoice | None = None,
+    ) -> ChunkedDecision:  # fmt: skip
+        """Running at `stage`, or suspended there (nothing new starts, no deadline runs)."""
+        if parent.suspend:
+            status, event = _suspended(parent, chunks, mine, now)
+            return ChunkedDecision([], status, event)
+        if parent.suspended:
+            event = ("Normal", "Resumed", RESUMED)
+        return ChunkedDecision(creates, _running(parent, stage, chunks, percent, now, choice), event, deadline)
 
     failed = sorted((c for c in mine if c.phase == "Failed"), key=lambda c: c.name)
     if failed:
@@ -127,7 +166,7 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         return ChunkedDecision([], _finished(parent, "Failed", reason, message, now), ("Warning", reason, message))
     # timeoutSeconds bounds the whole chunked job, from its first step; each child also keeps it.
     deadline = None
-    if parent.timeout_seconds is not None and parent.start_time is not None:
+    if parent.timeout_seconds is not None and parent.start_time is not None and not parent.suspend:
         deadline = parent.start_time + parent.timeout_seconds
         if deadline <= now:
             message = f"ran longer than timeoutSeconds ({parent.timeout_seconds}s); its chunks were stopped"
@@ -147,12 +186,12 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         if choice is not None and not choice.chunked:
             return ChunkedDecision([], _single_pass(parent, choice, now), ("Normal", "SinglePass", choice.message))
         if found and chunks:
-            status = _running(parent, "planned", {"plan": found, **_counts(chunks, mine)}, None, now, choice)
             planned = f"planned {len(chunks)} chunks of about {chunk_seconds} s"
-            return ChunkedDecision([], status, ("Normal", "Planned", planned), deadline)
+            return step(
+                "planned", {"plan": found, **_counts(chunks, mine)}, None, ("Normal", "Planned", planned), choice
+            )
         create(PLAN, {"kind": "Plan", "chunkSeconds": chunk_seconds})
-        status = _running(parent, "planning", {"summary": "planning"}, None, now, choice)
-        return ChunkedDecision(creates, status, None, deadline)
+        return step("planning", {"summary": "planning"}, None, None, choice)
 
     chunks = decode_boundaries(plan_text)
     create(AUDIO, {"kind": "Audio"})
@@ -175,27 +214,48 @@ def decide_chunked(parent: JobView, children: list[JobView], now: float) -> Chun
         status = _finished(parent, "Succeeded", None, message, now)
         status["outputs"] = outputs
         status["chunks"] = {"plan": plan_text, **counts}
+        if parent.suspended:
+            status["conditions"] = set_conditions(
+                status["conditions"],
+                [("Suspended", "False", "Completed", message)],
+                now=now,
+                generation=parent.generation,
+            )
         return ChunkedDecision([], status, ("Normal", "Completed", message))
     if encoded:
         create(STITCH, {"kind": "Stitch", "plan": plan_text})
     stage = "stitching" if encoded else "encoding"
-    percent = _percent(chunks, mine, stitch)
     event = ("Normal", "Stitching", f"all {len(chunks)} chunks encoded") if encoded and stitch is None else None
-    return ChunkedDecision(
-        creates, _running(parent, stage, {"plan": plan_text, **counts}, percent, now), event, deadline
-    )
+    return step(stage, {"plan": plan_text, **counts}, _percent(chunks, mine, stitch), event)
 
 
 def _counts(chunks: tuple[Chunk, ...], children: list[JobView]) -> Obj:
     video = [c for c in children if c.part not in (PLAN, AUDIO, STITCH)]
     succeeded = sum(1 for c in video if c.phase == "Succeeded")
+    # A reason on a child not finished: requeued after a lost worker, before its next attempt.
+    retried = sorted(
+        (c for c in children if c.attempt > 1 or c.failed > 0 or c.reason is not None),
+        key=lambda c: (-c.attempt, -c.failed, c.name),
+    )
     return {
         "total": len(chunks),
         "succeeded": succeeded,
         "running": sum(1 for c in video if c.phase == "Running"),
         "failed": sum(1 for c in video if c.phase == "Failed"),
         "summary": f"{succeeded}/{len(chunks)}",
+        "retried": len(retried),
+        "retries": [_retry(c) for c in retried[:RETRIES_SHOWN]],
     }
+
+
+def _retry(child: JobView) -> Obj:
+    """A task that needed (or needs) more than one attempt: its part, attempts so far, failed attempts
+    (those counted against backoffLimit; a lost worker's is not), and the last reason known."""
+    record: Obj = {"part": child.part, "attempts": child.attempt, "failures": child.failed}
+    reason = child.reason or (child.result.reason if child.result and child.result.outcome == "Failed" else None)
+    if reason:
+        record["reason"] = reason
+    return record
 
 
 def _percent(chunks: tuple[Chunk, ...], children: list[JobView], stitch: JobView | None) -> float:
@@ -225,6 +285,8 @@ def _running(
     updates = [("Running", "True", "ChunksRunning", message)]
     if choice is not None and tell:
         updates.append((CHUNKED_CONDITION, "True", choice.reason, choice.message))
+    if parent.suspended:
+        updates.append(("Suspended", "False", "JobResumed", RESUMED))
     status: Obj = {
         "phase": "Running",
         "message": message,
@@ -261,6 +323,39 @@ def _single_pass(parent: JobView, choice: ModeChoice, now: float) -> Obj:
             generation=parent.generation,
         ),
     }
+
+
+RESUMED = "resumed: spec.suspend is false"
+
+
+def _suspended(
+    parent: JobView, chunks: Obj, children: list[JobView], now: float
+) -> tuple[Obj | None, tuple[str, str, str] | None]:
+    """Phase Pending with condition Suspended, as a suspended plain job; the message counts the
+    children already assigned or running (they finish)."""
+    active = sum(1 for c in children if c.active)
+    message = "suspended: spec.suspend is true" + (
+        f"; {active} task(s) already started finish, nothing new starts" if active else ""
+    )
+    same = (
+        parent.phase == "Pending"
+        and parent.suspended
+        and parent.message == message
+        and all((parent.chunks or {}).get(k) == v for k, v in chunks.items())
+    )
+    if same:
+        return None, None
+    updates = [("Suspended", "True", "JobSuspended", message)]
+    updates += [(t, "False", "JobSuspended", "suspended") for t in ("Running", "Scheduled", "Queued")]
+    status: Obj = {
+        "phase": "Pending",
+        "message": message,
+        "chunks": chunks,
+        "startTime": None,  # timeoutSeconds counts again from the resume, as for a plain job
+        "observedGeneration": parent.generation,
+        "conditions": set_conditions(parent.conditions, updates, now=now, generation=parent.generation),
+    }
+    return status, None if parent.suspended else ("Normal", "Suspended", message)
 
 
 def _finished(parent: JobView, phase: str, reason: str | None, message: str, now: float) -> Obj:

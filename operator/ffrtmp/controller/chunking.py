@@ -33,9 +33,11 @@ __all__ = [
     "decode_boundaries",
     "encode_boundaries",
     "plan_chunks",
+    "plan_too_long",
     "seconds",
 ]
 MIN_CHUNK_SECONDS = 2
+MAX_PLAN_CHARS = 65536  # status.chunks.plan and chunkTask.plan hold at most this (api/job.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,22 @@ def plan_chunks(duration_us: int, chunk_seconds: int, keyframes_us: Sequence[int
 
 def encode_boundaries(chunks: Sequence[Chunk]) -> str:
     """The plan as stored in the parent's status: every boundary in microseconds, comma-separated
-    (`0,10010000,...,duration`); 720 chunks take about 7 kB."""
+    (`0,10010000,...,duration`): 720 chunks (2 h in 10 s chunks) take about 8 kB, and at most
+    MAX_PLAN_CHARS are stored (about 6,000 chunks; see plan_too_long)."""
     if not chunks:
         return ""
     return ",".join([*(str(c.start_us) for c in chunks), str(chunks[-1].end_us)])
+
+
+def plan_too_long(plan: str, chunk_seconds: int) -> str | None:
+    """Why a plan cannot be stored (too many chunks for MAX_PLAN_CHARS), or None."""
+    if len(plan) <= MAX_PLAN_CHARS:
+        return None
+    count = plan.count(",")
+    return (
+        f"the input makes {count} chunks of {chunk_seconds} s: more than one plan holds "
+        f"({MAX_PLAN_CHARS} characters of boundaries); use a longer chunking.chunkSeconds"
+    )
 
 
 def decode_boundaries(text: str) -> tuple[Chunk, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.controller.chunked import CreateJob, children_by_parent, decide_chunked, orphaned
+from ffrtmp.controller.chunked import CreateJob, children_by_parent, decide_chunked, held_by_parent, orphaned
 from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, eligible_pools, plan
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, PoolObj, Store, WorkerLease, WorkerPod
@@ -203,9 +203,10 @@ def _assign_status(job: JobView, a: Assignment, node: str | None, now: float) ->
 
 
 def _decide_one(
-    job: JobView, store: Store, now: float, settings: OperatorSettings, out: JobDecisions
+    job: JobView, store: Store, now: float, settings: OperatorSettings, out: JobDecisions, *, held: bool = False
 ) -> QueuedJob | None:
-    """Actions for one job; returns it as a scheduling candidate when it waits for a slot."""
+    """Actions for one job; returns it as a scheduling candidate when it waits for a slot.
+    `held`: a chunked job's child not yet assigned while its parent is suspended (suspended too)."""
     rv = job.resource_version
     if job.terminal:
         if job.ttl_seconds is not None and job.completion_time is not None:
@@ -228,11 +229,14 @@ def _decide_one(
         )
         return None
 
-    if job.suspend:
+    if job.suspend or held:
         if job.active or not job.suspended or job.phase not in ("Pending",):
-            msg = "suspended: spec.suspend is true" + (
-                f"; stopped attempt {job.attempt} on {job.worker}" if job.active else ""
+            why, reason = (
+                ("spec.suspend is true", "JobSuspended")
+                if job.suspend
+                else (f"its chunked parent {job.parent} is suspended", "ParentSuspended")
             )
+            msg = f"suspended: {why}" + (f"; stopped attempt {job.attempt} on {job.worker}" if job.active else "")
             status: Obj = {
                 "phase": "Pending",
                 "worker": None,
@@ -245,8 +249,8 @@ def _decide_one(
                 "observedGeneration": job.generation,
                 "conditions": set_conditions(
                     job.conditions,
-                    [("Suspended", "True", "JobSuspended", msg)]
-                    + [(t, "False", "JobSuspended", "suspended") for t in ("Running", "Scheduled", "Queued")],
+                    [("Suspended", "True", reason, msg)]
+                    + [(t, "False", reason, "suspended") for t in ("Running", "Scheduled", "Queued")],
                     now=now, generation=job.generation,
                 ),
             }  # fmt: skip
@@ -254,7 +258,9 @@ def _decide_one(
         return None
 
     if job.suspended:
-        msg = "resumed: spec.suspend is false"
+        msg = "resumed: " + (
+            "spec.suspend is false" if job.parent is None else f"its chunked parent {job.parent} resumed"
+        )
         status = _queued_status(job, "Resumed", msg, now)
         status["conditions"] = set_conditions(
             status["conditions"],
@@ -417,7 +423,7 @@ def decide_jobs(store: Store, now: float, settings: OperatorSettings, retiring: 
             if chunked.wake_at is not None:
                 out.wake(chunked.wake_at)
             continue
-        candidate = _decide_one(job, store, now, settings, out)
+        candidate = _decide_one(job, store, now, settings, out, held=held_by_parent(job, store.jobs))
         if candidate is not None:
             candidates.append(candidate)
     if not candidates:

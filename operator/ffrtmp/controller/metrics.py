@@ -17,11 +17,13 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ffrtmp.controller.chunked import task_of
 from ffrtmp.controller.state import Store
 from ffrtmp.looplag import LoopLag
 
 SLA_WINDOW_SECONDS = 3600.0
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+CHUNK_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 PHASES = ("Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled")
 
@@ -78,9 +80,24 @@ class OperatorMetrics:
         self.pool_desired = Gauge("ffrtmp_pool_desired_workers", "Desired workers.", ["namespace", "pool"], registry=r)
         self.pool_busy = Gauge("ffrtmp_pool_busy_slots", "Busy slots.", ["namespace", "pool"], registry=r)
         self.pool_free = Gauge("ffrtmp_pool_free_slots", "Free slots.", ["namespace", "pool"], registry=r)
+        self.chunk_seconds = Histogram(
+            "ffrtmp_chunk_seconds",
+            "Start to finish of a chunked job's tasks that succeeded (status times, whole seconds), by task: "
+            "plan (the keyframe probe), video (one chunk), audio (the whole input's audio), stitch.",
+            ["task"],
+            buckets=CHUNK_BUCKETS,
+            registry=r,
+        )
+        self.chunks_in_flight = Gauge(
+            "ffrtmp_chunks_in_flight",
+            "Chunks (video tasks of chunked jobs) assigned to a worker or running.",
+            ["namespace", "pool"],
+            registry=r,
+        )
         self._job_metrics: list[Gauge | Histogram | PromCounter] = [
             self.jobs, self.queue_depth, self.queue_seconds, self.duration, self.finished, self.failed, self.sla,
             self.pool_workers, self.pool_ready, self.pool_desired, self.pool_busy, self.pool_free,
+            self.chunk_seconds, self.chunks_in_flight,
         ]  # fmt: skip
         r = self.registry
         self.reconcile_errors = PromCounter(
@@ -179,13 +196,23 @@ class OperatorMetrics:
             window = self._sla_window[(namespace, pool)]
             window.append((now, phase == "Succeeded" and total_seconds <= sla_seconds))
 
+    def chunk_task_finished(self, part: str, run_seconds: float) -> None:
+        """A chunked job's child (part label `part`) succeeded after `run_seconds`."""
+        self.chunk_seconds.labels(task_of(part)).observe(run_seconds)
+
     def refresh(self, store: Store, waiting: dict[str, int], now: float) -> None:
         counts: Counter[tuple[str, str, str]] = Counter()
+        in_flight: Counter[tuple[str, str]] = Counter()
         for job in store.jobs.values():
             counts[(job.namespace, job.pool or "", job.phase or "Pending")] += 1
+            if job.part is not None and job.active and task_of(job.part) == "video":
+                in_flight[(job.namespace, job.pool or "")] += 1
         self.jobs.clear()
         for (ns, pool, phase), n in counts.items():
             self.jobs.labels(ns, pool, phase).set(n)
+        self.chunks_in_flight.clear()
+        for (ns, pool), n in in_flight.items():
+            self.chunks_in_flight.labels(ns, pool).set(n)
         self.queue_depth.clear()
         for key, n in waiting.items():
             ns, _, pool = key.partition("/")

@@ -242,6 +242,8 @@ class Reconciler:
                 self.metrics.job_finished(
                     new.namespace, pool, new.phase or "", reason, run, total, new.sla_seconds, now
                 )
+                if new.part is not None and new.phase == "Succeeded" and run is not None:
+                    self.metrics.chunk_task_finished(new.part, run)
             if run is not None and new.phase == "Succeeded" and pool:
                 self.memory.setdefault(f"{new.namespace}/{pool}", PoolMemory()).record_duration(now, run)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from ffrtmp.api.job import ChunkTask, TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
-from ffrtmp.controller.chunking import decode_boundaries, encode_boundaries, plan_chunks
+from ffrtmp.controller.chunking import decode_boundaries, encode_boundaries, plan_chunks, plan_too_long
 from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import EgressProxy
 from ffrtmp.egress.rules import check_unproxied, destination_refusal, guard_refusal, proxy_env, url_refusal
@@ -382,7 +382,11 @@ class Attempt:
             check_chunkable(self.spec, task.chunk_seconds)
             keyframes = keyframes if cuts_on_keyframes(self.spec) else []
             chunks = plan_chunks(duration, task.chunk_seconds or 10, keyframes)
-            self._chunk_plan = encode_boundaries(chunks)
+            plan = encode_boundaries(chunks)
+            too_long = plan_too_long(plan, task.chunk_seconds or 10)
+            if too_long is not None:
+                raise _Failed(Failure("InvalidSpec", too_long, False))
+            self._chunk_plan = plan
             return nothing
         if task.kind == "Video":
             if task.index is None or task.start_micros is None or task.end_micros is None:
