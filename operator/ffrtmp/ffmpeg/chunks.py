@@ -62,7 +62,7 @@ def check_chunkable(spec: TranscodeJobSpec) -> None:
         raise InvalidSpec(
             "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"
         )
-    if not spec.input.uri.startswith("/"):
+    if not (spec.input.uri or "").startswith("/"):
         raise InvalidSpec("chunking needs a file input")
     if spec.destination is not None:
         raise InvalidSpec("spec.destination is not supported with chunking yet")
