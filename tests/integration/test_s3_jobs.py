@@ -23,7 +23,7 @@ import pytest
 from conftest import Farm
 from ffrtmp.storage.s3 import S3Client
 from ffrtmp.storage.sigv4 import Credentials
-from helpers import ffprobe, wait_for
+from helpers import ffprobe, make_clip, wait_for
 from s3server import S3Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -371,3 +371,35 @@ def test_a_worker_killed_mid_upload_publishes_once_on_the_next_attempt(farm: Far
     manifest = json.loads(objects["manifest.json"])
     (entry,) = [f for f in manifest["files"] if f["key"].endswith("copy.mp4")]
     assert hashlib.sha256(objects["copy.mp4"]).hexdigest() == entry["sha256"] and manifest["attempt"] == 2
+
+
+def test_mkv_thumbnails_and_sprites_to_s3(s3_farm: Farm, s3_server: S3Server) -> None:
+    """The output kinds the mp4/HLS test does not cover: an MKV file, thumbnails and a sprite sheet, each
+    uploaded whole under the prefix, listed in the manifest and in the job's outputs as s3:// paths."""
+    out = f"extras-{secrets.token_hex(3)}"
+    run(_make_bucket(s3_server, out))
+    clip = make_clip(s3_farm.media / "clip.mp4", seconds=3)
+    s3_farm.job("extras", str(clip), [{"name": "archive", "container": "mkv", "video": FAST}],
+                thumbnails={"intervalSeconds": 1, "width": 160, "sprite": {"columns": 2, "rows": 2}},
+                destination={"uri": f"s3://{out}/extras/"})  # fmt: skip
+    s = status(s3_farm.wait_phase("extras", "Succeeded", "Failed", timeout=180))
+    assert s["phase"] == "Succeeded", s
+    stored = {k.removeprefix("extras/"): v for k, v in run(_objects(s3_server, out, "extras/")).items()}
+    thumbs = sorted(k for k in stored if k.startswith("thumbs/thumb_") and k.endswith(".jpg"))
+    sprites = sorted(k for k in stored if k.startswith("thumbs/sprite_") and k.endswith(".jpg"))
+    assert len(thumbs) == 3 and len(sprites) == 1, sorted(stored)
+    assert set(stored) == {"archive.mkv", "manifest.json", *thumbs, *sprites}
+    manifest = json.loads(stored["manifest.json"])
+    for entry in manifest["files"]:
+        body = stored[entry["key"].removeprefix("extras/")]
+        assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["bytes"] == len(body)
+    assert {e["key"] for e in manifest["files"]} == {f"extras/{k}" for k in stored if k != "manifest.json"}
+    outputs = {o["name"]: o for o in s["outputs"]}
+    assert outputs["archive"]["path"] == f"s3://{out}/extras/archive.mkv" and outputs["archive"]["codec"] == "h264"
+    assert outputs["thumbnails"]["path"] == f"s3://{out}/extras/thumbs" and outputs["thumbnails"]["count"] == 3
+    assert outputs["sprite"]["count"] == 1
+    (info,) = s3_farm.workers_state().values()
+    url = f"http://127.0.0.1:{info['env']['FFRTMP_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        uploaded = metric(response.read().decode(), "ffrtmp_job_upload_bytes_total")
+    assert uploaded == sum(len(v) for k, v in stored.items() if k != "manifest.json")
