@@ -18,9 +18,11 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 REDACTED = "REDACTED"
@@ -119,7 +121,14 @@ class RedactingFormatter(logging.Formatter):
 
 def redact_logging(logger: logging.Logger | None = None) -> None:
     """Make every handler of `logger` (default: the root logger, which every logger of the process
-    propagates to) redact what it writes."""
+    propagates to) redact what it writes. For the root logger, an uncaught exception (which Python would
+    print to stderr itself) is logged through those handlers too."""
     for handler in (logger or logging.getLogger()).handlers:
         if not isinstance(handler.formatter, RedactingFormatter):
             handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter()))
+    if logger is None:
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("ffrtmp").critical("uncaught exception", exc_info=(kind, value, tb))

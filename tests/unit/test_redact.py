@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -117,3 +118,25 @@ def test_log_lines_arguments_and_tracebacks_are_redacted(captured: Captured) -> 
         assert "input REDACTED failed" in out
         assert "ValueError: cannot open REDACTED" in out
         assert f"http://{REDACTED}@h/x" in out
+
+
+def test_an_uncaught_exception_goes_through_the_redacting_handlers() -> None:
+    root = logging.getLogger()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved_handlers, saved_hook = root.handlers[:], sys.excepthook
+    root.handlers[:] = [handler]
+    try:
+        redact_logging()
+        secret = "rtmp://live.example.com/app/sk_live_0a1b2c3d4e"
+        with secret_values([secret]):
+            try:
+                raise RuntimeError(f"cannot publish to {secret}")
+            except RuntimeError as e:
+                sys.excepthook(type(e), e, e.__traceback__)
+    finally:
+        root.handlers[:] = saved_handlers
+        sys.excepthook = saved_hook
+    assert "RuntimeError: cannot publish to REDACTED" in out.getvalue()
+    assert "sk_live_0a1b2c3d4e" not in out.getvalue()
