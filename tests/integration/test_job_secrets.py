@@ -151,7 +151,6 @@ def test_credentials_from_secrets_reach_the_servers_and_nothing_said_carries_the
             "good": {"uriFrom": ref("media", "url"), "headersFrom": key_header},
             "wrong": {"uriFrom": ref("wrong", "url"), "headersFrom": key_header},
             "no-key": {"uriFrom": ref("media", "nope")},
-            "not-listed": {"uriFrom": ref("not-listed", "url")},
         }
         for name, job_input in jobs.items():
             doc = farm.job_doc(name, "/unused", [file_out, restream], backoffLimit=0)
@@ -176,12 +175,22 @@ def test_credentials_from_secrets_reach_the_servers_and_nothing_said_carries_the
     assert "401" in wrong["result"]["stderrTail"]
     assert any(r[0] == wrong_token and r[1] == 401 for r in media.responses), "the wrong credential was sent"
 
-    no_key, not_listed = done["no-key"], done["not-listed"]
+    no_key = done["no-key"]
     assert no_key["result"]["reason"] == "SecretNotFound", no_key
     assert "input.uriFrom: Secret media in namespace" in no_key["result"]["message"]
     assert "has no key nope" in no_key["result"]["message"]
-    assert not_listed["result"]["reason"] == "SecretNotFound", not_listed
-    assert "WorkerPool cpu does not list Secret not-listed in spec.jobSecrets" in not_listed["result"]["message"]
+    # A Secret no pool lists: the job is not sent to a worker, it waits saying why.
+    doc = farm.job_doc("not-listed", "/unused", [file_out])
+    doc["spec"]["input"] = {"uriFrom": ref("not-listed", "url")}
+    farm.cluster.apply(doc, farm.namespace)
+
+    def queued() -> dict[str, Any] | None:
+        conditions = (farm.get_job("not-listed").get("status") or {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Queued" and c["reason"] == "NoMatchingPool"), None)
+
+    waiting = wait_for(queued, 60, "not-listed Queued with NoMatchingPool")
+    assert waiting["message"] == ("no WorkerPool in namespace " + farm.namespace + " lists Secret not-listed in "
+                                  "spec.jobSecrets, and the job's credentials come from them"), waiting  # fmt: skip
     reasons = {e["reason"] for e in farm.events("wrong")} | {e["reason"] for e in farm.events("no-key")}
     assert {"InputNotFound", "SecretNotFound"} <= reasons, reasons
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ffrtmp.api.common import SecretKeySelector
 from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.controller.state import credential_secrets
 from ffrtmp.ffmpeg.argv import input_headers_options, with_input_headers
 from ffrtmp.ffmpeg.errors import Failure
 from ffrtmp.worker.credentials import Resolved, SecretUnavailable, mounted_reader, resolve, uses_secrets
@@ -130,3 +131,16 @@ def test_headers_go_before_the_input_of_every_run() -> None:
                    "-i", "/other.wav", "-map", "0", "out.mp4"]  # fmt: skip
     assert with_input_headers(argv, url, {}) == argv
     assert input_headers_options({}) == []
+
+
+def test_the_operator_knows_which_secrets_a_job_needs() -> None:
+    spec = {
+        "input": {"uriFrom": ref("in", "url"), "headersFrom": [{"name": "X-Api-Key", **ref("keys", "api")}]},
+        "outputs": [{"name": "a"}, {"name": "live", "container": "flv", "urlFrom": ref("in", "stream")}],
+    }
+    assert credential_secrets(spec) == ("in", "keys")
+    assert credential_secrets({"input": {"uri": "/m/a.mp4"}, "outputs": [{"name": "a"}]}) == ()
+
+
+def ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretKeyRef": {"name": name, "key": key}}

@@ -92,9 +92,9 @@ class ValueFromSecret(ApiModel):
 
     secret_key_ref: SecretKeySelector = Field(
         description=(
-            "The Secret and key holding the value. The Secret must be listed in the spec.jobSecrets of the pool "
-            "that runs the job (its workers mount it); otherwise, or when the Secret or key does not exist, the "
-            "job fails with reason SecretNotFound, naming the Secret and key."
+            "The Secret and key holding the value. The job runs only in pools that list the Secret in "
+            "spec.jobSecrets (their workers mount it); without one it waits Queued (NoMatchingPool). When the "
+            "Secret or key does not exist the job fails with reason SecretNotFound, naming the Secret and key."
         )
     )
 
@@ -121,8 +121,8 @@ class HeaderFromSecret(ApiModel):
     )
     secret_key_ref: SecretKeySelector = Field(
         description=(
-            "The Secret and key holding the header's whole value (one line). The Secret must be listed in the "
-            "spec.jobSecrets of the pool that runs the job; otherwise the job fails with reason SecretNotFound."
+            "The Secret and key holding the header's whole value (one line). The job runs only in pools that list "
+            "the Secret in spec.jobSecrets; a missing Secret or key fails it with reason SecretNotFound."
         )
     )
 

@@ -431,8 +431,9 @@ class WorkerPoolSpec(ApiModel):
             "(input.uriFrom, input.headersFrom, outputs[].urlFrom). Each is mounted read-only into the worker "
             f"Pods under {JOB_SECRETS_DIR} (optional: a Secret created later appears there within the "
             "kubelet's sync period, about a minute); the worker reads a job's values when its attempt starts. "
-            "A job naming a Secret not listed here fails with reason SecretNotFound: jobs cannot read other "
-            "Secrets of the namespace through the workers."
+            "Jobs naming a Secret are scheduled only to pools that list it: jobs cannot read other Secrets of the "
+            "namespace through the workers. Worker Pods are not rebuilt when this changes: delete idle workers "
+            "created before a Secret was added (a job they get fails with SecretNotFound)."
         ),
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )

@@ -310,6 +310,7 @@ def _decide_one(
         not_before=job.not_before,
         codecs=job.codecs,
         object_storage=job.object_storage,
+        secrets=job.secrets,
     )
 
 
@@ -396,6 +397,7 @@ def pool_views(pools: Iterable[PoolObj]) -> list[PoolView]:
             accelerator=p.spec.accelerator,
             paused=p.spec.paused,
             object_storage=p.spec.object_storage is not None,
+            job_secrets=frozenset(p.spec.job_secrets or ()),
         )
         for p in pools
         if p.spec is not None
