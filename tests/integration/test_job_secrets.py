@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 # Not 127.0.0.1 (the test API server: never reachable by jobs); the pool allowlists this address.
 MEDIA_HOST = "127.0.0.2"
+BLOCKED_HOST = "127.0.0.3"  # loopback, not allowlisted: the egress proxy refuses it
 
 
 def distinctive(what: str) -> str:
@@ -130,10 +131,12 @@ def test_credentials_from_secrets_reach_the_servers_and_nothing_said_carries_the
         farm.cluster.apply([
             secret("media", url=good_url, api=api_key + "\n"), secret("stream", url=stream_url),
             secret("wrong", url=wrong_url), secret("not-listed", url=good_url),
+            # The same credentials at an address the pool's egress policy does not allow.
+            secret("blocked", url=good_url.replace(f"@{MEDIA_HOST}:", f"@{BLOCKED_HOST}:")),
         ], farm.namespace)  # fmt: skip
         egress = {"allow": [f"{MEDIA_HOST}/32", f"{RTMP_HOST}/32"], "allowUnproxiedProtocols": ["rtmp"]}
         farm.pool("cpu", minWorkers=1, maxWorkers=1, autoscaling={"enabled": False}, egress=egress,
-                  jobSecrets=["media", "stream", "wrong"])  # fmt: skip
+                  jobSecrets=["media", "stream", "wrong", "blocked"])  # fmt: skip
         operator_port = free_port()
         farm.start_operator(
             "--metrics-port", str(operator_port), f"--pool-allowed-egress-destinations={MEDIA_HOST}/32,{RTMP_HOST}/32",
@@ -151,6 +154,7 @@ def test_credentials_from_secrets_reach_the_servers_and_nothing_said_carries_the
             "good": {"uriFrom": ref("media", "url"), "headersFrom": key_header},
             "wrong": {"uriFrom": ref("wrong", "url"), "headersFrom": key_header},
             "no-key": {"uriFrom": ref("media", "nope")},
+            "blocked": {"uriFrom": ref("blocked", "url"), "headersFrom": key_header},
         }
         for name, job_input in jobs.items():
             doc = farm.job_doc(name, "/unused", [file_out, restream], backoffLimit=0)
@@ -174,6 +178,11 @@ def test_credentials_from_secrets_reach_the_servers_and_nothing_said_carries_the
     assert "REDACTED" in wrong["result"]["message"], "the URL is there, its credentials are not"
     assert "401" in wrong["result"]["stderrTail"]
     assert any(r[0] == wrong_token and r[1] == 401 for r in media.responses), "the wrong credential was sent"
+
+    # The egress policy applies to the resolved URL: nothing reaches the refused address.
+    blocked = done["blocked"]
+    assert blocked["phase"] == "Failed" and blocked["result"]["reason"] == "DestinationNotAllowed", blocked
+    assert f"The job tried to connect to {BLOCKED_HOST}:{media.port}" in blocked["result"]["message"]
 
     no_key = done["no-key"]
     assert no_key["result"]["reason"] == "SecretNotFound", no_key
