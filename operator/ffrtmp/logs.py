@@ -1,10 +1,12 @@
-"""Logging set-up: plain text for people, JSON lines for log pipelines."""
+"""Logging set-up: plain text for people, JSON lines for log pipelines; every line redacted (ffrtmp.redact)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+
+from ffrtmp.redact import redact_logging
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,3 +32,4 @@ def configure(fmt: str = "text", verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    redact_logging()

@@ -1654,6 +1654,8 @@ def test_pool_admission_policy_follows_the_values(helm: str) -> None:
     assert 'a.lowerAscii() in ["media.internal"]' in allow
     assert '[".corp.example"].exists(d, a.lowerAscii().endsWith(d))' in allow
     assert '["rtmp"]' in extra["spec.egress.allowUnproxiedProtocols"]
+    # secret is not among the volume sources: spec.jobSecrets (secret volumes) is refused too.
+    assert extra["spec.jobSecrets"] == "!has(object.spec.jobSecrets) || size(object.spec.jobSecrets) == 0"
     # No denied toleration keys: no toleration rule.
     open_taints = one(render(helm, "--set-json", "poolPolicy.deniedTolerationKeys=[]"), "ValidatingAdmissionPolicy",
                       "ffmpeg-rtmp-workerpools")  # fmt: skip

@@ -120,6 +120,16 @@ class Farm:
         ).stdout
         return sorted(json.loads(out)["items"], key=lambda e: e.get("firstTimestamp") or "")
 
+    def everything_said(self) -> str:
+        """Every job (spec and status), Event and log line of the farm (operator, stand-in kubelet, workers):
+        where a credential must never appear."""
+        texts = [json.dumps(self.jobs())]
+        texts.append(self.cluster.kubectl("get", "events", "-n", self.namespace, "-o", "json").stdout)
+        texts += [svc.log.read_text(errors="replace") for svc in self.services.values()]
+        texts += [p.read_text(errors="replace") for p in (self.root / "workers").glob("*")
+                  if p.is_file() and p.suffix in (".log", ".json")]  # fmt: skip
+        return "\n".join(texts)
+
     def dump(self) -> None:
         for svc in self.services.values():
             print(f"--- {svc.name} ---\n{svc.tail(60)}")

@@ -178,6 +178,14 @@ def test_explain_object_storage(cluster: TestCluster) -> None:
     assert "IRSA" in ambient and "eks.amazonaws.com/role-arn" in ambient
 
 
+def test_explain_credentials_from_secrets(cluster: TestCluster) -> None:
+    uri_from = explain(cluster, "transcodejob.spec.input.uriFrom")
+    assert "a credential itself" in uri_from and "userinfo" in uri_from
+    assert "SecretNotFound" in explain(cluster, "transcodejob.spec.input.headersFrom.secretKeyRef")
+    assert "stream key" in explain(cluster, "transcodejob.spec.outputs.urlFrom")
+    assert "mounted read-only" in explain(cluster, "workerpool.spec.jobSecrets")
+
+
 def test_explain_workerpool_autoscaling(cluster: TestCluster) -> None:
     text = explain(cluster, "workerpool.spec.autoscaling")
     assert "Queue-driven scaling." in text
@@ -235,6 +243,7 @@ class Bad(NamedTuple):
 
 
 SHOULD_MATCH = "in body should match"
+FROM_SECRET = {"secretKeyRef": {"name": "media-credentials", "key": "url"}}
 HLS = out("hls", container="hls", video={"bitrate": "2M"})
 
 INVALID = [
@@ -398,6 +407,24 @@ INVALID = [
     Bad("uri-s3-dot-step", tj(uri="s3://media/./a.mp4"), "spec.input.uri", "a key with no . or .. steps"),
     Bad("input-s3-live", tj(input={"uri": "s3://media/a.mp4", "live": True}), "spec.input",
         "an s3:// input is a stored object, not a live stream"),
+    # credentials from Secrets
+    Bad("input-uri-and-uri-from", tj(input={"uri": "/media/a.mp4", "uriFrom": FROM_SECRET}), "spec.input",
+        "set input.uri or input.uriFrom (one of them)"),
+    Bad("input-neither-uri-nor-uri-from", tj(input={"live": True}), "spec.input",
+        "set input.uri or input.uriFrom (one of them)"),
+    Bad("headers-from-file-input", tj(input={"uri": "/media/a.mp4", "headersFrom": [{"name": "X-Key", **FROM_SECRET}]}),
+        "spec.input", "input.headersFrom is for http(s):// inputs"),
+    Bad("headers-from-host", tj(input={"uri": "https://cdn.example/a.mp4", "headersFrom": [{"name": "Host",
+        **FROM_SECRET}]}), "spec.input.headersFrom[0].name", "headersFrom must not set host"),
+    Bad("secret-key-dot-dot", tj(input={"uriFrom": {"secretKeyRef": {"name": "s", "key": ".."}}}),
+        "spec.input.uriFrom.secretKeyRef.key", SHOULD_MATCH),
+    Bad("url-and-url-from", tj(out(container="flv", url="rtmp://cdn.example.com/app/key", urlFrom=FROM_SECRET)),
+        "spec.outputs[0]", "set one of path, url and urlFrom"),
+    Bad("url-from-with-mp4", tj(out(urlFrom=FROM_SECRET)), "spec.outputs[0]",
+        "an rtmp:// url output needs container flv"),
+    Bad("pool-job-secret-capitals", wp(jobSecrets=["Media"]), "spec.jobSecrets[0]", SHOULD_MATCH),
+    Bad("pool-volume-named-job-secret", wp(jobSecrets=["media"], volumes=[{"name": "job-secret-0", "emptyDir": {}}]),
+        "spec", "are the worker Pod's own: choose another name"),
     # destination
     Bad("destination-not-a-prefix", tj(destination={"uri": "s3://out/a.mp4"}), "spec.destination.uri", SHOULD_MATCH),
     Bad("destination-https", tj(destination={"uri": "https://out.example/a/"}), "spec.destination.uri",
@@ -453,8 +480,8 @@ INVALID = [
     Bad("pool-storage-output-at-scratch", wp(outputRoot="/tmp", storage={"output": {"claimName": "o"}}),
         "spec", "/tmp is the worker's scratch volume: spec.storage cannot mount a claim there"),
     Bad("pool-volume-named-scratch", wp(volumes=[{"name": "scratch", "emptyDir": {}}]),
-        "spec", "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
-        "are the worker Pod's own"),
+        "spec", "spec.volumes names 'scratch', 'output' (with storage.output), 'media-<n>' (with storage.media) "
+        "and 'job-secret-<n>' (with jobSecrets) are the worker Pod's own"),
     Bad("pool-volume-named-output", wp(storage={"output": {"claimName": "o"}}, volumes=[{"name": "output"}]),
         "spec", "are the worker Pod's own: choose another name"),
     Bad("pool-volume-mount-without-path", wp(volumes=[{"name": "x", "emptyDir": {}}], volumeMounts=[{"name": "x"}]),

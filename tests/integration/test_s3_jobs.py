@@ -8,8 +8,11 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import secrets
+import signal
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ import pytest
 from conftest import Farm
 from ffrtmp.storage.s3 import S3Client
 from ffrtmp.storage.sigv4 import Credentials
-from helpers import ffprobe, wait_for
+from helpers import ffprobe, make_clip, wait_for
 from s3server import S3Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -95,6 +98,13 @@ def s3_farm(farm: Farm, s3_server: S3Server) -> Iterator[Farm]:
     yield farm
 
 
+async def _objects(server: S3Server, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under `prefix`, by key."""
+    async with s3(server) as client:
+        listed = await client.list_objects(bucket, prefix)
+        return {o.key: await client.get_object(bucket, o.key, limit=64 * MIB) for o in listed}
+
+
 def writes(server: S3Server, bucket: str, prefix: str) -> list[str]:
     """Keys under `prefix` in the order the server made them visible (PUT, multipart complete)."""
     return [
@@ -103,16 +113,6 @@ def writes(server: S3Server, bucket: str, prefix: str) -> list[str]:
         if r.bucket == bucket and r.key.startswith(prefix) and r.status == 200
         and r.operation in ("PutObject", "CompleteMultipartUpload")
     ]  # fmt: skip
-
-
-def everything_said(farm: Farm) -> str:
-    """Every job status, Event and log line of the farm: where a credential must never appear."""
-    texts = [json.dumps([j.get("status") for j in farm.jobs()])]
-    texts.append(farm.cluster.kubectl("get", "events", "-n", farm.namespace, "-o", "json").stdout)
-    texts += [svc.log.read_text(errors="replace") for svc in farm.services.values()]
-    texts += [p.read_text(errors="replace") for p in (farm.root / "workers").glob("*")
-              if p.is_file() and p.suffix in (".log", ".json")]  # fmt: skip
-    return "\n".join(texts)
 
 
 def test_mp4_and_hls_ladder_from_s3_to_s3(s3_farm: Farm, s3_server: S3Server) -> None:
@@ -142,9 +142,7 @@ def test_mp4_and_hls_ladder_from_s3_to_s3(s3_farm: Farm, s3_server: S3Server) ->
         assert s["attempt"] == 1 and s["message"].startswith(f"{len(s['outputs'])} output(s) uploaded to s3://{out}/")
 
     async def objects(prefix: str) -> dict[str, bytes]:
-        async with s3(s3_server) as client:
-            listed = await client.list_objects(out, prefix)
-            return {o.key: await client.get_object(out, o.key, limit=64 * MIB) for o in listed}
+        return await _objects(s3_server, out, prefix)
 
     for name, prefix, masters in (("mp4", "mp4/", []), ("ladder", "shows/ladder/", ["hls/master.m3u8"])):
         stored = run(objects(prefix))
@@ -203,7 +201,7 @@ def test_mp4_and_hls_ladder_from_s3_to_s3(s3_farm: Farm, s3_server: S3Server) ->
     assert metric(metrics, "ffrtmp_job_input_bytes_total") == 2 * clip.stat().st_size
     assert metric(metrics, "ffrtmp_job_upload_seconds_count") == 2
 
-    said = everything_said(farm) + metrics
+    said = farm.everything_said() + metrics
     assert s3_server.secret_key not in said
     assert "X-Amz-Signature" not in said
 
@@ -275,8 +273,133 @@ def test_storage_failures_have_their_reason_name_bucket_and_key_and_leak_no_secr
     assert queued["message"].startswith("WorkerPool plain (poolRef) has no spec.objectStorage"), queued
     assert status(farm.get_job("no-storage"))["phase"] == "Queued"
 
-    said = everything_said(farm)
+    said = farm.everything_said()
     for value in (s3_server.secret_key, wrong.secret_access_key):
         assert value not in said
     assert "X-Amz-Signature" not in said
     assert not list(farm.output.rglob("*.mp4")), "nothing reached the output volume"
+
+
+class SlowLink:
+    """A TCP relay in front of the S3 server that, while `slow` is set, passes what the worker sends at `rate`
+    bytes a second per connection (a real slow network, not a pause in the code): an upload is still in
+    flight when the test kills the worker."""
+
+    def __init__(self, server: S3Server, rate: int) -> None:
+        self.server, self.rate = server, rate
+        self.slow = threading.Event()
+        self.slow.set()
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._listener = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._relay, server.host, 0), self._loop
+        ).result(10)
+        self.url = f"http://{server.host}:{self._listener.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.server.host, self.server.port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer, paced=True), self._pipe(up_reader, writer, paced=False))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, paced: bool) -> None:
+        try:
+            while data := await reader.read(16384):
+                writer.write(data)
+                await writer.drain()
+                if paced and self.slow.is_set():
+                    await asyncio.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def test_a_worker_killed_mid_upload_publishes_once_on_the_next_attempt(farm: Farm, s3_server: S3Server) -> None:
+    """The worker process is SIGKILLed while its multipart upload is in flight: no partial object is visible,
+    the next attempt aborts the upload the dead one left open and publishes every object exactly once."""
+    bucket = f"kill-{secrets.token_hex(3)}"
+    run(_make_bucket(s3_server, bucket))
+    clip = noisy_clip(farm.media / "noisy.mp4", seconds=5)  # about 20 MB: a multipart upload of 3 parts
+    link = SlowLink(s3_server, rate=512 * 1024)
+    try:
+        farm.cluster.apply(secret("s3-credentials", s3_server.credentials), farm.namespace)
+        farm.pool(
+            "cpu",
+            minWorkers=1,
+            maxWorkers=1,
+            autoscaling={"enabled": False},
+            egress={"allow": [f"{s3_server.host}/32"]},
+            objectStorage=object_storage(link.url, "s3-credentials"),
+        )
+        farm.start_operator(f"--pool-allowed-egress-destinations={s3_server.host}/32")
+        farm.start_workers("--restart-delay", "1")
+        farm.job("copy", str(clip), [{"name": "copy", "video": {"codec": "copy"}, "audio": {"codec": "copy"}}],
+                 destination={"uri": f"s3://{bucket}/film/"})  # fmt: skip
+
+        async def open_uploads() -> list[str]:
+            async with s3(s3_server) as client:
+                return [u.upload_id for u in await client.list_multipart_uploads(bucket)]
+
+        stale = wait_for(lambda: run(open_uploads()), 120, "the multipart upload in flight", interval=0.1)
+        assert len(stale) == 1, "the copy's upload: one multipart upload in flight"
+        (info,) = farm.workers_state().values()
+        os.kill(info["pid"], signal.SIGKILL)
+        link.slow.clear()
+
+        async def listed() -> list[str]:
+            async with s3(s3_server) as client:
+                return [o.key for o in await client.list_objects(bucket, "film/")]
+
+        assert run(listed()) == [], "nothing of the killed attempt is visible"
+        done = status(farm.wait_phase("copy", "Succeeded", "Failed", timeout=180))
+    finally:
+        link.close()
+    assert done["phase"] == "Succeeded" and done["attempt"] == 2 and not done.get("failed"), done
+    assert run(open_uploads()) == [], "the stale multipart upload was aborted"
+    aborted = [r.key for r in s3_server.logged() if r.operation == "AbortMultipartUpload" and r.bucket == bucket]
+    assert aborted == ["film/copy.mp4"], "the next attempt aborted what the dead one left open"
+    assert writes(s3_server, bucket, "film/") == ["copy.mp4", "manifest.json"], "each object published once"
+    objects = {k.removeprefix("film/"): v for k, v in run(_objects(s3_server, bucket, "film/")).items()}
+    assert set(objects) == {"copy.mp4", "manifest.json"}
+    manifest = json.loads(objects["manifest.json"])
+    (entry,) = [f for f in manifest["files"] if f["key"].endswith("copy.mp4")]
+    assert hashlib.sha256(objects["copy.mp4"]).hexdigest() == entry["sha256"] and manifest["attempt"] == 2
+
+
+def test_mkv_thumbnails_and_sprites_to_s3(s3_farm: Farm, s3_server: S3Server) -> None:
+    """The output kinds the mp4/HLS test does not cover: an MKV file, thumbnails and a sprite sheet, each
+    uploaded whole under the prefix, listed in the manifest and in the job's outputs as s3:// paths."""
+    out = f"extras-{secrets.token_hex(3)}"
+    run(_make_bucket(s3_server, out))
+    clip = make_clip(s3_farm.media / "clip.mp4", seconds=3)
+    s3_farm.job("extras", str(clip), [{"name": "archive", "container": "mkv", "video": FAST}],
+                thumbnails={"intervalSeconds": 1, "width": 160, "sprite": {"columns": 2, "rows": 2}},
+                destination={"uri": f"s3://{out}/extras/"})  # fmt: skip
+    s = status(s3_farm.wait_phase("extras", "Succeeded", "Failed", timeout=180))
+    assert s["phase"] == "Succeeded", s
+    stored = {k.removeprefix("extras/"): v for k, v in run(_objects(s3_server, out, "extras/")).items()}
+    thumbs = sorted(k for k in stored if k.startswith("thumbs/thumb_") and k.endswith(".jpg"))
+    sprites = sorted(k for k in stored if k.startswith("thumbs/sprite_") and k.endswith(".jpg"))
+    assert len(thumbs) == 3 and len(sprites) == 1, sorted(stored)
+    assert set(stored) == {"archive.mkv", "manifest.json", *thumbs, *sprites}
+    manifest = json.loads(stored["manifest.json"])
+    for entry in manifest["files"]:
+        body = stored[entry["key"].removeprefix("extras/")]
+        assert entry["sha256"] == hashlib.sha256(body).hexdigest() and entry["bytes"] == len(body)
+    assert {e["key"] for e in manifest["files"]} == {f"extras/{k}" for k in stored if k != "manifest.json"}
+    outputs = {o["name"]: o for o in s["outputs"]}
+    assert outputs["archive"]["path"] == f"s3://{out}/extras/archive.mkv" and outputs["archive"]["codec"] == "h264"
+    assert outputs["thumbnails"]["path"] == f"s3://{out}/extras/thumbs" and outputs["thumbnails"]["count"] == 3
+    assert outputs["sprite"]["count"] == 1
+    (info,) = s3_farm.workers_state().values()
+    url = f"http://127.0.0.1:{info['env']['FFRTMP_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        uploaded = metric(response.read().decode(), "ffrtmp_job_upload_bytes_total")
+    assert uploaded == sum(len(v) for k, v in stored.items() if k != "manifest.json")

@@ -311,7 +311,11 @@ def test_worker_and_operator_metrics(farm: Farm) -> None:
     worker = _metrics(int(info["env"]["FFRTMP_METRICS_PORT"]))
     assert _value(worker, "ffrtmp_worker_jobs_completed_total", pool="cpu") == 3
     assert _value(worker, "ffrtmp_worker_jobs_failed_total", pool="cpu", reason="InputNotFound") == 1
-    assert _value(worker, "ffrtmp_job_input_bytes_total", pool="cpu") == 3 * clip.stat().st_size
+    here = {"namespace": farm.namespace, "pool": "cpu"}
+    assert _value(worker, "ffrtmp_job_input_bytes_total", **here) == 3 * clip.stat().st_size
+    ok = [j for j in farm.jobs() if j["metadata"]["name"].startswith("ok-")]
+    written = sum(o["bytes"] for j in ok for o in j["status"]["outputs"])
+    assert written > 0 and _value(worker, "ffrtmp_job_output_bytes_total", **here) == written
     assert _value(worker, "job_duration_seconds_count", pool="cpu") == 4
     assert _value(worker, "ffrtmp_worker_active_jobs") == 0
     assert _value(worker, "ffrtmp_worker_free_slots") == 2

@@ -130,6 +130,20 @@ async def test_connect_tunnels_to_an_allowed_destination(origins: tuple[Origin, 
     assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\necho:ECHO hello")
 
 
+async def test_the_bytes_received_from_destinations_are_counted(origins: tuple[Origin, Origin]) -> None:
+    allowed, forbidden = origins
+    allowed.routes["/seg.ts"] = (200, {}, b"x" * 100_000)
+    async with EgressProxy(POLICY) as proxy:
+        await raw(proxy, f"GET {allowed.base}/seg.ts HTTP/1.1\r\n\r\n".encode())
+        head = b"HTTP/1.1 200 X\r\nContent-Length: 100000\r\nConnection: keep-alive\r\n\r\n"
+        assert proxy.received == len(head) + 100_000, "the origin's head and body as it sent them"
+        tunnelled = await raw(proxy, f"CONNECT {ALLOWED}:{allowed.port} HTTP/1.1\r\n\r\nECHO hi\r\n\r\n".encode())
+        echoed = len(tunnelled) - len(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        assert proxy.received == len(head) + 100_000 + echoed
+        await raw(proxy, f"GET {forbidden.base}/x HTTP/1.1\r\n\r\n".encode())
+        assert proxy.received == len(head) + 100_000 + echoed, "a refusal receives nothing"
+
+
 async def test_every_resolved_address_is_checked_and_only_the_checked_one_is_used(
     origins: tuple[Origin, Origin],
 ) -> None:

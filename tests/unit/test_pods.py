@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ffrtmp.api.pool import WorkerPoolSpec
+from ffrtmp.api.pool import JOB_SECRETS_DIR, WorkerPoolSpec
 from ffrtmp.controller.pods import DEFAULT_TOLERATIONS, build_worker_pod, worker_labels, worker_selector
 from ffrtmp.controller.settings import OperatorSettings
 
@@ -418,6 +418,11 @@ def test_storage_claims_mount_media_read_only_at_their_roots_and_output_read_wri
             {"storage": {"output": {"claimName": "o"}}, "volumes": [{"name": "output", "emptyDir": {}}]},
             "are the worker Pod's own: choose another name (output)",
         ),
+        (
+            {"jobSecrets": ["media"], "volumes": [{"name": "job-secret-0", "emptyDir": {}}]},
+            "are the worker Pod's own: choose another name (job-secret-0)",
+        ),
+        ({"jobSecrets": ["Media"]}, "should match pattern"),
         ({"storage": {"output": {"claimName": "o", "subPath": "../etc"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "o", "subPath": "/abs"}}}, "should match pattern"),
         ({"storage": {"output": {"claimName": "Output"}}}, "should match pattern"),
@@ -426,6 +431,25 @@ def test_storage_claims_mount_media_read_only_at_their_roots_and_output_read_wri
 def test_storage_paths_are_checked_like_the_crd_does(fields: Obj, message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
         spec(accelerator="cpu", **fields)
+
+
+def test_job_secrets_are_mounted_read_only_one_folder_each_and_named_to_the_worker() -> None:
+    pod = build_worker_pod("cpu", NS, POOL_UID, spec(accelerator="cpu", jobSecrets=["media", "stream.keys"]), SETTINGS)
+    volumes, (container,) = pod["spec"]["volumes"], pod["spec"]["containers"]
+    assert volumes[1:] == [
+        {"name": "job-secret-0", "secret": {"secretName": "media", "optional": True, "defaultMode": 0o440}},
+        {"name": "job-secret-1", "secret": {"secretName": "stream.keys", "optional": True, "defaultMode": 0o440}},
+    ]
+    assert container["volumeMounts"][1:] == [
+        {"name": "job-secret-0", "mountPath": f"{JOB_SECRETS_DIR}/media", "readOnly": True},
+        {"name": "job-secret-1", "mountPath": f"{JOB_SECRETS_DIR}/stream.keys", "readOnly": True},
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FFRTMP_JOB_SECRETS"] == "media,stream.keys" and env["FFRTMP_JOB_SECRETS_DIR"] == JOB_SECRETS_DIR
+    assert not [e for e in container["env"] if "secretKeyRef" in (e.get("valueFrom") or {})], "never in the env"
+    assert_restricted(pod)
+    plain = build_worker_pod("cpu", NS, POOL_UID, spec(accelerator="cpu"), SETTINGS)
+    assert not any(e["name"].startswith("FFRTMP_JOB_SECRETS") for e in plain["spec"]["containers"][0]["env"])
 
 
 @pytest.mark.parametrize("accelerator", ["qsv", "vaapi"])

@@ -67,6 +67,16 @@ def test_host_path_is_refused_by_default_and_allowed_only_when_listed() -> None:
     assert pool_policy_violations(host, PoolPolicy(volume_types=(*DEFAULT_VOLUME_TYPES, "hostPath"))) == []
 
 
+def test_job_secrets_are_refused_where_secret_volumes_are() -> None:
+    pool = spec(jobSecrets=["media"])
+    assert pool_policy_violations(pool, PoolPolicy()) == []
+    assert pool_policy_violations(pool, PoolPolicy(volume_types=("emptyDir",))) == [
+        "spec.jobSecrets is not allowed by the cluster admin: it mounts Secrets as secret volumes "
+        "(allowed volume sources: emptyDir)"
+    ]
+    assert pool_policy_violations(spec(), PoolPolicy(volume_types=("emptyDir",))) == []
+
+
 def test_a_violating_pool_gets_no_pods_and_degraded_policy_violation() -> None:
     settings = replace(OperatorSettings(), pool_policy=POLICY)
     p = pool(minWorkers=2, volumes=[{"name": "root", "hostPath": {"path": "/"}}])

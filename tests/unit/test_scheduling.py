@@ -49,8 +49,12 @@ def can_run(w: WorkerSlots, job: QueuedJob) -> bool:
 
 def oracle_eligible(job: QueuedJob, pools: list[PoolView], workers: list[WorkerSlots]) -> set[str]:
     """Names of the pools (paused ones included) in the job's namespace that may run it. A job that needs
-    object storage sees only the pools that have it."""
-    mine = [p for p in pools if p.namespace == job.namespace and (p.object_storage or not job.object_storage)]
+    object storage sees only the pools that have it, one with credentials from Secrets only the pools that
+    list them all."""
+    mine = [
+        p for p in pools if p.namespace == job.namespace and (p.object_storage or not job.object_storage)
+        and set(job.secrets) <= p.job_secrets
+    ]  # fmt: skip
     cpu_only = job.hardware_policy == "disabled" or job.accelerator == "cpu"
 
     def suits(p: PoolView) -> bool:
@@ -93,6 +97,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 accelerator=st.sampled_from(POOL_ACCELERATORS),
                 paused=st.sampled_from([False, False, True]),
                 object_storage=st.booleans(),
+                job_secrets=st.sampled_from([frozenset(), frozenset({"a"}), frozenset({"a", "b"})]),
             ),
             max_size=7,
             unique_by=lambda p: (p.namespace, p.name),
@@ -138,6 +143,7 @@ def snapshots(draw: st.DrawFn) -> tuple[list[QueuedJob], list[WorkerSlots], list
                 not_before=draw(st.none() | st.none() | st.floats(NOW - 10, NOW + 10)),
                 codecs=tuple(sorted(draw(st.lists(st.sampled_from(CODECS), unique=True, max_size=2)))),
                 object_storage=draw(st.sampled_from([False, False, True])),
+                secrets=draw(st.sampled_from([(), (), ("a",), ("a", "b")])),
             )
         )
     return jobs, workers, pools
@@ -348,10 +354,12 @@ def job(
     ns: str = "media",
     codecs: tuple[str, ...] = (),
     object_storage: bool = False,
+    secrets: tuple[str, ...] = (),
 ) -> QueuedJob:
     return QueuedJob(
-        f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before, codecs, object_storage
-    )
+        f"{ns}/{name}", ns, priority, queued_at, accelerator, policy, pool_ref, not_before, codecs, object_storage,
+        secrets,
+    )  # fmt: skip
 
 
 def worker(
@@ -425,6 +433,41 @@ def test_no_matching_pool_for_a_job_that_needs_object_storage() -> None:
     assert blocked[0].message == (
         "no cpu WorkerPool in namespace media among the pools with spec.objectStorage, "
         "and the job reads an s3:// input or uploads to spec.destination"
+    )
+
+
+def test_jobs_with_credentials_from_secrets_go_only_to_pools_that_list_them_all() -> None:
+    both = PoolView("both", "media", "cpu", False, job_secrets=frozenset({"media-credentials", "stream-keys"}))
+    one = PoolView("one", "media", "cpu", False, job_secrets=frozenset({"media-credentials"}))
+    workers = [worker("c1", "cpu", "cpu"), worker("o1", "one", "cpu"), worker("b1", "both", "cpu")]
+    jobs = [
+        job("two", "cpu", secrets=("media-credentials", "stream-keys")),
+        job("first", "cpu", secrets=("media-credentials",), queued_at=1),
+        job("plain", "cpu", queued_at=2),
+    ]
+    assignments, blocked = plan(jobs, workers, [CPU, one, both], NOW)
+    assert {a.job: a.worker for a in assignments} == {"media/two": "b1", "media/first": "o1", "media/plain": "c1"}
+    assert blocked == []
+    # Blocked, saying why: no pool lists them, or the poolRef's pool does not.
+    jobs = [
+        job("none", "cpu", secrets=("other",)),
+        job("ref", pool_ref="one", secrets=("media-credentials", "stream-keys")),
+    ]
+    _, blocked = plan(jobs, workers, [CPU, one, both], NOW)
+    by_job = {b.job: (b.reason, b.message) for b in blocked}
+    assert by_job["media/none"] == ("NoMatchingPool", "no WorkerPool in namespace media lists Secret other in "
+                                    "spec.jobSecrets, and the job's credentials come from them")  # fmt: skip
+    assert by_job["media/ref"] == ("NoMatchingPool", "WorkerPool one (poolRef) does not list Secrets "
+                                   "media-credentials, stream-keys in spec.jobSecrets, and the job's credentials "
+                                   "come from them")  # fmt: skip
+    # With object storage too: both needs hold at once.
+    s3 = PoolView("s3", "media", "cpu", False, object_storage=True)
+    _, blocked = plan([job("s3-secret", "nvenc", "required", object_storage=True, secrets=("media-credentials",))],
+                      workers, [s3, one], NOW)  # fmt: skip
+    assert blocked[0].message == (
+        "no nvenc WorkerPool in namespace media (hardwarePolicy required: no cpu fallback) among the pools with "
+        "spec.objectStorage and the pools that list Secret media-credentials in spec.jobSecrets, and the job reads "
+        "an s3:// input or uploads to spec.destination and the job's credentials come from them"
     )
 
 

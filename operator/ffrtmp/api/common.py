@@ -69,3 +69,21 @@ class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace."""
 
     name: DnsLabel = Field(description="Name of the referenced object.")
+
+
+# A Secret's name (a DNS subdomain) and one of its keys. A key is also a file name in the worker's mount of
+# the Secret: never `.`, `..` or `..`-prefixed (the kubelet's own entries in a Secret volume).
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SecretName = Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN)]
+SECRET_KEY_PATTERN = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+
+
+class SecretKeySelector(ApiModel):
+    """One key of a Secret in the job's namespace, as in a container's env `secretKeyRef`."""
+
+    name: SecretName = Field(
+        description="The Secret, in the job's namespace; its pool must list it in spec.jobSecrets."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="The key of the Secret's data."
+    )

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field
 
 from ffrtmp.api.base import ApiModel, api_config, rules
-from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, Timestamp
+from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, SecretKeySelector, Timestamp
 from ffrtmp.storage.uri import OBJECT_URI_PATTERN, PREFIX_URI_PATTERN
 
 Accelerator = Literal["auto", "nvenc", "qsv", "vaapi", "cpu"]
@@ -86,31 +86,78 @@ class LiveRestartPolicy(ApiModel):
     max_backoff_seconds: int = Field(default=60, ge=1, le=3600, description="Upper bound of the doubling wait.")
 
 
+class ValueFromSecret(ApiModel):
+    """A value the worker reads from a Secret when the attempt starts: it is never copied into the job's
+    spec or status, and every message, Event, log line and stderr tail has it redacted."""
+
+    secret_key_ref: SecretKeySelector = Field(
+        description=(
+            "The Secret and key holding the value. The job runs only in pools that list the Secret in "
+            "spec.jobSecrets (their workers mount it); without one it waits Queued (NoMatchingPool). When the "
+            "Secret or key does not exist the job fails with reason SecretNotFound, naming the Secret and key."
+        )
+    )
+
+
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+# Headers ffmpeg or the egress proxy set themselves, or that would change what the request means.
+RESERVED_HEADERS = ("host", "content-length", "transfer-encoding", "connection", "proxy-authorization", "range")
+
+
+class HeaderFromSecret(ApiModel):
+    """An HTTP request header whose value comes from a Secret, e.g. `Authorization: Bearer ...`."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=HEADER_NAME_PATTERN,
+        description=f"The header name, e.g. `Authorization` or `X-Api-Key` (not {', '.join(RESERVED_HEADERS)}).",
+        json_schema_extra=rules(
+            (
+                f"!(self.lowerAscii() in {_cel_list(RESERVED_HEADERS)})",
+                f"headersFrom must not set {', '.join(RESERVED_HEADERS)}",
+            ),
+        ),
+    )
+    secret_key_ref: SecretKeySelector = Field(
+        description=(
+            "The Secret and key holding the header's whole value (one line). The job runs only in pools that list "
+            "the Secret in spec.jobSecrets; a missing Secret or key fails it with reason SecretNotFound."
+        )
+    )
+
+
 class InputSpec(ApiModel):
     """What to transcode."""
 
     model_config = api_config(
         json_schema_extra=rules(
+            ("has(self.uri) != has(self.uriFrom)", "set input.uri or input.uriFrom (one of them)"),
             (
                 "!has(self.realtime) || !self.realtime || "
-                "!(self.uri.startsWith('rtmp') || (has(self.live) && self.live))",
+                "!((has(self.uri) && self.uri.startsWith('rtmp')) || (has(self.live) && self.live))",
                 "input.realtime is for file and http(s) inputs: a live input arrives in real time already",
             ),
             (
-                "!self.uri.startsWith('s3://') || !(has(self.live) && self.live)",
+                "!has(self.uri) || !self.uri.startsWith('s3://') || !(has(self.live) && self.live)",
                 "an s3:// input is a stored object, not a live stream",
+            ),
+            (
+                "!has(self.headersFrom) || !has(self.uri) || self.uri.matches('^https?://')",
+                "input.headersFrom is for http(s):// inputs",
             ),
         )
     )
 
-    uri: str = Field(
+    uri: str | None = Field(
+        default=None,
         min_length=1,
         max_length=2048,
         description=(
             "Absolute file path under one of the pool's media roots, an http(s):// or rtmp(s):// URL, or "
             "an object `s3://bucket/key` in the pool's object storage (WorkerPool spec.objectStorage), which "
             "ffmpeg reads with ranged GETs through a presigned URL the worker makes. Other schemes (file:, "
-            "concat:, data:, ...) are refused."
+            "concat:, data:, ...) are refused. Set uri or uriFrom."
         ),
         json_schema_extra=rules(
             (
@@ -129,6 +176,27 @@ class InputSpec(ApiModel):
                 "read it over https, or transcode a media file",
             ),
         ),
+    )
+    uri_from: ValueFromSecret | None = Field(
+        default=None,
+        description=(
+            "The input URL from a Secret instead of `uri`, for a URL that is a credential itself: userinfo "
+            "(`https://user:password@host/...`), a signed query string, an RTMP stream key. It must be an "
+            "http(s):// or rtmp(s):// URL (one line; a trailing newline is dropped), and the worker checks it "
+            "like `uri` (allowedProtocols, egress policy). Its scheme is not known before the worker reads it: "
+            "set `live: true` for a live stream (rtmp(s) URLs are live by default at the worker, but restartPolicy "
+            "and the rules of live inputs need `live` at apply)."
+        ),
+    )
+    headers_from: list[HeaderFromSecret] | None = Field(
+        default=None,
+        max_length=8,
+        description=(
+            "HTTP request headers for an http(s) input, each value from a Secret (`Authorization`, an API key). "
+            "ffmpeg and ffprobe send them on every request for the input (the worker's HLS playlist check "
+            "too); they are never written to the job."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     start_seconds: int | None = Field(
         default=None, ge=0, le=86400 * 7, description="Seek to this many seconds before reading."
@@ -343,7 +411,11 @@ class OutputSpec(ApiModel):
         json_schema_extra=rules(
             ("!(has(self.path) && has(self.url))", "set path or url, not both"),
             (
-                "!has(self.url) || self.container == 'flv'",
+                "!(has(self.urlFrom) && (has(self.path) || has(self.url)))",
+                "set one of path, url and urlFrom",
+            ),
+            (
+                "!(has(self.url) || has(self.urlFrom)) || self.container == 'flv'",
                 "an rtmp:// url output needs container flv",
             ),
             (
@@ -388,6 +460,14 @@ class OutputSpec(ApiModel):
         max_length=2048,
         pattern=r"^rtmps?://[^\s/]+/\S+$",
         description="Publish to this rtmp(s):// URL instead of a file (restream).",
+    )
+    url_from: ValueFromSecret | None = Field(
+        default=None,
+        description=(
+            "Publish to an rtmp(s):// URL read from a Secret instead of `url`: for a URL carrying a stream key "
+            "(`rtmp://live.example.com/app/STREAM-KEY`). One line (a trailing newline is dropped), the form `url` "
+            "has; container flv."
+        ),
     )
     video: VideoSpec | None = Field(default=None, description="Video settings (default: h264).")
     audio: AudioSpec | None = Field(default=None, description="Audio settings (default: aac).")
@@ -520,7 +600,8 @@ _CHUNK_SECONDS = "(has(self.chunking.chunkSeconds) ? self.chunking.chunkSeconds 
 _SEGMENT_SECONDS = "(has(self.hls) && has(self.hls.segmentSeconds) ? self.hls.segmentSeconds : 6)"
 _CHUNKING_RULES = (
     (
-        f"!({_CHUNKING_ON}) || (self.input.uri.startsWith('/') && !(has(self.input.live) && self.input.live))",
+        f"!({_CHUNKING_ON}) || (has(self.input.uri) && self.input.uri.startsWith('/') && "
+        "!(has(self.input.live) && self.input.live))",
         "chunking needs a file input: live, rtmp(s), http(s) and s3 inputs are not supported with chunking",
     ),
     (
@@ -636,7 +717,7 @@ _SPEC_RULES = rules(
     ),
     (
         "!has(self.input.restartPolicy) || (has(self.input.live) && self.input.live) || "
-        "self.input.uri.startsWith('rtmp')",
+        "(has(self.input.uri) && self.input.uri.startsWith('rtmp'))",
         "input.restartPolicy applies to live inputs only",
     ),
     ("self.input == oldSelf.input", "input is immutable"),
@@ -651,7 +732,8 @@ _SPEC_RULES = rules(
     _immutable_optional("chunkTask"),
     _immutable_optional("destination"),
     (
-        "!has(self.destination) || !(self.input.uri.startsWith('rtmp') || (has(self.input.live) && self.input.live))",
+        "!has(self.destination) || !((has(self.input.uri) && self.input.uri.startsWith('rtmp')) || "
+        "(has(self.input.live) && self.input.live))",
         "destination uploads a finished job's files: a live job's playlists change while it runs, "
         "write them to the pool's output volume",
     ),
@@ -660,7 +742,7 @@ _SPEC_RULES = rules(
         "manifest.json under spec.destination is the job's manifest: give the output another path",
     ),
     (
-        "!has(self.destination) || has(self.thumbnails) || self.outputs.exists(o, !has(o.url))",
+        "!has(self.destination) || has(self.thumbnails) || self.outputs.exists(o, !has(o.url) && !has(o.urlFrom))",
         "spec.destination uploads files, and every output is an rtmp:// url stream",
     ),
 )
@@ -775,7 +857,7 @@ FailureReason = Literal[
     "WorkerLost", "OOMKilled", "MemoryLimitExceeded", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
     "BackoffLimitExceeded", "StreamEnded", "DestinationNotAllowed", "BucketNotFound", "ObjectStorageAccessDenied",
     "ObjectStorageUnreachable", "ObjectStorageError", "ObjectStorageNotConfigured",
-    "ObjectStorageCredentialsUnavailable",
+    "ObjectStorageCredentialsUnavailable", "SecretNotFound", "InvalidSecret",
 ]  # fmt: skip
 
 

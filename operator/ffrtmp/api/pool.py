@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ffrtmp.api.base import ApiModel, api_config, rules
-from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceRequirements, Timestamp
+from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceRequirements, SecretName, Timestamp
 
 PoolAccelerator = Literal["nvenc", "qsv", "vaapi", "cpu"]
 InputProtocol = Literal["file", "http", "https", "rtmp", "rtmps"]
@@ -31,6 +31,7 @@ ClaimName = Annotated[
 DEFAULT_MEDIA_ROOTS = ("/media",)  # the CRD has no list defaults: CEL rules spell this out
 DEFAULT_RENDER_DEVICE = "/dev/dri/renderD128"
 SCRATCH_DIR = "/tmp"  # an emptyDir in every worker Pod
+JOB_SECRETS_DIR = "/var/run/secrets/ffmpeg-rtmp.io/job-secrets"  # spec.jobSecrets: one folder per Secret
 DEFAULT_RENDER_GROUP_ID = 109
 
 
@@ -339,8 +340,10 @@ class WorkerPoolSpec(ApiModel):
             (
                 "!has(self.volumes) || self.volumes.all(v, v.name != 'scratch'"
                 " && (!has(self.storage) || !has(self.storage.output) || v.name != 'output')"
-                " && (!has(self.storage) || !has(self.storage.media) || !v.name.startsWith('media-')))",
-                "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
+                " && (!has(self.storage) || !has(self.storage.media) || !v.name.startsWith('media-'))"
+                " && (!has(self.jobSecrets) || !v.name.startsWith('job-secret-')))",
+                "spec.volumes names 'scratch', 'output' (with storage.output), 'media-<n>' (with storage.media) and "
+                "'job-secret-<n>' (with jobSecrets) "
                 "are the worker Pod's own: choose another name",
             ),
         )
@@ -481,6 +484,20 @@ class WorkerPoolSpec(ApiModel):
             "object storage are scheduled only to pools that have it."
         ),
     )
+    job_secrets: list[SecretName] | None = Field(
+        default=None,
+        max_length=32,
+        description=(
+            "Secrets of the pool's namespace whose keys jobs running in this pool may use as credentials "
+            "(input.uriFrom, input.headersFrom, outputs[].urlFrom). Each is mounted read-only into the worker "
+            f"Pods under {JOB_SECRETS_DIR} (optional: a Secret created later appears there within the "
+            "kubelet's sync period, about a minute); the worker reads a job's values when its attempt starts. "
+            "Jobs naming a Secret are scheduled only to pools that list it: jobs cannot read other Secrets of the "
+            "namespace through the workers. Worker Pods are not rebuilt when this changes: delete idle workers "
+            "created before a Secret was added (a job they get fails with SecretNotFound)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
     storage: PoolStorage | None = Field(
         default=None,
         description=(
@@ -598,13 +615,21 @@ def reserved_volume_problem(spec: WorkerPoolSpec) -> str | None:
     has_output = storage is not None and storage.output is not None
     has_media = storage is not None and bool(storage.media)
 
+    has_secrets = bool(spec.job_secrets)
+
     def reserved(name: str) -> bool:
-        return name == "scratch" or (has_output and name == "output") or (has_media and name.startswith("media-"))
+        return (
+            name == "scratch"
+            or (has_output and name == "output")
+            or (has_media and name.startswith("media-"))
+            or (has_secrets and name.startswith("job-secret-"))
+        )
 
     taken = [str(v.get("name")) for v in spec.volumes or [] if reserved(str(v.get("name")))]
     if taken:
         return (
-            "spec.volumes names 'scratch', 'output' (with storage.output) and 'media-<n>' (with storage.media) "
+            "spec.volumes names 'scratch', 'output' (with storage.output), 'media-<n>' (with storage.media) and "
+            "'job-secret-<n>' (with jobSecrets) "
             f"are the worker Pod's own: choose another name ({taken[0]})"
         )
     return None

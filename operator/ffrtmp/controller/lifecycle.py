@@ -18,6 +18,7 @@ from ffrtmp.controller.chunked import CreateJob, children_by_parent, decide_chun
 from ffrtmp.controller.scheduling import Assignment, PoolView, QueuedJob, WorkerSlots, eligible_pools, plan
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, PoolObj, Store, WorkerLease, WorkerPod
+from ffrtmp.redact import redact
 
 Obj = dict[str, Any]
 
@@ -315,6 +316,7 @@ def _decide_one(
         not_before=job.not_before,
         codecs=job.codecs,
         object_storage=job.object_storage,
+        secrets=job.secrets,
     )
 
 
@@ -324,12 +326,14 @@ def _after_attempt(job: JobView, now: float, settings: OperatorSettings) -> Patc
     assert result is not None
     rv = job.resource_version
     if result.outcome == "HandedBack":
-        msg = f"attempt {job.attempt} handed back by {result.worker} ({result.message or 'worker drained'}); requeued"
+        said = redact(result.message or "worker drained")
+        msg = f"attempt {job.attempt} handed back by {result.worker} ({said}); requeued"
         return PatchStatus(
             job.key, rv, _queued_status(job, "HandedBack", msg, now), JobEvent("Normal", "HandedBack", msg)
         )
     failures = job.failed + 1
-    what = f"attempt {job.attempt} failed: {result.reason}: {result.message}"
+    # The worker redacted it; redacted again (URL userinfo, signed query values) for a worker that did not.
+    what = f"attempt {job.attempt} failed: {result.reason}: {redact(result.message or '')}"
     if result.retryable and failures <= job.backoff_limit:
         delay = retry_backoff(failures, settings)
         msg = f"{what}; retry {failures}/{job.backoff_limit} in {delay:.0f}s"
@@ -399,6 +403,7 @@ def pool_views(pools: Iterable[PoolObj]) -> list[PoolView]:
             accelerator=p.spec.accelerator,
             paused=p.spec.paused,
             object_storage=p.spec.object_storage is not None,
+            job_secrets=frozenset(p.spec.job_secrets or ()),
         )
         for p in pools
         if p.spec is not None

@@ -17,6 +17,7 @@ from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.egress.policy import EgressConfigError, parse_cidrs
 from ffrtmp.kube.auth import Credentials
 from ffrtmp.kube.config import add_kubeconfig_arguments, load_config
+from ffrtmp.redact import redact_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Every handler, kopf's included (its Event poster formats with the handler's formatter): URL userinfo and
+    # signed query values reach no log line and no Event.
+    redact_logging()
+    redact_logging(logging.getLogger("kopf.objects"))
     if not args.verbose:
         # kopf logs every handled event at INFO; ours are cache updates, not news.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -15,7 +15,7 @@ from ffrtmp.api.constants import (
     LABEL_POOL,
     WORKER_COMPONENT,
 )
-from ffrtmp.api.pool import SCRATCH_DIR, ObjectStorage, WorkerPoolSpec
+from ffrtmp.api.pool import JOB_SECRETS_DIR, SCRATCH_DIR, ObjectStorage, WorkerPoolSpec
 from ffrtmp.controller.settings import OperatorSettings
 
 Obj = dict[str, Any]
@@ -124,6 +124,19 @@ def storage_volumes(spec: WorkerPoolSpec) -> tuple[list[Obj], list[Obj]]:
     return volumes, mounts
 
 
+def job_secret_volumes(spec: WorkerPoolSpec) -> tuple[list[Obj], list[Obj]]:
+    """The Pod volumes and container mounts of spec.jobSecrets: each Secret read-only in a folder of its own
+    under JOB_SECRETS_DIR, optional (a missing Secret fails the jobs that name it, not the worker), owner-only
+    files (the worker's fsGroup)."""
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    for i, name in enumerate(spec.job_secrets or []):
+        volume = f"job-secret-{i}"
+        volumes.append({"name": volume, "secret": {"secretName": name, "optional": True, "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": f"{JOB_SECRETS_DIR}/{name}", "readOnly": True})
+    return volumes, mounts
+
+
 def build_worker_pod(
     pool_name: str,
     namespace: str,
@@ -152,12 +165,23 @@ def build_worker_pod(
     ]
     if spec.object_storage is not None:
         env += object_storage_env(spec.object_storage)
+    if spec.job_secrets:
+        env += [
+            {"name": "FFRTMP_JOB_SECRETS", "value": ",".join(spec.job_secrets)},
+            {"name": "FFRTMP_JOB_SECRETS_DIR", "value": JOB_SECRETS_DIR},
+        ]
     if spec.accelerator == "nvenc":
         env.append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,video,utility"})
     if spec.accelerator in RENDER_NODE_ACCELERATORS:
         env.append({"name": "FFRTMP_RENDER_DEVICE", "value": spec.render_device})
     storage_vols, storage_mounts = storage_volumes(spec)
-    mounts: list[Obj] = [{"name": "scratch", "mountPath": SCRATCH_DIR}, *storage_mounts, *(spec.volume_mounts or [])]
+    secret_vols, secret_mounts = job_secret_volumes(spec)
+    mounts: list[Obj] = [
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+        *storage_mounts,
+        *secret_mounts,
+        *(spec.volume_mounts or []),
+    ]
     container: Obj = {
         "name": "worker",
         "image": spec.image or settings.worker_image,
@@ -196,7 +220,12 @@ def build_worker_pod(
             "fsGroup": WORKER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}, *storage_vols, *(spec.volumes or [])],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}},
+            *storage_vols,
+            *secret_vols,
+            *(spec.volumes or []),
+        ],
     }
     if spec.accelerator in RENDER_NODE_ACCELERATORS:
         # The render node belongs to the host's render group; the non-root worker needs that gid.

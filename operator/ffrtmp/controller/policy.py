@@ -159,6 +159,12 @@ def pool_policy_violations(spec: WorkerPoolSpec, policy: PoolPolicy) -> list[str
                     f"spec.volumes[{i}].{source} is not allowed by the cluster admin "
                     f"(allowed: {_allowed(policy.volume_types)})"
                 )
+    if spec.job_secrets and "secret" not in policy.volume_types:
+        # spec.jobSecrets mounts Secrets into the worker Pods as secret volumes.
+        out.append(
+            "spec.jobSecrets is not allowed by the cluster admin: it mounts Secrets as secret volumes "
+            f"(allowed volume sources: {_allowed(policy.volume_types)})"
+        )
     if spec.runtime_class_name is not None and spec.runtime_class_name not in policy.runtime_classes:
         out.append(
             _refused("spec.runtimeClassName", spec.runtime_class_name, f"allowed: {_allowed(policy.runtime_classes)}")

@@ -42,6 +42,7 @@ from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.controller.state import JobView, Store, WorkerPod, key_of, store_key
 from ffrtmp.controller.watches import WATCHED, feed, not_ready
 from ffrtmp.kube.client import ApiError, KubeClient, resource_path
+from ffrtmp.redact import redact
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -698,7 +699,7 @@ class Reconciler:
             },
             "type": event.type,
             "reason": event.reason,
-            "message": event.message[:1024],
+            "message": redact(event.message)[:1024],
             "source": {"component": "ffmpeg-rtmp-operator"},
             "reportingComponent": "ffmpeg-rtmp.io/operator",
             "reportingInstance": self.elector.identity if self.elector else "ffmpeg-rtmp-operator",

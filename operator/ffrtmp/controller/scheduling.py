@@ -17,6 +17,8 @@ Eligibility (`eligible_pools`)
     * A job that reads an s3:// input or uploads to spec.destination: only pools with
       spec.objectStorage, as if the others did not exist (a `preferred` job falls back to a cpu pool
       that has it when no hardware pool that has it is ready).
+    * A job whose credentials come from Secrets (input.uriFrom, input.headersFrom, outputs[].urlFrom): only
+      pools that list every one of them in spec.jobSecrets (their workers mount them), the same way.
 
 Capabilities
     A worker's Lease lists the encoders that passed its self-test (`WorkerSlots.encoders`). A job
@@ -39,7 +41,7 @@ Placement (`plan`)
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -75,6 +77,7 @@ class QueuedJob:
     not_before: float | None = None  # retry backoff: not schedulable before this
     codecs: tuple[str, ...] = ()  # video codecs it encodes (h264, hevc, av1), sorted
     object_storage: bool = False  # it reads an s3:// input or uploads to spec.destination
+    secrets: tuple[str, ...] = ()  # Secrets its credentials come from (uriFrom, headersFrom, urlFrom), sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class PoolView:
     accelerator: str
     paused: bool
     object_storage: bool = False  # spec.objectStorage is set
+    job_secrets: frozenset[str] = frozenset()  # spec.jobSecrets: the Secrets its workers mount for jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,12 +255,40 @@ def _missing(stats: _PoolStats, codecs: tuple[str, ...]) -> str:
     return f"no ready worker of pool {stats.pool.name} has {noun} {', '.join(missing)}{together}"
 
 
-def _with_object_storage(ns: _Namespace) -> _Namespace:
-    """The namespace as a job that needs object storage sees it: its pools with spec.objectStorage only."""
+def _only(ns: _Namespace, keep: Callable[[PoolView], bool]) -> _Namespace:
+    """The namespace as a job that needs something of its pools sees it: the pools that `keep` only."""
     return _Namespace(
-        {name: stats for name, stats in ns.pools.items() if stats.pool.object_storage},
-        {acc: [p for p in pools if p.object_storage] for acc, pools in ns.by_accelerator.items()},
+        {name: stats for name, stats in ns.pools.items() if keep(stats.pool)},
+        {acc: [p for p in pools if keep(p)] for acc, pools in ns.by_accelerator.items()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Need:
+    """What a job needs of a pool beyond accelerator and encoders, and how a block says so."""
+
+    keep: Callable[[PoolView], bool]
+    lacks: str  # after "WorkerPool P (poolRef)"
+    none: str  # after "no WorkerPool in namespace N"
+    among: str  # after "... among"
+    why: str
+
+
+_NEEDS_STORAGE = "and the job reads an s3:// input or uploads to spec.destination"
+
+
+def _needs(object_storage: bool, secrets: tuple[str, ...]) -> list[_Need]:
+    needs: list[_Need] = []
+    if object_storage:
+        needs.append(_Need(lambda p: p.object_storage, "has no spec.objectStorage", "has spec.objectStorage",
+                           "the pools with spec.objectStorage", _NEEDS_STORAGE))  # fmt: skip
+    if secrets:
+        names = ", ".join(secrets)
+        listed = f"Secret{'s' if len(secrets) > 1 else ''} {names} in spec.jobSecrets"
+        wanted = frozenset(secrets)
+        needs.append(_Need(lambda p: wanted <= p.job_secrets, f"does not list {listed}", f"lists {listed}",
+                           f"the pools that list {listed}", "and the job's credentials come from them"))  # fmt: skip
+    return needs
 
 
 def _eligibility(
@@ -267,22 +299,25 @@ def _eligibility(
     pool_ref: str | None,
     codecs: tuple[str, ...] = (),
     object_storage: bool = False,
+    secrets: tuple[str, ...] = (),
 ) -> _Eligibility:
     ns = ns if ns is not None else _Namespace()
-    if not object_storage:
+    needs = _needs(object_storage, secrets)
+    if not needs:
         return _eligibility_of(ns, namespace, accelerator, policy, pool_ref, codecs)
-    if pool_ref is not None and pool_ref in ns.pools and not ns.pools[pool_ref].pool.object_storage:
-        return _Eligibility((), f"WorkerPool {pool_ref} (poolRef) has no spec.objectStorage, {_NEEDS_STORAGE}", "")
-    storage = _with_object_storage(ns)
-    el = _eligibility_of(storage, namespace, accelerator, policy, pool_ref, codecs)
+    ref = ns.pools.get(pool_ref) if pool_ref is not None else None
+    for need in needs:
+        if ref is not None and not need.keep(ref.pool):
+            return _Eligibility((), f"WorkerPool {pool_ref} (poolRef) {need.lacks}, {need.why}", "")
+    fit = _only(ns, lambda p: all(need.keep(p) for need in needs))
+    el = _eligibility_of(fit, namespace, accelerator, policy, pool_ref, codecs)
     if el.tiers or pool_ref is not None:
         return el
-    if not storage.pools:
-        return _Eligibility((), f"no WorkerPool in namespace {namespace} has spec.objectStorage, {_NEEDS_STORAGE}", "")
-    return _Eligibility((), f"{el.no_pool} among the pools with spec.objectStorage, {_NEEDS_STORAGE}", "")
-
-
-_NEEDS_STORAGE = "and the job reads an s3:// input or uploads to spec.destination"
+    for need in needs:
+        if not any(need.keep(stats.pool) for stats in ns.pools.values()):
+            return _Eligibility((), f"no WorkerPool in namespace {namespace} {need.none}, {need.why}", "")
+    among = " and ".join(need.among for need in needs)
+    return _Eligibility((), f"{el.no_pool} among {among}, {' '.join(need.why for need in needs)}", "")
 
 
 def _eligibility_of(
@@ -351,8 +386,9 @@ def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[
     index = _index(pools, _unique(workers))
     ns = index.get(job.namespace)
     el = _eligibility(
-        ns, job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage
-    )
+        ns, job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage,
+        job.secrets,
+    )  # fmt: skip
     return [
         pool for tier in el.tiers for pool in tier if ns is None or not ns.pools[pool.name].known_incapable(job.codecs)
     ]
@@ -362,8 +398,9 @@ def eligible_pools(job: QueuedJob, pools: Iterable[PoolView], workers: Iterable[
 
 # Heap entry of a worker with a free slot: (load, running, name, pool, capacity).
 _Entry = tuple[float, int, str, str, int]
-# Jobs of one kind share their eligibility: (namespace, accelerator, policy, poolRef, codecs, object storage).
-_Kind = tuple[str, str, str, str | None, tuple[str, ...], bool]
+# Jobs of one kind share their eligibility: (namespace, accelerator, policy, poolRef, codecs, object storage,
+# Secrets).
+_Kind = tuple[str, str, str, str | None, tuple[str, ...], bool, tuple[str, ...]]
 
 
 def _explain(el: _Eligibility, ns: _Namespace | None, job: QueuedJob) -> tuple[str, str]:
@@ -460,12 +497,13 @@ def plan(
         if job.not_before is not None and job.not_before > now:
             blocked.append(Blocked(job.key, BACKOFF, _backoff_message(job.not_before)))
             continue
-        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage)
+        ckey = (job.namespace, job.accelerator, job.hardware_policy, job.pool_ref, job.codecs, job.object_storage,
+                job.secrets)  # fmt: skip
         cached = cache.get(ckey)
         if cached is None:
             el = _eligibility(
                 index.get(job.namespace), job.namespace, job.accelerator, job.hardware_policy, job.pool_ref,
-                job.codecs, job.object_storage,
+                job.codecs, job.object_storage, job.secrets,
             )  # fmt: skip
             live = tuple(
                 [

@@ -68,6 +68,7 @@ class JobView:
     pool_ref: str | None
     codecs: tuple[str, ...]  # the video codecs it encodes (h264, hevc, av1), sorted
     object_storage: bool  # it reads an s3:// input or uploads to spec.destination
+    secrets: tuple[str, ...]  # the Secrets its credentials come from (credential_secrets)
     suspend: bool
     timeout_seconds: int | None
     backoff_limit: int
@@ -143,6 +144,17 @@ def encoded_codecs(spec: Obj) -> tuple[str, ...]:
     return tuple(sorted(codecs))
 
 
+def credential_secrets(spec: Obj) -> tuple[str, ...]:
+    """The Secrets a job's credentials come from (input.uriFrom, input.headersFrom, outputs[].urlFrom), sorted:
+    it runs only in pools that list them all in spec.jobSecrets."""
+    job_input = spec.get("input") or {}
+    sources = [job_input.get("uriFrom"), *(job_input.get("headersFrom") or [])]
+    sources += [o.get("urlFrom") for o in spec.get("outputs") or [] if isinstance(o, dict)]
+    names = {str(ref["name"]) for s in sources if isinstance(s, dict) and isinstance(ref := s.get("secretKeyRef"), dict)
+             and ref.get("name")}  # fmt: skip
+    return tuple(sorted(names))
+
+
 def parse_job(obj: Obj) -> JobView:
     meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
     generation = int(meta.get("generation", 1))
@@ -184,6 +196,7 @@ def parse_job(obj: Obj) -> JobView:
         pool_ref=pool_ref.get("name"),
         codecs=encoded_codecs(spec),
         object_storage=str((spec.get("input") or {}).get("uri", "")).startswith("s3://") or "destination" in spec,
+        secrets=credential_secrets(spec),
         suspend=bool(spec.get("suspend", False)),
         timeout_seconds=spec.get("timeoutSeconds"),
         backoff_limit=int(spec.get("backoffLimit", 3)),

@@ -5,7 +5,10 @@ the image). Plays the kubelet's part: stops the process when the Pod goes, resta
 kubelet's projected token volume does: the API server then names the Pod in the token's user extra
 (`authentication.kubernetes.io/pod-name`), which the chart's worker-identity admission policy keys on. Env
 read from Secrets (secretKeyRef: a pool's object storage key) is read from the API as the kubelet reads it,
-and never written to the state file."""
+and never written to the state file. Secret volumes (a pool's spec.jobSecrets) are written, as the kubelet
+writes them, into a private folder of the worker's state (once, when the worker starts: unlike the kubelet,
+later changes of the Secret do not reach a running stand-in), and the worker's FFRTMP_JOB_SECRETS_DIR points
+there."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -54,6 +58,26 @@ def secret_references(pod: Obj) -> dict[str, list[str]]:
         if ref:
             found.setdefault(ref["name"], []).append(item["name"])
     return found
+
+
+def secret_volumes(pod: Obj) -> dict[str, str]:
+    """The Secret volumes mounted in the worker container: mount path -> Secret name."""
+    spec = pod.get("spec") or {}
+    by_volume = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes") or [] if "secret" in v}
+    mounts = spec["containers"][0].get("volumeMounts") or []
+    return {m["mountPath"]: by_volume[m["name"]] for m in mounts if m["name"] in by_volume}
+
+
+def write_secret_volumes(pod: Obj, secrets: Mapping[str, Mapping[str, str]], root: Path) -> None:
+    """Each Secret volume of `pod` as files under `root` + its mount path (a missing Secret: an empty folder,
+    as an optional volume), owner-only."""
+    for mount_path, secret in secret_volumes(pod).items():
+        folder = root / mount_path.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for key, value in (secrets.get(secret) or {}).items():
+            path = folder / key
+            path.touch(mode=0o600)
+            path.write_text(value)
 
 
 def pod_environment(pod: Obj, secrets: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
@@ -235,9 +259,9 @@ class StandInKubelet:
         return str(path)
 
     async def _secrets(self, pod: Obj) -> dict[str, dict[str, str]]:
-        """The data of the Secrets the Pod's env reads, decoded (a missing Secret reads as empty)."""
+        """The data of the Secrets the Pod's env and volumes read, decoded (a missing Secret reads as empty)."""
         found: dict[str, dict[str, str]] = {}
-        for secret in secret_references(pod):
+        for secret in {*secret_references(pod), *secret_volumes(pod).values()}:
             try:
                 obj = await self.client.get(resource_path("", "v1", "secrets", pod["metadata"]["namespace"], secret))
             except ApiError as e:
@@ -256,11 +280,18 @@ class StandInKubelet:
             log.error("no token for pod %s: %r", name, e)
             return
         try:
-            container_env = pod_environment(pod, await self._secrets(pod))
+            secrets = await self._secrets(pod)
+            container_env = pod_environment(pod, secrets)
         except (ApiError, MissingSecret) as e:
             self._starting.discard(name)
             log.error("cannot start the worker of pod %s: %s", name, e)
             return
+        if secret_volumes(pod):
+            volumes = self.state_dir / "volumes" / name
+            # A dev tool: a few small files per worker start are fine on the event loop.
+            write_secret_volumes(pod, secrets, volumes)
+            if "FFRTMP_JOB_SECRETS_DIR" in container_env:
+                container_env["FFRTMP_JOB_SECRETS_DIR"] = str(volumes) + container_env["FFRTMP_JOB_SECRETS_DIR"]
         from_secrets = {v for names in secret_references(pod).values() for v in names}
         env = {
             **os.environ,
@@ -294,6 +325,7 @@ class StandInKubelet:
             refresh.cancel()
         log.info("worker for pod %s exited with %s", name, code)
         if process.stopping:
+            shutil.rmtree(self.state_dir / "volumes" / name, ignore_errors=True)
             # The container stopped: finish the Pod's deletion, as the kubelet does — before the
             # process is forgotten, so that stop_all, which waits for that, does not exit first.
             path = resource_path("", "v1", "pods", self.namespace, name)

@@ -110,6 +110,7 @@ class EgressProxy:
     resolver: Resolver = system_resolver
     label: str = ""  # for the log: whose connections these are (the job)
     refusals: list[Refusal] = field(default_factory=list)
+    received: int = 0  # bytes received from the destinations (response heads and bodies, tunnelled bytes)
     opened: list[tuple[str, int]] = field(default_factory=list)  # (host, port) of each connection made
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -184,7 +185,7 @@ class EgressProxy:
             up_reader, up_writer = upstream
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
-            await _pipe_both(reader, writer, up_reader, up_writer)
+            await _pipe_both(reader, writer, up_reader, up_writer, self._count)
             return
         host, port, path = parse_absolute_http(target)
         if any(h.split(":", 1)[0].strip().lower() == "transfer-encoding" for h in header_lines):
@@ -208,13 +209,17 @@ class EgressProxy:
                 remaining -= len(chunk)
             async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
                 response = await up_reader.readuntil(b"\r\n\r\n")
+            self._count(len(response))
             status_line, *response_headers = response.decode("latin-1").split("\r\n")
             kept = [h for h in response_headers if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
             writer.write("\r\n".join([status_line, *kept, "Connection: close", "", ""]).encode("latin-1"))
             await writer.drain()
-            await _pipe(up_reader, writer)
+            await _pipe(up_reader, writer, self._count)
         finally:
             up_writer.close()
+
+    def _count(self, size: int) -> None:
+        self.received += size
 
     async def _open(
         self, host: str, port: int, writer: asyncio.StreamWriter
@@ -268,9 +273,13 @@ async def _answer(writer: asyncio.StreamWriter, code: int, text: str, body: byte
         await writer.drain()
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def _pipe(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, count: Callable[[int], None] | None = None
+) -> None:
     with contextlib.suppress(OSError):
         while chunk := await source.read(65536):
+            if count is not None:
+                count(len(chunk))
             sink.write(chunk)
             await sink.drain()
         if sink.can_write_eof():
@@ -282,9 +291,10 @@ async def _pipe_both(
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
+    count: Callable[[int], None],
 ) -> None:
     try:
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer, count))
     finally:
         up_writer.close()
 

@@ -110,6 +110,7 @@ __all__ = [
     "is_live",
     "network_input_options",
     "protocol_whitelist",
+    "with_input_headers",
 ]
 
 FFMPEG = "ffmpeg"
@@ -191,6 +192,27 @@ def protocol_whitelist(input_url: str, allowed_protocols: Iterable[str]) -> str:
     return ",".join(needed)
 
 
+def input_headers_options(headers: Mapping[str, str]) -> list[str]:
+    """ffmpeg's (and ffprobe's) `-headers` input option for an http(s) input's request headers (input.headersFrom);
+    nothing without headers. The HLS demuxer sends them on its playlist and segment requests too."""
+    if not headers:
+        return []
+    return ["-headers", "".join(f"{name}: {value}\r\n" for name, value in headers.items())]
+
+
+def with_input_headers(argv: list[str], input_url: str, headers: Mapping[str, str]) -> list[str]:
+    """`argv` with the request headers set on its input `input_url` (before each `-i input_url`)."""
+    options = input_headers_options(headers)
+    if not options:
+        return argv
+    out: list[str] = []
+    for i, item in enumerate(argv):
+        if item == "-i" and i + 1 < len(argv) and argv[i + 1] == input_url:
+            out += options
+        out.append(item)
+    return out
+
+
 def network_input_options(input_url: str, *, live: bool) -> list[str]:
     """Timeouts and reconnects for network inputs: a dead server fails instead of hanging."""
     scheme = _scheme(input_url)
@@ -212,7 +234,7 @@ def is_live(spec: TranscodeJobSpec) -> bool:
     """The input is a stream without fixed duration (default: rtmp inputs are)."""
     if spec.input.live is not None:
         return spec.input.live
-    return _scheme(spec.input.uri) in ("rtmp", "rtmps")
+    return _scheme(spec.input.uri or "") in ("rtmp", "rtmps")  # uriFrom: the worker decides once it resolved it
 
 
 def reads_in_real_time(spec: TranscodeJobSpec) -> bool:

@@ -82,7 +82,7 @@ def chunking_refusal(spec: TranscodeJobSpec, chunk_seconds: int | None = None) -
     if spec.input.start_seconds is not None or spec.input.duration_seconds is not None or spec.input.realtime:
         # realtime (-re) paces by source timestamps, which a chunk keeps: it would wait until its start.
         return "input.startSeconds, input.durationSeconds and input.realtime are not supported with chunking yet"
-    if not spec.input.uri.startswith("/") or spec.input.live:
+    if not (spec.input.uri or "").startswith("/") or spec.input.live:
         return "chunking needs a file input: live, rtmp(s), http(s) and s3 inputs are not supported"
     if spec.destination is not None:
         return "spec.destination is not supported with chunking yet"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -233,12 +233,18 @@ async def _read_local(path: str, max_bytes: int) -> str:
 
 
 async def _read_http(
-    url: str, max_bytes: int, seconds: float, session: aiohttp.ClientSession, proxy: str | None
+    url: str,
+    max_bytes: int,
+    seconds: float,
+    session: aiohttp.ClientSession,
+    proxy: str | None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
     try:
         async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=True, max_redirects=5, proxy=proxy
-        ) as response:
+            url, timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=True, max_redirects=5, proxy=proxy,
+            headers=dict(headers or {}),
+        ) as response:  # fmt: skip
             final = str(response.url)
             if not _same_host(url, final):
                 raise InputNotAllowed(f"The playlist {url} redirects to another host: {final}", final)
@@ -265,6 +271,7 @@ async def check_playlist(
     read_timeout: float = PLAYLIST_TIMEOUT_SECONDS,
     session: aiohttp.ClientSession | None = None,
     proxy: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Check an HLS input and the playlists it refers to; return the playlists read.
 
@@ -272,7 +279,8 @@ async def check_playlist(
     is a `file:`/`concat:`/... URL, a local path outside the media roots, or a URL on another
     host, for playlists nested deeper than `max_depth` (a master is depth 0, its variants 1)
     and for oversized playlists; InputUnavailable when a playlist cannot be read. `proxy`: the
-    attempt's egress proxy, through which every http(s) read (and redirect) goes.
+    attempt's egress proxy, through which every http(s) read (and redirect) goes; `headers`: the
+    input's request headers (input.headersFrom), sent as ffmpeg sends them.
     """
     roots = list(media_roots)
     allowed = list(allowed_protocols)
@@ -291,7 +299,7 @@ async def check_playlist(
             if location.startswith("/"):
                 text = await _read_local(location, max_bytes)
             elif client is not None:
-                text = await _read_http(location, max_bytes, read_timeout, client, proxy)
+                text = await _read_http(location, max_bytes, read_timeout, client, proxy, headers)
             else:  # a playlist file never refers to URLs (resolve_reference refuses them)
                 raise InputNotAllowed(f"The playlist entry {location} is not a file.")
             if text.lstrip("\ufeff \t\r\n").startswith("ffconcat"):

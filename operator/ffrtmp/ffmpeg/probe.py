@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,11 +136,13 @@ async def probe_input(
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
     env: dict[str, str] | None = None,
     live: bool = False,
+    input_options: Sequence[str] = (),
 ) -> ProbeResult | None:
     """Probe a job's input with the same protocol whitelist, network timeout and environment (the
     egress proxy) ffmpeg gets. A live input is read for at most LIVE_ANALYZE_US of stream and
-    LIVE_PROBE_TIMEOUT_SECONDS in all (a stream not yet published gives None, not a wait)."""
-    args = ["-v", "error", "-protocol_whitelist", protocol_whitelist]
+    LIVE_PROBE_TIMEOUT_SECONDS in all (a stream not yet published gives None, not a wait). `input_options`:
+    more options for the input (its request headers)."""
+    args = ["-v", "error", "-protocol_whitelist", protocol_whitelist, *input_options]
     if "://" in url:
         args += ["-rw_timeout", str(NETWORK_RW_TIMEOUT_US)]
     if live:

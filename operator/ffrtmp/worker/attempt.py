@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -33,7 +34,15 @@ from ffrtmp.controller.chunking import decode_boundaries, encode_boundaries, pla
 from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import EgressProxy
 from ffrtmp.egress.rules import check_unproxied, destination_refusal, guard_refusal, proxy_env, url_refusal
-from ffrtmp.ffmpeg.argv import EncodePlan, InvalidSpec, build_encode_plan, is_live, protocol_whitelist
+from ffrtmp.ffmpeg.argv import (
+    EncodePlan,
+    InvalidSpec,
+    build_encode_plan,
+    input_headers_options,
+    is_live,
+    protocol_whitelist,
+    with_input_headers,
+)
 from ffrtmp.ffmpeg.chunks import (
     AUDIO_DIR,
     KEYFRAME_PROBE_ARGS,
@@ -52,10 +61,11 @@ from ffrtmp.ffmpeg.loudness import LoudnessMeasurement, LoudnessParseError, appl
 from ffrtmp.ffmpeg.media import SourceMedia
 from ffrtmp.ffmpeg.probe import probe, probe_input, run_ffprobe
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
-from ffrtmp.redact import redact
+from ffrtmp.redact import redact, secret_values
 from ffrtmp.storage.publish import ManifestHeader
 from ffrtmp.storage.uri import is_s3, parse_prefix_uri
 from ffrtmp.worker.config import WorkerConfig
+from ffrtmp.worker.credentials import Resolved, mounted_reader, resolve, uses_secrets
 from ffrtmp.worker.fence import FencedStatus, Superseded, transient
 from ffrtmp.worker.memory import SAMPLE_SECONDS, cgroup_oom_kills, read_process_table, tree_rss
 from ffrtmp.worker.metrics import WorkerMetrics
@@ -134,7 +144,14 @@ class Attempt:
     _proxy: EgressProxy | None = None
     _pinned: tuple[guard.Endpoint, ...] = ()  # checked addresses of rtmp hosts: the connect guard allows them
     _input_bytes: int = 0  # an s3:// input's size (file inputs are measured at the end)
+    _network_bytes: int = 0  # what the egress proxy received while ffprobe and ffmpeg read the input
+    _output_bytes: int = 0  # the files the attempt wrote, measured before they are published or uploaded
     _redactions: dict[str, str] = field(default_factory=dict)  # presigned URL -> the s3:// URI it reads
+    # Credentials from Secrets (worker.credentials): the input's request headers, and every value read, which
+    # stays registered for redaction (ffrtmp.redact) until the attempt ends.
+    _headers: dict[str, str] = field(default_factory=dict)
+    _secrets: tuple[str, ...] = ()
+    _registrations: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _uploaded: list[Obj] | None = None  # the results of a spec.destination upload, once done
     # The progress report on its way, and what it ran into that must end the attempt (Superseded, or an
     # error that is not an outage), raised by the next report.
@@ -215,6 +232,7 @@ class Attempt:
             async with self.egress():
                 return await self._run()
         finally:
+            self._registrations.close()
             self.metrics.active.dec()
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.metrics.duration.labels(self.config.pool).observe(time.monotonic() - started)
@@ -238,6 +256,10 @@ class Attempt:
                 failure = self._egress_failure()
             if failure is None and plan is not None:
                 failure = self._missing_outputs(plan)
+            if failure is None and plan is not None:
+                # Before the upload, whose requests go through the same proxy, and the publish, which moves the files.
+                self._network_bytes = self._proxy.received if self._proxy is not None else 0
+                self._output_bytes = await asyncio.to_thread(_tree_size, self.attempt_dir)
             if failure is None and plan is not None and self.spec.destination is not None:
                 failure = await self._upload(plan)
             if failure is None and plan is not None:
@@ -299,23 +321,25 @@ class Attempt:
                 True,
             ))  # fmt: skip
         self.scratch.mkdir(parents=True, exist_ok=True)  # the guard's refusals are recorded there
+        if uses_secrets(self.spec):
+            self._use(await self._resolve_secrets())
         refused = check_job(self.spec, self.config)  # a pool without spec.objectStorage, before anything else
         if refused is not None:
             raise _Failed(refused)
         try:
-            if is_s3(self.spec.input.uri):
+            if is_s3(self.spec.input.uri or ""):
                 url = await self._s3_input()
             else:
                 url = check_input(
-                    self.spec.input.uri,
+                    self.spec.input.uri or "",
                     allowed_protocols=self.config.allowed_protocols,
                     media_roots=self.config.media_roots,
                 )
             await self._check_unproxied([url, *(o.url for o in self.spec.outputs if o.url)])
-            if is_playlist(self.spec.input.uri):
+            if is_playlist(self.spec.input.uri or ""):
                 await check_playlist(
                     url, allowed_protocols=self.config.allowed_protocols, media_roots=self.config.media_roots,
-                    proxy=self._proxy_url(),
+                    proxy=self._proxy_url(), headers=self._headers,
                 )  # fmt: skip
         except InputNotAllowed as e:
             # A playlist entry or redirect to another host: DestinationNotAllowed if the policy refuses
@@ -328,12 +352,13 @@ class Attempt:
             raise _Failed(self._egress_failure() or Failure("InputNotFound", str(e), False)) from e
         self._input_url = url
         # A presigned s3 input is read over the endpoint's own scheme, whatever the pool's allowedProtocols.
-        schemes = (url.split(":", 1)[0],) if is_s3(self.spec.input.uri) else self.config.allowed_protocols
+        schemes = (url.split(":", 1)[0],) if is_s3(self.spec.input.uri or "") else self.config.allowed_protocols
         self._whitelist = protocol_whitelist(url, schemes)
         # A live input is probed too (briefly): its first picture fixes the output size, field
         # order and colour handling; a stream not up yet is planned without (filters.py).
         live = is_live(self.spec)
-        info = await probe_input(url, self._whitelist, env=self._ffmpeg_env({}), live=live)
+        headers = input_headers_options(self._headers)
+        info = await probe_input(url, self._whitelist, env=self._ffmpeg_env({}), live=live, input_options=headers)
         refused = self._egress_failure()
         if refused is not None:
             raise _Failed(refused)
@@ -360,7 +385,35 @@ class Attempt:
             raise _Failed(Failure("InvalidSpec", str(e), False)) from e
         for folder in plan.directories:
             (self.attempt_dir / folder).mkdir(parents=True, exist_ok=True)
-        return plan
+        return self._with_headers(plan, url)
+
+    async def _resolve_secrets(self) -> Resolved:
+        """The job's credentials from the Secrets its pool mounts (worker.credentials); SecretNotFound or
+        InvalidSecret naming the Secret and key when they cannot be used."""
+        read = mounted_reader(self.config.job_secrets_dir, self.config.job_secrets, self.config.pool, self.namespace)
+        resolved = await asyncio.to_thread(resolve, self.spec, read)
+        if isinstance(resolved, Failure):
+            raise _Failed(resolved)
+        return resolved
+
+    def _use(self, resolved: Resolved) -> None:
+        """Run on the resolved spec (so every input and egress check sees the real URLs), with the values
+        redacted from every log line of the worker and from what the attempt reports."""
+        self._registrations.enter_context(secret_values(resolved.values))
+        self.spec, self._headers, self._secrets = resolved.spec, resolved.headers, resolved.values
+
+    def _with_headers(self, plan: EncodePlan, url: str) -> EncodePlan:
+        """The plan with the input's request headers (input.headersFrom) on each of its ffmpeg runs."""
+        if not self._headers:
+            return plan
+        return dataclasses.replace(
+            plan,
+            passes=[with_input_headers(argv, url, self._headers) for argv in plan.passes],
+            loudness_measure_passes=[
+                dataclasses.replace(m, argv=with_input_headers(m.argv, url, self._headers))
+                for m in plan.loudness_measure_passes
+            ],
+        )
 
     async def _chunk_task_plan(self, task: ChunkTask, url: str, source: SourceMedia | None) -> EncodePlan:
         """The runs of one part of a chunked job (the caller turns InvalidSpec into a failure)."""
@@ -424,13 +477,12 @@ class Attempt:
 
     async def _s3_input(self) -> str:
         """ffmpeg's URL for an s3:// input: presigned, valid beyond the attempt's timeout; never reported."""
+        uri = self.spec.input.uri or ""
         try:
-            url, self._input_bytes = await self._object_storage().input_url(
-                self.spec.input.uri, self.spec.timeout_seconds
-            )
+            url, self._input_bytes = await self._object_storage().input_url(uri, self.spec.timeout_seconds)
         except StorageFailed as e:
             raise _Failed(e.failure) from None
-        self._redactions[url] = self.spec.input.uri
+        self._redactions[url] = uri
         return url
 
     async def _upload(self, plan: EncodePlan) -> Failure | None:
@@ -782,9 +834,10 @@ class Attempt:
             if task is not None and task.kind == "Stitch":
                 await asyncio.to_thread(shutil.rmtree, self.job_dir / WORK_DIR, True)
             outputs = await self._results(plan, self.job_dir)
-        input_bytes = self._input_bytes or _input_size(self._input_url)
-        if input_bytes:
-            self.metrics.input_bytes.labels(self.config.pool).inc(input_bytes)
+        # An s3:// object's or an input file's size; else what the input's servers sent through the egress proxy.
+        input_bytes = self._input_bytes or _input_size(self._input_url) or self._network_bytes
+        self.metrics.input_bytes.labels(self.namespace, self.config.pool).inc(input_bytes)
+        self.metrics.output_bytes.labels(self.namespace, self.config.pool).inc(self._output_bytes)
         now = time.time()
         where = f"uploaded to {self.spec.destination.uri}" if self.spec.destination else "written"
         message = f"{len(outputs)} output(s) {where} by {self.config.pod_name}"
@@ -880,7 +933,8 @@ class Attempt:
 
     async def _report(self, outcome: str, reason: str, message: str, retryable: bool, stderr_tail: str) -> None:
         now = time.time()
-        message, stderr_tail = redact(message, self._redactions), redact(stderr_tail, self._redactions)
+        message = redact(message, self._redactions, self._secrets)
+        stderr_tail = redact(stderr_tail, self._redactions, self._secrets)
         self.finishing = True
         await self.client_status.update_until(
             {

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
+from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE, JOB_SECRETS_DIR
 from ffrtmp.egress.guard import DEFAULT_LIBRARY, LIBRARY_ENV
 from ffrtmp.egress.policy import EgressPolicy
 from ffrtmp.storage.credentials import (
@@ -79,6 +79,10 @@ class WorkerConfig:
     scratch_dir: str = "/tmp"
     render_device: str = DEFAULT_RENDER_DEVICE
     object_storage: ObjectStorageConfig | None = None
+    # spec.jobSecrets of the pool: the Secrets jobs may take credentials from, each mounted in a folder of
+    # job_secrets_dir (worker.credentials).
+    job_secrets: tuple[str, ...] = ()
+    job_secrets_dir: str = JOB_SECRETS_DIR
     lease_seconds: int = 15
     renew_seconds: float = 5.0
     progress_interval: float = 5.0
@@ -130,6 +134,8 @@ class WorkerConfig:
             scratch_dir=get("FFRTMP_SCRATCH_DIR", "/tmp"),
             render_device=get("FFRTMP_RENDER_DEVICE", DEFAULT_RENDER_DEVICE),
             object_storage=ObjectStorageConfig.from_env(e),
+            job_secrets=_split(e.get("FFRTMP_JOB_SECRETS")),
+            job_secrets_dir=get("FFRTMP_JOB_SECRETS_DIR", JOB_SECRETS_DIR),
             lease_seconds=int(get("FFRTMP_LEASE_SECONDS", "15")),
             renew_seconds=float(get("FFRTMP_RENEW_SECONDS", "0"))
             or max(int(get("FFRTMP_LEASE_SECONDS", "15")) / 3, 1.0),

@@ -27,8 +27,18 @@ class WorkerMetrics:
             "ffrtmp_worker_jobs_failed_total", "Failed attempts by reason.", ["pool", "reason"], registry=r
         )
         self.completed = Counter("ffrtmp_worker_jobs_completed_total", "Succeeded attempts.", ["pool"], registry=r)
+        # Bytes read and written by succeeded attempts (docs/RUNBOOK.md, "Throughput"): an input file's size, an
+        # s3:// object's size, or for http(s) inputs the bytes the attempt's egress proxy received from the
+        # servers (probe, playlists and segments, TLS framing: what crossed the network); rtmp inputs (not
+        # proxied) are not counted. Output: the files the attempt wrote (rtmp restreams are not counted).
         self.input_bytes = Counter(
-            "ffrtmp_job_input_bytes_total", "Input bytes of succeeded attempts.", ["pool"], registry=r
+            "ffrtmp_job_input_bytes_total", "Input bytes of succeeded attempts.", ["namespace", "pool"], registry=r
+        )
+        self.output_bytes = Counter(
+            "ffrtmp_job_output_bytes_total",
+            "Bytes of the files succeeded attempts wrote (before any upload).",
+            ["namespace", "pool"],
+            registry=r,
         )
         self.upload_bytes = Counter(
             "ffrtmp_job_upload_bytes_total", "Bytes uploaded to spec.destination.", ["pool"], registry=r

@@ -56,7 +56,7 @@ def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def uses_object_storage(spec: TranscodeJobSpec) -> bool:
-    return is_s3(spec.input.uri) or spec.destination is not None
+    return is_s3(spec.input.uri or "") or spec.destination is not None
 
 
 def check_job(spec: TranscodeJobSpec, config: WorkerConfig) -> Failure | None:
@@ -81,7 +81,7 @@ def check_job(spec: TranscodeJobSpec, config: WorkerConfig) -> Failure | None:
 
 
 def not_configured(spec: TranscodeJobSpec, pool: str) -> Failure:
-    what = "reads an s3:// input" if is_s3(spec.input.uri) else "uploads to spec.destination"
+    what = "reads an s3:// input" if is_s3(spec.input.uri or "") else "uploads to spec.destination"
     return Failure(
         "ObjectStorageNotConfigured",
         f"the job {what}, and WorkerPool {pool} has no spec.objectStorage (endpoint, region, credentials): "
