@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_chunked_encodes import FILES, encode_chunked, ffprobe_json, make_clip, run_plan
+from test_chunked_encodes import FILES, Clip, encode_chunked, ffprobe_json, make_clip, run_plan
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.ffmpeg.argv import build_encode_plan
@@ -107,7 +107,7 @@ def assert_decodes_cleanly(playlist: Path) -> None:
 
 
 def test_a_chunked_ladder_has_the_single_pass_segments_and_master(tmp_path: Path) -> None:
-    source = make_clip(tmp_path / "clip.mp4", rate="25", gop=50, audio=True)
+    source = make_clip(tmp_path / "clip.mp4", Clip(seconds=12, rate="25", gop=50, audio=True))
     spec = hls_spec(source, LADDER)
     chunked = encode_chunked(spec, source, tmp_path, chunk_seconds=4)
     assert [(c.start_us, c.end_us) for c in chunked.chunks] == [(0, 4_000_000), (4_000_000, 8_000_000),
@@ -141,7 +141,7 @@ def test_a_chunked_ladder_has_the_single_pass_segments_and_master(tmp_path: Path
 
 def test_a_single_fmp4_rendition_with_thumbnails_matches_the_single_pass(tmp_path: Path) -> None:
     # keyframes every 10 s: the cuts at 4 and 8 s decode from the keyframe before them
-    source = make_clip(tmp_path / "clip.mp4", rate="25", gop=250, audio=True)
+    source = make_clip(tmp_path / "clip.mp4", Clip(seconds=12, rate="25", gop=250, audio=True))
     outputs = [{"name": "main", "container": "hls", "video": {"preset": "ultrafast", "bitrate": "400k"}}]
     spec = hls_spec(
         source, outputs, thumbnails={"intervalSeconds": 3, "width": 160, "sprite": {"columns": 2, "rows": 2}},
