@@ -11,7 +11,8 @@ which go through the same queue, priorities, slots, Leases and retries as any jo
 3. `<parent>-stitch` (Stitch), once every chunk and the audio succeeded: it joins them into the
    parent's outputs and removes the work area; the parent then succeeds with its outputs.
 
-Children carry the parent's spec (without `chunking`), its priority and pool, the labels
+Children carry the parent's spec (without `chunking`, and without `notifications`: the parent tells
+its own transitions), its priority and pool, the labels
 ffmpeg-rtmp.io/parent and ffmpeg-rtmp.io/chunk, and an ownerReference to the parent. A child
 that fails past its backoffLimit fails the parent with that child's reason. When the parent is
 finished or gone its children are deleted (stopping any still running): a cluster without a
@@ -74,7 +75,8 @@ def children_by_parent(jobs: Iterable[JobView]) -> dict[str, list[JobView]]:
 
 
 def child_body(parent: JobView, spec: Obj, part: str, task: Obj) -> Obj:
-    child_spec = {k: v for k, v in spec.items() if k not in ("chunking", "ttlSecondsAfterFinished", "slaSeconds")}
+    parent_only = ("chunking", "ttlSecondsAfterFinished", "slaSeconds", "notifications")
+    child_spec = {k: v for k, v in spec.items() if k not in parent_only}
     child_spec["chunkTask"] = {"parent": parent.name, **task}
     return {
         "apiVersion": API_VERSION,
