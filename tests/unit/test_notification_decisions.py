@@ -72,6 +72,9 @@ def test_the_states_imply_their_transitions_in_order() -> None:
     assert [t.type for t in implied_transitions(state("Failed", 1), NOW)] == ["Queued", "Failed"]
     positions = [t.position for t in done]
     assert positions == sorted(positions)
+    # A chunked parent is never assigned itself: it runs and finishes at attempt 0.
+    parent = implied_transitions(state("Succeeded", 0, start_time=NOW - 9, completion_time=NOW - 1), NOW)
+    assert [(t.type, t.attempt) for t in parent] == [("Running", 0), ("Succeeded", 0)]
 
 
 def test_a_receiver_sees_each_transition_once_with_a_stable_id() -> None:

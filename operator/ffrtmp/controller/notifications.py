@@ -134,7 +134,8 @@ def implied_transitions(job: NotifyState, now: float, progress_every: float | No
     if a >= 1:
         queued_at = (job.queued_time or job.created) if a == 1 else now
         out.append(Transition("Queued", a - 1, (a - 1, STAGE_QUEUED, 0), queued_at))
-    ran = a >= 1 and (job.phase in ("Running", "Succeeded") or (job.phase == "Failed" and job.start_time is not None))
+    # A chunked parent runs (its children do the work) at attempt 0: Running#0, after nothing.
+    ran = job.phase in ("Running", "Succeeded") or (job.phase == "Failed" and job.start_time is not None)
     if ran:
         out.append(Transition("Running", a, (a, STAGE_RUNNING, 0), job.start_time or now))
     if job.phase == "Running" and progress_every and job.start_time is not None:
