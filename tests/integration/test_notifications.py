@@ -157,6 +157,7 @@ def uid(job: dict[str, Any]) -> str:
     return str(job["metadata"]["uid"])
 
 
+@pytest.mark.background  # mostly waiting: backoff, timeouts, a Lease takeover
 def test_webhooks_retry_until_accepted_signed_once_per_transition_by_the_leader(farm: Farm, receiver: Receiver) -> None:
     clip = make_clip(farm.media / "clip.mp4", seconds=1, size="160x120")
     token = secrets.token_hex(12)

@@ -2,9 +2,9 @@
 
 The reconcile pass decides (controller/notifications.py) and offers each job's plan here; a few worker
 tasks take plans from a bounded queue, one job at a time each (a job never has two plans out). For a
-plan they write the newly recorded events into the job's status first (so that a new leader continues
-from them), then send the due events, each with a timeout, and write what came of them. A full queue
-refuses the plan: the next pass offers it again. A receiver that never answers holds one worker for the
+plan they send the due events, each with a timeout, and write the record (newly recorded events and what
+came of the attempts) into the job's status in one merge patch, so that a new leader continues from it.
+A full queue refuses the plan: the next pass offers it again. A receiver that never answers holds one worker for the
 timeout and delays nothing else; scheduling never waits for a delivery.
 
 Only the leader sends: every send and every status write checks, right before, that this replica
@@ -210,7 +210,9 @@ class Notifier:
             return
         spec = job.notifications
         records = plan.records
-        if plan.changed:
+        if plan.changed and not plan.sends:
+            # With sends, the new records go out with their outcomes in one write: were this replica to die
+            # before it, the next leader derives the same transitions (same ids) from the job's state.
             job = await self._write(job, records)
             if job is None:
                 return
