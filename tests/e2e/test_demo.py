@@ -10,7 +10,7 @@ import pytest
 
 from helpers import REPO, ffprobe
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.background]  # two minutes, most of it the demo's encodes
 
 
 def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_get_workerpools_columns(cluster: TestCluster, ns: str, applied: list[Ob
     out = cluster.kubectl("get", "wp", "-n", ns).stdout
     assert header(out) == ["NAME", "ACCEL", "READY", "DESIRED", "BUSY", "QUEUED", "MAX", "AGE"]
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert sorted(rows) == ["cpu", "cpu-s3", "nvenc", "qsv"]
+    assert sorted(rows) == ["cpu", "cpu-s3", "cpu-s3-irsa", "nvenc", "qsv"]
     # Without status, the row is NAME ACCEL MAX AGE (empty cells print nothing).
     assert rows["cpu"][1:3] == ["cpu", "8"]
     assert rows["qsv"][1:3] == ["qsv", "2"]
@@ -171,6 +171,8 @@ def test_explain_object_storage(cluster: TestCluster) -> None:
     assert "egress policy" in storage
     secret = explain(cluster, "workerpool.spec.objectStorage.credentialsSecretRef")
     assert "AWS_ACCESS_KEY_ID" in secret and "rotating" in secret
+    ambient = explain(cluster, "workerpool.spec.objectStorage.ambientCredentials")
+    assert "IRSA" in ambient and "eks.amazonaws.com/role-arn" in ambient
 
 
 def test_explain_transcodejob_notifications(cluster: TestCluster) -> None:
@@ -473,8 +475,15 @@ INVALID = [
         "spec.storage.output.claimName", SHOULD_MATCH),
     Bad("pool-object-storage-endpoint-path", wp(objectStorage={"endpoint": "https://s3.example/bucket",
         "credentialsSecretRef": {"name": "s3"}}), "spec.objectStorage.endpoint", SHOULD_MATCH),
-    Bad("pool-object-storage-without-secret", wp(objectStorage={"endpoint": "https://s3.example"}),
-        "spec.objectStorage.credentialsSecretRef", "Required value"),
+    Bad("pool-object-storage-without-credentials", wp(objectStorage={"endpoint": "https://s3.example"}),
+        "spec.objectStorage", "needs exactly one of credentialsSecretRef (an access key in a Secret) and "
+        "ambientCredentials"),
+    Bad("pool-object-storage-secret-and-ambient", wp(objectStorage={"endpoint": "https://s3.example",
+        "credentialsSecretRef": {"name": "s3"}, "ambientCredentials": {}}), "spec.objectStorage",
+        "needs exactly one of credentialsSecretRef"),
+    Bad("pool-object-storage-short-session", wp(objectStorage={"endpoint": "https://s3.example",
+        "ambientCredentials": {"sessionSeconds": 60}}), "spec.objectStorage.ambientCredentials.sessionSeconds",
+        "should be greater than or equal to 900"),
     Bad("pool-object-storage-region-capitals", wp(objectStorage={"endpoint": "https://s3.example",
         "region": "EU-West-1", "credentialsSecretRef": {"name": "s3"}}), "spec.objectStorage.region", SHOULD_MATCH),
     Bad("pool-render-group-negative", wp(accelerator="vaapi", renderGroupId=-1), "spec.renderGroupId",

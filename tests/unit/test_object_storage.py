@@ -9,6 +9,7 @@ import pytest
 
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.redact import redact
+from ffrtmp.storage.credentials import FixedCredentials
 from ffrtmp.storage.publish import content_type, phases
 from ffrtmp.storage.s3 import EgressRefused, Endpoint, S3Error, S3Unreachable
 from ffrtmp.storage.sigv4 import Credentials
@@ -134,7 +135,8 @@ def test_the_worker_reads_object_storage_from_its_env_and_keeps_it_from_ffmpeg()
            "FFRTMP_S3_ACCESS_KEY_ID": "AK", "FFRTMP_S3_SECRET_ACCESS_KEY": "SK", "PATH": "/bin"}  # fmt: skip
     config = ObjectStorageConfig.from_env(env)
     assert config is not None and config.endpoint == Endpoint("http://minio:9000", "us-east-1", path_style=True)
-    assert config.credentials == Credentials("AK", "SK") and "SK" not in repr(config)
+    assert config.credentials == FixedCredentials(Credentials("AK", "SK"), "the pool's credentialsSecretRef")
+    assert "SK" not in repr(config)
     assert without_credentials(env) == {"PATH": "/bin"}
     assert ObjectStorageConfig.from_env({"PATH": "/bin"}) is None
     with pytest.raises(ValueError, match="FFRTMP_S3_SECRET_ACCESS_KEY is empty") as missing:
@@ -149,7 +151,9 @@ def test_a_presigned_input_outlives_the_attempt_by_an_hour_at_most_a_week() -> N
 
 
 def test_jobs_a_worker_refuses_before_reading_anything() -> None:
-    storage = ObjectStorageConfig(Endpoint("http://minio:9000", path_style=True), Credentials("AK", "SK"))
+    storage = ObjectStorageConfig(
+        Endpoint("http://minio:9000", path_style=True), FixedCredentials(Credentials("AK", "SK"), "a Secret")
+    )
     plain = WorkerConfig("w", "media", "plain")
     with_storage = WorkerConfig("w", "media", "s3", object_storage=storage)
 

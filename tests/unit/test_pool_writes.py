@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ffrtmp.controller import reconciler as reconciler_module
 from ffrtmp.controller.metrics import OperatorMetrics
-from ffrtmp.controller.reconciler import FULL_POOL_PASS_SECONDS, Reconciler
+from ffrtmp.controller.reconciler import FULL_POOL_PASS_SECONDS, Reconciler, pool_time_due
 from ffrtmp.controller.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -100,7 +103,7 @@ async def test_a_pool_whose_status_write_is_out_is_decided_again_once_it_is_answ
     await reconciler.pass_once()
     await asyncio.sleep(0)  # the writes are sent
     reconciler.trigger.clear()
-    reconciler._last_full_pool_pass = 0.0  # a pass that would decide every pool
+    reconciler._pool_decided_at.clear()  # a pass that would decide every pool
     await reconciler.pass_once()  # the writes are still out: no pool is decided, nothing is written twice
     await wait_for_writes(api, 3)
     assert api.writes == 3
@@ -130,11 +133,67 @@ async def test_a_pass_decides_only_the_pools_that_changed_and_every_pool_each_se
     changed = {**pool("ns7"), "spec": {**pool("ns7")["spec"], "minWorkers": 0}}
     changed["metadata"] = {**changed["metadata"], "resourceVersion": "6", "generation": 2}
     reconciler.on_event("pools", "MODIFIED", changed)
-    await reconciler.pass_once()
+    with monkeypatch.context() as m:  # no pool's second ends meanwhile
+        m.setattr(reconciler_module, "pool_time_due", lambda *_: False)
+        await reconciler.pass_once()
     assert decided == ["ns7/cpu"]  # one event, one pool decided
     await settle(reconciler)
 
     decided.clear()
-    monkeypatch.setattr(reconciler, "_last_full_pool_pass", time.monotonic() - FULL_POOL_PASS_SECONDS)
+    long_ago = {key: at - FULL_POOL_PASS_SECONDS for key, at in reconciler._pool_decided_at.items()}
+    monkeypatch.setattr(reconciler, "_pool_decided_at", long_ago)
     await reconciler.pass_once()
     assert len(decided) == 50  # what only time changes is decided for every pool at least every second
+
+
+async def test_pools_come_due_spread_over_the_second_not_all_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After all 100 pools were decided together (the first pass), passes every 50 ms for 2.2 s with no
+    event decide each pool once or twice a second and never more than a few in one pass."""
+    _, reconciler, _ = many_pools(100)
+    per_pass: list[int] = []
+    decided: dict[str, list[float]] = {}
+    real = reconciler_module.decide_pool
+
+    def counting(pool: Any, *args: Any, **kwargs: Any) -> Any:
+        decided.setdefault(pool.key, []).append(time.monotonic())
+        per_pass[-1] += 1
+        return real(pool, *args, **kwargs)
+
+    monkeypatch.setattr(reconciler_module, "decide_pool", counting)
+    per_pass.append(0)
+    started = previous = time.monotonic()
+    await reconciler.pass_once()
+    await settle(reconciler)
+    assert per_pass == [100]
+    while time.monotonic() - started < 2.2 or len(per_pass) < 21:
+        per_pass.append(0)
+        began = time.monotonic()
+        await reconciler.pass_once()
+        # About the pools whose second ended since the last pass (100 x the gap), not all 100 at once.
+        assert per_pass[-1] <= 100 * (began - previous) / FULL_POOL_PASS_SECONDS + 8, (per_pass, began - previous)
+        previous = began
+        await settle(reconciler)
+        await asyncio.sleep(0.05)
+    for key, times in decided.items():
+        gaps = [b - a for a, b in pairwise(times)]
+        assert len(times) >= 3, (key, times)  # the first pass and at least once in each later second
+        assert max(gaps) <= FULL_POOL_PASS_SECONDS + 0.5, (key, gaps)
+
+
+@given(
+    key=st.text(min_size=1, max_size=30),
+    gaps=st.lists(st.floats(min_value=0.001, max_value=0.4), min_size=1, max_size=200),
+    start=st.floats(min_value=0, max_value=1e6),
+)
+def test_a_pool_decided_whenever_due_is_decided_at_least_once_a_period(
+    key: str, gaps: list[float], start: float
+) -> None:
+    period, decided_at, now, last_gap = FULL_POOL_PASS_SECONDS, start, start, 0.0
+    for gap in gaps:
+        now += gap
+        if pool_time_due(key, decided_at, now, period):
+            assert now - decided_at > 0
+            decided_at = now
+        last_gap = now - decided_at
+        assert last_gap < period + gap + 1e-6  # never a full period plus a pass without a decision
+    assert pool_time_due(key, None, now, period)

@@ -754,6 +754,7 @@ FailureReason = Literal[
     "WorkerLost", "OOMKilled", "MemoryLimitExceeded", "InvalidSpec", "FfmpegError", "OutputError", "Stalled",
     "BackoffLimitExceeded", "StreamEnded", "DestinationNotAllowed", "BucketNotFound", "ObjectStorageAccessDenied",
     "ObjectStorageUnreachable", "ObjectStorageError", "ObjectStorageNotConfigured",
+    "ObjectStorageCredentialsUnavailable",
 ]  # fmt: skip
 
 

@@ -197,10 +197,54 @@ class ObjectStorageCredentials(ApiModel):
     )
 
 
+_ONE_CREDENTIAL_SOURCE = (
+    "spec.objectStorage needs exactly one of credentialsSecretRef (an access key in a Secret) and "
+    "ambientCredentials (the worker Pod's identity: IRSA, EKS Pod Identity)"
+)
+
+
+class AmbientCredentials(ApiModel):
+    """Credentials from the worker Pod's own identity instead of a Secret: EKS Pod Identity
+    (AWS_CONTAINER_CREDENTIALS_FULL_URI), IAM Roles for Service Accounts or any OIDC web identity
+    federation (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE, exchanged at STS), or AWS_ACCESS_KEY_ID in the
+    Pod's environment, in that order. The identity is the worker ServiceAccount's (for IRSA, annotated
+    `eks.amazonaws.com/role-arn`)."""
+
+    sts_endpoint: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=ENDPOINT_PATTERN,
+        description=(
+            "The STS endpoint for web identity (scheme, host, port). Default: AWS_ENDPOINT_URL_STS of the Pod, "
+            "else `https://sts.<region>.amazonaws.com`. The worker's own request, not through the egress proxy."
+        ),
+    )
+    session_seconds: int = Field(
+        default=3600,
+        ge=900,
+        le=43200,
+        description=(
+            "DurationSeconds asked of STS for web identity sessions (at most the role's maximum session "
+            "duration). An `s3://` input URL cannot outlive the session it was signed with: a job reading its "
+            "input for longer needs a longer session."
+        ),
+    )
+
+
 class ObjectStorage(ApiModel):
     """The S3-compatible object storage this pool's jobs read `s3://` inputs from and upload `spec.destination`
     to. The endpoint must be reachable under the pool's egress policy (`spec.egress.allow` for private,
-    loopback or in-cluster addresses): the worker's uploads and ffmpeg's reads both go through it."""
+    loopback or in-cluster addresses): the worker's uploads and ffmpeg's reads both go through it.
+    Credentials: `credentialsSecretRef` (an access key) or `ambientCredentials` (the Pod's identity)."""
+
+    model_config = api_config(
+        json_schema_extra=rules(
+            (
+                "has(self.credentialsSecretRef) != has(self.ambientCredentials)",
+                _ONE_CREDENTIAL_SOURCE,
+            ),
+        )
+    )
 
     endpoint: str = Field(
         max_length=253,
@@ -224,13 +268,30 @@ class ObjectStorage(ApiModel):
             "`bucket.endpoint/key` (AWS's virtual-hosted style)."
         ),
     )
-    credentials_secret_ref: ObjectStorageCredentials = Field(
+    credentials_secret_ref: ObjectStorageCredentials | None = Field(
+        default=None,
         description=(
             "The Secret with the access key (keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY unless named "
             "otherwise). A worker Pod reads it when it starts: after rotating the key, delete the pool's idle "
             "workers (or let the autoscaler replace them)."
-        )
+        ),
     )
+    ambient_credentials: AmbientCredentials | None = Field(
+        default=None,
+        description=(
+            "Use the worker Pod's own identity instead of a Secret (`{}` for the defaults): IRSA (the worker "
+            "ServiceAccount annotated `eks.amazonaws.com/role-arn`: chart value worker.serviceAccount.annotations), "
+            "EKS Pod Identity (an association for that ServiceAccount), or AWS_ACCESS_KEY_ID in the Pod's "
+            "environment. Temporary credentials are fetched again before they expire."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_credential_source(self) -> ObjectStorage:
+        """The CEL rule above, for specs that did not pass the API server."""
+        if (self.credentials_secret_ref is None) == (self.ambient_credentials is None):
+            raise ValueError(_ONE_CREDENTIAL_SOURCE)
+        return self
 
 
 class WorkerPoolSpec(ApiModel):

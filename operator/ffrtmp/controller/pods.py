@@ -72,17 +72,30 @@ def _resources(spec: WorkerPoolSpec, settings: OperatorSettings) -> Obj:
 
 
 def object_storage_env(storage: ObjectStorage) -> list[Obj]:
-    """The worker's object storage settings, its access key from the pool's Secret (secretKeyRef: the key
-    is in the container's environment, never in the Pod spec)."""
-    secret = storage.credentials_secret_ref
+    """The worker's object storage settings: its access key from the pool's Secret (secretKeyRef: the key
+    is in the container's environment, never in the Pod spec), or `FFRTMP_S3_CREDENTIALS=ambient` (the
+    Pod's own identity, which IRSA's or Pod Identity's webhook puts in its environment)."""
+    env: list[Obj] = [
+        {"name": "FFRTMP_S3_ENDPOINT", "value": storage.endpoint},
+        {"name": "FFRTMP_S3_REGION", "value": storage.region},
+        {"name": "FFRTMP_S3_PATH_STYLE", "value": "true" if storage.path_style else "false"},
+    ]
+    ambient, secret = storage.ambient_credentials, storage.credentials_secret_ref
+    if ambient is not None:
+        env += [
+            {"name": "FFRTMP_S3_CREDENTIALS", "value": "ambient"},
+            {"name": "FFRTMP_S3_SESSION_SECONDS", "value": str(ambient.session_seconds)},
+        ]
+        if ambient.sts_endpoint:
+            env.append({"name": "FFRTMP_S3_STS_ENDPOINT", "value": ambient.sts_endpoint})
+        return env
+    assert secret is not None  # one of the two (the model's rule)
 
     def from_secret(name: str, key: str) -> Obj:
         return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}}
 
     return [
-        {"name": "FFRTMP_S3_ENDPOINT", "value": storage.endpoint},
-        {"name": "FFRTMP_S3_REGION", "value": storage.region},
-        {"name": "FFRTMP_S3_PATH_STYLE", "value": "true" if storage.path_style else "false"},
+        *env,
         from_secret("FFRTMP_S3_ACCESS_KEY_ID", secret.access_key_id_key),
         from_secret("FFRTMP_S3_SECRET_ACCESS_KEY", secret.secret_access_key_key),
     ]

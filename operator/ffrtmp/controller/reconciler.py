@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
+import zlib
 from collections.abc import Awaitable
 from typing import Any
 
@@ -53,7 +55,8 @@ API_GAP_SECONDS = 5.0
 # A readiness check (a few milliseconds when healthy) answered this late means a stalled API server.
 API_STALL_SECONDS = 1.0
 FULL_POOL_PASS_SECONDS = 1.0
-# Lease cadence annotations written per full pass, as a share of the write budget (a new cadence
+
+# Lease cadence annotations written each second, as a share of the write budget (a new cadence
 # reaches a thousand workers over some seconds, not in one burst).
 CADENCE_ROLLOUT_SHARE = 0.25
 # Test hook (never set in production): "1" makes the process SIGSTOP itself once, the first time it has
@@ -75,6 +78,16 @@ def pool_key_of(kind: str, obj: Obj) -> str:
     if kind == "pods":
         return f"{meta.get('namespace', '')}/{(meta.get('labels') or {}).get(LABEL_POOL, '')}"
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def pool_time_due(key: str, decided_at: float | None, now: float, period: float) -> bool:
+    """Whether a pool must be decided for what only time changes: once in each `period` of its own
+    phase (from its key), so that a hundred pools come due spread over the period, not in one pass.
+    Never decided: due. Decided in every pass that finds it due: at most `period` plus one pass apart."""
+    if decided_at is None:
+        return True
+    phase = zlib.crc32(key.encode()) / 2**32
+    return math.floor(now / period + phase) > math.floor(decided_at / period + phase)
 
 
 class Reconciler:
@@ -101,7 +114,8 @@ class Reconciler:
         self._pool_status_held: set[str] = set()  # pools a pass skipped while their write was out
         self._dirty_pools: set[str] = set()  # pools an event touched since their last decision
         self._pool_inputs: dict[str, tuple[int, int]] = {}  # pool key -> (waiting, running) last decided on
-        self._last_full_pool_pass = 0.0
+        self._pool_decided_at: dict[str, float] = {}  # pool key -> time.monotonic() of its last decision
+        self._last_cadence = 0.0
         self._cadence: Cadence | None = None  # what was last decided (None: not yet, read from the Leases)
         self._cadence_writes: set[str] = set()  # Lease keys whose cadence annotation write is out
         self.last_pass = 0.0
@@ -151,7 +165,7 @@ class Reconciler:
             if int(current[key].resource_version or 0) <= list_rv:
                 current.pop(key, None)
         self._synced.add((kind, namespace))
-        self._last_full_pool_pass = 0.0  # a relist may change any pool's inputs
+        self._pool_decided_at.clear()  # a relist may change any pool's inputs
         if all((kind, ns) in self._synced for ns in self.namespaces):
             self.store.synced.add(kind)
         self._api_answered(time.time())
@@ -272,7 +286,7 @@ class Reconciler:
             if not elector.is_leader:
                 self.metrics.drop_job_metrics()
             self._last_metrics = 0.0
-            self._last_full_pool_pass = 0.0
+            self._pool_decided_at.clear()
             self.trigger.set()
 
     async def _decide_forever(self) -> None:
@@ -321,23 +335,24 @@ class Reconciler:
             pods_by_pool.setdefault(pod.pool_key, []).append(pod)
             if pod.key in running:
                 running_by_pool[pod.pool_key] = running_by_pool.get(pod.pool_key, 0) + running[pod.key]
-        # A pass decides the pools an event touched or whose queue or running count moved; every pool
-        # at least every FULL_POOL_PASS_SECONDS (what only time changes: Lease freshness, the
-        # autoscaler's windows, pending timeouts, counters due). At a hundred namespaces deciding every
-        # pool on every pass cost ten times the job decisions (BENCHMARKS.md, figure 8).
+        # A pass decides the pools an event touched or whose queue or running count moved, and each
+        # pool at least once a FULL_POOL_PASS_SECONDS period of its own phase (what only time changes:
+        # Lease freshness, the autoscaler's windows, pending timeouts, counters due). At a hundred
+        # namespaces deciding every pool on every pass cost ten times the job decisions, and deciding
+        # them all in one pass each second held the jobs of that pass (BENCHMARKS.md, figure 8).
         dirty, self._dirty_pools = self._dirty_pools, set()
-        full = time.monotonic() - self._last_full_pool_pass >= FULL_POOL_PASS_SECONDS
-        if full:
-            self._last_full_pool_pass = time.monotonic()
+        mono = time.monotonic()
         pool_decisions = []
         for pool in list(self.store.pools.values()):
             inputs = (decisions.waiting_by_pool.get(pool.key, 0), running_by_pool.get(pool.key, 0))
-            if not full and pool.key not in dirty and self._pool_inputs.get(pool.key) == inputs:
+            due = pool_time_due(pool.key, self._pool_decided_at.get(pool.key), mono, FULL_POOL_PASS_SECONDS)
+            if not due and pool.key not in dirty and self._pool_inputs.get(pool.key) == inputs:
                 continue
             if pool.key in self._pool_status_writes:
                 self._pool_status_held.add(pool.key)
                 continue
             self._pool_inputs[pool.key] = inputs
+            self._pool_decided_at[pool.key] = mono
             memory = self.memory.setdefault(pool.key, PoolMemory())
             decision = decide_pool(
                 pool, pods_by_pool.get(pool.key, ()), self.store.leases, running,
@@ -353,7 +368,8 @@ class Reconciler:
         for key, d in pool_decisions:
             if d.status is not None:
                 self._write_pool_status_soon(key, d.status)
-        if full:
+        if mono - self._last_cadence >= FULL_POOL_PASS_SECONDS:
+            self._last_cadence = mono
             self._publish_cadence(sum(running.values()))
         self._post_event_summaries()
         if self.leading and time.monotonic() - self._last_metrics > 1.0:
@@ -575,7 +591,7 @@ class Reconciler:
             if not e.not_found:
                 log.warning("publishing the cadence on Lease %s failed: %s", key, e)
                 self.metrics.reconcile_errors.labels("Lease").inc()
-        except (aiohttp.ClientError, TimeoutError) as e:  # the next full pass tries again
+        except (aiohttp.ClientError, TimeoutError) as e:  # the next second's pass tries again
             log.warning("publishing the cadence on Lease %s failed: %r", key, e)
         finally:
             self._cadence_writes.discard(key)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.egress.guard import DEFAULT_LIBRARY, LIBRARY_ENV
 from ffrtmp.egress.policy import EgressPolicy
+from ffrtmp.storage.credentials import (
+    DEFAULT_SESSION_SECONDS,
+    CredentialSource,
+    FixedCredentials,
+    ambient_source,
+    session_name_for,
+)
 from ffrtmp.storage.s3 import Endpoint
 from ffrtmp.storage.sigv4 import Credentials
 
@@ -21,24 +29,32 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ObjectStorageConfig:
-    """The pool's spec.objectStorage as the worker gets it: where, and the access key from its Secret."""
+    """The pool's spec.objectStorage as the worker gets it: where, and whose credentials (the access key
+    from the pool's Secret, or the Pod's own identity: `FFRTMP_S3_CREDENTIALS=ambient`)."""
 
     endpoint: Endpoint
-    credentials: Credentials
+    credentials: CredentialSource
 
     @classmethod
-    def from_env(cls, e: dict[str, str]) -> ObjectStorageConfig | None:
+    def from_env(cls, e: Mapping[str, str]) -> ObjectStorageConfig | None:
         """None without FFRTMP_S3_ENDPOINT; a ValueError naming what is missing (never a value)."""
         endpoint = e.get("FFRTMP_S3_ENDPOINT")
         if not endpoint:
             return None
+        region = e.get("FFRTMP_S3_REGION") or "us-east-1"
+        where = Endpoint(endpoint, region, e.get("FFRTMP_S3_PATH_STYLE") == "true")
+        if e.get("FFRTMP_S3_CREDENTIALS") == "ambient":
+            session_seconds = int(e.get("FFRTMP_S3_SESSION_SECONDS") or DEFAULT_SESSION_SECONDS)
+            source = ambient_source(
+                e, region=region, sts_endpoint=e.get("FFRTMP_S3_STS_ENDPOINT") or None,
+                session_name=session_name_for(e.get("POD_NAME") or "worker"), session_seconds=session_seconds,
+            )  # fmt: skip
+            return cls(where, source)
         missing = [n for n in ("FFRTMP_S3_ACCESS_KEY_ID", "FFRTMP_S3_SECRET_ACCESS_KEY") if not e.get(n)]
         if missing:
             raise ValueError(f"FFRTMP_S3_ENDPOINT is set but {' and '.join(missing)} is empty (the pool's Secret)")
-        return cls(
-            Endpoint(endpoint, e.get("FFRTMP_S3_REGION") or "us-east-1", e.get("FFRTMP_S3_PATH_STYLE") == "true"),
-            Credentials(e["FFRTMP_S3_ACCESS_KEY_ID"], e["FFRTMP_S3_SECRET_ACCESS_KEY"]),
-        )
+        key = Credentials(e["FFRTMP_S3_ACCESS_KEY_ID"], e["FFRTMP_S3_SECRET_ACCESS_KEY"])
+        return cls(where, FixedCredentials(key, "the pool's credentialsSecretRef"))
 
 
 @dataclass(frozen=True)

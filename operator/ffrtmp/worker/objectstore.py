@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ffrtmp.api.job import TranscodeJobSpec
@@ -24,6 +25,7 @@ from ffrtmp.egress.rules import url_refusal
 from ffrtmp.ffmpeg.argv import is_live
 from ffrtmp.ffmpeg.errors import Failure
 from ffrtmp.ffmpeg.inputs import is_playlist
+from ffrtmp.storage.credentials import CredentialsUnavailable, Temporary, usable_seconds
 from ffrtmp.storage.publish import MANIFEST, Fence, ManifestHeader, Publication, publish
 from ffrtmp.storage.s3 import EgressRefused, S3Client, S3Error, S3Unreachable
 from ffrtmp.storage.sigv4 import MAX_PRESIGN_SECONDS
@@ -48,8 +50,9 @@ _RETRYABLE_CODES = ("SlowDown", "InternalError", "ServiceUnavailable", "RequestT
 
 
 def without_credentials(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without the pool's object storage settings and access key: ffmpeg and ffprobe never need them."""
-    return {k: v for k, v in env.items() if not k.startswith(OBJECT_STORAGE_ENV_PREFIX)}
+    """`env` without the pool's object storage settings and access key, and without the Pod's AWS identity
+    (IRSA, Pod Identity, a key): ffmpeg and ffprobe never need them."""
+    return {k: v for k, v in env.items() if not k.startswith((OBJECT_STORAGE_ENV_PREFIX, "AWS_"))}
 
 
 def uses_object_storage(spec: TranscodeJobSpec) -> bool:
@@ -134,8 +137,15 @@ class AttemptStorage:
     policy: EgressPolicy
     proxy: str
 
-    def _client(self) -> S3Client:
-        return S3Client(self.config.endpoint, self.config.credentials, proxy=self.proxy)
+    async def _client(self, location: S3Location, reading: bool, lasting: int = 0) -> tuple[S3Client, Temporary]:
+        """A client signing with the pool's credentials as they are now (temporary ones fetched again
+        before they expire, or to last `lasting` seconds), or StorageFailed naming their source."""
+        try:
+            current = await self.config.credentials.get(lasting)
+        except CredentialsUnavailable as e:
+            doing = f"reading {location}" if reading else f"uploading {location}"
+            raise StorageFailed(Failure("ObjectStorageCredentialsUnavailable", f"{doing}: {e}", e.retryable)) from None
+        return S3Client(self.config.endpoint, current.credentials, proxy=self.proxy), current
 
     async def _check_egress(self, location: S3Location, reading: bool) -> None:
         if await url_refusal(self.config.endpoint.url, self.policy) is not None:
@@ -155,12 +165,20 @@ class AttemptStorage:
                 "InputNotAllowed", f"{uri}: an HLS playlist cannot be read from s3://; read it over https", False
             ))  # fmt: skip
         await self._check_egress(location, True)
-        async with self._client() as s3:
+        seconds = presign_seconds(timeout_seconds)
+        client, current = await self._client(location, True, lasting=seconds)
+        async with client as s3:
             try:
                 size = await s3.stat_object(location.bucket, location.key)
             except (S3Error, S3Unreachable, EgressRefused) as e:
                 raise StorageFailed(self._failure(e, location, True)) from None
-            return s3.presign_get(location.bucket, location.key, presign_seconds(timeout_seconds)), size
+            # A URL signed with temporary credentials stops working when they expire, whatever it says.
+            limit = usable_seconds(current, datetime.now(UTC))
+            if limit is not None and limit < seconds:
+                log.info("reading %s: the input URL lives %ds, as long as the credentials of %s", location, limit,
+                         self.config.credentials.describe())  # fmt: skip
+                seconds = max(limit, 1)
+            return s3.presign_get(location.bucket, location.key, seconds), size
 
     async def publish(
         self, folder: Path, destination: str, header: ManifestHeader, masters: Iterable[str], fence: Fence
@@ -169,7 +187,8 @@ class AttemptStorage:
         prefix = parse_prefix_uri(destination)
         await self._check_egress(prefix, False)
         started = time.monotonic()
-        async with self._client() as s3:
+        client, _ = await self._client(prefix, False)
+        async with client as s3:
             try:
                 done = await publish(s3, folder, prefix, header, masters=masters, fence=fence)
             except (S3Error, S3Unreachable, EgressRefused) as e:
