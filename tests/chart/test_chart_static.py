@@ -595,6 +595,7 @@ def test_deployment_defaults(helm: str) -> None:
         "--pool-allowed-pod-annotation-keys=",
         "--pool-allowed-egress-destinations=",
         "--pool-allowed-unproxied-protocols=",
+        "--notification-timeout-seconds=10",
     ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-ready"}
@@ -653,6 +654,8 @@ def test_deployment_all_options(helm: str) -> None:
         "--pool-allowed-egress-destinations=media.internal,*.corp.example,10.20.0.0/16,192.168.50.7,fd00:20::/32",
         "--pool-allowed-unproxied-protocols=rtmp",
         "--cluster-cidrs=10.96.0.0/12,100.96.0.0/11,fd00:10:96::/108",
+        "--notification-timeout-seconds=5",
+        "--notification-allowed-destinations=hooks.media.svc,10.20.0.0/16",
         "--verbose",
     ]
     env = {e["name"]: e for e in c["env"]}
@@ -1027,8 +1030,16 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+NOTIFICATION_SECRETS = "ffmpeg-rtmp-operator-notification-secrets"
+
+
 def _no_wildcards(docs: list[dict[str, Any]]) -> None:
     for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+        if role["metadata"]["name"] == NOTIFICATION_SECRETS:
+            # The one grant of Secrets: get, by name (notifications.secretNames), nothing else.
+            (rule,) = role["rules"]
+            assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"] and rule["resourceNames"], rule
+            continue
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (role["metadata"]["name"], rule)
@@ -1130,6 +1141,27 @@ def test_rbac_namespaced_with_leader_election(helm: str) -> None:
         r["metadata"]["namespace"] for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-worker")
     )
     assert worker_ns == ["media", "media-batch", "media-gpu"]
+
+
+def test_notification_secrets_are_readable_by_name_only(helm: str) -> None:
+    assert not [r for r in of_kind(render(helm), "ClusterRole") if r["metadata"]["name"] == NOTIFICATION_SECRETS]
+    names = ("--set", "notifications.secretNames={hook-key,hook-url}")
+    rule = {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hook-key", "hook-url"], "verbs": ["get"]}
+    docs = render(helm, *names)
+    _no_wildcards(docs)
+    (secrets,) = [r for r in of_kind(docs, "ClusterRole") if r["metadata"]["name"] == NOTIFICATION_SECRETS]
+    assert secrets["rules"] == [rule]
+    binding = one(docs, "ClusterRoleBinding", NOTIFICATION_SECRETS)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ffmpeg-rtmp-operator", "namespace": NAMESPACE}]
+    # Namespaced: a Role in each watched namespace, nothing cluster-wide.
+    docs = render(helm, *names, *NAMESPACED)
+    _no_wildcards(docs)
+    assert not of_kind(docs, "ClusterRole")
+    roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == NOTIFICATION_SECRETS]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["media", "media-gpu"]
+    assert all(r["rules"] == [rule] for r in roles)
+    bindings = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == NOTIFICATION_SECRETS]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["media", "media-gpu"]
 
 
 def test_rbac_can_be_turned_off(helm: str) -> None:

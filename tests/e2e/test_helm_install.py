@@ -49,6 +49,7 @@ pytestmark = pytest.mark.e2e
 CHART = REPO / "charts" / "ffmpeg-rtmp"
 CRDS = ("transcodejobs.ffmpeg-rtmp.io", "workerpools.ffmpeg-rtmp.io")
 LEADER_LEASE = "ffmpeg-rtmp-operator"  # fixed in ffrtmp.controller.handlers
+NOTIFICATION_SECRET = "webhook-signing"  # notifications.secretNames of the release
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Release:
             "--set", f"watchNamespaces={{{self.namespace}}}",
             # The local operator runs with --leader-elect: the chart must let it hold its Lease.
             "--set", "operator.leaderElection.enabled=true",
+            # Jobs' webhooks may name this Secret: the operator may get it, and no other.
+            "--set", f"notifications.secretNames={{{NOTIFICATION_SECRET}}}",
             *extra,
         ]  # fmt: skip
 
@@ -219,6 +222,8 @@ def test_install_creates_crds_service_accounts_and_rbac_only(release: Release) -
         f"rolebinding.rbac.authorization.k8s.io/{f}-operator",
         f"rolebinding.rbac.authorization.k8s.io/{f}-worker",
         f"rolebinding.rbac.authorization.k8s.io/{f}-operator-leader-election",
+        f"role.rbac.authorization.k8s.io/{f}-operator-notification-secrets",
+        f"rolebinding.rbac.authorization.k8s.io/{f}-operator-notification-secrets",
     }
     # Namespaced mode grants nothing cluster-wide; the admission policies are cluster-scoped.
     assert _names(c, "clusterrole,clusterrolebinding", "-l", selector) == set()
@@ -450,9 +455,12 @@ def test_operator_service_account_rbac(release: Release) -> None:
         *[(v, LEASES, ns, ()) for v in ("get", "list", "watch", "delete")],
         ("create", LEASES, ns, ()), ("get", leader, ns, ()), ("update", leader, ns, ()), ("patch", leader, ns, ()),
         ("create", "events", ns, ()),
+        ("get", f"secrets/{NOTIFICATION_SECRET}", ns, ()),
     ]  # fmt: skip
     no: list[tuple[str, str, str | None, tuple[str, ...]]] = [
         ("get", "secrets", ns, ()), ("list", "secrets", ns, ()), ("list", "secrets", None, ("--all-namespaces",)),
+        ("watch", "secrets", ns, ()), ("get", "secrets/another-secret", ns, ()),
+        ("update", f"secrets/{NOTIFICATION_SECRET}", ns, ()), ("get", f"secrets/{NOTIFICATION_SECRET}", other, ()),
         ("get", "configmaps", ns, ()),
         ("create", "roles.rbac.authorization.k8s.io", ns, ()),
         ("create", "rolebindings.rbac.authorization.k8s.io", ns, ()),

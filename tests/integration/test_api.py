@@ -186,6 +186,14 @@ def test_explain_credentials_from_secrets(cluster: TestCluster) -> None:
     assert "mounted read-only" in explain(cluster, "workerpool.spec.jobSecrets")
 
 
+def test_explain_transcodejob_notifications(cluster: TestCluster) -> None:
+    text = explain(cluster, "transcodejob.spec.notifications")
+    assert "CloudEvents webhooks told about this job's transitions" in text and "deadlineSeconds" in text
+    assert "notification egress policy" in explain(cluster, "transcodejob.spec.notifications.targets.url")
+    assert "X-Ffrtmp-Signature" in explain(cluster, "transcodejob.spec.notifications.targets.signingSecretRef")
+    assert "Events given up" in explain(cluster, "transcodejob.status.notifications.givenUp")
+
+
 def test_explain_workerpool_autoscaling(cluster: TestCluster) -> None:
     text = explain(cluster, "workerpool.spec.autoscaling")
     assert "Queue-driven scaling." in text
@@ -224,6 +232,11 @@ def wp(**spec: Any) -> Obj:
         "metadata": {"name": "pool"},
         "spec": {"accelerator": "cpu", **spec},
     }
+
+
+def hook(**fields: Any) -> Obj:
+    """A webhook target of spec.notifications."""
+    return {"name": "ops", "signingSecretRef": {"name": "hook", "key": "key"}, **fields}
 
 
 def without(doc: Obj, *path: str) -> Obj:
@@ -533,6 +546,23 @@ INVALID = [
         'Unsupported value: "Sometimes": supported values: "Off", "On", "Auto"'),
     Bad("chunking-auto-min-zero", tj(chunking={"mode": "Auto", "autoMinSeconds": 0}),
         "spec.chunking.autoMinSeconds", "should be greater than or equal to 1"),
+    # notifications
+    Bad("webhook-url-and-secret", tj(notifications={"targets": [hook(url="https://h.example/x",
+        urlSecretRef={"name": "hook", "key": "url"})]}), "spec.notifications.targets[0]",
+        "set exactly one of url and urlSecretRef"),
+    Bad("webhook-no-url", tj(notifications={"targets": [hook()]}), "spec.notifications.targets[0]",
+        "set exactly one of url and urlSecretRef"),
+    Bad("webhook-ftp", tj(notifications={"targets": [hook(url="ftp://h.example/x")]}),
+        "spec.notifications.targets[0].url", SHOULD_MATCH),
+    Bad("webhook-password-in-url", tj(notifications={"targets": [hook(url="https://user:pw@h.example/x")]}),
+        "spec.notifications.targets[0].url", SHOULD_MATCH),
+    Bad("webhook-unknown-event", tj(notifications={"targets": [hook(url="https://h.example/x", events=["Done"])]}),
+        "spec.notifications.targets[0].events[0]", 'Unsupported value: "Done"'),
+    Bad("webhook-interval-without-progress", tj(notifications={"targets": [hook(url="https://h.example/x",
+        progressIntervalSeconds=30)]}), "spec.notifications.targets[0]",
+        "progressIntervalSeconds needs Progress in events"),
+    Bad("webhook-no-signing-key", tj(notifications={"targets": [without(hook(url="https://h.example/x"),
+        "signingSecretRef")]}), "spec.notifications.targets[0].signingSecretRef", "Required value"),
 ]  # fmt: skip
 
 

@@ -81,10 +81,12 @@ def identity(svc: Service) -> str:
     return f"{socket.gethostname()}-{svc.proc.pid}"
 
 
-def start_replica(farm: Farm, name: str, metrics_port: int = 0, env: dict[str, str] | None = None) -> Service:
+def start_replica(
+    farm: Farm, name: str, metrics_port: int = 0, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> Service:
     argv = operator_argv(
         farm.cluster, farm.namespace, "--leader-elect", "--leader-election-namespace", farm.namespace, *TIMING,
-        "--metrics-port", str(metrics_port),
+        "--metrics-port", str(metrics_port), *extra,
     )  # fmt: skip
     svc = start_service(name, argv, farm.root / "logs", env=env)
     farm.services[name] = svc

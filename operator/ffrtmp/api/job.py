@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ffrtmp.api.base import ApiModel, api_config, rules
 from ffrtmp.api.common import Conditions, LocalObjectReference, ResourceList, SecretKeySelector, Timestamp
+from ffrtmp.api.notifications import NotificationsSpec, TargetDelivery
 from ffrtmp.storage.uri import OBJECT_URI_PATTERN, PREFIX_URI_PATTERN
 
 Accelerator = Literal["auto", "nvenc", "qsv", "vaapi", "cpu"]
@@ -849,6 +850,13 @@ class TranscodeJobSpec(ApiModel):
     chunk_task: ChunkTask | None = Field(
         default=None, description="Set by the operator on a chunked job's children: the part this child does."
     )
+    notifications: NotificationsSpec | None = Field(
+        default=None,
+        description=(
+            "CloudEvents webhooks told about this job's transitions (Queued, Running, Succeeded, Failed, "
+            "Progress), signed, retried until a 2xx or a deadline; delivery is recorded in status.notifications."
+        ),
+    )
 
 
 Phase = Literal["Pending", "Queued", "Scheduled", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -968,6 +976,12 @@ class TranscodeJobStatus(ApiModel):
         default=None, max_length=64, description=f"Why the job failed: {', '.join(get_args(FailureReason))}."
     )
     message: str | None = Field(default=None, max_length=4096, description="Human-readable status.")
+    notifications: list[TargetDelivery] | None = Field(
+        default=None,
+        max_length=4,
+        description="Delivery of spec.notifications, per target: pending events, failures, the last delivered.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
 
 class TranscodeJob(ApiModel):

@@ -16,7 +16,8 @@ condition Chunked False with the reason) when its spec cannot be chunked, found 
 is made, or when the plan task finds the input shorter than `autoMinSeconds`; a chunked parent
 carries condition Chunked True with its reason (On too).
 
-Children carry the parent's spec (without `chunking`), its priority and pool, the labels
+Children carry the parent's spec (without `chunking`, and without `notifications`: the parent tells
+its own transitions), its priority and pool, the labels
 ffmpeg-rtmp.io/parent and ffmpeg-rtmp.io/chunk, and an ownerReference to the parent. A child
 that fails past its backoffLimit fails the parent with that child's reason. When the parent is
 finished or gone its children are deleted (stopping any still running): a cluster without a
@@ -107,7 +108,7 @@ def held_by_parent(child: JobView, jobs: dict[str, JobView]) -> bool:
 
 def child_body(parent: JobView, spec: Obj, part: str, task: Obj) -> Obj:
     # suspend is the parent's: a child is held through it (held_by_parent), never stopped.
-    dropped = ("chunking", "ttlSecondsAfterFinished", "slaSeconds", "suspend")
+    dropped = ("chunking", "ttlSecondsAfterFinished", "slaSeconds", "suspend", "notifications")
     child_spec = {k: v for k, v in spec.items() if k not in dropped}
     child_spec["chunkTask"] = {"parent": parent.name, **task}
     return {

@@ -12,6 +12,7 @@ import kopf
 from ffrtmp.controller.cadence import WriteBudget
 from ffrtmp.controller.events import SUMMARY_REASON, EventBudget
 from ffrtmp.controller.leader import ElectionTiming
+from ffrtmp.controller.notifications import NotificationSettings, RetryPolicy
 from ffrtmp.controller.policy import POLICY_FLAGS, PoolPolicy, parse_list
 from ffrtmp.controller.settings import OperatorSettings
 from ffrtmp.egress.policy import EgressConfigError, parse_cidrs
@@ -52,6 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-cidrs", default=env("FFRTMP_CLUSTER_CIDRS"),
         help="comma-separated Service and Pod CIDRs of the cluster: job egress to them is refused unless a "
         "WorkerPool's spec.egress.allow names them",
+    )  # fmt: skip
+    notify = NotificationSettings()
+    parser.add_argument(
+        "--notification-allowed-destinations", default=env("FFRTMP_NOTIFICATION_ALLOWED_DESTINATIONS"),
+        help="comma-separated host names, *.domain patterns and CIDRs that jobs' webhooks (spec.notifications) "
+        "may reach besides public addresses (unset: public addresses only; loopback, private, link-local and "
+        "--cluster-cidrs are refused)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--notification-timeout-seconds", type=float, default=notify.timeout_seconds,
+        help="one webhook delivery attempt (connect, send, answer) gives up after this long",
+    )  # fmt: skip
+    parser.add_argument(
+        "--notification-retry-base-seconds", type=float, default=notify.retry.base_seconds,
+        help="first wait after a failed webhook delivery; doubles per attempt, with jitter",
+    )  # fmt: skip
+    parser.add_argument(
+        "--notification-retry-max-seconds", type=float, default=notify.retry.max_seconds,
+        help="longest wait between two attempts of a webhook delivery",
+    )  # fmt: skip
+    parser.add_argument(
+        "--notification-workers", type=int, default=notify.workers,
+        help="webhook deliveries in flight at once (each a job's due events)",
     )  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=int(env("FFRTMP_METRICS_PORT", "9090")))
     parser.add_argument("--health-port", type=int, default=int(env("FFRTMP_HEALTH_PORT", "8080")))
@@ -182,6 +206,24 @@ def write_budget_from(args: argparse.Namespace) -> WriteBudget:
         raise SystemExit(f"ffrtmp operator: {e}") from e
 
 
+def notification_settings_from(args: argparse.Namespace) -> NotificationSettings:
+    try:
+        settings = NotificationSettings(
+            allowed_destinations=parse_list(args.notification_allowed_destinations) or (),
+            timeout_seconds=args.notification_timeout_seconds,
+            retry=RetryPolicy(args.notification_retry_base_seconds, args.notification_retry_max_seconds),
+            workers=max(args.notification_workers, 1),
+        )
+        settings.policy()
+    except EgressConfigError as e:
+        raise SystemExit(f"--notification-allowed-destinations: {e}") from e
+    except ValueError as e:
+        raise SystemExit(f"ffrtmp operator: {e} (--notification-retry-base-seconds, -max-seconds)") from e
+    if settings.timeout_seconds <= 0:
+        raise SystemExit("ffrtmp operator: --notification-timeout-seconds must be above 0")
+    return settings
+
+
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
     devices = dict(OperatorSettings().device_resources)
     for item in args.device_resource:
@@ -206,6 +248,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         retry_backoff_seconds=args.retry_backoff_seconds,
         resync_seconds=args.resync_seconds,
         max_parallel_writes=max(args.max_parallel_writes, 1),
+        notifications=notification_settings_from(args),
         job_events=args.job_events,
         write_budget=write_budget_from(args),
         event_budget=event_budget,

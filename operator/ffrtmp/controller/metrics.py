@@ -173,6 +173,26 @@ class OperatorMetrics:
             ["period"],
             registry=jr,
         )
+        self.notification_deliveries = PromCounter(
+            "ffrtmp_notification_deliveries_total",
+            "Webhook delivery attempts (the leader's), by result: delivered (2xx), failed (another answer, a "
+            "timeout, no connection, an unreadable Secret: retried), refused (the notification egress policy) "
+            "and given_up (events dropped: deadline passed, refused, too many pending).",
+            ["result"],
+            registry=r,
+        )
+        self.notification_seconds = Histogram(
+            "ffrtmp_notification_delivery_seconds",
+            "One webhook delivery attempt, from reading its Secrets to the answer (or the timeout).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.notifications_pending = Gauge(
+            "ffrtmp_notifications_pending",
+            "Webhook events recorded in jobs' status.notifications and not delivered yet.",
+            registry=jr,
+        )
+        self._job_metrics.append(self.notifications_pending)
         self._sla_window: dict[tuple[str, str], deque[tuple[float, bool]]] = defaultdict(deque)
 
     def _is_leading(self) -> bool:
@@ -227,6 +247,9 @@ class OperatorMetrics:
             if lease.renew_time is not None:
                 ns, _, worker = lease.key.partition("/")
                 self.worker_lease_age.labels(ns, worker).set(round(max(now - lease.renew_time, 0.0), 3))
+        self.notifications_pending.set(
+            sum(len(r.pending or []) for job in store.jobs.values() for r in job.notification_records)
+        )
         for p in store.pools.values():
             s = p.status
             self.pool_workers.labels(p.namespace, p.name).set(s.get("workers") or 0)

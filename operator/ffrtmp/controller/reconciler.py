@@ -36,6 +36,8 @@ from ffrtmp.controller.lifecycle import (
     running_by_worker,
 )
 from ffrtmp.controller.metrics import OperatorMetrics
+from ffrtmp.controller.notifications import decide_notifications, notify_state
+from ffrtmp.controller.notifier import Notifier
 from ffrtmp.controller.pods import build_worker_pod
 from ffrtmp.controller.pools import PoolMemory, decide_pool
 from ffrtmp.controller.settings import OperatorSettings
@@ -125,6 +127,11 @@ class Reconciler:
         self._last_api_ok = 0.0
         self._api_down = False
         self._stop_before_pod_creates = os.environ.get(STOP_BEFORE_POD_CREATES_ENV) == "1"
+        notifications = settings.notifications
+        self.notifier = Notifier(
+            client, notifications, notifications.policy(settings.cluster_cidrs), metrics, self.store,
+            lambda: self.leading, self.trigger.set, self._warn_job,
+        )  # fmt: skip
 
     # -- events (the watches of `controller.watches` call these) -------------------------------
     def on_event(self, kind: str, event_type: str, obj: Obj) -> None:
@@ -261,6 +268,7 @@ class Reconciler:
         ]
         if self.elector is not None:
             watches.append(asyncio.create_task(self._follow_leadership(self.elector), name="follow-leadership"))
+        self.notifier.start()
         try:
             while len(self.store.synced) < len(WATCHED):
                 await self.trigger.wait()
@@ -271,6 +279,7 @@ class Reconciler:
             for task in watches:
                 task.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
+            await self.notifier.close()
 
     async def _follow_leadership(self, elector: LeaderElector) -> None:
         """On losing the lead, drop the job metrics at once; on taking it, decide (and export) at once."""
@@ -315,6 +324,7 @@ class Reconciler:
         decisions = decide_jobs(self.store, now, self.settings)
         actions = await self._unless_leases_renewed(decisions.actions)
         await self._gather(self._apply_job(a) for a in actions)
+        self._offer_notifications(now)
         self._waiting = decisions.waiting_by_pool
         # Pools see the jobs as they are after this pass's writes. Their Pod creates and deletes go
         # out together (bounded by max_parallel_writes) and the pass waits for them: the next one must
@@ -370,6 +380,20 @@ class Reconciler:
             self._last_metrics = time.monotonic()
         if decisions.wake_at is not None:
             self._wake_at(decisions.wake_at)
+
+    def _offer_notifications(self, now: float) -> None:
+        """Decide every job's webhook deliveries and hand them to the notifier: the pass never waits for one."""
+        for job in self.store.jobs.values():
+            if job.notifications is None or job.key in self.notifier.busy:
+                continue
+            plan = decide_notifications(job.notifications, list(job.notification_records), notify_state(job), now)
+            if plan.changed or plan.sends or plan.given_up:
+                self.notifier.offer(job.key, plan)  # refused (queue full): offered again by a later pass
+            elif plan.wake_at is not None:
+                self._wake_at(plan.wake_at)
+
+    def _warn_job(self, job: JobView, event: JobEvent) -> None:
+        self._event(job.namespace, "TranscodeJob", job.name, job.uid, event)
 
     async def _unless_leases_renewed(self, actions: list[JobAction]) -> list[JobAction]:
         """Drop the WorkerLost decisions whose expired Lease turns out renewed when read again."""

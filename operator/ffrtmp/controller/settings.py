@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ffrtmp.controller.cadence import WriteBudget
 from ffrtmp.controller.events import EventBudget
+from ffrtmp.controller.notifications import NotificationSettings
 from ffrtmp.controller.policy import PoolPolicy
 
 
@@ -56,6 +57,8 @@ class OperatorSettings:
     # the rest are counted and summed up per namespace (events.py).
     event_budget: EventBudget = field(default_factory=EventBudget)
     max_parallel_writes: int = 32
+    # Webhooks of jobs' spec.notifications: egress policy, timeout, retries, sender workers (notifier.py).
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
     # The farm's steady API writes (Lease renewals, progress, Events): cadence.py sizes the periods.
     write_budget: WriteBudget = field(default_factory=WriteBudget)
     metrics_port: int = 9090

@@ -26,6 +26,7 @@ from ffrtmp.api.constants import (
     LABEL_POOL,
 )
 from ffrtmp.api.job import TranscodeJobSpec
+from ffrtmp.api.notifications import NotificationsSpec, TargetDelivery
 from ffrtmp.api.pool import WorkerPoolSpec
 from ffrtmp.conditions import condition, is_false, parse_time
 from ffrtmp.ffmpeg.encoders import VIDEO_CODECS
@@ -100,11 +101,15 @@ class JobView:
     parent: str | None = None
     part: str | None = None
     uid_of_owner: str | None = None
-    # status.chunks.plan (a Plan child's result), status.reason, status.outputs, progress percent
+    # status.chunks.plan (a Plan child's result), status.reason, status.outputs (of a stitch child or a job
+    # with notifications), progress percent
     chunk_plan: str | None = None
     reason: str | None = None
     outputs_json: str | None = None
     percent: float | None = None
+    # spec.notifications (parsed) and status.notifications: only on jobs with webhooks.
+    notifications: NotificationsSpec | None = None
+    notification_records: tuple[TargetDelivery, ...] = ()
 
     @property
     def conditions(self) -> list[Obj]:
@@ -131,6 +136,25 @@ def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
         where = ".".join(str(p) for p in first["loc"])
         return f"spec.{where}: {first['msg']}" if where else first["msg"]
     return None
+
+
+@lru_cache(maxsize=1024)
+def _notifications_spec(spec_json: str) -> NotificationsSpec | None:
+    """spec.notifications parsed once per distinct value; None when it is invalid (the job's validation says why)."""
+    try:
+        return NotificationsSpec.from_api_json(spec_json)
+    except ValidationError:
+        return None
+
+
+def _notification_records(status: Obj) -> tuple[TargetDelivery, ...]:
+    out = []
+    for item in status.get("notifications") or []:
+        try:
+            out.append(TargetDelivery.from_api(item))
+        except ValidationError:
+            continue  # not ours to repair: the target starts a new record
+    return tuple(out)
 
 
 def encoded_codecs(spec: Obj) -> tuple[str, ...]:
@@ -181,6 +205,8 @@ def parse_job(obj: Obj) -> JobView:
     queued = condition(status.get("conditions"), "Queued")
     suspended = condition(status.get("conditions"), "Suspended")
     pool_ref = spec.get("poolRef") or {}
+    notify = spec.get("notifications")
+    notifications = _notifications_spec(json.dumps(notify, sort_keys=True)) if isinstance(notify, dict) else None
     return JobView(
         key=f"{meta.get('namespace', '')}/{meta['name']}",
         namespace=meta.get("namespace", ""),
@@ -225,8 +251,12 @@ def parse_job(obj: Obj) -> JobView:
         uid_of_owner=owners[0].get("uid") if owners else None,
         chunk_plan=(chunks or {}).get("plan") if spec.get("chunkTask") else None,
         reason=status.get("reason"),
-        outputs_json=json.dumps(status.get("outputs") or []) if labels.get(LABEL_CHUNK) == "stitch" else None,
+        outputs_json=json.dumps(status.get("outputs") or [])
+        if labels.get(LABEL_CHUNK) == "stitch" or notifications is not None
+        else None,
         percent=progress.get("percent") if isinstance(progress, dict) else None,
+        notifications=notifications,
+        notification_records=_notification_records(status) if notifications is not None else (),
     )
 
 
