@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from ffrtmp import __version__
-from ffrtmp.api.notifications import PendingEvent, WebhookSecretRef, TargetDelivery, WebhookTarget
+from ffrtmp.api.notifications import PendingEvent, TargetDelivery, WebhookSecretRef, WebhookTarget
 from ffrtmp.controller.cloudevents import CONTENT_TYPE, SIGNATURE_HEADER, JobFacts, build_event, signature
 from ffrtmp.controller.lifecycle import JobEvent
 from ffrtmp.controller.metrics import OperatorMetrics
