@@ -85,14 +85,15 @@ class Release:
             raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
         return proc
 
-    def values_args(self, *extra: str) -> list[str]:
+    def values_args(self, *extra: str, notifications: bool = True) -> list[str]:
+        """`notifications`: False for a chart before 0.3 (no `notifications` value; its schema refuses it)."""
         return [
             "--set", "operator.enabled=false",
             "--set", f"watchNamespaces={{{self.namespace}}}",
             # The local operator runs with --leader-elect: the chart must let it hold its Lease.
             "--set", "operator.leaderElection.enabled=true",
             # Jobs' webhooks may name this Secret: the operator may get it, and no other.
-            "--set", f"notifications.secretNames={{{NOTIFICATION_SECRET}}}",
+            *(["--set", f"notifications.secretNames={{{NOTIFICATION_SECRET}}}"] if notifications else []),
             *extra,
         ]  # fmt: skip
 

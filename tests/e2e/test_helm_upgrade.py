@@ -103,7 +103,8 @@ def test_helm_upgrade_from_the_previous_chart_with_jobs_in_flight(cluster: TestC
     clip = make_clip(media / "clip.mp4", seconds=10)  # before the workers' storage check
     running: list[Service] = []
     try:
-        rel.helm("install", rel.name, str(previous / "charts" / "ffmpeg-rtmp"), "-n", ns, *rel.values_args())
+        old_chart = str(previous / "charts" / "ffmpeg-rtmp")
+        rel.helm("install", rel.name, old_chart, "-n", ns, *rel.values_args(notifications=False))
         for crd in ("transcodejobs", "workerpools"):
             cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.ffmpeg-rtmp.io")
         as_operator = TestCluster(rel.token_kubeconfig(rel.operator_sa), cluster.bin_dir, None)
