@@ -11,11 +11,13 @@ import hmac
 import json
 import math
 import secrets
+import subprocess
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from statistics import median
 from typing import Any
 
 import pytest
@@ -23,10 +25,10 @@ from aiohttp import web
 from test_replicas import holder, identity, start_replica
 
 from conftest import Farm
-from ffrtmp.conditions import parse_time
 from helpers import make_clip, wait_for
 
-pytestmark = pytest.mark.integration
+# Background: mostly waiting (backoff, timeouts, a Lease takeover, three rounds of 30 jobs).
+pytestmark = [pytest.mark.integration, pytest.mark.background]
 
 KEY = b"whsec-" + secrets.token_hex(16).encode()
 TIMEOUT = 1.5
@@ -157,7 +159,6 @@ def uid(job: dict[str, Any]) -> str:
     return str(job["metadata"]["uid"])
 
 
-@pytest.mark.background  # mostly waiting: backoff, timeouts, a Lease takeover
 def test_webhooks_retry_until_accepted_signed_once_per_transition_by_the_leader(farm: Farm, receiver: Receiver) -> None:
     clip = make_clip(farm.media / "clip.mp4", seconds=1, size="160x120")
     token = secrets.token_hex(12)
@@ -239,26 +240,54 @@ def p99(latencies: list[float]) -> float:
     return ordered[max(math.ceil(0.99 * len(ordered)) - 1, 0)]
 
 
-def submit_to_running(farm: Farm, prefix: str, clip: str, count: int, **spec: Any) -> dict[str, list[float]]:
-    """For `count` jobs submitted at once: seconds from each job's creation to its scheduling (the operator's
-    status.scheduledTime) and to its start (the worker's status.startTime: Running). API times have whole
-    seconds, so each figure is +-1 s; they do not depend on how long kubectl apply or the polls take."""
-    farm.cluster.apply([farm.job_doc(f"{prefix}-{i:02d}", clip, **spec) for i in range(count)], farm.namespace)
+class SeenRunning:
+    """This test's own watch of the namespace's jobs (`kubectl get --watch-only`): when it first saw each job
+    (its creation) and first saw it Running, both on the test's clock to the millisecond; the API's own
+    times have whole seconds."""
 
-    def started() -> list[dict[str, Any]] | None:
-        jobs = [j for j in farm.jobs() if j["metadata"]["name"].startswith(prefix)]
-        return jobs if len(jobs) == count and all((j.get("status") or {}).get("startTime") for j in jobs) else None
+    def __init__(self, farm: Farm) -> None:
+        kubectl = [str(farm.cluster.bin_dir / "kubectl"), "--kubeconfig", str(farm.cluster.kubeconfig)]
+        self.process = subprocess.Popen(
+            [*kubectl, "get", "tj", "-n", farm.namespace, "--watch-only", "-o",
+             'jsonpath={.metadata.name} {.status.phase}{"\\n"}'],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.created: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
-    jobs: list[dict[str, Any]] = wait_for(started, 180, f"{count} {prefix} jobs running", interval=0.5)
-    out: dict[str, list[float]] = {"scheduled": [], "running": []}
-    for j in jobs:
-        created = parse_time(j["metadata"]["creationTimestamp"]) or 0.0
-        out["scheduled"].append((parse_time(j["status"]["scheduledTime"]) or 0.0) - created)
-        out["running"].append((parse_time(j["status"]["startTime"]) or 0.0) - created)
-    return out
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            name, _, phase = line.strip().partition(" ")
+            now = time.monotonic()
+            self.created.setdefault(name, now)
+            if phase == "Running":
+                self.running.setdefault(name, now)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def submit_to_running(farm: Farm, prefix: str, clip: str, count: int, **spec: Any) -> list[float]:
+    """Seconds from creation to Running of `count` jobs submitted at once, as this test's watch saw both."""
+    seen = SeenRunning(farm)
+    try:
+        time.sleep(0.5)  # the watch is open before the first create
+        farm.cluster.apply([farm.job_doc(f"{prefix}-{i:02d}", clip, **spec) for i in range(count)], farm.namespace)
+        names = [f"{prefix}-{i:02d}" for i in range(count)]
+        wait_for(lambda: all(n in seen.running for n in names), 180, f"{count} {prefix} jobs seen Running")
+        return [seen.running[n] - seen.created[n] for n in names]
+    finally:
+        seen.stop()
 
 
 def test_a_receiver_that_never_answers_does_not_slow_scheduling(farm: Farm, receiver: Receiver) -> None:
+    """The same 30 jobs at once three times: no notifications, notifications to a receiver that answers at once
+    (the cost of the deliveries' status writes), and to one that never answers (the hang's cost, the issue's
+    question: none expected, since deliveries run off the reconcile pass)."""
     clip = str(make_clip(farm.media / "clip.mp4", seconds=1, size="160x120"))
     hook_secret(farm)
     farm.pool("cpu", minWorkers=3, maxWorkers=3, maxConcurrentJobs=10, autoscaling={"enabled": False})
@@ -269,14 +298,18 @@ def test_a_receiver_that_never_answers_does_not_slow_scheduling(farm: Farm, rece
     count = 30
     plain = submit_to_running(farm, "plain", clip, count)
     farm.wait_all(timeout=180)
+    answering = submit_to_running(
+        farm, "answered", clip, count, notifications=webhook("ops", EVENTS, f"{receiver.url}/down/ok")
+    )
+    farm.wait_all(timeout=180)
     hung_url = f"http://127.0.0.1:{receiver.hung_port}/never"
     hung = submit_to_running(farm, "hung", clip, count, notifications=webhook("ops", EVENTS, hung_url))
-    for what in ("scheduled", "running"):
-        print(
-            f"submit -> {what}, {count} jobs, p99 (max): {p99(plain[what]):.0f}s ({max(plain[what]):.0f}s) without "
-            f"notifications, {p99(hung[what]):.0f}s ({max(hung[what]):.0f}s) with a receiver that never answers"
-        )
-    assert p99(hung["running"]) <= max(3 * p99(plain["running"]), p99(plain["running"]) + 10), (plain, hung)
+    print(
+        f"submit -> Running, {count} jobs at once, p50 / p99 (s): no notifications {median(plain):.2f} / "
+        f"{p99(plain):.2f}; a receiver that answers {median(answering):.2f} / {p99(answering):.2f}; "
+        f"one that never answers {median(hung):.2f} / {p99(hung):.2f}"
+    )
+    assert p99(hung) <= 2 * p99(answering) + 1, (answering, hung)
     wait_for(lambda: receiver.hung_connections > 0, 30, "a connection to the receiver that never answers")
     # The deliveries did time out (they were tried, not skipped), and nothing was lost: they wait in the status.
     wait_for(
