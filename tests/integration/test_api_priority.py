@@ -36,7 +36,7 @@ from ffrtmp.kube.client import resource_path
 from ffrtmp.worker.fence import FencedStatus
 from helpers import REPO, TestCluster, token_kubeconfig, transcode_job, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.background]  # two minutes, mostly the flood's fixed windows
 Obj = dict[str, Any]
 Counts = dict[tuple[str, str], float]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -11,7 +11,7 @@ import pytest
 from conftest import Farm
 from helpers import make_clip, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.background]  # mostly waiting on the autoscaler's windows
 
 
 def status(obj: dict[str, Any]) -> dict[str, Any]:
