@@ -1,3 +1,3 @@
 """ffmpeg-rtmp: a Kubernetes operator that runs ffmpeg transcode jobs as custom resources."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

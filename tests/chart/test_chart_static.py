@@ -160,8 +160,8 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "ffmpeg-rtmp"
-    assert chart["version"] == "0.2.0"
-    assert chart["appVersion"] == "0.2.0"
+    assert chart["version"] == "0.3.0"
+    assert chart["appVersion"] == "0.3.0"
     # CRD selectableFields (TranscodeJob status.phase, status.worker) are GA since Kubernetes 1.31.
     assert chart["kubeVersion"] == ">=1.31.0-0"
     for f in (
@@ -567,7 +567,7 @@ def test_deployment_defaults(helm: str) -> None:
     c = pod["containers"][0]
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
-    assert c["image"] == "ghcr.io/ffmpeg-rtmp/worker:0.2.0"
+    assert c["image"] == "ghcr.io/ffmpeg-rtmp/worker:0.3.0"
     assert c["command"] == ["ffrtmp", "operator"]
     assert c["args"] == [
         "--all-namespaces",
@@ -582,7 +582,7 @@ def test_deployment_defaults(helm: str) -> None:
         "--event-rate=10",
         "--event-burst=50",
         "--event-summary-seconds=60",
-        "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.2.0",
+        "--worker-image=ghcr.io/ffmpeg-rtmp/worker:0.3.0",
         "--worker-service-account=ffmpeg-rtmp-worker",
         "--pool-allowed-image-prefixes=ghcr.io/ffmpeg-rtmp/worker:,ghcr.io/ffmpeg-rtmp/worker@",
         "--pool-allowed-volume-types=persistentVolumeClaim,emptyDir,configMap,secret,projected,downwardAPI",

@@ -141,7 +141,7 @@ def test_pool_admission_policy_refuses_each_violation_naming_the_field(
     assert host.returncode != 0 and 'unknown field "spec.hostNetwork"' in host.stderr, host.stderr
 
     allowed = _pool(
-        image="ghcr.io/ffmpeg-rtmp/worker:0.2.0",
+        image="ghcr.io/ffmpeg-rtmp/worker:0.3.0",
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         imagePullSecrets=[],
         priorityClassName="",

@@ -33,7 +33,7 @@ def spec(**fields: Any) -> WorkerPoolSpec:
 
 def test_an_allowed_pool_has_no_violations() -> None:
     ok = spec(
-        image="ghcr.io/ffmpeg-rtmp/worker:0.2.0",
+        image="ghcr.io/ffmpeg-rtmp/worker:0.3.0",
         serviceAccountName="ffmpeg-rtmp-worker",
         volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "persistentVolumeClaim": {"claimName": "media"}}],
     )

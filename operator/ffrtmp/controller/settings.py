@@ -15,7 +15,7 @@ class OperatorSettings:
     """How the operator behaves; every field has a command-line flag."""
 
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
-    worker_image: str = "ghcr.io/ffmpeg-rtmp/worker:0.2.0"
+    worker_image: str = "ghcr.io/ffmpeg-rtmp/worker:0.3.0"
     worker_service_account: str | None = None
     # Defaults for every worker Pod (a WorkerPool's own fields win): pull secrets, extra labels and
     # annotations, and a RuntimeClass per accelerator (e.g. nvenc=nvidia where it is not the default).
