@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +34,7 @@ import yaml
 from ffrtmp.kube.client import KubeClient
 
 from .common import BenchEnv, JobWatch, Report, job_path, main, pool_manifest, pool_path, wait_pool_ready
-from .overhead import start_kubelet
+from .overhead import real_workers
 
 NAME = "chunking"
 PARAMS: dict[str, dict[str, Any]] = {
@@ -51,17 +49,6 @@ PROJECTED = (8, 32)
 def workers_needed(scale: str) -> int:
     del scale
     return 3
-
-
-def make_clip(path: Path, seconds: int, size: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration={seconds}",
-        "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
-        "-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-        str(path),
-    ], check=True, timeout=600)  # fmt: skip
 
 
 def ladder(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,45 +85,24 @@ def children_cpu(kubelet: psutil.Process) -> float:
 async def run(env: BenchEnv, scale: str) -> Report:
     p = PARAMS[scale]
     report = Report(NAME, scale)
-    work = Path(tempfile.mkdtemp(prefix="chunking-", dir=env.root))
-    media, output = work / "media", work / "output"
-    output.mkdir(parents=True)
-    clip = media / "clip.mp4"
-    await asyncio.to_thread(make_clip, clip, p["seconds"], p["size"])
-
-    ns = env.create_namespace("chunking")
-    op = env.start_operator(ns)
-    kubelet = start_kubelet(env, ns, work)
-    client = env.client()
-    watch = JobWatch(client, ns)
     runs: dict[str, dict[str, Any]] = {}
-    try:
-        await op.wait_ready()
+    async with real_workers(env, NAME, p["seconds"], p["size"], gop=50) as farm:
+        ns, client, watch = farm.ns, farm.client, farm.watch
         for pool, workers in (("one", 1), ("two", 2)):
             await client.create(pool_path(ns), pool_manifest(
                 pool, minWorkers=workers, maxWorkers=workers, maxConcurrentJobs=1, autoscaling={"enabled": False},
-                mediaRoots=[str(media)], outputRoot=str(output),
+                mediaRoots=[str(farm.media)], outputRoot=str(farm.output),
             ))  # fmt: skip
         for pool, workers in (("one", 1), ("two", 2)):
             await wait_pool_ready(client, ns, pool, workers, limit=300, strict=True)
         watch.start()
         await watch.synced.wait()
-        parent = psutil.Process(kubelet.pid)
+        parent = psutil.Process(farm.kubelet.pid)
         plan = [("single", "one", None), ("k1", "one", "On"), ("k2", "two", "On")]
         for name, pool, mode in plan:
             await asyncio.sleep(2)  # let the last run's writes settle
-            runs[name] = await one_run(env, client, watch, parent, ns, name, clip, ladder(p), pool, mode)
+            runs[name] = await one_run(env, client, watch, parent, ns, name, farm.clip, ladder(p), pool, mode)
             print(f"chunking {name}: {runs[name]['summary']}", flush=True)
-    finally:
-        await watch.stop()
-        kubelet.terminate()
-        try:
-            kubelet.wait(30)
-        except subprocess.TimeoutExpired:
-            kubelet.kill()
-        op.stop()
-        await client.close()
-        env.delete_namespace(ns)
 
     single, k1, k2 = runs["single"], runs["k1"], runs["k2"]
     common = {

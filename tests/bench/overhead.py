@@ -14,12 +14,15 @@ Ratio = mean system / mean bare; ideal 1.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +50,17 @@ def workers_needed(scale: str) -> int:
     return 1
 
 
-def make_clip(path: Path, seconds: int, size: str) -> None:
+def make_clip(path: Path, seconds: int, size: str, gop: int | None = None) -> None:
+    """testsrc2 + a sine, x264 ultrafast (keyframes every `gop` frames, else x264's default) and aac."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    keyframes = ["-g", str(gop)] if gop is not None else []
     subprocess.run([
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration={seconds}",
         "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path),
-    ], check=True, timeout=300)  # fmt: skip
+        "-c:v", "libx264", "-preset", "ultrafast", *keyframes, "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+        str(path),
+    ], check=True, timeout=600)  # fmt: skip
 
 
 def bare_run(clip: Path, media: Path, work: Path, tag: str) -> tuple[float, list[list[str]]]:
@@ -83,29 +89,63 @@ def start_kubelet(env: BenchEnv, ns: str, work: Path) -> subprocess.Popen[bytes]
         ], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
-async def run(env: BenchEnv, scale: str) -> Report:
-    p = PARAMS[scale]
-    report = Report(NAME, scale)
-    work = Path(tempfile.mkdtemp(prefix="overhead-", dir=env.root))
+@dataclass
+class RealWorkerNamespace:
+    """A namespace with the operator and the stand-in kubelet running real `ffrtmp worker` processes, and a
+    generated clip under `media` (the pools' media root; `output` their output root)."""
+
+    ns: str
+    work: Path
+    media: Path
+    output: Path
+    clip: Path
+    client: KubeClient
+    watch: JobWatch  # not started
+    kubelet: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def real_workers(
+    env: BenchEnv, name: str, seconds: int, size: str, gop: int | None = None
+) -> AsyncIterator[RealWorkerNamespace]:
+    """Figures 3 and 7's set-up, the operator ready; on exit everything stopped and the namespace deleted."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=env.root))
     media, output = work / "media", work / "output"
     output.mkdir(parents=True)
     clip = media / "clip.mp4"
-    await asyncio.to_thread(make_clip, clip, p["seconds"], p["size"])
-
-    ns = env.create_namespace("overhead")
+    await asyncio.to_thread(make_clip, clip, seconds, size, gop)
+    ns = env.create_namespace(name)
     op = env.start_operator(ns)
     kubelet = start_kubelet(env, ns, work)
-    bare = env.client()
-    watch = JobWatch(bare, ns)
+    client = env.client()
+    watch = JobWatch(client, ns)
+    try:
+        await op.wait_ready()
+        yield RealWorkerNamespace(ns, work, media, output, clip, client, watch, kubelet)
+    finally:
+        await watch.stop()
+        kubelet.terminate()
+        try:
+            kubelet.wait(30)
+        except subprocess.TimeoutExpired:
+            kubelet.kill()
+        op.stop()
+        await client.close()
+        env.delete_namespace(ns)
+
+
+async def run(env: BenchEnv, scale: str) -> Report:
+    p = PARAMS[scale]
+    report = Report(NAME, scale)
     bare_runs: list[float] = []
     system_runs: list[float] = []
     timings: list[dict[str, Any]] = []
     passes: list[list[str]] = []
-    try:
-        await op.wait_ready()
+    async with real_workers(env, NAME, p["seconds"], p["size"]) as farm:
+        ns, bare, watch, clip, media, work = farm.ns, farm.client, farm.watch, farm.clip, farm.media, farm.work
         await bare.create(pool_path(ns), pool_manifest(
             "cpu", minWorkers=1, maxWorkers=1, autoscaling={"enabled": False},
-            mediaRoots=[str(media)], outputRoot=str(output),
+            mediaRoots=[str(media)], outputRoot=str(farm.output),
         ))  # fmt: skip
         await wait_pool_ready(bare, ns, "cpu", 1, limit=180, strict=True)
         await asyncio.sleep(3)
@@ -122,16 +162,6 @@ async def run(env: BenchEnv, scale: str) -> Report:
             await asyncio.sleep(1)
         seconds, passes = await asyncio.to_thread(bare_run, clip, media, work, "last")
         bare_runs.append(seconds)
-    finally:
-        await watch.stop()
-        kubelet.terminate()
-        try:
-            kubelet.wait(30)
-        except subprocess.TimeoutExpired:
-            kubelet.kill()
-        op.stop()
-        await bare.close()
-        env.delete_namespace(ns)
 
     bare_mean = statistics.fmean(bare_runs)
     system_mean = statistics.fmean(system_runs)
