@@ -13,12 +13,11 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from ffrtmp.api.base import ApiModel, api_config, rules
-from ffrtmp.api.common import DnsLabel, Timestamp
+from ffrtmp.api.common import DnsLabel, SecretName, Timestamp
 
 NotificationEvent = Literal["Queued", "Running", "Succeeded", "Failed", "Progress"]
 NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = ("Queued", "Running", "Succeeded", "Failed", "Progress")
 WEBHOOK_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s#]*)?$"
-SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 MAX_PENDING = 10
 
@@ -27,7 +26,7 @@ class WebhookSecretRef(ApiModel):
     """A key of a Secret in the job's namespace. The operator reads it (GET only) when it sends; the chart
     grants that read for the Secret names listed in its `notifications.secretNames` value."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN, description="The Secret's name.")
+    name: SecretName = Field(description="The Secret's name.")
     key: str = Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="The key in its data.")
 
 
