@@ -16,7 +16,10 @@ seen by a watch.
   audio tasks' (the worker-seconds that encoded), target <= 3 %;
 - projected wall time at k = 8 and 32 workers: the k=2 run's planning and stitch, its chunk and
   audio task times list-scheduled in the operator's order (audio, then chunks by index) on k
-  workers, plus what the k=2 run spent outside that model (scheduling, status writes).
+  workers, plus what the k=2 run spent outside that model (scheduling, status writes). Reported
+  with its ratio to the single pass, without a target (the issue sets 1.1 / k for the measured
+  k = 1 and 2): with more workers than tasks the wall time cannot drop below the serial part,
+  planning + the longest task + stitch + scheduling, reported as `serial_part_k2`.
 """
 
 from __future__ import annotations
@@ -124,8 +127,11 @@ async def run(env: BenchEnv, scale: str) -> Report:
         projected = k2["plan"] + makespan([k2["audio"], *k2["chunks"]], k) + k2["stitch"] + outside
         report.add(f"projected_wall_k{k}", projected, "s", **common,
                    note=f"from the k=2 task times; {outside:.1f} s outside the model as measured at k=2")  # fmt: skip
-        report.add(f"projected_wall_ratio_k{k}", projected / single["wall"], "ratio", target=f"<= {1.1 / k:.3g}",
-                   **common)  # fmt: skip
+        report.add(f"projected_wall_ratio_k{k}", projected / single["wall"], "ratio", **common)
+    longest = max([k2["audio"], *k2["chunks"]])
+    report.add("serial_part_k2", k2["plan"] + longest + k2["stitch"] + outside, "s", **common,
+               note=f"plan {k2['plan']:.2f} + longest task {longest:.2f} + stitch {k2['stitch']:.2f} + outside "
+                    f"the model {outside:.2f} s: the wall time with a worker per task")  # fmt: skip
     same = {k: r["master_playlist"] == single["master_playlist"] for k, r in (("k1", k1), ("k2", k2))}
     report.details.update({"runs": runs, "outside_model_k2_s": round(outside, 2), "master_as_single_pass": same})
     return report
