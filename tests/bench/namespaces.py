@@ -65,6 +65,7 @@ from .common import (
     wait_until,
 )
 from .sim import SimFarm
+from .write_budget import operator_histogram
 
 NAME = "namespaces"
 PARAMS: dict[str, dict[str, Any]] = {
@@ -72,6 +73,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "full": {"rounds": (1, 100, 100, 1), "workers": 100, "slots": 4, "rate": 5, "seconds": 40, "duration": 3},
 }
 CREATE_CONCURRENCY = 50
+PASS_SECONDS = "ffrtmp_operator_pass_seconds"
 THROUGHPUT_TARGET = 0.8  # N namespaces' jobs/s over 1 namespace's
 P99_TARGET = 1.2  # N namespaces' submit -> Running p99 over 1 namespace's
 LABEL = "bench.ffmpeg-rtmp.io/figure"
@@ -107,6 +109,12 @@ class Round:
     running: int = 0
     submitted: int = 0
     latency: dict[str, float | None] = field(default_factory=dict)
+    # The latency's two halves: submit -> status.worker set (the operator's decision and write) and
+    # status.worker set -> Running (the simulated worker's), as the bench's watch saw them.
+    to_assigned: dict[str, float | None] = field(default_factory=dict)
+    assigned_to_running: dict[str, float | None] = field(default_factory=dict)
+    passes_per_second: float | None = None  # the operator's decision passes in the latency window
+    pass_mean_ms: float | None = None
     relists: float | None = None
     broken_watch_lines: int = 0
     operator_cpu_seconds: float = 0.0  # in the throughput window
@@ -280,7 +288,7 @@ class Bench:
                 if verb in ("POST", "PATCH", "PUT", "DELETE")
             }
             await self.delete_jobs(names)
-            await self.latency(r, index, names)
+            await self.latency(r, index, names, metrics_port)
             await self.delete_jobs(names)
             r.relists = await operator_relists(metrics_port)  # since the operator started
         finally:
@@ -323,7 +331,7 @@ class Bench:
             lat = [a - sent[n] for n, a in assigned.items()]
             r.assign_p50, r.assign_p99 = percentile(lat, 50), percentile(lat, 99)
 
-    async def latency(self, r: Round, index: int, names: list[str]) -> None:
+    async def latency(self, r: Round, index: int, names: list[str], metrics_port: int) -> None:
         rate, seconds, duration = self.p["rate"], self.p["seconds"], self.p["duration"]
         total = rate * seconds
         watch = JobWatch(self.bare, "").start()
@@ -342,7 +350,9 @@ class Bench:
                 except Exception as e:  # counted, not retried: a retry would skew the rate
                     errors.append(f"{name}: {e}")
 
+            passes0, t0 = await operator_histogram(metrics_port, PASS_SECONDS), time.monotonic()
             await submit_paced(total, rate, create)
+            passes1, elapsed = await operator_histogram(metrics_port, PASS_SECONDS), time.monotonic() - t0
             expected = total - len(errors)
             with contextlib.suppress(TimeoutError):
                 await watch.wait(lambda: watch.count(lambda t: t.running is not None) >= expected, 120, "all Running")
@@ -352,6 +362,15 @@ class Bench:
         lat = [t - sent[n] for n, t in running.items() if t is not None]
         r.submitted, r.running = total - len(errors), len(lat)
         r.latency = {f"p{q}": percentile(lat, q) for q in (50, 95, 99)} | {"max": max(lat) if lat else None}
+        times = {n: watch.jobs[n] for n in sent if n in watch.jobs}
+        decided = [t.assigned - sent[n] for n, t in times.items() if t.assigned is not None]
+        started = [t.running - t.assigned for t in times.values() if t.running is not None and t.assigned is not None]
+        r.to_assigned = {f"p{q}": percentile(decided, q) for q in (50, 99)}
+        r.assigned_to_running = {f"p{q}": percentile(started, q) for q in (50, 99)}
+        count = passes1.get("count", 0) - passes0.get("count", 0)
+        if count > 0:
+            r.passes_per_second = count / elapsed
+            r.pass_mean_ms = 1000 * (passes1.get("sum", 0) - passes0.get("sum", 0)) / count
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -385,6 +404,13 @@ def summarize(report: Report, rounds: list[Round], p: dict[str, Any]) -> None:
                    values=[_round(r.latency.get("p50")) for r in rs], **per)  # fmt: skip
         report.add(f"submit_to_running_p99_ns{n}", m["p99"], "s", simulated=True, note="; ".join(late),
                    values=[_round(r.latency.get("p99")) for r in rs], **per)  # fmt: skip
+        for half, what in (("to_assigned", "submit -> status.worker set"), ("assigned_to_running", "-> Running")):
+            report.add(f"{half}_p99_ns{n}", _median([getattr(r, half).get("p99") for r in rs]), "s", simulated=True,
+                       note=what, values=[_round(getattr(r, half).get("p99")) for r in rs], **per)  # fmt: skip
+        report.add(f"operator_passes_ns{n}", _median([r.passes_per_second for r in rs]), "passes/s",
+                   note="decision passes in the latency window; mean ms: "
+                        + ", ".join(f"{r.pass_mean_ms:.1f}" for r in rs if r.pass_mean_ms is not None),
+                   values=[_round(r.passes_per_second) for r in rs], namespaces=n, runs=runs)  # fmt: skip
         report.add(f"operator_connections_idle_ns{n}", _median([r.connections_idle for r in rs]), "connections",
                    note="ESTABLISHED TCP to kube-apiserver, ready, no job", values=[r.connections_idle for r in rs],
                    namespaces=n, runs=runs)  # fmt: skip
