@@ -60,6 +60,12 @@ from ffrtmp.ffmpeg.timeline import parse_micros, seconds
 AUDIO_DIR = "audio"
 CHUNKABLE_CONTAINERS = ("mp4", "hls")
 ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+# libx264 only: libx265 (3.5 with FFmpeg 5.1) makes a forced keyframe a CRA picture, not an IDR, while
+# open-gop is on (its default; -forced-idr does not change that): POCs then run on from the rolled
+# frames and the stitched chunks repeat them.
+ROLLED_CODECS = ("h264",)
+ROLL_BEFORE_US = 200_000
+ROLL_AFTER_US = 100_000
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,15 @@ def chunk_video_plan(
         render_device=render_device,
         time_range=(chunk.start_us, chunk.end_us),
         segment_keyframes={o.name: ladder for o in spec.outputs if o.container == "hls"},
+        roll_us=chunk_roll(spec, accelerator),
     )
+
+
+def chunk_roll(spec: TranscodeJobSpec, accelerator: str) -> tuple[int, int]:
+    """How far before and after its range a chunk is encoded (see the module docstring)."""
+    if accelerator != "cpu" or any((o.video or VideoSpec()).codec not in ROLLED_CODECS for o in spec.outputs):
+        return (0, 0)
+    return (ROLL_BEFORE_US, ROLL_AFTER_US)
 
 
 def audio_plan(
