@@ -213,6 +213,15 @@ def test_chunks_are_rolled_only_for_x264_on_cpu() -> None:
     h264 = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"crf": 28}}])
     assert chunk_roll(h264, "cpu") == (ROLL_BEFORE_US, ROLL_AFTER_US) == (200_000, 100_000)
     assert len(chunk_video_plan(h264, chunk, "cpu", **common).passes) == 2
+    # another roll: decoded and encoded from 0.5 s before the start, dropped by the copy
+    argv, _ = build_encode_plan(
+        h264, "cpu", **common, time_range=(chunk.start_us, chunk.end_us), roll_us=(500_000, 100_000)
+    ).passes
+    assert argv[argv.index("-ss") + 1] == "7.500000"
+    assert (
+        f"trim=start=7.500000:end=16.100000,setpts=PTS-round(8.000000/TB)+round({ROLL_SHIFT_SECONDS}/TB)"
+        in argv[argv.index("-filter_complex") + 1]
+    )
     hevc = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"codec": "hevc", "crf": 28}}])
     av1 = ladder(outputs=[{"name": "a", "video": {"codec": "av1"}}])
     for spec, accelerator in ((h264, "nvenc"), (hevc, "cpu"), (av1, "cpu")):

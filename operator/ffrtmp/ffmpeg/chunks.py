@@ -16,16 +16,15 @@ A chunked job's outputs are made in three kinds of task, each a plain ffmpeg run
   (where there is source) to ROLL_AFTER_US past its end, with IDR frames forced at the start and
   the end, into `<scratch>/<output>.rolled.nut` (timestamps shifted by ROLL_SHIFT_SECONDS: NUT
   takes no negative ones), and a second run copies to `<output>.mp4` exactly the frames with
-  start <= pts < end (the noise filter drops the others by timestamp; closed GOPs: those kept refer
-  to none of them). So x264 sees what a single pass sees around a cut: its macroblock tree knows
-  that an IDR frame follows a chunk's last frames (unrolled, they got about a third fewer bits, up
-  to 1.2 dB below the median) and rate control has history at the start. It costs the rolled
-  frames' encode (0.3 s a chunk). Not for libx265: its forced keyframes are CRA pictures with
-  open-gop on (its default), whose POCs would run on from the rolled frames.
-  An hls output's chunk is encoded as its hls encode is, keyframes forced at every segment
-  boundary (`-force_key_frames`), and its chunks start exactly at multiples of chunkSeconds, a
-  whole multiple of the segment length (`cuts_on_keyframes`, the CRD's CEL): so its keyframes
-  fall where a single pass puts them.
+  start <= pts < end (the noise filter drops the others by timestamp; the GOPs are closed, so the
+  frames kept refer to none of them). x264 then sees what a single pass sees at a cut: its
+  macroblock tree knows that an IDR frame follows a chunk's last frames (not rolled, those got
+  about a third fewer bits: up to 1.2 dB PSNR below the median at crf 30), and the frames after a
+  chunk's first IDR frame are not those of a fresh encode (without the roll before the start, the
+  B-frames after it were still 1.25 dB below the one-run encode of the vfr test clip). The cost: the
+  rolled frames' encode, and the decode from the source keyframe before the rolled start. Not for
+  libx265: its forced keyframes are CRA pictures while open-gop is on (its default), whose POCs
+  would run on from the rolled frames.
 * audio: every output's audio from the whole input, once, into `<work>/audio/<output>.m4a`
   (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there); outputs
   with the same audio settings share one encode (`audio_files`: a ladder's renditions mostly do), and
