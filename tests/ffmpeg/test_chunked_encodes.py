@@ -270,14 +270,19 @@ def frames_at_cuts(frame_seconds: list[float], cuts_us: list[int], around: int =
     return firsts, near
 
 
-# How far below the output's median PSNR a frame at a cut may be. The first frame of a chunk (an IDR
-# frame) is within 1 dB. The frames around it are where one x264 run ends and the next starts:
-# macroblock-tree rate control sees no later frame referring to a chunk's last frames and spends
-# fewer bits on them, and the next run starts without rate-control history (measured: down to 2.0 dB
-# below the median at crf 30). With mbtree=0 the dip goes, but the chunks' frames then cost about
-# 17 % more bits than the single pass's at the same crf: chunks keep the single pass's settings.
-DIP_FIRST_FRAME_DB = 1.0
-DIP_NEAR_CUT_DB = 2.5
+# How far below the output's median PSNR a frame within 2 of a cut may be: 1 dB. Where the same
+# frames encoded in one run (the whole input as one chunk: same frames, timestamps and settings)
+# are below the median themselves, the frame may be 1 dB below that run's frame instead: measured,
+# a one-run encode of the vfr clip is 2.3 dB below its median at frames 48-53 (longer gaps between
+# frames, B-frames) and of odd-source-scaled 1.7 dB at frame 108, with no cut there.
+# Before the chunks were rolled (chunks.ROLL_BEFORE_US/ROLL_AFTER_US), frames at a cut were down to
+# 1.2 dB below the median on the other six cases (crf 30, 2 s chunks), 1.9-2.0 on those two: a
+# chunk's last frames got about a third fewer bits than in a single pass (x264's macroblock tree
+# saw no later frame referring to them) and the next chunk started without rate-control history.
+# Rolled: at most 0.85 dB below on those six, 1.85 (vfr) and 1.65 (odd-source-scaled) on the two.
+# Unrolled chunks fail this check (long-gop: frame 39, the last before a cut, 1.16 dB below the
+# median and 1.95 dB below the one run).
+DIP_NEAR_CUT_DB = 1.0
 
 
 HARD_INPUTS: dict[str, tuple[Clip, dict[str, Any], str]] = {  # source, output video settings, where the cuts fall
@@ -335,11 +340,18 @@ def test_stitched_output_matches_a_single_pass_encode(
     median = statistics.median(psnr)
     firsts, near = frames_at_cuts(ours.frame_seconds, cut_points)
     assert median > 30, f"median PSNR {median:.2f} dB: the frames are not the source's"
-    for frames, allowed in ((set(firsts), DIP_FIRST_FRAME_DB), (near, DIP_NEAR_CUT_DB)):
-        worst = min(frames, key=lambda i: psnr[i])
-        assert psnr[worst] >= median - allowed, f"frame {worst} at a cut: {psnr[worst]:.2f} dB, median {median:.2f} dB"
+    one_run = tmp_path / "one-run"
+    one_run.mkdir()
+    whole = encode_chunked(spec, source, one_run, chunk_seconds=4 * clip.seconds)
+    assert len(whole.chunks) == 1
+    alone = psnr_per_frame(whole.output, ours.size, source, one_run)
+    assert len(alone) == len(psnr)
+    for i in near:
+        floor = min(median, alone[i]) - DIP_NEAR_CUT_DB
+        assert psnr[i] >= floor, f"frame {i} at a cut: {psnr[i]:.2f} dB, median {median:.2f}, one run {alone[i]:.2f}"
     print(f"PSNR median {median:.2f} dB, lowest first frame {min(psnr[i] for i in firsts):.2f} dB, "
-          f"lowest within 2 frames of a cut {min(psnr[i] for i in near):.2f} dB")  # fmt: skip
+          f"lowest within 2 frames of a cut {min(psnr[i] for i in near):.2f} dB "
+          f"(one run there: {min(alone[i] for i in near):.2f} dB)")  # fmt: skip
 
 
 def test_a_second_rendition_and_tags_are_stitched_too(tmp_path: Path) -> None:

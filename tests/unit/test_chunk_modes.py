@@ -16,11 +16,14 @@ from ffrtmp.conditions import condition
 from ffrtmp.controller.chunking import MICROS, choose_mode, plan_chunks
 from ffrtmp.controller.lifecycle import PatchStatus, decide_jobs
 from ffrtmp.controller.state import Store, parse_job
-from ffrtmp.ffmpeg.argv import build_encode_plan
+from ffrtmp.ffmpeg.argv import BASE_ARGS, ROLL_SHIFT_SECONDS, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
+    ROLL_AFTER_US,
+    ROLL_BEFORE_US,
     TimeRange,
     audio_files,
     audio_plan,
+    chunk_roll,
     chunk_video_plan,
     chunking_refusal,
     cuts_on_keyframes,
@@ -175,13 +178,59 @@ def test_hls_chunks_are_cut_on_the_grid_and_keep_the_segment_keyframes() -> None
         0, 8_000_000,
     ]  # fmt: skip
     common: Obj = {"output_dir": "/out/c", "scratch_dir": "/scratch", "allowed_protocols": ["file"]}
-    (argv,) = chunk_video_plan(spec, TimeRange(1, 8_000_000, 16_000_000), "cpu", input_url="/media/film.mp4",
-                               **common).passes  # fmt: skip
+    argv, *copies = chunk_video_plan(spec, TimeRange(1, 8_000_000, 16_000_000), "cpu", input_url="/media/film.mp4",
+                                     **common).passes  # fmt: skip
     single = build_encode_plan(spec, "cpu", input_url="/media/film.mp4", **common).passes[0]
     forced = "expr:gte(t,n_forced*4)"
-    # hi and lo get the single pass's segment keyframes (hls stream specifiers there), the mp4 none
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-force_key_frames:v"] == [forced, forced]
     assert [single[i + 1] for i, a in enumerate(single) if a.startswith("-force_key_frames")] == [forced, forced]
+    # Rolled (x264): encoded from 0.2 s before the start to 0.1 s past the end, shifted by ROLL_SHIFT_SECONDS;
+    # hi and lo get the single pass's segment keyframes (every 4 s from the chunk start), the mp4 output
+    # keyframes at the start and the end only, where the stream copies cut.
+    shift = f"+round({ROLL_SHIFT_SECONDS}/TB)"
+    assert (
+        f"trim=start=7.800000:end=16.100000,setpts=PTS-round(8.000000/TB){shift}"
+        in argv[argv.index("-filter_complex") + 1]
+    )
+    assert argv[argv.index("-ss") + 1] == "7.800000"
+    k = ROLL_SHIFT_SECONDS
+    segments, ends = f"{k}.000000,{k + 4}.000000,{k + 8}.000000", f"{k}.000000,{k + 8}.000000"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-force_key_frames:v"] == [segments, segments, ends]
+    assert [a for a in argv if a.endswith(".nut")] == ["/scratch/hi.rolled.nut", "/scratch/lo.rolled.nut",
+                                                       "/scratch/file.rolled.nut"]  # fmt: skip
+    drop = "noise=drop=2-sgn(pts*tb+0.000005)-sgn(7.999995-pts*tb)"
+    assert copies == [
+        ["ffmpeg", *BASE_ARGS, "-protocol_whitelist", "file", "-copyts", "-itsoffset", f"-{k}", "-i",
+         f"/scratch/{name}.rolled.nut", "-map", "0:v:0", "-c", "copy", "-bsf:v", drop, "-f", "mp4",
+         "-movflags", "+faststart", f"/out/c/{name}.mp4"]
+        for name in ("hi", "lo", "file")
+    ]  # fmt: skip
+
+
+def test_chunks_are_rolled_only_for_x264_on_cpu() -> None:
+    common: Obj = {"input_url": "/media/film.mp4", "output_dir": "/out/c", "scratch_dir": "/s",
+                   "allowed_protocols": ["file"]}  # fmt: skip
+    chunk = TimeRange(1, 8_000_000, 16_000_000)
+    h264 = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"crf": 28}}])
+    assert chunk_roll(h264, "cpu") == (ROLL_BEFORE_US, ROLL_AFTER_US) == (200_000, 100_000)
+    assert len(chunk_video_plan(h264, chunk, "cpu", **common).passes) == 2
+    # another roll: decoded and encoded from 0.5 s before the start, dropped by the copy
+    argv, _ = build_encode_plan(
+        h264, "cpu", **common, time_range=(chunk.start_us, chunk.end_us), roll_us=(500_000, 100_000)
+    ).passes
+    assert argv[argv.index("-ss") + 1] == "7.500000"
+    assert (
+        f"trim=start=7.500000:end=16.100000,setpts=PTS-round(8.000000/TB)+round({ROLL_SHIFT_SECONDS}/TB)"
+        in argv[argv.index("-filter_complex") + 1]
+    )
+    hevc = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"codec": "hevc", "crf": 28}}])
+    av1 = ladder(outputs=[{"name": "a", "video": {"codec": "av1"}}])
+    for spec, accelerator in ((h264, "nvenc"), (hevc, "cpu"), (av1, "cpu")):
+        assert chunk_roll(spec, accelerator) == (0, 0)
+        (argv,) = chunk_video_plan(spec, chunk, accelerator, **common).passes
+        assert (
+            "trim=start=8.000000:end=16.000000,setpts=PTS-round(8.000000/TB)" in argv[argv.index("-filter_complex") + 1]
+        )
+        assert "-force_key_frames:v" not in argv and argv[-1] == "/out/c/a.mp4"
 
 
 def test_outputs_with_the_same_audio_settings_share_one_audio_encode() -> None:

@@ -388,6 +388,7 @@ def build_encode_plan(
     render_device: str = DEFAULT_RENDER_DEVICE,
     time_range: tuple[int, int] | None = None,
     segment_keyframes: Mapping[str, HlsSpec] | None = None,
+    roll_us: tuple[int, int] = (0, 0),
 ) -> EncodePlan:
     """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
 
@@ -406,7 +407,11 @@ def build_encode_plan(
     with start <= pts < end, with timestamps relative to start and kept as they are (one chunk of
     a chunked job, see `ffmpeg.chunks`). `segment_keyframes` (output name -> hls packaging): those
     file outputs' video gets the keyframes an hls output of that packaging gets (a chunk of an hls
-    rendition, packaged by the stitch).
+    rendition, packaged by the stitch). `roll_us` (before, after) in microseconds, with `time_range`:
+    also encode the frames that long before the start and after the end, with keyframes forced at
+    the start and the end, into a file in `scratch_dir`, and keep exactly the range's frames by a
+    stream copy (`roll_remux`): the encoder then sees the frames it sees around a cut in a single
+    pass (see `ffmpeg.chunks`).
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
@@ -511,8 +516,8 @@ def build_encode_plan(
             # Source timestamps (from 0) through the graph: `trim` then cuts both neighbours of a
             # boundary at the same timestamp; -ss only seeks to the keyframe before the start.
             argv += ["-copyts", "-start_at_zero", "-noaccurate_seek"]
-            if time_range[0] > 0:
-                argv += ["-ss", seconds(time_range[0])]
+            if first_us > 0:
+                argv += ["-ss", seconds(first_us)]
         if spec.input.start_seconds is not None:
             argv += ["-ss", str(spec.input.start_seconds)]
         if spec.input.duration_seconds is not None:
@@ -527,19 +532,32 @@ def build_encode_plan(
         return argv
 
     cut: list[str] = []
+    first_us = 0
+    rolled = time_range is not None and roll_us != (0, 0)
     if time_range is not None:
         start, end = time_range
-        cut = [f"trim=start={seconds(start)}:end={seconds(end)}", f"setpts=PTS-round({seconds(start)}/TB)"]
+        first_us = max(start - roll_us[0], 0)
+        cut = [f"trim=start={seconds(first_us)}:end={seconds(end + roll_us[1])}"]
+        # Rolled: shifted by ROLL_SHIFT_SECONDS (no negative timestamps); the stream copy undoes it.
+        shift = f"+round({ROLL_SHIFT_SECONDS}/TB)" if rolled else ""
+        cut += [f"setpts=PTS-round({seconds(start)}/TB){shift}"]
     thread_args = ["-threads", str(threads)] if threads is not None else []
     extra = list(spec.extra_args or [])
     check_extra_args(extra)
 
     def video_opts(r: Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
+        keyframes = (segment_keyframes or {}).get(r.output.name)
+        if rolled and time_range is not None:
+            args = _video_args(
+                r, accelerator, suffix, hls=keyframes, pass_number=pass_number, scratch_dir=scratch_dir,
+                av1_cpu_encoder=av1_cpu_encoder, source=source,
+            )  # fmt: skip
+            return _rolled_keyframes(args, suffix, time_range[1] - time_range[0], keyframes)
         return _video_args(
             r,
             accelerator,
             suffix,
-            hls=hls if in_hls else (segment_keyframes or {}).get(r.output.name),
+            hls=hls if in_hls else keyframes,
             pass_number=pass_number,
             scratch_dir=scratch_dir,
             av1_cpu_encoder=av1_cpu_encoder,
@@ -570,15 +588,15 @@ def build_encode_plan(
             if time_range is not None:
                 # The frames' own timestamps, at the source's precision: the stitch restores them.
                 main += ["-fps_mode:v", "passthrough", "-enc_time_base:v", "-1"]
-            main += ["-f", MUXERS[r.output.container]]
-            if r.output.container == "mp4":
+            main += ["-f", "nut" if rolled else MUXERS[r.output.container]]
+            if r.output.container == "mp4" and not rolled:
                 main += ["-movflags", "+faststart"]
             if r.output.tags is not None:
                 for key, value in r.output.tags.to_api().items():
                     main += ["-metadata", f"{key}={value}"]
             if r.output.url is not None:
                 main += ["-flvflags", "no_duration_filesize"]
-            main += [*extra, r.target]
+            main += [*extra, _roll_file(r, scratch_dir) if rolled else r.target]
         elif not hls_written and hls is not None:
             main += hls_output(renditions, hls, output_dir, video_opts=video_opts, thread_args=thread_args, extra=extra)
             hls_written = True
@@ -600,6 +618,8 @@ def build_encode_plan(
             planned.append(PlannedOutput("sprite", "sprite", sprite_path, sprite_width, None))
         directories.add(THUMBS_DIR)
     passes.append(main)
+    if rolled and time_range is not None:
+        passes += [roll_remux(r, scratch_dir, time_range[1] - time_range[0]) for r in encoded]
     uses_svt = accelerator == "cpu" and av1_cpu_encoder == "libsvtav1" and any(r.video.codec == "av1" for r in encoded)
     duration: float | None = spec.input.duration_seconds
     if time_range is not None:
@@ -613,6 +633,52 @@ def build_encode_plan(
         env={"SVT_LOG": "1"} if uses_svt else {},
         loudness_measure_passes=_loudness_measure_passes(renditions, head([], final=False, measuring=True)),
     )
+
+
+# What a rolled chunk encode adds to its timestamps, undone by its stream copy, which sees them in
+# a time base of its own: a whole number of seconds that is a whole number of units of any source
+# time base 1/N, 1001/N or 100/N, so that the shift is exact in both.
+ROLL_SHIFT_SECONDS = 1001000
+# A rolled frame is dropped when its timestamp is this far or more outside the kept range: a cut
+# is a whole number of seconds or a source timestamp to the microsecond, so a kept frame is at
+# most a microsecond outside it and a dropped one at least a source time base unit (1/90000 s).
+ROLL_MARGIN_US = 5
+
+
+def roll_remux(r: Rendition, scratch_dir: str, length_us: int) -> list[str]:
+    """The stream copy of a rolled chunk encode (`build_encode_plan`'s `roll_us`) to the output,
+    without the frames before 0 and from `length_us` on: those before the IDR at the start, and
+    the IDR at the end and what follows it in decode order (closed GOPs: the frames kept need
+    neither). The noise filter's drop expression is without commas (a filter list separator)."""
+    low, high = seconds(ROLL_MARGIN_US), seconds(length_us - ROLL_MARGIN_US)
+    drop = f"2-sgn(pts*tb+{low})-sgn({high}-pts*tb)"
+    argv = [FFMPEG, *BASE_ARGS, "-protocol_whitelist", "file", "-copyts", "-itsoffset", f"-{ROLL_SHIFT_SECONDS}"]
+    argv += ["-i", _roll_file(r, scratch_dir), "-map", "0:v:0", "-c", "copy", "-bsf:v", f"noise=drop={drop}"]
+    if r.video.codec == "hevc":
+        argv += ["-tag:v", "hvc1"]
+    return [*argv, "-f", "mp4", "-movflags", "+faststart", r.target]
+
+
+def _roll_file(r: Rendition, scratch_dir: str) -> str:
+    return os.path.join(scratch_dir, f"{r.output.name}.rolled.nut")
+
+
+def _rolled_keyframes(args: list[str], suffix: str, length_us: int, keyframes: HlsSpec | None) -> list[str]:
+    """A rolled chunk's encoder options `args` (for NUT) with IDR frames forced at the chunk's start and end
+    (where its stream copy cuts, in decode order) and, for an hls rendition, at every segment
+    boundary as in its hls single pass. Times, not `expr:`: an expression's t counts from the
+    first frame encoded, a rolled one."""
+    times = [0, length_us]
+    option = f"-force_key_frames{suffix}"
+    if f"-tag{suffix}" in args:  # hvc1: an MP4 tag, which the stream copy sets
+        at = args.index(f"-tag{suffix}")
+        args = [*args[:at], *args[at + 2 :]]
+    if keyframes is not None:
+        times = sorted({*range(0, length_us, keyframes.segment_seconds * MICROS), length_us})
+        at = args.index(option)
+        args = [*args[:at], *args[at + 2 :]]  # the expression _video_args gives
+    forced = ",".join(seconds(ROLL_SHIFT_SECONDS * MICROS + t) for t in times)
+    return [*args, option, forced]
 
 
 def _loudness_measure_passes(renditions: Sequence[Rendition], head: list[str]) -> list[LoudnessMeasurePass]:
