@@ -57,6 +57,7 @@ from ffrtmp.dev.cluster import free_port
 from ffrtmp.kube.client import KubeClient, resource_path
 
 from .common import (
+    RESULTS_DIR,
     BenchEnv,
     JobWatch,
     ProcessSampler,
@@ -72,6 +73,7 @@ from .common import (
     sim_job,
     submit_paced,
     wait_pool_ready,
+    write_json,
 )
 from .sim import SimFarm
 
@@ -226,6 +228,8 @@ async def step(
     }  # fmt: skip
     report.details["steps"].append(row)
     print(f"write budget: {row}", flush=True)
+    # Each step's figures on disk at once: a run stopped at a size the machine cannot hold keeps them.
+    write_json(RESULTS_DIR / f"{NAME}-steps.json", report.document())
     return row
 
 
