@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import statistics
@@ -73,6 +74,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "full": {"workers": 2000, "jobs": 10000, "window": 120.0},
 }
 SLOTS = 5
+POOL_MAX = 1000  # the WorkerPool CRD's maximum of maxWorkers
 RENEW_SECONDS = 40  # the workers' own renewal period (Lease 3 x): the formula's for 2,000 workers
 PROGRESS_FLOOR = 60.0  # the workers' own progress period: never shorter, whatever is published
 RATE = float(os.environ.get("FFRTMP_BENCH_FOOTPRINT_RATE", "20"))
@@ -246,11 +248,18 @@ async def run(env: BenchEnv, scale: str) -> Report:
     try:
         await op.wait_ready()
         t0 = time.monotonic()
-        await bare.create(pool_path(ns), pool_manifest(
-            "cpu", maxConcurrentJobs=SLOTS, minWorkers=workers, maxWorkers=workers,
-            autoscaling={"enabled": False}, resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
-        ))  # fmt: skip
-        pool_s, ready = await wait_pool_ready(bare, ns, "cpu", workers, limit=STEP_LIMIT)
+        # A WorkerPool holds at most 1,000 workers (the CRD's maximum): 2,000 workers are two pools.
+        pools = {f"cpu-{i}": min(POOL_MAX, workers - i * POOL_MAX) for i in range(math.ceil(workers / POOL_MAX))}
+        for name, n in pools.items():
+            await bare.create(pool_path(ns), pool_manifest(
+                name, maxConcurrentJobs=SLOTS, minWorkers=n, maxWorkers=n,
+                autoscaling={"enabled": False}, resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
+            ))  # fmt: skip
+        ready = 0
+        for name, n in pools.items():
+            _, pool_ready = await wait_pool_ready(bare, ns, name, n, limit=STEP_LIMIT)
+            ready += pool_ready
+        pool_s = time.monotonic() - t0
         print(f"running footprint: {ready} workers ready after {pool_s:.0f}s", flush=True)
         made, late = 0, 0
         batch = max(int(RATE * BATCH_SECONDS), 1)
