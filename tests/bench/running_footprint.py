@@ -114,7 +114,10 @@ class LeaseOnlyFarm:
         self.running = 0
         self.errors: dict[str, int] = defaultdict(int)
         self.writes = {"running": 0, "progress": 0}
-        self._writes = asyncio.Semaphore(16)
+        # Running writes and progress patches have a connection budget each: sharing one (16 in the
+        # first full run) let 2,000-3,000 jobs' progress hold the new jobs' Running writes back.
+        self._running_writes = asyncio.Semaphore(32)
+        self._progress_writes = asyncio.Semaphore(16)
         self._background: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
 
@@ -189,7 +192,7 @@ class LeaseOnlyFarm:
             "progress": {"percent": 0.0}, "message": message,
             "conditions": set_conditions(fence.conditions, [("Running", "True", "FfmpegStarted", message)], now=now),
         }  # fmt: skip
-        async with self._writes:
+        async with self._running_writes:
             try:
                 await fence.update_until(status)
             except Superseded:
@@ -223,7 +226,7 @@ class LeaseOnlyFarm:
                 task.add_done_callback(self._background.discard)
 
     async def _progress(self, name: str, fence: FencedStatus) -> None:
-        async with self._writes:
+        async with self._progress_writes:
             try:
                 await fence.patch({"progress": {"percent": 1.0}, "heartbeatTime": now_iso(time.time())})
                 self.writes["progress"] += 1
