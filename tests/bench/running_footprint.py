@@ -118,6 +118,7 @@ class LeaseOnlyFarm:
         # first full run) let 2,000-3,000 jobs' progress hold the new jobs' Running writes back.
         self._running_writes = asyncio.Semaphore(32)
         self._progress_writes = asyncio.Semaphore(16)
+        self._progress_pending: set[str] = set()  # jobs whose last progress write is still on its way
         self._background: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
 
@@ -218,9 +219,10 @@ class LeaseOnlyFarm:
             for name, fence in list(self.fences.items()):
                 period = self.progress_seconds(fence.worker)
                 when = due.setdefault(name, now + random.uniform(0, period))
-                if when > now:
+                if when > now or name in self._progress_pending:
                     continue
                 due[name] = now + period
+                self._progress_pending.add(name)
                 task = asyncio.create_task(self._progress(name, fence))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -234,6 +236,8 @@ class LeaseOnlyFarm:
                 self.fences.pop(name, None)
             except Exception as e:
                 self.errors[type(e).__name__] += 1
+            finally:
+                self._progress_pending.discard(name)
 
 
 async def run(env: BenchEnv, scale: str) -> Report:
