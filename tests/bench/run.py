@@ -15,10 +15,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `tests.bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-# Order: the request counts first (quiet server), the real encodes next, the 10,000-job footprint last.
+# Order: the request counts first (quiet server), the real encodes next, the 10,000-job footprints last.
 ORDER = [
     "overhead", "chunking", "api_requests", "latency", "autoscaler", "scheduling", "namespaces", "write_budget",
-    "footprint",
+    "running_footprint", "footprint",
 ]  # fmt: skip
 
 

@@ -18,6 +18,25 @@ the workers to take it), a steady window measures:
 
 Then a few simulated workers are killed outright (no Lease release) and the time until none of
 their jobs names them any more is the worker-loss detection time (Lease duration + grace + a pass).
+
+The ramp to each size is bounded, so that the steady window starts from a calm control plane. The
+budget bounds the steady state only: the writes of a ramp (each new job's create, its assignment,
+its Running write and its first progress reports; each new worker's Pod, binding, Pod status and
+Lease) are not budgeted, and a step that added 2,000 jobs and 400 workers at once overloaded this
+2-core machine's kube-apiserver (Lease renewals timed out, its watch cache re-initialised, every
+worker's job watch re-listed). So each step:
+
+1. grows the pool in sub-steps of RAMP_WORKERS workers (min/max patched, then waits until the pool
+   reports them ready: Pod bound, agent started, Lease written), and after each sub-step
+2. submits the new slots' jobs at RAMP_RATE jobs/s (FFRTMP_BENCH_WB_RAMP_RATE, default 10) in
+   batches of RAMP_BATCH_SECONDS x RAMP_RATE jobs, waiting for each batch to be Running (98 % of
+   every job created so far, at most RAMP_BATCH_LIMIT s) before the next. At 10 jobs/s the ramp
+   adds about 30 writes/s (create, assignment, Running) on top of the steady load, well under
+   the ~100 status writes/s this control plane holds (BENCHMARKS.md, figure 9).
+
+The ramp's duration, its batches' waits and the CPU of the operator, the bench process,
+kube-apiserver and etcd over the ramp are recorded per step. FFRTMP_BENCH_WB_SIZES=500,1000 picks
+the sizes (the pool then starts at RAMP_WORKERS and is grown to the first size the same way).
 """
 
 from __future__ import annotations
@@ -38,6 +57,7 @@ from ffrtmp.dev.cluster import free_port
 from ffrtmp.kube.client import KubeClient, resource_path
 
 from .common import (
+    RESULTS_DIR,
     BenchEnv,
     JobWatch,
     ProcessSampler,
@@ -51,7 +71,9 @@ from .common import (
     pool_path,
     request_delta,
     sim_job,
+    submit_paced,
     wait_pool_ready,
+    write_json,
 )
 from .sim import SimFarm
 
@@ -70,18 +92,29 @@ PROBE_EVERY = 2.0  # seconds between probe jobs in the window
 LONG_JOB_SECONDS = 7200
 OURS = {"leases", "transcodejobs", "transcodejobs/status", "events", "workerpools", "workerpools/status", "pods"}
 STEP_LIMIT = float(os.environ.get("FFRTMP_BENCH_STEP_LIMIT", "600"))
+RAMP_RATE = float(os.environ.get("FFRTMP_BENCH_WB_RAMP_RATE", "10"))  # new jobs/s while ramping
+RAMP_WORKERS = 100  # workers added per pool sub-step
+RAMP_BATCH_SECONDS = 10.0  # a batch is this many seconds of submissions at RAMP_RATE
+RAMP_BATCH_LIMIT = 180.0  # seconds a batch may take to be Running before the ramp goes on anyway
 log = logging.getLogger(__name__)
 
 
+def sizes(scale: str) -> list[int]:
+    """The scale's sizes, or FFRTMP_BENCH_WB_SIZES (comma-separated worker counts)."""
+    text = os.environ.get("FFRTMP_BENCH_WB_SIZES", "")
+    return [int(n) for n in text.split(",") if n.strip()] or list(PARAMS[scale]["sizes"])
+
+
 def workers_needed(scale: str) -> int:
-    return int(max(PARAMS[scale]["sizes"]))
+    return max(sizes(scale))
 
 
 async def run(env: BenchEnv, scale: str) -> Report:
     p = PARAMS[scale]
     report = Report(NAME, scale)
     ns = env.create_namespace("budget")
-    biggest = workers_needed(scale)
+    steps = sizes(scale)
+    biggest = max(steps)
     client = env.client(max_connections=biggest + 100)
     bare = env.client(max_connections=60)
     farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=5.0, lease_seconds=15).start()
@@ -92,13 +125,14 @@ async def run(env: BenchEnv, scale: str) -> Report:
     try:
         await op.wait_ready()
         await bare.create(pool_path(ns), pool_manifest(
-            "cpu", maxConcurrentJobs=SLOTS, minWorkers=p["sizes"][0], maxWorkers=p["sizes"][0],
+            "cpu", maxConcurrentJobs=SLOTS, minWorkers=min(RAMP_WORKERS, steps[0]),
+            maxWorkers=min(RAMP_WORKERS, steps[0]),
             autoscaling={"enabled": False}, resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
         ))  # fmt: skip
         watch.start()
         await watch.synced.wait()
         made = 0
-        for workers in p["sizes"]:
+        for workers in steps:
             try:
                 row = await step(env, report, bare, farm, watch, op.pid, metrics_port, ns, workers, made, p)
             except Exception as e:  # keep the figures of the sizes measured so far
@@ -122,15 +156,8 @@ async def step(
 ) -> dict[str, Any]:  # fmt: skip
     budget: float = p["budget"]
     started = time.monotonic()
-    await bare.merge_patch(pool_path(ns, "cpu"), {"spec": {"minWorkers": workers, "maxWorkers": workers}})
-    target = workers * SLOTS - PROBE_SLOTS
-    await create_jobs(bare, ns, (sim_job(f"long-{i:05d}", LONG_JOB_SECONDS) for i in range(made, target)), 50)
-    ready_s, ready = await wait_pool_ready(bare, ns, "cpu", workers, limit=STEP_LIMIT)
-    running_target = int(target * 0.98)
-    try:
-        await watch.wait(lambda: running(watch) >= running_target, STEP_LIMIT, f"{running_target} jobs Running")
-    except TimeoutError:
-        log.warning("only %d of %d jobs Running after %.0fs", running(watch), target, STEP_LIMIT)
+    ramp = await ramp_to(env, bare, watch, op_pid, ns, workers, made)
+    ready_s, ready = ramp["pool_ready_s"], ramp["ready_workers"]
     ramp_s = time.monotonic() - started
     cadence = await wait_cadence(bare, metrics_port, ns, workers)
     await asyncio.sleep(cadence.renew_seconds + 2)  # every worker renews once with it (and takes it)
@@ -187,7 +214,8 @@ async def step(
                note=f"bucket upper bound; mean {pass_mean * 1000 if pass_mean else 0:.1f} ms", **params)  # fmt: skip
     row = {
         "workers": workers, "ready_workers": ready, "pool_ready_s": round(ready_s, 1), "ramp_s": round(ramp_s, 1),
-        "jobs_created": max(made, target), "running": running(watch), "cadence": cadence.annotation(),
+        "ramp": ramp,
+        "jobs_created": ramp["jobs_created"], "running": running(watch), "cadence": cadence.annotation(),
         "window_s": round(elapsed, 1), "writes_per_s_ours": round(ours, 2),
         "writes_per_s_all": round(sum(writes.values()), 2),
         "writes_per_s_by_resource": {k: round(v, 2) for k, v in sorted(writes.items()) if v >= 0.05},
@@ -200,7 +228,61 @@ async def step(
     }  # fmt: skip
     report.details["steps"].append(row)
     print(f"write budget: {row}", flush=True)
+    # Each step's figures on disk at once: a run stopped at a size the machine cannot hold keeps them.
+    write_json(RESULTS_DIR / f"{NAME}-steps.json", report.document())
     return row
+
+
+async def ramp_to(
+    env: BenchEnv, bare: KubeClient, watch: JobWatch, op_pid: int, ns: str, workers: int, made: int
+) -> dict[str, Any]:
+    """Grow the pool to `workers` in sub-steps of RAMP_WORKERS and fill each sub-step's new slots at
+    RAMP_RATE jobs/s, batch by batch (each batch Running before the next); what it took."""
+    pool = await bare.get(pool_path(ns, "cpu"))
+    have = int(pool["spec"].get("maxWorkers") or 0)
+    samplers = {
+        "operator": ProcessSampler(op_pid), "bench (simulated workers)": ProcessSampler(os.getpid()),
+        "kube-apiserver": ProcessSampler(env.cluster.state.pids["kube-apiserver"]),
+        "etcd": ProcessSampler(env.cluster.state.pids["etcd"]),
+    }  # fmt: skip
+    cpu0 = {name: s.cpu_seconds() for name, s in samplers.items()}
+    t0 = time.monotonic()
+    pool_wait = 0.0
+    ready = 0
+    batches: list[float] = []  # seconds each batch took from its first create to Running
+    late = 0  # batches not Running within RAMP_BATCH_LIMIT
+    for size in sorted({*range(have, workers, RAMP_WORKERS), workers}):
+        if size != have:
+            await bare.merge_patch(pool_path(ns, "cpu"), {"spec": {"minWorkers": size, "maxWorkers": size}})
+            have = size
+        waited, ready = await wait_pool_ready(bare, ns, "cpu", size, limit=STEP_LIMIT)
+        pool_wait += waited
+        target = size * SLOTS - PROBE_SLOTS
+        batch = max(int(RAMP_RATE * RAMP_BATCH_SECONDS), 1)
+        while made < target:
+            names = [f"long-{i:05d}" for i in range(made, min(made + batch, target))]
+            b0 = time.monotonic()
+
+            async def submit(i: int, names: list[str] = names) -> None:
+                await create_jobs(bare, ns, [sim_job(names[i], LONG_JOB_SECONDS)], 1)
+
+            await submit_paced(len(names), RAMP_RATE, submit)
+            made += len(names)
+            want = int(made * 0.98)
+            try:
+                await watch.wait(lambda want=want: running(watch) >= want, RAMP_BATCH_LIMIT, f"{want} jobs Running")
+            except TimeoutError:
+                late += 1
+                log.warning("ramp: only %d of %d jobs Running after %.0fs", running(watch), made, RAMP_BATCH_LIMIT)
+            batches.append(time.monotonic() - b0)
+    elapsed = time.monotonic() - t0
+    return {
+        "seconds": round(elapsed, 1), "rate_jobs_per_s": RAMP_RATE, "pool_substep_workers": RAMP_WORKERS,
+        "pool_ready_s": round(pool_wait, 1), "ready_workers": ready, "jobs_created": made,
+        "batches": len(batches), "batches_late": late,
+        "batch_s": {"p50": percentile(batches, 50), "max": max(batches, default=None)},
+        "cpu_cores": {k: round((s.cpu_seconds() - cpu0[k]) / elapsed, 3) for k, s in samplers.items()},
+    }  # fmt: skip
 
 
 def running(watch: JobWatch) -> int:
