@@ -1,7 +1,8 @@
 """`kube.client.informer` against a tiny in-process server speaking the list and watch protocol:
 a broken watch resumes from the last resourceVersion (bookmarks included) without listing again,
-410 Gone lists again (and counts), a 200 kB object in one watch line is delivered, and open
-watches never take the connections requests need. Also the readiness decision built on the watches."""
+410 Gone lists again (and counts; lists read the watch cache no older than what was seen), a 200 kB
+object in one watch line is delivered, and open watches never take the connections requests need.
+Also the readiness decision built on the watches."""
 
 from __future__ import annotations
 
@@ -81,6 +82,9 @@ async def test_a_broken_watch_resumes_and_only_410_relists() -> None:
     assert watched_from == ["10", "12"]
     assert ["watch" in q for q in fake.requests] == [False, True, True, False]
     assert relists == [3]
+    # Lists come from the watch cache: the first at any state, the relist no older than seen.
+    lists = [(q.get("resourceVersion"), q.get("resourceVersionMatch")) for q in fake.requests if "watch" not in q]
+    assert lists == [(["0"], ["NotOlderThan"]), (["13"], ["NotOlderThan"])]
 
 
 class HoldingServer:

@@ -247,15 +247,27 @@ class KubeClient:
         return True
 
     async def list_all(
-        self, path: str, params: Mapping[str, str | int] | None = None, *, page_size: int = 500
+        self,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        page_size: int = 500,
+        not_older_than: str | None = None,
     ) -> tuple[list[Obj], str]:
-        """Every item (paged), and the list's resourceVersion to start a watch from."""
+        """Every item (paged), and the list's resourceVersion to start a watch from.
+
+        `not_older_than`: None reads the newest state (a quorum read); "0" any state the API
+        server's watch cache holds; a resourceVersion, a state at least that new. Both of the
+        latter are answered from the watch cache without waiting for it to catch up with etcd."""
         items: list[Obj] = []
         cont: str | None = None
         while True:
             query: dict[str, str | int] = {**(params or {}), "limit": page_size}
             if cont:
-                query["continue"] = cont
+                query["continue"] = cont  # a continued list carries no resourceVersion
+            elif not_older_than is not None:
+                query["resourceVersion"] = not_older_than
+                query["resourceVersionMatch"] = "NotOlderThan"
             page = await self.request("GET", path, params=query)
             items.extend(page.get("items", []))
             cont = page.get("metadata", {}).get("continue")
@@ -334,7 +346,12 @@ async def informer(
 
     A broken stream or a failed watch resumes from the last resourceVersion seen (bookmarks
     included); only 410 Gone, or a list that never succeeded, lists again. `on_relist` is called
-    before every list after the first, `on_list_error` with every error answer to a list.
+    before every list after the first, `on_list_error` with every error answer to a list. Lists
+    are answered from the API server's watch cache, as client-go's reflector lists: the first with
+    resourceVersion 0, a relist with the last resourceVersion seen (no older state than the
+    consumer has; after a refused list, the newest state). A thousand workers relisting their
+    filtered job watches together then cost a cache lookup each, not a read and decode of every
+    job from etcd (BENCHMARKS.md, figure 9).
 
     After each (re)list it yields ("SYNC", {"items": [...], "metadata": {"resourceVersion": rv}}) so
     the consumer can replace its view: objects deleted while the watch was down disappear then.
@@ -343,6 +360,7 @@ async def informer(
     again at the same instant.
     """
     resource_version = ""
+    seen: str | None = "0"  # the newest resourceVersion seen, kept across relists
     delay = retry_delay
     listed = False
     while True:
@@ -351,20 +369,25 @@ async def informer(
                 if listed and on_relist is not None:
                     on_relist()
                 listed = True
-                items, resource_version = await client.list_all(path, params)
+                items, resource_version = await client.list_all(path, params, not_older_than=seen)
+                seen = resource_version or seen
                 delay = retry_delay
                 yield "SYNC", {"items": items, "metadata": {"resourceVersion": resource_version}}
             async for event in client.watch(path, resource_version, params):
                 obj = event.get("object", {})
                 rv = obj.get("metadata", {}).get("resourceVersion")
                 if rv:
-                    resource_version = rv
+                    resource_version = seen = rv
                 delay = retry_delay
                 if event["type"] != "BOOKMARK":
                     yield event["type"], obj
         except ApiError as e:
-            if not resource_version and on_list_error is not None:
-                on_list_error(e)
+            if not resource_version:
+                # A refused cache read (a resourceVersion this server's cache has not reached,
+                # behind a load balancer) is retried as a quorum read, as client-go does.
+                seen = None
+                if on_list_error is not None:
+                    on_list_error(e)
             if e.gone:
                 resource_version = ""
                 log.info("watch of %s expired (410 Gone); relisting", path)
