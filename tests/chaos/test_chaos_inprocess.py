@@ -242,7 +242,9 @@ class _FakeApi:
             raise ApiError(404, "NotFound", f"{kind} {name} not found")
         return json.loads(json.dumps(found[0]))
 
-    async def list_all(self, path: str, params: Any = None) -> tuple[list[Obj], str]:
+    async def list_all(
+        self, path: str, params: Any = None, *, not_older_than: str | None = None
+    ) -> tuple[list[Obj], str]:
         self._check()
         kind = path.rstrip("/").rsplit("/", 1)[-1]
         return [json.loads(json.dumps(o)) for o in self.objects.get(kind, [])], str(self.revision)

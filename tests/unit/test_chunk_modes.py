@@ -170,7 +170,10 @@ def test_what_can_be_chunked(extra: Obj, chunk_seconds: int | None, refusal: str
 
 
 def test_hls_chunks_are_cut_on_the_grid_and_keep_the_segment_keyframes() -> None:
-    spec = ladder(hls={"segmentSeconds": 4})
+    constant_quality = [{"name": "hi", "container": "hls", "video": {"crf": 20, "maxrate": "2M", "height": 720}},
+                        *ladder().model_dump(by_alias=True, exclude_none=True)["outputs"][1:]]  # fmt: skip
+    spec = ladder(hls={"segmentSeconds": 4}, outputs=constant_quality)
+    assert [o.video.bitrate for o in spec.outputs if o.video] == [None, None, None]
     assert not cuts_on_keyframes(spec)
     assert cuts_on_keyframes(TranscodeJobSpec.model_validate({"input": {"uri": "/a.mp4"}, "outputs": [{"name": "a"}]}))
     keyframes = [3_900_000, 8_100_000]  # where an mp4 plan would move the cuts
@@ -206,7 +209,7 @@ def test_hls_chunks_are_cut_on_the_grid_and_keep_the_segment_keyframes() -> None
     ]  # fmt: skip
 
 
-def test_chunks_are_rolled_only_for_x264_on_cpu() -> None:
+def test_chunks_are_rolled_only_for_x264_at_constant_quality_on_cpu() -> None:
     common: Obj = {"input_url": "/media/film.mp4", "output_dir": "/out/c", "scratch_dir": "/s",
                    "allowed_protocols": ["file"]}  # fmt: skip
     chunk = TimeRange(1, 8_000_000, 16_000_000)
@@ -224,13 +227,15 @@ def test_chunks_are_rolled_only_for_x264_on_cpu() -> None:
     )
     hevc = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"codec": "hevc", "crf": 28}}])
     av1 = ladder(outputs=[{"name": "a", "video": {"codec": "av1"}}])
-    for spec, accelerator in ((h264, "nvenc"), (hevc, "cpu"), (av1, "cpu")):
+    with_bitrate = ladder(outputs=[{"name": "a", "container": "mp4", "video": {"crf": 28}},
+                                   {"name": "b", "container": "mp4", "video": {"bitrate": "800k"}}])  # fmt: skip
+    for spec, accelerator in ((h264, "nvenc"), (hevc, "cpu"), (av1, "cpu"), (with_bitrate, "cpu")):
         assert chunk_roll(spec, accelerator) == (0, 0)
         (argv,) = chunk_video_plan(spec, chunk, accelerator, **common).passes
         assert (
             "trim=start=8.000000:end=16.000000,setpts=PTS-round(8.000000/TB)" in argv[argv.index("-filter_complex") + 1]
         )
-        assert "-force_key_frames:v" not in argv and argv[-1] == "/out/c/a.mp4"
+        assert "-force_key_frames:v" not in argv and argv[-1] == f"/out/c/{spec.outputs[-1].name}.mp4"
 
 
 def test_outputs_with_the_same_audio_settings_share_one_audio_encode() -> None:

@@ -117,7 +117,9 @@ def test_a_late_create_response_does_not_roll_a_pod_back(reconciler: Reconciler)
 class _QuietApi:
     """Lists return nothing, watches stay quiet: just enough for `Reconciler.run`."""
 
-    async def list_all(self, path: str, params: Any = None) -> tuple[list[Obj], str]:
+    async def list_all(
+        self, path: str, params: Any = None, *, not_older_than: str | None = None
+    ) -> tuple[list[Obj], str]:
         return [], "1"
 
     async def watch(self, path: str, resource_version: str, params: Any = None) -> Any:

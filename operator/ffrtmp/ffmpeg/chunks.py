@@ -12,19 +12,23 @@ A chunked job's outputs are made in three kinds of task, each a plain ffmpeg run
   duplicated or moved at a cut, and a variable frame rate survives. Each chunk is a closed GOP
   sequence starting with an IDR frame (a new encode always starts with one; x264/x265 GOPs are
   closed unless asked otherwise).
-  A libx264 chunk (on cpu, `chunk_roll`) is rolled: encoded from ROLL_BEFORE_US before its start
-  (where there is source) to ROLL_AFTER_US past its end, with IDR frames forced at the start and
-  the end, into `<scratch>/<output>.rolled.nut` (timestamps shifted by ROLL_SHIFT_SECONDS: NUT
-  takes no negative ones), and a second run copies to `<output>.mp4` exactly the frames with
-  start <= pts < end (the noise filter drops the others by timestamp; the GOPs are closed, so the
-  frames kept refer to none of them). x264 then sees what a single pass sees at a cut: its
-  macroblock tree knows that an IDR frame follows a chunk's last frames (not rolled, those got
-  about a third fewer bits: up to 1.2 dB PSNR below the median at crf 30), and the frames after a
-  chunk's first IDR frame are not those of a fresh encode (without the roll before the start, the
-  B-frames after it were still 1.25 dB below the one-run encode of the vfr test clip). The cost: the
-  rolled frames' encode, and the decode from the source keyframe before the rolled start. Not for
-  libx265: its forced keyframes are CRA pictures while open-gop is on (its default), whose POCs
-  would run on from the rolled frames.
+  A libx264 chunk at constant quality (on cpu, no output with a bitrate: `chunk_roll`) is rolled:
+  encoded from ROLL_BEFORE_US before its start (where there is source) to ROLL_AFTER_US past its
+  end, with IDR frames forced at the start and the end, into `<scratch>/<output>.rolled.nut`
+  (timestamps shifted by ROLL_SHIFT_SECONDS: NUT takes no negative ones), and a second run copies to
+  `<output>.mp4` exactly the frames with start <= pts < end (the noise filter drops the others by
+  timestamp; the GOPs are closed, so the frames kept refer to none of them). x264 then sees what a
+  single pass sees at a cut: its macroblock tree knows that an IDR frame follows a chunk's last
+  frames (not rolled, those got about a third fewer bits: up to 1.2 dB PSNR below the median at crf
+  30), and the frames after a chunk's first IDR frame are not those of a fresh encode (without the
+  roll before the start, the B-frames after it were still 1.25 dB below the one-run encode of the
+  vfr test clip). The cost: the rolled frames' encode, and the decode from the source keyframe
+  before the rolled start. Not with a bitrate: there the dip comes from x264's ABR start in every
+  chunk, which a roll does not cure (measured 2.7 dB rolled against 2.3 unrolled, RUNBOOK), and the
+  cost weighs most on the fast presets ladders use (figure 7's 1080p veryfast ladder at 4 s chunks:
+  1.22 x the single pass's CPU rolled, against 0.83 unrolled). Not for libx265: its forced keyframes
+  are CRA pictures while open-gop is on (its default), whose POCs would run on from the rolled
+  frames.
 * audio: every output's audio from the whole input, once, into `<work>/audio/<output>.m4a`
   (AAC frames are 1024 samples: audio cut at video boundaries would gap or overlap there); outputs
   with the same audio settings share one encode (`audio_files`: a ladder's renditions mostly do), and
@@ -185,8 +189,10 @@ def chunk_video_plan(
 
 
 def chunk_roll(spec: TranscodeJobSpec, accelerator: str) -> tuple[int, int]:
-    """How far before and after its range a chunk is encoded (see the module docstring)."""
-    if accelerator != "cpu" or any((o.video or VideoSpec()).codec not in ROLLED_CODECS for o in spec.outputs):
+    """How far before and after its range a chunk is encoded (see the module docstring): libx264
+    at constant quality only."""
+    videos = [o.video or VideoSpec() for o in spec.outputs]
+    if accelerator != "cpu" or any(v.codec not in ROLLED_CODECS or v.bitrate is not None for v in videos):
         return (0, 0)
     return (ROLL_BEFORE_US, ROLL_AFTER_US)
 
