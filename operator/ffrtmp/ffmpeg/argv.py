@@ -547,13 +547,7 @@ def build_encode_plan(
 
     def video_opts(r: Rendition, suffix: str, pass_number: int | None, in_hls: bool) -> list[str]:
         keyframes = (segment_keyframes or {}).get(r.output.name)
-        if rolled and time_range is not None:
-            args = _video_args(
-                r, accelerator, suffix, hls=keyframes, pass_number=pass_number, scratch_dir=scratch_dir,
-                av1_cpu_encoder=av1_cpu_encoder, source=source,
-            )  # fmt: skip
-            return _rolled_keyframes(args, suffix, time_range[1] - time_range[0], keyframes)
-        return _video_args(
+        args = _video_args(
             r,
             accelerator,
             suffix,
@@ -563,6 +557,9 @@ def build_encode_plan(
             av1_cpu_encoder=av1_cpu_encoder,
             source=source,
         )
+        if rolled and time_range is not None:
+            return _rolled_keyframes(args, suffix, time_range[1] - time_range[0], keyframes)
+        return args
 
     two_pass = [r for r in encoded if r.video.two_pass]
     if two_pass and any(a.split(":")[0] in ("-x264-params", "-x265-params", "-x264opts") for a in extra):
