@@ -324,12 +324,19 @@ class BenchEnv:
             time.sleep(1)
 
     def start_operator(
-        self, namespace: str, *extra: str, trace: Path | None = None, log_name: str = "operator"
+        self,
+        namespace: str,
+        *extra: str,
+        trace: Path | None = None,
+        census: Path | None = None,
+        log_name: str = "operator",
     ) -> Operator:
-        """The operator as users run it; with `trace`, through tests.bench.traced_operator (the same
-        operator, tracing its allocations into that file)."""
-        module = ["-m", "tests.bench.traced_operator"] if trace else ["-m", "ffrtmp.cli"]
-        env = {**os.environ, "FFRTMP_BENCH_TRACEMALLOC": str(trace)} if trace else None
+        """The operator as users run it; with `trace` or `census`, through tests.bench.traced_operator
+        (the same operator, tracing its allocations, or counting its memory untraced, into that file)."""
+        diagnostics = {"FFRTMP_BENCH_TRACEMALLOC": trace, "FFRTMP_BENCH_MEMSTATS": census}
+        diagnostics_env = {name: str(path) for name, path in diagnostics.items() if path}
+        module = ["-m", "tests.bench.traced_operator"] if diagnostics_env else ["-m", "ffrtmp.cli"]
+        env = {**os.environ, **diagnostics_env} if diagnostics_env else None
         health = free_port()
         argv = [
             sys.executable, *module, "operator", "--kubeconfig", str(self.kubeconfig),

@@ -3,6 +3,8 @@ startup handler for diagnostics:
 
     FFRTMP_BENCH_TRACEMALLOC   a file: trace allocations, write the top ones there every 5 s
                                (diagnostics only: tracing slows the operator and costs memory)
+    FFRTMP_BENCH_MEMSTATS      a file: every 30 s, a census without tracing: RSS, pymalloc's arenas
+                               (blocks in use against blocks free) and live objects by type
 
 Importing this module registers nothing: registration happens in `main()`.
 """
@@ -10,10 +12,12 @@ Importing this module registers nothing: registration happens in `main()`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,58 @@ def main() -> int:
         async def bench_tracemalloc(memo: kopf.Memo, **_: Any) -> None:
             memo.bench_trace_task = asyncio.create_task(_dump_allocations(Path(trace)))
 
+    memstats = os.environ.get("FFRTMP_BENCH_MEMSTATS")
+    if memstats:
+
+        @kopf.on.startup()
+        async def bench_memstats(memo: kopf.Memo, **_: Any) -> None:
+            memo.bench_memstats_task = asyncio.create_task(_dump_census(Path(memstats)))
+
     return cli_main(sys.argv[1:])
+
+
+def _pymalloc_stats() -> dict[str, int]:
+    """The totals of `sys._debugmallocstats()` (written to fd 2): arenas, bytes in used and free blocks."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            sys.stderr.flush()
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        digits = value.strip().replace(",", "")
+        if sep and digits.isdigit() and (name.startswith("#") or "unused pools" in name or "arenas *" in name):
+            key = name.strip(" #")
+            key = "arenas bytes" if "arenas *" in key else "unused pools bytes" if "unused pools" in key else key
+            totals[key] = int(digits)
+    return totals
+
+
+async def _dump_census(path: Path, every: float = 30.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        by_type: dict[str, list[int]] = {}
+        for obj in gc.get_objects():
+            entry = by_type.setdefault(type(obj).__qualname__, [0, 0])
+            entry[0] += 1
+            entry[1] += sys.getsizeof(obj)
+        status = Path("/proc/self/status").read_text().splitlines()  # noqa: ASYNC240 - procfs, no disk
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+        doc = {
+            "rss_bytes": rss_kb * 1024,
+            "pymalloc": _pymalloc_stats(),
+            "gc_tracked_types": sorted(([n, c, b] for n, (c, b) in by_type.items()), key=lambda t: -t[2])[:30],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
 
 
 async def _dump_allocations(path: Path, every: float = 5.0) -> None:
