@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
 import signal
 import time
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import aiohttp
@@ -475,10 +476,24 @@ class Reconciler:
             loop = asyncio.get_running_loop()
             loop.call_later(delay + 0.01, self.trigger.set)
 
-    async def _gather(self, aws: Any) -> None:
-        tasks = [asyncio.ensure_future(a) for a in aws]
-        if tasks:
-            await asyncio.gather(*tasks)
+    async def _gather(self, aws: Iterable[Awaitable[None]]) -> None:
+        """Await all of `aws`, at most max_parallel_writes at a time, each made only when one of
+        those runners takes it. A pass of 10,000 status writes (or 1,000 Pod creates) then holds a
+        few dozen coroutines and answers at once instead of all of them: that burst of memory stayed
+        in the process's heap afterwards (BENCHMARKS.md, figure 9's footprint)."""
+        pending = iter(aws)
+        runners = max(self.settings.max_parallel_writes, 1)
+        first = list(itertools.islice(pending, runners))
+        if len(first) < runners:
+            await asyncio.gather(*first)
+            return
+
+        async def runner(aw: Awaitable[None]) -> None:
+            await aw
+            for more in pending:
+                await more
+
+        await asyncio.gather(*(runner(aw) for aw in first))
 
     async def _bounded(self, aw: Awaitable[Any]) -> Any:
         async with self._writes:
@@ -646,9 +661,7 @@ class Reconciler:
                         "%s is set: stopping this process before creating %d Pods", STOP_BEFORE_POD_CREATES_ENV, create
                     )
                     os.kill(os.getpid(), signal.SIGSTOP)
-                created = await self._gather_results(self._create_pod(pods_path, manifest) for _ in range(create))
-                for obj in created:
-                    self.store.put_pod(obj)
+                await self._gather(self._create_pod(pods_path, manifest) for _ in range(create))
             for name in delete:
                 async with self._writes:
                     if self._fenced("Pod", f"deleting worker Pod {pool.namespace}/{name}"):
@@ -672,23 +685,19 @@ class Reconciler:
         self.metrics.fenced_writes.labels(kind).inc()
         return True
 
-    async def _create_pod(self, pods_path: str, manifest: Obj) -> Obj | None:
-        async with self._writes:
-            if self._fenced("Pod", f"creating a worker Pod of {manifest['metadata']['generateName']}*"):
-                return None
-            created: Obj = await self.client.create(pods_path, manifest)
-            return created
-
-    async def _gather_results(self, aws: Any) -> list[Obj]:
-        results = await asyncio.gather(*[asyncio.ensure_future(a) for a in aws], return_exceptions=True)
-        out = []
-        for r in results:
-            if isinstance(r, BaseException):
-                log.warning("creating a worker Pod failed: %s", r)
-                self.metrics.reconcile_errors.labels("Pod").inc()
-            elif r is not None:  # None: fenced
-                out.append(r)
-        return out
+    async def _create_pod(self, pods_path: str, manifest: Obj) -> None:
+        """Create one worker Pod and put its view in the store at once: the answer (a whole Pod) is
+        dropped then, not held with a thousand others until the last create of the pass returns."""
+        try:
+            async with self._writes:
+                if self._fenced("Pod", f"creating a worker Pod of {manifest['metadata']['generateName']}*"):
+                    return
+                created: Obj = await self.client.create(pods_path, manifest)
+        except Exception as e:
+            log.warning("creating a worker Pod failed: %s", e)
+            self.metrics.reconcile_errors.labels("Pod").inc()
+            return
+        self.store.put_pod(created)
 
     def _event(
         self, namespace: str, kind: str, name: str, uid: str, event: JobEvent, *, observed: bool = False

@@ -7,6 +7,7 @@ Views are parsed once per event so that a pass over 10,000 jobs stays cheap.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -125,10 +126,8 @@ class JobView:
         return self.phase in TERMINAL_PHASES
 
 
-@lru_cache(maxsize=16384)
-def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
-    """Validation is cached per (uid, generation): status events do not re-validate."""
-    del uid, generation
+def _spec_verdict(spec_json: str) -> str | None:
+    """Why a job's spec is invalid, or None."""
     try:
         TranscodeJobSpec.from_api_json(spec_json)
     except ValidationError as e:
@@ -136,6 +135,26 @@ def _validate_spec(uid: str, generation: int, spec_json: str) -> str | None:
         where = ".".join(str(p) for p in first["loc"])
         return f"spec.{where}: {first['msg']}" if where else first["msg"]
     return None
+
+
+_SPEC_VERDICTS: OrderedDict[tuple[str, int, int], str | None] = OrderedDict()
+_SPEC_VERDICTS_MAX = 16384
+
+
+def _validate_spec(uid: str, generation: int, spec: Obj) -> str | None:
+    """The spec's verdict, cached per (uid, generation, hash of the spec's text): a status event does
+    not validate again, and the cache keeps no copy of the spec (10,000 jobs' spec texts were about
+    3 MB). The hash keeps two different specs apart where the uid and generation do not (objects
+    made outside the API server)."""
+    spec_json = json.dumps(spec, sort_keys=True)
+    key = (uid, generation, hash(spec_json))
+    if key in _SPEC_VERDICTS:
+        _SPEC_VERDICTS.move_to_end(key)
+        return _SPEC_VERDICTS[key]
+    verdict = _SPEC_VERDICTS[key] = _spec_verdict(spec_json)
+    if len(_SPEC_VERDICTS) > _SPEC_VERDICTS_MAX:
+        _SPEC_VERDICTS.popitem(last=False)
+    return verdict
 
 
 @lru_cache(maxsize=1024)
@@ -215,7 +234,7 @@ def parse_job(obj: Obj) -> JobView:
         resource_version=meta.get("resourceVersion", ""),
         generation=generation,
         created=parse_time(meta.get("creationTimestamp")) or 0.0,
-        invalid=_validate_spec(meta.get("uid", ""), generation, json.dumps(spec, sort_keys=True)),
+        invalid=_validate_spec(meta.get("uid", ""), generation, spec),
         priority=int(spec.get("priority", 0)),
         accelerator=str(spec.get("accelerator", "auto")),
         hardware_policy=str(spec.get("hardwarePolicy", "preferred")),
