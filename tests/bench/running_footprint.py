@@ -18,10 +18,14 @@ process:
 - Jobs are submitted at RATE jobs/s (FFRTMP_BENCH_FOOTPRINT_RATE) in batches that are Running
   before the next, as figure 9's ramp does.
 
-Once the jobs run and 99 % of the Leases carry the operator's cadence, a steady window measures the
-operator's RSS (mean, max) and CPU, its decision pass time (`ffrtmp_operator_pass_seconds`), the
-farm's writes/s from kube-apiserver's `apiserver_request_total`, and the CPU of the bench process,
-kube-apiserver and etcd. FFRTMP_BENCH_FOOTPRINT_SIZE=WORKERS,JOBS picks another size.
+Once the jobs run, 99 % of the Leases carry the operator's cadence and one progress period has passed
+since the last job started (FFRTMP_BENCH_FOOTPRINT_SETTLE seconds instead, if set), a steady window
+measures the operator's RSS (mean, max) and CPU, its decision pass time
+(`ffrtmp_operator_pass_seconds`), the farm's writes/s from kube-apiserver's `apiserver_request_total`,
+and the CPU of the bench process, kube-apiserver and etcd; at its end, the age of each Running job's
+newest progress. Then three busy workers die outright (their Lease loops stop, no release) and the
+time until no job names them is the worker-loss detection time.
+FFRTMP_BENCH_FOOTPRINT_SIZE=WORKERS,JOBS picks another size.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from ffrtmp.worker.fence import FencedStatus, Superseded
 from ffrtmp.worker.metrics import WorkerMetrics
 
 from .common import (
+    RESULTS_DIR,
     BenchEnv,
     ProcessSampler,
     Report,
@@ -66,7 +71,14 @@ from .common import (
     wait_until,
 )
 from .sim import SIM_SELF_TEST, SIM_STORAGE
-from .write_budget import OURS, histogram_summary, operator_histogram, wait_cadence
+from .write_budget import (
+    OURS,
+    histogram_summary,
+    operator_histogram,
+    progress_ages,
+    wait_cadence,
+    worker_loss,
+)
 
 NAME = "running_footprint"
 PARAMS: dict[str, dict[str, Any]] = {
@@ -82,6 +94,7 @@ BATCH_SECONDS = 15.0
 BATCH_LIMIT = 180.0
 STEP_LIMIT = float(os.environ.get("FFRTMP_BENCH_STEP_LIMIT", "600"))
 LONG_JOB_SECONDS = 7200
+SETTLE = os.environ.get("FFRTMP_BENCH_FOOTPRINT_SETTLE")  # seconds from the ramp's end to the window
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
 
@@ -205,6 +218,13 @@ class LeaseOnlyFarm:
         self.running += 1
         self.fences[job["metadata"]["name"]] = fence
 
+    def kill(self, worker: str) -> None:
+        """The worker dies outright: its Lease loop stops (no release) and so do its jobs' writes."""
+        self.tasks.pop(worker).cancel()
+        for name, fence in list(self.fences.items()):
+            if fence.worker == worker:
+                self.fences.pop(name)
+
     def progress_seconds(self, worker: str) -> float:
         agent = self.agents.get(worker)
         return max(agent.cadence.progress_seconds if agent else PROGRESS_FLOOR, PROGRESS_FLOOR)
@@ -248,7 +268,11 @@ async def run(env: BenchEnv, scale: str) -> Report:
     client = env.client(max_connections=200)
     bare = env.client(max_connections=60)
     metrics_port = free_port()
-    op = env.start_operator(ns, "--metrics-port", str(metrics_port))  # the default write budget (100 writes/s)
+    # FFRTMP_BENCH_MEMSTATS=1: the operator also writes an untraced memory census every 30 s (pymalloc's
+    # arenas, live objects by type) to .bench/running_footprint-memstats.json.
+    census = RESULTS_DIR / f"{NAME}-memstats.json" if os.environ.get("FFRTMP_BENCH_MEMSTATS") == "1" else None
+    # The default write budget (100 writes/s).
+    op = env.start_operator(ns, "--metrics-port", str(metrics_port), census=census)
     farm = LeaseOnlyFarm(client, ns, env.root / "sim" / ns).start()
     operator = ProcessSampler(op.pid)
     rss_ramp = operator.start()
@@ -287,10 +311,15 @@ async def run(env: BenchEnv, scale: str) -> Report:
             except TimeoutError:
                 late += 1
                 log.warning("only %d of %d jobs Running after %.0fs", farm.running, made, BATCH_LIMIT)
-        ramp_s = time.monotonic() - t0
+        ramp_end = time.monotonic()
+        ramp_s = ramp_end - t0
         print(f"running footprint: {farm.running} of {made} Running after {ramp_s:.0f}s", flush=True)
         cadence = await wait_cadence(bare, metrics_port, ns, workers)
         await asyncio.sleep(cadence.renew_seconds + 2)
+        # Steady means every job wrote its progress at the final period once: young jobs still write
+        # at the shorter periods of the smaller farm they started in.
+        settle = float(SETTLE) if SETTLE else max(cadence.progress_seconds, PROGRESS_FLOOR)
+        await asyncio.sleep(max(0.0, ramp_end + settle - time.monotonic()))
 
         samplers = {
             "operator": operator, "bench (Leases and job writes)": ProcessSampler(os.getpid()),
@@ -311,6 +340,9 @@ async def run(env: BenchEnv, scale: str) -> Report:
         passes1 = await operator_histogram(metrics_port, "ffrtmp_operator_pass_seconds")
         cores = {k: (s.cpu_seconds() - cpu0[k]) / elapsed for k, s in samplers.items()}
         await operator.stop()
+        ages = await progress_ages(bare, ns)
+        busy = sorted({fence.worker for fence in farm.fences.values()})[:3]
+        detect = await worker_loss(bare, ns, cadence, busy, farm.kill)
         writes: dict[str, float] = defaultdict(float)
         for (verb, _group, resource, sub), n in request_delta(before, after).items():
             if verb in ("POST", "PUT", "PATCH", "DELETE"):
@@ -327,10 +359,21 @@ async def run(env: BenchEnv, scale: str) -> Report:
         report.add("operator_pass_p99_running", pass_p99, "s", note="bucket upper bound", **params)
         report.add("writes_per_s_running", ours, "writes/s", target="<= 100",
                    note="ours: leases, transcodejobs, events, workerpools, pods", **params)  # fmt: skip
+        report.add("progress_age_p99_running", percentile(ages, 99), "s",
+                   note=f"age of each Running job's newest progress at the window's end ({len(ages)} jobs)",
+                   **params)  # fmt: skip
+        report.add("worker_loss_detection_running", max(detect) if detect else None, "s",
+                   note=f"kill (no Lease release) -> jobs no longer name the worker; {len(detect)} killed",
+                   **params)  # fmt: skip
         row = {
             "workers": workers, "ready_workers": ready, "pool_ready_s": round(pool_s, 1), "jobs_created": made,
             "running": farm.running, "ramp_s": round(ramp_s, 1), "ramp_rate_jobs_per_s": RATE,
             "batches_late": late, "cadence": cadence.annotation(), "window_s": round(elapsed, 1),
+            "window_after_ramp_s": round(w0 - ramp_end, 1),
+            "progress_age_s": {
+                "p50": percentile(ages, 50), "p99": percentile(ages, 99), "max": max(ages, default=None),
+            },
+            "worker_loss_detection_s": [round(d, 1) for d in detect],
             "operator_rss_mb": {"mean": round(rss_mb, 1), "max": round(max(rss) / 1e6, 1),
                                 "max_over_run": round(operator.max_rss() / 1e6, 1)},
             "operator_pass_s": {"mean": pass_mean, "p99_bucket": pass_p99},

@@ -1,11 +1,15 @@
 """Figure 9: the farm's steady API writes under the write budget, at 100 to 2,000 workers.
 
-One namespace, one operator (`--write-budget`, default 100 writes/s), one pool of simulated workers
+One namespace, one operator (`--write-budget`, default 100 writes/s), simulated workers
 (tests/bench/sim.py: the real worker agent — Lease renewals, job watch, fenced progress writes —
-with attempts that sleep instead of running ffmpeg) with 5 slots each, grown in steps. At each
-step the pool is resized to W workers and filled with 5 x W - PROBE_SLOTS jobs long enough to stay
-Running; once the jobs run and the operator's cadence is on the Leases (one more renewal period for
-the workers to take it), a steady window measures:
+with attempts that sleep instead of running ffmpeg) with 5 slots each, grown in steps. The workers
+are pools of at most 1,000 (the WorkerPool CRD's maximum): 2,000 workers are two pools. At each
+step the pools are resized to W workers in all and filled with 5 x W - PROBE_SLOTS jobs long enough
+to stay Running. Once the jobs run and the operator's cadence is on the Leases (one more renewal
+period for the workers to take it), the step waits until one progress period has passed since the
+ramp's last job started (FFRTMP_BENCH_WB_SETTLE seconds instead, if set): every job has then
+written its progress at the final period, and the writes of young jobs at the shorter periods of
+smaller farms are over. Then a steady window measures:
 
 - writes/s from kube-apiserver's own `apiserver_request_total` (POST, PUT, PATCH, DELETE): ours
   (leases, transcodejobs, events, workerpools, pods) against the budget, and everything (KWOK's
@@ -26,8 +30,8 @@ Lease) are not budgeted, and a step that added 2,000 jobs and 400 workers at onc
 2-core machine's kube-apiserver (Lease renewals timed out, its watch cache re-initialised, every
 worker's job watch re-listed). So each step:
 
-1. grows the pool in sub-steps of RAMP_WORKERS workers (min/max patched, then waits until the pool
-   reports them ready: Pod bound, agent started, Lease written), and after each sub-step
+1. grows the pools in sub-steps of RAMP_WORKERS workers (min/max patched, then waits until the pools
+   report them ready: Pod bound, agent started, Lease written), and after each sub-step
 2. submits the new slots' jobs at RAMP_RATE jobs/s (FFRTMP_BENCH_WB_RAMP_RATE, default 10) in
    batches of RAMP_BATCH_SECONDS x RAMP_RATE jobs, waiting for each batch to be Running (98 % of
    every job created so far, at most RAMP_BATCH_LIMIT s) before the next. At 10 jobs/s the ramp
@@ -36,7 +40,7 @@ worker's job watch re-listed). So each step:
 
 The ramp's duration, its batches' waits and the CPU of the operator, the bench process,
 kube-apiserver and etcd over the ramp are recorded per step. FFRTMP_BENCH_WB_SIZES=500,1000 picks
-the sizes (the pool then starts at RAMP_WORKERS and is grown to the first size the same way).
+the sizes (the pools then start at RAMP_WORKERS and are grown to the first size the same way).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -96,6 +101,8 @@ RAMP_RATE = float(os.environ.get("FFRTMP_BENCH_WB_RAMP_RATE", "10"))  # new jobs
 RAMP_WORKERS = 100  # workers added per pool sub-step
 RAMP_BATCH_SECONDS = 10.0  # a batch is this many seconds of submissions at RAMP_RATE
 RAMP_BATCH_LIMIT = 180.0  # seconds a batch may take to be Running before the ramp goes on anyway
+POOL_MAX = 1000  # the WorkerPool CRD's maximum of maxWorkers
+SETTLE = os.environ.get("FFRTMP_BENCH_WB_SETTLE")  # seconds from the ramp's end to the window; default: progress
 log = logging.getLogger(__name__)
 
 
@@ -107,6 +114,11 @@ def sizes(scale: str) -> list[int]:
 
 def workers_needed(scale: str) -> int:
     return max(sizes(scale))
+
+
+def pool_sizes(workers: int) -> dict[str, int]:
+    """`workers` as pools of at most POOL_MAX: {"cpu-0": 1000, "cpu-1": 500} for 1,500."""
+    return {f"cpu-{i}": min(POOL_MAX, workers - i * POOL_MAX) for i in range(-(-workers // POOL_MAX))}
 
 
 async def run(env: BenchEnv, scale: str) -> Report:
@@ -124,11 +136,6 @@ async def run(env: BenchEnv, scale: str) -> Report:
     report.details["steps"] = []
     try:
         await op.wait_ready()
-        await bare.create(pool_path(ns), pool_manifest(
-            "cpu", maxConcurrentJobs=SLOTS, minWorkers=min(RAMP_WORKERS, steps[0]),
-            maxWorkers=min(RAMP_WORKERS, steps[0]),
-            autoscaling={"enabled": False}, resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
-        ))  # fmt: skip
         watch.start()
         await watch.synced.wait()
         made = 0
@@ -158,9 +165,12 @@ async def step(
     started = time.monotonic()
     ramp = await ramp_to(env, bare, watch, op_pid, ns, workers, made)
     ready_s, ready = ramp["pool_ready_s"], ramp["ready_workers"]
-    ramp_s = time.monotonic() - started
+    ramp_end = time.monotonic()
+    ramp_s = ramp_end - started
     cadence = await wait_cadence(bare, metrics_port, ns, workers)
     await asyncio.sleep(cadence.renew_seconds + 2)  # every worker renews once with it (and takes it)
+    settle = float(SETTLE) if SETTLE else cadence.progress_seconds
+    await asyncio.sleep(max(0.0, ramp_end + settle - time.monotonic()))
 
     window: float = max(p["window"], 2 * cadence.renew_seconds)
     operator = ProcessSampler(op_pid)
@@ -194,7 +204,16 @@ async def step(
         if verb in ("POST", "PUT", "PATCH", "DELETE"):
             writes[resource + (f"/{sub}" if sub else "")] += n / elapsed
     ours = sum(v for k, v in writes.items() if k in OURS)
-    detect = await worker_loss(bare, farm, ns, cadence)
+    busy = [name for name, agent in farm.agents.items() if agent.attempts and not agent.draining][:3]
+
+    def kill(name: str) -> None:
+        farm.agents[name].quiet_exit = True
+        farm.runs[name].cancel()
+
+    detect = await worker_loss(bare, ns, cadence, busy, kill)
+    for name in busy:
+        farm.agents.pop(name, None)
+        farm.runs.pop(name, None)
     pass_mean, pass_p99 = histogram_summary(passes0, passes1)
 
     params = {"workers": workers, "running_jobs": running(watch), "budget": budget, "cadence": cadence.annotation()}
@@ -213,8 +232,8 @@ async def step(
     report.add(f"operator_pass_p99_{workers}w", pass_p99, "s", simulated=True,
                note=f"bucket upper bound; mean {pass_mean * 1000 if pass_mean else 0:.1f} ms", **params)  # fmt: skip
     row = {
-        "workers": workers, "ready_workers": ready, "pool_ready_s": round(ready_s, 1), "ramp_s": round(ramp_s, 1),
-        "ramp": ramp,
+        "workers": workers, "pools": pool_sizes(workers), "ready_workers": ready, "pool_ready_s": round(ready_s, 1),
+        "ramp_s": round(ramp_s, 1), "ramp": ramp, "window_after_ramp_s": round(t0 - ramp_end, 1),
         "jobs_created": ramp["jobs_created"], "running": running(watch), "cadence": cadence.annotation(),
         "window_s": round(elapsed, 1), "writes_per_s_ours": round(ours, 2),
         "writes_per_s_all": round(sum(writes.values()), 2),
@@ -236,10 +255,12 @@ async def step(
 async def ramp_to(
     env: BenchEnv, bare: KubeClient, watch: JobWatch, op_pid: int, ns: str, workers: int, made: int
 ) -> dict[str, Any]:
-    """Grow the pool to `workers` in sub-steps of RAMP_WORKERS and fill each sub-step's new slots at
-    RAMP_RATE jobs/s, batch by batch (each batch Running before the next); what it took."""
-    pool = await bare.get(pool_path(ns, "cpu"))
-    have = int(pool["spec"].get("maxWorkers") or 0)
+    """Grow the pools to `workers` in all in sub-steps of RAMP_WORKERS (a new pool once one holds
+    POOL_MAX) and fill each sub-step's new slots at RAMP_RATE jobs/s, batch by batch (each batch
+    Running before the next); what it took."""
+    pools = {item["metadata"]["name"]: int(item["spec"].get("maxWorkers") or 0)
+             for item in (await bare.get(pool_path(ns)))["items"]}  # fmt: skip
+    have = sum(pools.values())
     samplers = {
         "operator": ProcessSampler(op_pid), "bench (simulated workers)": ProcessSampler(os.getpid()),
         "kube-apiserver": ProcessSampler(env.cluster.state.pids["kube-apiserver"]),
@@ -252,11 +273,20 @@ async def ramp_to(
     batches: list[float] = []  # seconds each batch took from its first create to Running
     late = 0  # batches not Running within RAMP_BATCH_LIMIT
     for size in sorted({*range(have, workers, RAMP_WORKERS), workers}):
-        if size != have:
-            await bare.merge_patch(pool_path(ns, "cpu"), {"spec": {"minWorkers": size, "maxWorkers": size}})
-            have = size
-        waited, ready = await wait_pool_ready(bare, ns, "cpu", size, limit=STEP_LIMIT)
-        pool_wait += waited
+        for name, n in pool_sizes(size).items():
+            if name not in pools:
+                await bare.create(pool_path(ns), pool_manifest(
+                    name, maxConcurrentJobs=SLOTS, minWorkers=n, maxWorkers=n, autoscaling={"enabled": False},
+                    resources={"requests": {"cpu": "1m", "memory": "1Mi"}},
+                ))  # fmt: skip
+            elif pools[name] != n:
+                await bare.merge_patch(pool_path(ns, name), {"spec": {"minWorkers": n, "maxWorkers": n}})
+            pools[name] = n
+        ready = 0
+        for name, n in pools.items():
+            waited, pool_ready = await wait_pool_ready(bare, ns, name, n, limit=STEP_LIMIT)
+            pool_wait += waited
+            ready += pool_ready
         target = size * SLOTS - PROBE_SLOTS
         batch = max(int(RAMP_RATE * RAMP_BATCH_SECONDS), 1)
         while made < target:
@@ -365,13 +395,14 @@ async def progress_ages(bare: KubeClient, ns: str) -> list[float]:
     return ages
 
 
-async def worker_loss(bare: KubeClient, farm: SimFarm, ns: str, cadence: Cadence) -> list[float]:
-    """Kill a few busy simulated workers outright; seconds until no job names each of them."""
-    busy = [name for name, agent in farm.agents.items() if agent.attempts and not agent.draining][:3]
+async def worker_loss(
+    bare: KubeClient, ns: str, cadence: Cadence, busy: list[str], kill: Callable[[str], None]
+) -> list[float]:
+    """Kill the `busy` simulated workers outright (`kill`: no Lease release); seconds until no job
+    names each of them. Their Pods are deleted afterwards: the pool makes new ones."""
     killed_at: dict[str, float] = {}
     for name in busy:
-        farm.agents[name].quiet_exit = True
-        farm.runs[name].cancel()
+        kill(name)
         killed_at[name] = time.monotonic()
     found: dict[str, float] = {}
     deadline = time.monotonic() + cadence.lease_seconds * 2 + 120
@@ -383,11 +414,8 @@ async def worker_loss(bare: KubeClient, farm: SimFarm, ns: str, cadence: Cadence
             if not named["items"]:
                 found[name] = time.monotonic() - killed_at[name]
         await asyncio.sleep(0.5)
-    # The dead workers' Pods go: the pool makes new ones, which the simulated kubelet starts.
     for name in busy:
         await bare.delete_ignore_missing(f"{pods_path(ns)}/{name}")
-        farm.agents.pop(name, None)
-        farm.runs.pop(name, None)
     return list(found.values())
 
 
