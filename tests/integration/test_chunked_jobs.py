@@ -18,7 +18,9 @@ from conftest import Farm
 from ffrtmp.dev.cluster import free_port
 from helpers import ffprobe, make_clip, wait_for
 
-pytestmark = pytest.mark.integration
+# Background: a third of these minutes is waiting (a killed worker's Lease to expire, an operator's
+# restart, a suspended job's hold), and the main run is the suite's longer half.
+pytestmark = [pytest.mark.integration, pytest.mark.background]
 
 PARENT_LABEL = "ffmpeg-rtmp.io/parent"
 
