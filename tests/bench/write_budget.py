@@ -40,7 +40,8 @@ worker's job watch re-listed). So each step:
 
 The ramp's duration, its batches' waits and the CPU of the operator, the bench process,
 kube-apiserver and etcd over the ramp are recorded per step. FFRTMP_BENCH_WB_SIZES=500,1000 picks
-the sizes (the pools then start at RAMP_WORKERS and are grown to the first size the same way).
+the sizes (the pools then start at RAMP_WORKERS and are grown to the first size the same way), and
+FFRTMP_BENCH_WB_BUDGET another budget.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def sizes(scale: str) -> list[int]:
     return [int(n) for n in text.split(",") if n.strip()] or list(PARAMS[scale]["sizes"])
 
 
+def budget_of(p: dict[str, Any]) -> float:
+    """The scale's budget, or FFRTMP_BENCH_WB_BUDGET (writes/s): 2,000 workers need more than 50, since
+    their renewals alone are 50 writes/s at the longest renewal period (40 s)."""
+    return float(os.environ.get("FFRTMP_BENCH_WB_BUDGET") or p["budget"])
+
+
 def workers_needed(scale: str) -> int:
     return max(sizes(scale))
 
@@ -131,7 +138,7 @@ async def run(env: BenchEnv, scale: str) -> Report:
     bare = env.client(max_connections=60)
     farm = SimFarm(client, ns, env.root / "sim" / ns, progress_interval=5.0, lease_seconds=15).start()
     metrics_port = free_port()
-    op = env.start_operator(ns, "--write-budget", str(p["budget"]), "--metrics-port", str(metrics_port))
+    op = env.start_operator(ns, "--write-budget", str(budget_of(p)), "--metrics-port", str(metrics_port))
     watch = JobWatch(bare, ns)
     report.details["steps"] = []
     try:
@@ -161,7 +168,7 @@ async def step(
     env: BenchEnv, report: Report, bare: KubeClient, farm: SimFarm, watch: JobWatch, op_pid: int, metrics_port: int,
     ns: str, workers: int, made: int, p: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    budget: float = p["budget"]
+    budget = budget_of(p)
     started = time.monotonic()
     ramp = await ramp_to(env, bare, watch, op_pid, ns, workers, made)
     ready_s, ready = ramp["pool_ready_s"], ramp["ready_workers"]
