@@ -10,6 +10,7 @@ from ffrtmp.api.cadence import Cadence
 from ffrtmp.controller.cadence import (
     RENEWALS_PER_LEASE,
     WriteBudget,
+    counter_write_seconds,
     current_cadence,
     decide_cadence,
     lease_annotation_writes,
@@ -27,7 +28,9 @@ budgets = st.builds(
     writes_per_second=st.floats(min_value=5, max_value=2_000),
     lease_share=st.floats(min_value=0.1, max_value=0.9),
     event_writes_per_second=st.floats(min_value=0, max_value=4),
+    pool_counter_writes_per_second=st.floats(min_value=0.5, max_value=20),
 )
+pool_counts = st.integers(min_value=0, max_value=2_000)
 
 
 def test_a_small_farm_runs_at_the_floor_and_nothing_is_published() -> None:
@@ -66,6 +69,35 @@ def test_the_budget_holds_unless_a_ceiling_binds(w: int, r: int, budget: WriteBu
         assert not d.over_budget
         assert d.expected_writes_per_second <= budget.writes_per_second * (1 + 1e-9)
     assert d.over_budget == (d.expected_writes_per_second > budget.writes_per_second * (1 + 1e-9))
+
+
+@PROPERTY
+@given(workers, running, pool_counts, budgets)
+def test_the_pools_counter_writes_are_in_the_budget(w: int, r: int, pools: int, budget: WriteBudget) -> None:
+    d = decide_cadence(w, r, budget, pools=pools)
+    counters = pools / counter_write_seconds(pools, budget)
+    assert counters <= budget.pool_counter_writes_per_second * (1 + 1e-9)
+    base = w / d.cadence.renew_seconds + r / d.cadence.progress_seconds + budget.event_writes_per_second
+    assert d.expected_writes_per_second == pytest.approx(base + counters)
+    if d.cadence.renew_seconds < budget.renew_max_seconds and d.cadence.progress_seconds < budget.progress_max_seconds:
+        assert not d.over_budget
+
+
+@PROPERTY
+@given(pool_counts, pool_counts, budgets)
+def test_counter_period_is_monotone_in_pools_from_its_floor(a: int, b: int, budget: WriteBudget) -> None:
+    low, high = sorted((a, b))
+    assert budget.counter_floor_seconds <= counter_write_seconds(low, budget) <= counter_write_seconds(high, budget)
+
+
+def test_a_hundred_pools_write_their_counters_every_twenty_seconds() -> None:
+    assert counter_write_seconds(1, BUDGET) == 2.0
+    assert counter_write_seconds(10, BUDGET) == 2.0
+    assert counter_write_seconds(100, BUDGET) == 20.0
+    # 2,000 workers and 10,000 jobs in 100 namespaces: progress gets 100 - 10 - 5 - 50 = 35 writes/s.
+    decision = decide_cadence(2_000, 10_000, BUDGET, pools=100)
+    assert decision.cadence == Cadence(40, 120, 300)
+    assert decision.expected_writes_per_second == pytest.approx(50 + 10_000 / 300 + 10 + 5)
 
 
 @PROPERTY
@@ -122,6 +154,8 @@ def test_past_the_ceilings_the_decision_says_over_budget() -> None:
 def test_budget_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="write budget"):
         WriteBudget(writes_per_second=0)
+    with pytest.raises(ValueError, match="pool counter writes"):
+        WriteBudget(pool_counter_writes_per_second=0)
     with pytest.raises(ValueError, match="Lease share"):
         WriteBudget(lease_share=1.0)
 

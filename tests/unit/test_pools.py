@@ -104,6 +104,7 @@ def decide(
     waiting: int = 0,
     memory: PoolMemory | None = None,
     now: float = NOW,
+    pools: int = 1,
 ) -> PoolDecision:
     return decide_pool(
         p,
@@ -114,6 +115,7 @@ def decide(
         memory if memory is not None else PoolMemory(),
         now,
         SETTINGS,
+        pools=pools,
     )
 
 
@@ -494,3 +496,23 @@ def test_counter_changes_alone_are_written_at_most_every_two_seconds() -> None:
                   running={"a": 3}, memory=memory, now=NOW + 2.5)  # fmt: skip
     assert lost.status is not None
     assert (lost.status["readyWorkers"], lost.status["busySlots"]) == (1, 3)
+
+
+def test_with_a_hundred_pools_counters_alone_are_written_every_twenty_seconds() -> None:
+    """A hundred namespaces' pools share the budget's 5 counter writes/s: each pool's every 20 s; a
+    change of what the pool is still goes out at once."""
+    memory = PoolMemory()
+    spec: Obj = {"maxConcurrentJobs": 4, "minWorkers": 2, "maxWorkers": 2, "autoscaling": {"enabled": False}}
+    pods, _ = ready("a", "b")
+    leases = {f"{NS}/{n}": lease(n, renewed=NOW + 18) for n in ("a", "b")}
+    first = decide(pool(**spec), pods, leases, running={"a": 1}, memory=memory, pools=100)
+    assert first.status is not None
+    written = pool(status=first.status, **spec)
+    assert decide(written, pods, leases, running={"a": 2}, memory=memory, now=NOW + 19.9, pools=100).status is None
+    later = decide(written, pods, leases, running={"a": 2}, memory=memory, now=NOW + 20, pools=100)
+    assert later.status is not None
+    assert later.status["busySlots"] == 2
+    lost = decide(pool(status=later.status, **spec), pods[:1], {f"{NS}/a": leases[f"{NS}/a"]},
+                  running={"a": 3}, memory=memory, now=NOW + 21, pools=100)  # fmt: skip
+    assert lost.status is not None
+    assert lost.status["readyWorkers"] == 1

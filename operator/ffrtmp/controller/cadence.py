@@ -4,12 +4,15 @@ The API server is the job database, and at farm scale its steady write load is e
 renewal plus every running job's progress report (plus Events, budgeted in events.py). The operator
 sizes both periods so that, in steady state,
 
-    workers / renew  +  running jobs / progress  +  event rate  <=  budget
+    workers / renew  +  running jobs / progress  +  event rate  +  pool counter writes  <=  budget
 
-and publishes them on each worker's Lease (api/cadence.py). Lease renewals take up to `lease_share`
-of the budget; progress gets what the renewals leave. Periods come in doubling steps from the floor
-(5, 10, 20, 40 s; progress up to 300 s) so that a farm's cadence changes rarely: a step up is taken
-at once (the budget), a step down only once the load fits the shorter period with a margin.
+and publishes them on each worker's Lease (api/cadence.py). A pool's status counters (busy and free
+slots, queued and running jobs) are written at most every 2 s, and less often with many pools so that
+all pools together write at most `pool_counter_writes_per_second` (counter_write_seconds). Lease
+renewals take up to `lease_share` of the budget; progress gets what the renewals, Events and pool
+counters leave. Periods come in doubling steps from the floor (5, 10, 20, 40 s; progress up to 300 s)
+so that a farm's cadence changes rarely: a step up is taken at once (the budget), a step down only
+once the load fits the shorter period with a margin.
 
 Failure detection follows the Lease: a worker is lost `lease = 3 x renew` seconds (plus the
 operator's grace) after its last renewal, so at most 3 x renew_max + grace = 125 s by default,
@@ -38,6 +41,9 @@ class WriteBudget:
     lease_share: float = 0.5
     # Held for Normal Events (--event-rate; events.py): progress gets what renewals and Events leave.
     event_writes_per_second: float = 10.0
+    # Held for the pools' counter writes: 100 pools (a hundred namespaces) write theirs every 20 s.
+    pool_counter_writes_per_second: float = 5.0
+    counter_floor_seconds: float = 2.0
     renew_floor_seconds: float = 5.0
     renew_max_seconds: float = 40.0
     progress_floor_seconds: float = 5.0
@@ -48,6 +54,8 @@ class WriteBudget:
             raise ValueError(f"the write budget must be > 0 writes/s, got {self.writes_per_second}")
         if not 0 < self.lease_share < 1:
             raise ValueError(f"the Lease share of the write budget must be in (0, 1), got {self.lease_share}")
+        if self.pool_counter_writes_per_second <= 0 or self.counter_floor_seconds <= 0:
+            raise ValueError("pool counter writes: need a share > 0 writes/s and a floor > 0 s")
         if not 0 < self.renew_floor_seconds <= self.renew_max_seconds:
             raise ValueError("renewal periods: need 0 < floor <= max")
         if not 0 < self.progress_floor_seconds <= self.progress_max_seconds:
@@ -63,7 +71,7 @@ class WriteBudget:
 @dataclass(frozen=True, slots=True)
 class CadenceDecision:
     cadence: Cadence
-    # Steady-state writes/s this cadence makes (renewals + progress + the Event allowance).
+    # Steady-state writes/s this cadence makes (renewals + progress + the Event allowance + pool counters).
     expected_writes_per_second: float
     over_budget: bool
 
@@ -84,22 +92,32 @@ def _doubling(need: float, floor: float, ceiling: float) -> float:
     return period
 
 
-def decide_cadence(workers: int, running: int, budget: WriteBudget, current: Cadence | None = None) -> CadenceDecision:
-    """The periods for `workers` Leases and `running` jobs' progress; `current` is what was
-    published last (None: nothing, the floor)."""
+def counter_write_seconds(pools: int, budget: WriteBudget) -> float:
+    """How often one pool's counters alone may be written when `pools` pools are managed: every
+    counter_floor_seconds, and rarer past that so that all pools together keep to their share. Written
+    every 2 s each, a hundred namespaces' pools made 50 writes/s (BENCHMARKS.md, figure 8)."""
+    return max(budget.counter_floor_seconds, pools / budget.pool_counter_writes_per_second)
+
+
+def decide_cadence(
+    workers: int, running: int, budget: WriteBudget, current: Cadence | None = None, pools: int = 0
+) -> CadenceDecision:
+    """The periods for `workers` Leases and `running` jobs' progress, with `pools` pools writing their
+    counters; `current` is what was published last (None: nothing, the floor)."""
     lease_writes = budget.writes_per_second * budget.lease_share
     renew = _step(
         workers / lease_writes, budget.renew_floor_seconds, budget.renew_max_seconds,
         current.renew_seconds if current else None,
     )  # fmt: skip
-    progress_writes = budget.writes_per_second - budget.event_writes_per_second - workers / renew
+    fixed = budget.event_writes_per_second + pools / counter_write_seconds(pools, budget)
+    progress_writes = budget.writes_per_second - fixed - workers / renew
     progress_need = running / progress_writes if progress_writes > 0 else math.inf
     progress = _step(
         progress_need, budget.progress_floor_seconds, budget.progress_max_seconds,
         current.progress_seconds if current else None,
     )  # fmt: skip
     cadence = Cadence(renew, RENEWALS_PER_LEASE * renew, progress)
-    expected = workers / renew + running / progress + budget.event_writes_per_second
+    expected = workers / renew + running / progress + fixed
     return CadenceDecision(cadence, expected, expected > budget.writes_per_second * (1 + 1e-9))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.controller.autoscaling import ScaleInput, WorkerLoad, choose_removals, jobs_per_hour, recommend
+from ffrtmp.controller.cadence import counter_write_seconds
 from ffrtmp.controller.lifecycle import JobEvent, lease_fresh
 from ffrtmp.controller.pods import worker_selector
 from ffrtmp.controller.policy import pool_policy_violations
@@ -21,10 +22,10 @@ CAP_SECONDS = 300.0
 
 
 # The status fields that move with every job (what dashboards and `kubectl get` show): a change of
-# these alone is written at most every COUNTER_WRITE_SECONDS per pool. Written on every change, a
-# pool's status cost as many API writes as its jobs' own at 100 namespaces (BENCHMARKS.md, figure 8).
+# these alone is written at most every counter_write_seconds (cadence.py) per pool. Written on every
+# change, a pool's status cost as many API writes as its jobs' own at 100 namespaces (BENCHMARKS.md,
+# figure 8).
 COUNTERS = frozenset({"busySlots", "freeSlots", "queuedJobs", "runningJobs", "capacity"})
-COUNTER_WRITE_SECONDS = 2.0
 
 
 @dataclass
@@ -109,7 +110,9 @@ def decide_pool(
     now: float,
     settings: OperatorSettings,
     api_ok_since: float = 0.0,
+    pools: int = 1,
 ) -> PoolDecision:
+    """`pools`: how many pools the operator manages (their counter writes share one allowance)."""
     spec = pool.spec
     if spec is None:
         return PoolDecision(0, [], None, [])
@@ -225,7 +228,8 @@ def decide_pool(
         status["lastScaleTime"] = now_iso(now)
         status["lastScaleReason"] = reason
     memory.last_desired = desired
-    counters_due = memory.status_written is None or now - memory.status_written >= COUNTER_WRITE_SECONDS
+    counter_seconds = counter_write_seconds(pools, settings.write_budget)
+    counters_due = memory.status_written is None or now - memory.status_written >= counter_seconds
     write = _changed(pool.status, status, ignore=frozenset() if counters_due else COUNTERS)
     if write:
         memory.status_written = now

@@ -361,7 +361,7 @@ class Reconciler:
             decision = decide_pool(
                 pool, pods_by_pool.get(pool.key, ()), self.store.leases, running,
                 decisions.waiting_by_pool.get(pool.key, 0), memory, now, self.settings,
-                self.store.api_ok_since,
+                self.store.api_ok_since, len(self.store.pools),
             )  # fmt: skip
             pool_decisions.append((pool.key, decision))
         await self._gather(
@@ -565,7 +565,7 @@ class Reconciler:
         leases = self.store.leases
         if self._cadence is None:
             self._cadence = current_cadence(lease.cadence for lease in leases.values())
-        decision = decide_cadence(len(leases), running, budget, self._cadence)
+        decision = decide_cadence(len(leases), running, budget, self._cadence, pools=len(self.store.pools))
         if decision.cadence != self._cadence:
             log.info(
                 "write budget %g/s: %d workers, %d running jobs -> %s (%.0f writes/s%s)",
