@@ -22,6 +22,10 @@ settings alike; each N's figure is the median of its rounds, and the ratios of N
 carry the target (throughput >= 0.8 x, submit -> Running p99 <= 1.2 x). Every namespace's farm (a Pod
 watch) and the cluster-wide job watch run in every round, so the rounds differ only in the
 operator's namespaces. FFRTMP_BENCH_NS_ROUNDS=1,20,50,100 picks other rounds.
+
+The operator's memory: its RSS and peak RSS once it is ready (every namespace listed, no pool yet)
+and its peak RSS at the round's end; with FFRTMP_BENCH_MEMSTATS=1 also the census of figure 9 (every
+30 s: pymalloc's arenas, live objects by type) in .bench/namespaces-r<round>-ns<N>-memstats.json.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ffrtmp.dev.cluster import free_port
 from ffrtmp.kube.client import KubeClient
 
 from .common import (
+    RESULTS_DIR,
     BenchEnv,
     JobWatch,
     Operator,
@@ -60,6 +65,7 @@ from .common import (
     pool_manifest,
     pool_path,
     request_delta,
+    rss_bytes,
     sim_job,
     submit_paced,
     wait_until,
@@ -78,6 +84,7 @@ THROUGHPUT_TARGET = 0.8  # N namespaces' jobs/s over 1 namespace's
 P99_TARGET = 1.2  # N namespaces' submit -> Running p99 over 1 namespace's
 LABEL = "bench.ffmpeg-rtmp.io/figure"
 BROKEN_WATCH = re.compile(r"watch of \S+ (broke|failed)")
+MEMSTATS = os.environ.get("FFRTMP_BENCH_MEMSTATS") == "1"
 
 
 def workers_needed(scale: str) -> int:
@@ -120,6 +127,8 @@ class Round:
     operator_cpu_seconds: float = 0.0  # in the throughput window
     writes_in_window: dict[str, float] = field(default_factory=dict)  # API writes, every client
     operator_peak_rss_mb: float | None = None
+    operator_rss_ready_mb: float | None = None  # once ready: every namespace listed and watched, no pool
+    operator_peak_rss_ready_mb: float | None = None
     loadavg: list[float] = field(default_factory=list)  # 1/5/15 min, at the start and the end
     seconds: float = 0.0
 
@@ -252,9 +261,10 @@ class Bench:
         metrics_port, ready_port = free_port(), free_port()
         flags = [arg for ns in names[1:] for arg in ("--namespace", ns)]
         watches_before = await open_watches(self.env)
+        census = RESULTS_DIR / f"namespaces-r{index}-ns{n}-memstats.json" if MEMSTATS else None
         op = self.env.start_operator(
             names[0], *flags, "--metrics-port", str(metrics_port), "--ready-port", str(ready_port),
-            log_name=f"operator-r{index}-ns{n}",
+            log_name=f"operator-r{index}-ns{n}", census=census,
         )  # fmt: skip
         conns = Connections(op.pid, self.apiserver_port).start()
         cpu = ProcessSampler(op.pid)
@@ -264,6 +274,8 @@ class Bench:
             await asyncio.sleep(2)  # the last lists' watches open
             r.watches = await open_watches(self.env) - watches_before
             r.connections_idle = conns.sample()
+            r.operator_rss_ready_mb = megabytes(rss_bytes(op.pid))
+            r.operator_peak_rss_ready_mb = megabytes(peak_rss_bytes(op.pid))
 
             per_ns = spread(p["workers"], n)
             await self.gather_bounded([
@@ -294,8 +306,7 @@ class Bench:
         finally:
             await conns.stop()
             r.connections_max = conns.most
-            rss = peak_rss_bytes(op.pid)
-            r.operator_peak_rss_mb = None if rss is None else round(rss / 2**20, 1)
+            r.operator_peak_rss_mb = megabytes(peak_rss_bytes(op.pid))
             op.stop()
             r.broken_watch_lines = len(BROKEN_WATCH.findall(op.log.read_text(errors="replace")))
             await self.gather_bounded([self.bare.delete_ignore_missing(pool_path(ns, pool)) for ns in names])
@@ -421,6 +432,11 @@ def summarize(report: Report, rounds: list[Round], p: dict[str, Any]) -> None:
         report.add(f"operator_ready_ns{n}", _median([r.ready_seconds for r in rs]), "s",
                    note="process start -> /readyz 200 (every kind listed in every namespace)",
                    values=[_round(r.ready_seconds) for r in rs], namespaces=n, runs=runs)  # fmt: skip
+        report.add(f"operator_peak_rss_ns{n}", _median([r.operator_peak_rss_mb for r in rs]), "MB", simulated=True,
+                   note="peak once ready, no pool yet: "
+                        + ", ".join(f"{r.operator_peak_rss_ready_mb} MB" for r in rs)
+                        + "; RSS then: " + ", ".join(f"{r.operator_rss_ready_mb} MB" for r in rs),
+                   values=[r.operator_peak_rss_mb for r in rs], namespaces=n, runs=runs)  # fmt: skip
         report.add(f"watch_relists_ns{n}", sum(r.relists or 0 for r in rs), "relists", simulated=True,
                    note=f"{sum(r.broken_watch_lines for r in rs)} broken/failed watch log lines",
                    namespaces=n, runs=runs)  # fmt: skip
@@ -432,6 +448,10 @@ def summarize(report: Report, rounds: list[Round], p: dict[str, Any]) -> None:
                    simulated=True, target=f">= {THROUGHPUT_TARGET}", namespaces=n, **common)  # fmt: skip
         report.add(f"submit_to_running_p99_ns{n}_vs_ns1", _ratio(m["p99"], base["p99"]), "ratio",
                    simulated=True, target=f"<= {P99_TARGET}", namespaces=n, **common)  # fmt: skip
+
+
+def megabytes(size: int | None) -> float | None:
+    return None if size is None else round(size / 2**20, 1)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
