@@ -42,6 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ffrtmp.api.cadence import next_progress_due
 from ffrtmp.api.constants import LABEL_COMPONENT, WORKER_COMPONENT
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.dev.cluster import free_port
@@ -231,15 +232,22 @@ class LeaseOnlyFarm:
 
     async def _progress_loop(self) -> None:
         """Each Running job's progress every published period, from a random phase (a farm's
-        attempts start at all times), in one loop."""
+        attempts start at all times), in one loop; a new period moves the next report as the worker's
+        attempts do (api.cadence.next_progress_due)."""
         due: dict[str, float] = {}
+        scheduled_with: dict[str, float] = {}
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for name, fence in list(self.fences.items()):
                 period = self.progress_seconds(fence.worker)
-                when = due.setdefault(name, now + random.uniform(0, period))
-                if when > now or name in self._progress_pending:
+                if name not in due:
+                    due[name], scheduled_with[name] = now + random.uniform(0, period), period
+                elif scheduled_with[name] != period:
+                    last = due[name] - scheduled_with[name]
+                    due[name] = next_progress_due(last, period, scheduled_with[name], now, random.random())
+                    scheduled_with[name] = period
+                if due[name] > now or name in self._progress_pending:
                     continue
                 due[name] = now + period
                 self._progress_pending.add(name)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ffrtmp.api.cadence import Cadence
+from ffrtmp.api.cadence import Cadence, next_progress_due
 from ffrtmp.controller.cadence import (
     RENEWALS_PER_LEASE,
     WriteBudget,
@@ -214,3 +216,67 @@ async def test_a_worker_takes_a_published_cadence_but_never_below_its_own() -> N
     agent._adopt_cadence(lease(None, 60))  # the annotation removed: back to its own periods
     assert agent.cadence == Cadence(5, 15, 30)
     assert agent._lease_dirty.is_set()
+
+
+def _densest_bin(dues: list[float], start: float, period: float, bins: int = 20) -> float:
+    """The fullest of `bins` equal stretches of [start, start + period), over the average."""
+    counts = [0] * bins
+    for due in dues:
+        counts[int((due - start) % period / period * bins)] += 1
+    return max(counts) / (len(dues) / bins)
+
+
+@PROPERTY
+@given(st.floats(min_value=0, max_value=1e6), st.floats(min_value=1, max_value=600),
+       st.floats(min_value=1, max_value=600), st.floats(min_value=0, max_value=600),
+       st.floats(min_value=0, max_value=1, exclude_max=True))  # fmt: skip
+def test_a_report_is_due_within_its_period_or_the_old_one(
+    last: float, previous: float, period: float, elapsed: float, draw: float
+) -> None:
+    now = last + elapsed
+    due = next_progress_due(last, period, previous, now, draw)
+    if period >= previous:  # never older than one period
+        assert min(now, last + period) <= due <= max(now, last + period)
+    else:  # within one new period, and never later than the old period had it
+        assert min(now, last + previous) <= due <= min(now + period, last + previous)
+    assert next_progress_due(last, period, period, now, draw) == last + period
+    assert next_progress_due(last, period, None, now, draw) == last + period
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(min_value=2, max_value=160), st.floats(min_value=1.875, max_value=60), st.integers(0, 2**32 - 1))
+def test_a_farm_changing_period_together_spreads_its_reports_over_the_new_one(
+    old: float, ratio: float, seed: int
+) -> None:
+    """4,000 jobs' last reports spread over the old period; all take the new one at `now`. Kept one
+    period after their last report they would all fall in a band as wide as the old period (`ratio`
+    times the average rate); drawn, the densest twentieth of the new period holds under 1.8 x."""
+    rng = random.Random(seed)
+    new, now = old * ratio, 10_000.0
+    lasts = [now - rng.uniform(0, old) for _ in range(4_000)]
+    dues = [next_progress_due(last, new, old, now, rng.random()) for last in lasts]
+    assert _densest_bin(dues, now, new) < 1.8
+    assert _densest_bin([last + new for last in lasts], now, new) >= min(ratio, 20) * 0.9  # the band without it
+
+
+def test_a_ramp_through_doubling_steps_does_not_narrow_the_band() -> None:
+    """5 -> 10 -> 20 -> 40 -> 80 s, each step taken one period after the last: without the draw every
+    step halves the band's share of the period (16 x the average rate at 80 s)."""
+    rng = random.Random(7)
+    dues = [rng.uniform(5, 10) for _ in range(4_000)]  # reports every 5 s, last ones spread over [0, 5)
+    now, period = 5.0, 5.0
+    for new in (10.0, 20.0, 40.0, 80.0):
+        dues = [next_progress_due(due - period, new, period, now, rng.random()) for due in dues]
+        period, now = new, now + new
+        # one period on: every job has reported once more, at its due time
+        dues = [due + period if due <= now else due for due in dues]
+    assert _densest_bin(dues, now, period) < 1.8
+
+
+def test_a_step_down_spreads_the_overdue_reports_over_one_new_period() -> None:
+    rng = random.Random(3)
+    now = 1_000.0
+    lasts = [now - rng.uniform(0, 300) for _ in range(4_000)]
+    dues = [next_progress_due(last, 160, 300, now, rng.random()) for last in lasts]
+    assert all(now <= due <= now + 160 for due in dues)
+    assert _densest_bin(dues, now, 160) < 1.8

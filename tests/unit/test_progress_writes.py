@@ -117,3 +117,33 @@ async def test_a_report_refused_for_good_is_raised_by_the_next_one() -> None:
     await asyncio.sleep(0.01)
     with pytest.raises(ApiError, match="Forbidden"):
         await _report(attempt)
+
+
+async def test_reports_follow_the_period_and_a_new_period_is_drawn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One period after the Running write, then every period; a new period (the operator's cadence)
+    moves the next report to a drawn point before one new period after the last, then every new period."""
+    from ffrtmp.worker import attempt as attempt_module
+
+    clock, period = [100.0], [10.0]
+    monkeypatch.setattr(attempt_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(attempt_module.random, "random", lambda: 0.5)
+    status = Status()
+    attempt = _attempt(status)
+    attempt.progress_seconds = lambda: period[0]
+    attempt._started_monotonic = 100.0
+
+    async def sent_at(t: float) -> int:
+        clock[0] = t
+        await _report(attempt)
+        await attempt._settle_progress()
+        return len(status.sent)
+
+    assert await sent_at(109.9) == 0
+    assert await sent_at(110.0) == 1
+    assert await sent_at(119.9) == 1
+    period[0] = 40.0  # taken from the Lease; seen at 120: due at 120 + 0.5 x (110 + 40 - 120) = 135
+    assert await sent_at(120.0) == 1
+    assert await sent_at(134.9) == 1
+    assert await sent_at(135.0) == 2
+    assert await sent_at(174.9) == 2
+    assert await sent_at(175.0) == 3

@@ -5,6 +5,11 @@ worker renews its Lease, the Lease duration it must write, and how often each ru
 progress. The operator writes it only when the farm's size needs longer periods than a worker's own
 configuration (controller/cadence.py); the worker reads it back in every renewal's answer and never
 goes below its own configuration, so a small farm runs exactly as configured.
+
+When the progress period changes, each running job's next report is drawn between now and one new
+period after its last report (next_progress_due): every job of a farm changes period within one
+renewal of the others, and reports kept one period after the last would stay in the band the old
+period put them in, narrower with every step (figure 9 in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -53,3 +58,19 @@ class Cadence:
             max(self.lease_seconds, floor.lease_seconds),
             max(self.progress_seconds, floor.progress_seconds),
         )
+
+
+def next_progress_due(last: float, period: float, previous: float | None, now: float, draw: float) -> float:
+    """When a job's next progress report is due (monotonic seconds). `last`: its last report (or its
+    Running write); `period`: the progress period now; `previous`: the period the report due now was
+    scheduled with (None: none yet); `draw`: uniform in [0, 1). One period after the last report,
+    unless the period changed, when a point is drawn, so that the farm's reports spread over the new
+    period: for a longer period, between now and one new period after the last report (never older
+    than a period); for a shorter one, within one new period from now but no later than the old
+    period had it (the reports the shorter period makes overdue do not all go at once)."""
+    due = last + period
+    if previous is None or previous == period:
+        return due
+    if period > previous:
+        return now + draw * max(due - now, 0.0)
+    return min(last + previous, now + draw * period)

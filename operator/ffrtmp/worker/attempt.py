@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import logging
 import os
+import random
 import shutil
 import signal
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffrtmp.api.cadence import next_progress_due
 from ffrtmp.api.job import ChunkTask, TranscodeJobSpec
 from ffrtmp.conditions import now_iso, set_conditions
 from ffrtmp.controller.chunking import decode_boundaries, encode_boundaries, plan_chunks, plan_too_long
@@ -133,6 +135,8 @@ class Attempt:
     stop_reason: str | None = None
     _proc: asyncio.subprocess.Process | None = None
     _last_write: float = 0.0
+    _progress_due: float = 0.0  # when the next progress report is due (monotonic; api.cadence.next_progress_due)
+    _progress_period: float | None = None  # the period it was scheduled with
     _last_percent: float = 0.0
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _started_monotonic: float = field(default_factory=time.monotonic)
@@ -782,13 +786,19 @@ class Attempt:
             error, self._progress_error = self._progress_error, None
             raise error
         now = time.monotonic()
-        # The first write comes one interval after the Running write (which says 0 %), and the
+        # The first write comes one period after the Running write (which says 0 %), and the
         # final block is never written: the Succeeded or failure write follows at once.
-        if now - max(self._last_write, self._started_monotonic) < self.progress_interval or snap.ended:
+        period = self.progress_interval
+        if period != self._progress_period:
+            last = max(self._last_write, self._started_monotonic)
+            self._progress_due = next_progress_due(last, period, self._progress_period, now, random.random())
+            self._progress_period = period
+        if now < self._progress_due or snap.ended:
             return
         if self._progress_write is not None and not self._progress_write.done():
             return  # the last report is still on its way (a slow or unreachable API server): skip this one
         self._last_write = now
+        self._progress_due = now + period
         progress: Obj = {
             "percent": None if pct is None else round(min(pct, 100.0), 1),
             "fps": snap.fps,
