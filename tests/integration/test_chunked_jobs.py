@@ -127,7 +127,13 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
         (("task", "audio"),): 1,
         (("task", "stitch"),): 1,
     }
-    assert ns_pool not in (chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {})  # none left in flight
+    # None left in flight: the gauges are refreshed at most once a second, by a pass (one at least
+    # every resync period, 2 s), so the last change shows within about 3 s.
+    wait_for(
+        lambda: ns_pool not in (chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {}),
+        10,
+        "no chunk left in flight in the metrics",
+    )
 
 
 def test_suspend_holds_the_chunks_not_started_and_resume_finishes_the_job(farm: Farm) -> None:
