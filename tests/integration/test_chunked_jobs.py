@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -38,23 +40,110 @@ def two_workers(farm: Farm) -> None:
     wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 workers")
 
 
-def follow(
-    farm: Farm, name: str, seen: dict[str, dict[str, Any]], summaries: set[str], until: Callable[[], bool]
-) -> None:
-    """Record every child's last state and the parent's chunk summaries until `until()` or the parent ends."""
+def follow(farm: Farm, name: str, until: Callable[[], bool]) -> None:
+    """Until `until()` or the job ends (what it went through: WatchedJobs)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        for job in farm.jobs():
-            job_name = job["metadata"]["name"]
-            if job_name == name:
-                summaries.add(str((status(job).get("chunks") or {}).get("summary")))
-            elif (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == name:
-                seen[job_name] = {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
-                                  "spec": job["spec"], **status(job)}  # fmt: skip
         if until() or farm.phase(name) in ("Succeeded", "Failed"):
             return
         time.sleep(0.3)
     raise AssertionError(f"{name} did not finish: {status(farm.get_job(name))}")
+
+
+class WatchedJobs:
+    """Every state the namespace's TranscodeJobs take, from `kubectl get tj --watch --output-watch-events
+    -o json` started before the job exists: a poll of the list misses what lasts a fraction of a
+    second (a plan task's summary; a stitch that runs, succeeds and is deleted with its parent between
+    two polls)."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self.last: dict[str, dict[str, Any]] = {}  # name -> its last state seen
+        self.deleted: set[str] = set()
+        self.summaries: dict[str, set[str]] = {}  # name -> every status.chunks.summary it showed
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen(
+            [str(farm.cluster.bin_dir / "kubectl"), "--kubeconfig", str(farm.cluster.kubeconfig), "get", "tj",
+             "-n", farm.namespace, "--watch", "--output-watch-events", "-o", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> WatchedJobs:
+        self._thread.start()
+        time.sleep(1)  # the watch's list is answered before the job is created
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._thread.join(10)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        pending = ""
+        for line in self._proc.stdout:  # a JSON document per event (one line; indented ones are joined)
+            pending += line
+            try:
+                event = json.loads(pending)
+            except json.JSONDecodeError:
+                continue
+            pending = ""
+            job = event["object"]
+            name = job["metadata"]["name"]
+            with self._lock:
+                self.last[name] = job
+                if event["type"] == "DELETED":
+                    self.deleted.add(name)
+                summary = (status(job).get("chunks") or {}).get("summary")
+                if summary:
+                    self.summaries.setdefault(name, set()).add(str(summary))
+
+    def children(self, parent: str) -> dict[str, dict[str, Any]]:
+        """Each child's last state, once the watch has seen every child of `parent` deleted (the
+        operator deletes them when the parent ends)."""
+
+        def all_deleted() -> bool:
+            with self._lock:
+                names = {
+                    n
+                    for n, job in self.last.items()
+                    if (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == parent
+                }
+                return bool(names) and names <= self.deleted
+
+        wait_for(all_deleted, 60, f"the children of {parent} deleted")
+        with self._lock:
+            return {
+                name: {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
+                       "spec": job["spec"], **status(job)}
+                for name, job in self.last.items()
+                if (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == parent
+            }  # fmt: skip
+
+
+class GaugeSampler:
+    """The values the operator's ffrtmp_chunks_in_flight took, read every 50 ms in a thread (the gauges
+    are refreshed at most once a second, so a slower sample can miss a short chunk phase)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.values: set[float] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(OSError):
+                self.values.update((chunk_metrics(self.port).get("ffrtmp_chunks_in_flight") or {}).values())
+
+    def __enter__(self) -> GaugeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def chunk_metrics(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -70,21 +159,20 @@ def chunk_metrics(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], floa
 
 
 def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
-    clip = make_clip(farm.media / "film.mp4", seconds=12)  # one keyframe: six exact 2 s cuts
+    # One keyframe: six exact 2 s cuts; 720p at veryfast, so that each chunk takes about a second.
+    clip = make_clip(farm.media / "film.mp4", seconds=12, size="1280x720")
+    outputs = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 32, "preset": "veryfast"}}]
     port = free_port()
     farm.start_operator("--metrics-port", str(port))
     two_workers(farm)
-    farm.job("film", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
 
-    seen: dict[str, dict[str, Any]] = {}  # child name -> its last status seen
-    summaries: set[str] = set()
-    in_flight: set[float] = set()
-
-    def sample_in_flight() -> bool:
-        in_flight.update((chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {}).values())
-        return False
-
-    follow(farm, "film", seen, summaries, sample_in_flight)
+    with WatchedJobs(farm) as watch, GaugeSampler(port) as gauge:
+        farm.job("film", str(clip), outputs, chunking={"mode": "On", "chunkSeconds": 2},
+                 resources={"limits": {"cpu": "1"}})  # fmt: skip
+        follow(farm, "film", lambda: False)
+        seen = watch.children("film")  # child name -> its last state
+    summaries = watch.summaries.get("film", set())
+    in_flight = gauge.values
     parent = farm.get_job("film")
     assert status(parent).get("phase") == "Succeeded", status(parent)
 
@@ -200,20 +288,21 @@ def test_an_operator_killed_mid_run_continues_the_stored_plan(farm: Farm) -> Non
     clip = make_clip(farm.media / "long.mp4", seconds=40, size="640x360")
     op = farm.start_operator()
     two_workers(farm)
-    farm.job("long", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
-    seen: dict[str, dict[str, Any]] = {}
-    summaries: set[str] = set()
 
     def some_chunks_done() -> bool:
         chunks = status(farm.get_job("long")).get("chunks") or {}
         return 2 <= int(chunks.get("succeeded") or 0) < int(chunks.get("total") or 0) - 4
 
-    follow(farm, "long", seen, summaries, some_chunks_done)
-    plan = status(farm.get_job("long"))["chunks"]["plan"]
-    op.kill()
-    time.sleep(2)
-    farm.start_operator(name="operator-2")
-    follow(farm, "long", seen, summaries, lambda: False)
+    with WatchedJobs(farm) as watch:
+        farm.job("long", str(clip), OUTPUTS, chunking={"mode": "On", "chunkSeconds": 2},
+                 resources={"limits": {"cpu": "1"}})  # fmt: skip
+        follow(farm, "long", some_chunks_done)
+        plan = status(farm.get_job("long"))["chunks"]["plan"]
+        op.kill()
+        time.sleep(2)
+        farm.start_operator(name="operator-2")
+        follow(farm, "long", lambda: False)
+        seen = watch.children("long")
     parent = status(farm.get_job("long"))
     assert parent["phase"] == "Succeeded", parent
     assert parent["chunks"]["plan"] == plan
@@ -267,7 +356,6 @@ def test_a_killed_worker_costs_only_its_chunk(farm: Farm) -> None:
     farm.start_workers("--restart-delay", "30")
     wait_for(lambda: status(farm.cluster.get("wp", "cpu", farm.namespace)).get("readyWorkers") == 2, 60, "2 workers")
     slow = [{"name": "main", "container": "mp4", "video": {"codec": "h264", "crf": 30, "preset": "slower"}}]
-    farm.job("film", str(clip), slow, chunking={"mode": "On", "chunkSeconds": 2}, resources={"limits": {"cpu": "1"}})
 
     def chunk_encoding() -> dict[str, Any] | None:
         for job in farm.jobs():
@@ -275,12 +363,14 @@ def test_a_killed_worker_costs_only_its_chunk(farm: Farm) -> None:
                 return job
         return None
 
-    victim = wait_for(chunk_encoding, 120, "a chunk encoding", interval=0.2)
-    worker = status(victim)["worker"]
-    os.kill(int(farm.workers_state()[worker]["pid"]), signal.SIGKILL)
-
-    seen: dict[str, dict[str, Any]] = {}
-    follow(farm, "film", seen, set(), lambda: False)
+    with WatchedJobs(farm) as watch:
+        farm.job("film", str(clip), slow, chunking={"mode": "On", "chunkSeconds": 2},
+                 resources={"limits": {"cpu": "1"}})  # fmt: skip
+        victim = wait_for(chunk_encoding, 120, "a chunk encoding", interval=0.2)
+        worker = status(victim)["worker"]
+        os.kill(int(farm.workers_state()[worker]["pid"]), signal.SIGKILL)
+        follow(farm, "film", lambda: False)
+        seen = watch.children("film")
     parent = status(farm.get_job("film"))
     assert parent["phase"] == "Succeeded", parent
     attempts = {name: child.get("attempt") for name, child in seen.items()}
