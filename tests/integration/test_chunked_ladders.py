@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_chunked_jobs import PARENT_LABEL, follow, status, two_workers
+from test_chunked_jobs import PARENT_LABEL, WatchedJobs, follow, status, two_workers
 
 from conftest import Farm
 from helpers import make_clip
@@ -35,11 +35,11 @@ def test_auto_chunks_a_long_ladder_and_runs_a_short_input_single_pass(farm: Farm
         "hls": {"segmentSeconds": 2}, "thumbnails": {"intervalSeconds": 2, "width": 160},
         "chunking": AUTO, "resources": {"limits": {"cpu": "1"}},
     }  # fmt: skip
-    farm.job("ladder", str(long_clip), LADDER, **spec)
-    farm.job("short", str(short_clip), LADDER, **spec)
-
-    seen: dict[str, dict[str, Any]] = {}
-    follow(farm, "ladder", seen, set(), lambda: False)
+    with WatchedJobs(farm) as watch:
+        farm.job("ladder", str(long_clip), LADDER, **spec)
+        farm.job("short", str(short_clip), LADDER, **spec)
+        follow(farm, "ladder", lambda: False)
+        seen = watch.children("ladder")
     parent = farm.get_job("ladder")
     assert status(parent).get("phase") == "Succeeded", status(parent)
     condition = chunked_condition(parent)
