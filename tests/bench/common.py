@@ -558,18 +558,9 @@ async def wait_pool_ready(
 
 def peak_rss_bytes(pid: int) -> int | None:
     """VmHWM: the process's peak resident set since it started."""
-    return _proc_status_bytes(pid, "VmHWM:")
-
-
-def rss_bytes(pid: int) -> int | None:
-    """VmRSS: the process's resident set now."""
-    return _proc_status_bytes(pid, "VmRSS:")
-
-
-def _proc_status_bytes(pid: int, key: str) -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return None
 

@@ -65,7 +65,6 @@ from .common import (
     pool_manifest,
     pool_path,
     request_delta,
-    rss_bytes,
     sim_job,
     submit_paced,
     wait_until,
@@ -274,7 +273,7 @@ class Bench:
             await asyncio.sleep(2)  # the last lists' watches open
             r.watches = await open_watches(self.env) - watches_before
             r.connections_idle = conns.sample()
-            r.operator_rss_ready_mb = megabytes(rss_bytes(op.pid))
+            r.operator_rss_ready_mb = megabytes(cpu.rss())
             r.operator_peak_rss_ready_mb = megabytes(peak_rss_bytes(op.pid))
 
             per_ns = spread(p["workers"], n)

@@ -103,23 +103,21 @@ class WatchedJobs:
         """Each child's last state, once the watch has seen every child of `parent` deleted (the
         operator deletes them when the parent ends)."""
 
-        def all_deleted() -> bool:
+        def last_states() -> dict[str, dict[str, Any]] | None:
             with self._lock:
-                names = {
-                    n
-                    for n, job in self.last.items()
+                states = {
+                    name: job
+                    for name, job in self.last.items()
                     if (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == parent
                 }
-                return bool(names) and names <= self.deleted
+                return states if states and set(states) <= self.deleted else None
 
-        wait_for(all_deleted, 60, f"the children of {parent} deleted")
-        with self._lock:
-            return {
-                name: {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
-                       "spec": job["spec"], **status(job)}
-                for name, job in self.last.items()
-                if (job["metadata"].get("labels") or {}).get(PARENT_LABEL) == parent
-            }  # fmt: skip
+        states: dict[str, dict[str, Any]] = wait_for(last_states, 60, f"the children of {parent} deleted")
+        return {
+            name: {"labels": job["metadata"]["labels"], "owner": job["metadata"]["ownerReferences"][0],
+                   "spec": job["spec"], **status(job)}
+            for name, job in states.items()
+        }  # fmt: skip
 
 
 class GaugeSampler:
