@@ -333,7 +333,11 @@ class BenchEnv:
     ) -> Operator:
         """The operator as users run it; with `trace` or `census`, through tests.bench.traced_operator
         (the same operator, tracing its allocations, or counting its memory untraced, into that file)."""
-        diagnostics = {"FFRTMP_BENCH_TRACEMALLOC": trace, "FFRTMP_BENCH_MEMSTATS": census}
+        diagnostics = {
+            "FFRTMP_BENCH_TRACEMALLOC": trace,
+            "FFRTMP_BENCH_MEMSTATS": census,
+            "FFRTMP_BENCH_GC_GARBAGE": census.with_name(census.name.replace("memstats", "garbage")) if census else None,
+        }
         diagnostics_env = {name: str(path) for name, path in diagnostics.items() if path}
         module = ["-m", "tests.bench.traced_operator"] if diagnostics_env else ["-m", "ffrtmp.cli"]
         env = {**os.environ, **diagnostics_env} if diagnostics_env else None

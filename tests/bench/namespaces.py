@@ -70,7 +70,7 @@ from .common import (
     wait_until,
 )
 from .sim import SimFarm
-from .write_budget import operator_histogram
+from .write_budget import histogram_in, histogram_summary, operator_text
 
 NAME = "namespaces"
 PARAMS: dict[str, dict[str, Any]] = {
@@ -79,6 +79,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 CREATE_CONCURRENCY = 50
 PASS_SECONDS = "ffrtmp_operator_pass_seconds"
+GC_PAUSE_SECONDS = "ffrtmp_operator_gc_pause_seconds"
+LOOP_LAG_SECONDS = "ffrtmp_operator_event_loop_lag_seconds"
 THROUGHPUT_TARGET = 0.8  # N namespaces' jobs/s over 1 namespace's
 P99_TARGET = 1.2  # N namespaces' submit -> Running p99 over 1 namespace's
 LABEL = "bench.ffmpeg-rtmp.io/figure"
@@ -121,6 +123,10 @@ class Round:
     assigned_to_running: dict[str, float | None] = field(default_factory=dict)
     passes_per_second: float | None = None  # the operator's decision passes in the latency window
     pass_mean_ms: float | None = None
+    # In the latency window: the collector's pauses per generation (count, total ms, the bucket
+    # bound of the longest) and the event loop's lag (mean ms, the bucket bound of its p99).
+    gc_pauses: dict[str, tuple[float, float, float | None]] = field(default_factory=dict)
+    loop_lag_ms: tuple[float | None, float | None] = (None, None)
     relists: float | None = None
     broken_watch_lines: int = 0
     operator_cpu_seconds: float = 0.0  # in the throughput window
@@ -360,9 +366,20 @@ class Bench:
                 except Exception as e:  # counted, not retried: a retry would skew the rate
                     errors.append(f"{name}: {e}")
 
-            passes0, t0 = await operator_histogram(metrics_port, PASS_SECONDS), time.monotonic()
+            before, t0 = await operator_text(metrics_port), time.monotonic()  # one scrape each side
             await submit_paced(total, rate, create)
-            passes1, elapsed = await operator_histogram(metrics_port, PASS_SECONDS), time.monotonic() - t0
+            after, elapsed = await operator_text(metrics_port), time.monotonic() - t0
+            passes0, passes1 = histogram_in(before, PASS_SECONDS), histogram_in(after, PASS_SECONDS)
+            r.gc_pauses = {
+                g: pauses_between(
+                    histogram_in(before, GC_PAUSE_SECONDS, {"generation": g}),
+                    histogram_in(after, GC_PAUSE_SECONDS, {"generation": g}),
+                )
+                for g in "012"
+            }
+            lag = (histogram_in(text, LOOP_LAG_SECONDS) for text in (before, after))
+            lag_mean, lag_p99 = histogram_summary(*lag)
+            r.loop_lag_ms = (_ms(lag_mean), _ms(lag_p99))
             expected = total - len(errors)
             with contextlib.suppress(TimeoutError):
                 await watch.wait(lambda: watch.count(lambda t: t.running is not None) >= expected, 120, "all Running")
@@ -381,6 +398,19 @@ class Bench:
         if count > 0:
             r.passes_per_second = count / elapsed
             r.pass_mean_ms = 1000 * (passes1.get("sum", 0) - passes0.get("sum", 0)) / count
+
+
+def pauses_between(before: dict[str, float], after: dict[str, float]) -> tuple[float, float, float | None]:
+    """(collections, total ms, the upper bound of the bucket of the longest) between two scrapes."""
+    count = after.get("count", 0) - before.get("count", 0)
+    total_ms = 1000 * (after.get("sum", 0) - before.get("sum", 0))
+    bounds = sorted((float(le), n - before.get(le, 0)) for le, n in after.items() if le not in ("sum", "count"))
+    longest = next((le for le, n in bounds if n >= count), None) if count else None
+    return count, round(total_ms, 2), _ms(longest)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 2)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -421,6 +451,16 @@ def summarize(report: Report, rounds: list[Round], p: dict[str, Any]) -> None:
                    note="decision passes in the latency window; mean ms: "
                         + ", ".join(f"{r.pass_mean_ms:.1f}" for r in rs if r.pass_mean_ms is not None),
                    values=[_round(r.passes_per_second) for r in rs], namespaces=n, runs=runs)  # fmt: skip
+        report.add(f"operator_gc_pause_ms_ns{n}", _median([sum(t for _, t, _ in r.gc_pauses.values()) for r in rs]),
+                   "ms", simulated=True,
+                   note="the collector's pauses in the latency window, per round and generation "
+                        "(collections, ms, longest <= ms): "
+                        + "; ".join(str({g: v for g, v in r.gc_pauses.items() if v[0]}) for r in rs),
+                   namespaces=n, runs=runs)  # fmt: skip
+        report.add(f"operator_loop_lag_p99_ns{n}", _median([r.loop_lag_ms[1] for r in rs]), "ms", simulated=True,
+                   note="bucket bound of the event loop lag's p99 in the latency window; mean ms: "
+                        + ", ".join(f"{r.loop_lag_ms[0]}" for r in rs),
+                   values=[r.loop_lag_ms[1] for r in rs], namespaces=n, runs=runs)  # fmt: skip
         report.add(f"operator_connections_idle_ns{n}", _median([r.connections_idle for r in rs]), "connections",
                    note="ESTABLISHED TCP to kube-apiserver, ready, no job", values=[r.connections_idle for r in rs],
                    namespaces=n, runs=runs)  # fmt: skip

@@ -5,6 +5,9 @@ startup handler for diagnostics:
                                (diagnostics only: tracing slows the operator and costs memory)
     FFRTMP_BENCH_MEMSTATS      a file: every 30 s, a census without tracing: RSS, pymalloc's arenas
                                (blocks in use against blocks free) and live objects by type
+    FFRTMP_BENCH_GC_GARBAGE    a file: what the cyclic collector freed, by type, every 10 s (the
+                               collector keeps what it finds, gc.DEBUG_SAVEALL, and this tallies and
+                               drops it: diagnostics only)
 
 Importing this module registers nothing: registration happens in `main()`.
 """
@@ -46,7 +49,57 @@ def main() -> int:
         async def bench_memstats(memo: kopf.Memo, **_: Any) -> None:
             memo.bench_memstats_task = asyncio.create_task(_dump_census(Path(memstats)))
 
+    garbage = os.environ.get("FFRTMP_BENCH_GC_GARBAGE")
+    if garbage:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.callbacks.append(_sample_allocator)
+
+        @kopf.on.startup()
+        async def bench_gc_garbage(memo: kopf.Memo, **_: Any) -> None:
+            memo.bench_gc_garbage_task = asyncio.create_task(_tally_garbage(Path(garbage)))
+
     return cli_main(sys.argv[1:])
+
+
+_TRIGGERS: dict[str, int] = {}
+
+
+def _sample_allocator(phase: str, info: dict[str, Any]) -> None:
+    """At the start of a collection, the Python code running: what allocated the object that
+    pushed generation 0 over its threshold (a sample of who allocates most)."""
+    if phase != "start":
+        return
+    frame = sys._getframe(1)
+    where = []
+    while frame is not None and len(where) < 6:
+        where.append(f"{frame.f_code.co_qualname} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        frame = frame.f_back
+    key = " < ".join(where)
+    _TRIGGERS[key] = _TRIGGERS.get(key, 0) + 1
+
+
+async def _tally_garbage(path: Path, every: float = 10.0) -> None:
+    tally: dict[str, int] = {}
+    while True:
+        await asyncio.sleep(every)
+        for obj in gc.garbage:
+            name = type(obj).__qualname__
+            if name in ("frame", "coroutine", "function", "Task", "Future", "traceback"):
+                code = getattr(obj, "f_code", None) or getattr(obj, "cr_code", None) or getattr(obj, "__code__", None)
+                if code is not None:
+                    name += f" {code.co_qualname} ({Path(code.co_filename).name}:{code.co_firstlineno})"
+                elif name == "traceback":
+                    frame = obj.tb_frame
+                    name += f" {frame.f_code.co_qualname} ({Path(frame.f_code.co_filename).name}:{obj.tb_lineno})"
+            tally[name] = tally.get(name, 0) + 1
+        freed = len(gc.garbage)
+        gc.garbage.clear()
+        top = sorted(tally.items(), key=lambda kv: -kv[1])[:60]
+        tmp = path.with_suffix(".tmp")
+        triggers = sorted(_TRIGGERS.items(), key=lambda kv: -kv[1])[:40]
+        doc = {"last_period_objects": freed, "top": top, "collections_started_in": triggers}
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
 
 
 def _pymalloc_stats() -> dict[str, int]:

@@ -333,11 +333,18 @@ async def operator_text(port: int) -> str:
         return await resp.text()
 
 
-async def operator_histogram(port: int, name: str) -> dict[str, float]:
-    """{le: cumulative count, "sum": total, "count": n} of an unlabelled histogram."""
+async def operator_histogram(port: int, name: str, labels: dict[str, str] | None = None) -> dict[str, float]:
+    """{le: cumulative count, "sum": total, "count": n} of a histogram (the series with `labels`)."""
+    return histogram_in(await operator_text(port), name, labels)
+
+
+def histogram_in(text: str, name: str, labels: dict[str, str] | None = None) -> dict[str, float]:
+    """`operator_histogram` of one scrape's text."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(await operator_text(port)):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if any(sample.labels.get(k) != v for k, v in (labels or {}).items()):
+                continue
             if sample.name == f"{name}_bucket":
                 out[sample.labels["le"]] = sample.value
             elif sample.name == f"{name}_sum":

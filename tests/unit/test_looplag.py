@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 
@@ -34,3 +36,26 @@ async def test_a_blocked_loop_shows_as_lag_and_a_warning(caplog: pytest.LogCaptu
     over = float(next(ln for ln in text.splitlines() if 'le="0.25"' in ln).split()[1])
     assert count - over >= 1, text
     assert any("event loop ran" in r.message for r in caplog.records)
+
+
+async def test_collector_pauses_are_timed_by_generation_while_it_runs() -> None:
+    registry = CollectorRegistry()
+    lag = LoopLag(registry, "ffrtmp_test", interval=0.05)
+    task = asyncio.create_task(lag.run())
+    await asyncio.sleep(0)  # run() registers its callback
+    garbage = [[i] for i in range(100_000)]
+    for item in garbage:
+        item.append(item)  # cycles: only the collector frees them
+    del garbage
+    gc.collect(2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert lag.on_gc not in gc.callbacks, "the callback outlived run()"
+    full = registry.get_sample_value("ffrtmp_test_gc_pause_seconds_count", {"generation": "2"})
+    spent = registry.get_sample_value("ffrtmp_test_gc_pause_seconds_sum", {"generation": "2"})
+    assert full is not None and full >= 1
+    assert spent is not None and spent > 0
+    gc.collect(2)
+    after = registry.get_sample_value("ffrtmp_test_gc_pause_seconds_count", {"generation": "2"})
+    assert after == full, "a collection after run() ended was still timed"
