@@ -148,3 +148,31 @@ async def test_the_first_pass_follows_the_initial_lists_not_the_resync_period() 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_on_synced_runs_once_every_kind_is_listed_before_the_first_pass() -> None:
+    """The operator settles its heap (`ffrtmp.heap.settle`) here: after the lists, before deciding."""
+    settings = OperatorSettings(resync_seconds=0.01, metrics_port=0, health_port=0)
+    order: list[str] = []
+    reconciler = Reconciler(
+        _QuietApi(),  # type: ignore[arg-type]
+        settings,
+        OperatorMetrics(),
+        on_synced=lambda: order.append(f"synced: {sorted(reconciler.store.synced)}"),
+    )
+
+    async def record_pass() -> None:
+        order.append("pass")
+
+    reconciler.pass_once = record_pass  # type: ignore[method-assign]
+    task = asyncio.ensure_future(reconciler.run())
+    try:
+        for _ in range(200):
+            if order.count("pass") >= 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert order[0] == "synced: ['jobs', 'leases', 'pods', 'pools']", order
+    assert order.count(order[0]) == 1 and order[1:4] == ["pass"] * 3, order

@@ -17,6 +17,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import start_http_server
 
+from ffrtmp import heap
 from ffrtmp.controller.leader import CLOCK_SKEW_ENV, LeaderElector
 from ffrtmp.controller.metrics import OperatorMetrics
 from ffrtmp.controller.reconciler import Reconciler
@@ -71,7 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             wall_clock=(lambda: time.time() + skew) if skew else time.time,
         )  # fmt: skip
         metrics.leading = lambda: elector.is_leader
-    reconciler = Reconciler(client, ours, metrics, elector)
+    reconciler = Reconciler(client, ours, metrics, elector, on_synced=heap.settle)
     memo.client, memo.reconciler, memo.metrics = client, reconciler, metrics
     if ours.metrics_port:
         start_http_server(ours.metrics_port, registry=metrics.registry)

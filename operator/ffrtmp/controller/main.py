@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import kopf
 
+from ffrtmp import heap
 from ffrtmp.controller.cadence import WriteBudget
 from ffrtmp.controller.events import SUMMARY_REASON, EventBudget
 from ffrtmp.controller.leader import ElectionTiming
@@ -289,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         leader_election_namespace=args.leader_election_namespace,
         election_timing=election_timing,
     )
+    heap.configure()
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import zlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -99,8 +99,11 @@ class Reconciler:
         settings: OperatorSettings,
         metrics: OperatorMetrics,
         elector: LeaderElector | None = None,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
+        """`on_synced` is called once, when every watched kind has been listed, before the first pass."""
         self.client = client
+        self.on_synced = on_synced
         self.settings = settings
         self.metrics = metrics
         self.elector = elector
@@ -274,6 +277,8 @@ class Reconciler:
             while len(self.store.synced) < len(WATCHED):
                 await self.trigger.wait()
                 self.trigger.clear()
+            if self.on_synced is not None:
+                self.on_synced()
             self.trigger.set()  # decide at once, not after the first resync period
             await self._decide_forever()
         finally:

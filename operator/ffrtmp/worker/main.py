@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 
-from ffrtmp import logs
+from ffrtmp import heap, logs
 from ffrtmp.egress import guard
 from ffrtmp.egress.proxy import api_server_addresses
 from ffrtmp.kube.client import KubeClient
@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     kube_config = load_config(args.kubeconfig, args.context)  # a bad kubeconfig fails here, first
     config = WorkerConfig.from_env()
+
+    heap.configure()
 
     async def main() -> int:
         if config.connect_guard == guard.OFF:
