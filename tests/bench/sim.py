@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffrtmp import heap
 from ffrtmp.api.constants import LABEL_COMPONENT, WORKER_COMPONENT
 from ffrtmp.api.job import TranscodeJobSpec
 from ffrtmp.dev.workers import pod_environment
@@ -208,6 +209,7 @@ class SimFarm:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> SimFarm:
+        heap.configure()  # the collector's settings of a worker process (`worker.main`), for its agents
         self._task = asyncio.create_task(self._watch_pods(), name="sim-farm")
         self._task.add_done_callback(_report_crash)
         return self

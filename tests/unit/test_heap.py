@@ -1,8 +1,12 @@
-"""The garbage collector's settings: a higher generation-0 threshold, and start-up's objects frozen."""
+"""The processes' memory settings: a 32 KiB TLS read buffer per connection, a higher generation-0
+threshold for the garbage collector, and start-up's objects frozen."""
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.sslproto
 import gc
+import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -14,10 +18,23 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
-    thresholds = gc.get_threshold()
+    thresholds, tls_buffer = gc.get_threshold(), asyncio.sslproto.SSLProtocol.max_size
     yield
     gc.set_threshold(*thresholds)
+    asyncio.sslproto.SSLProtocol.max_size = tls_buffer
     gc.unfreeze()
+
+
+async def test_a_tls_connection_reads_into_32_kib_not_256(restored_gc: None) -> None:
+    def read_buffer() -> int:
+        protocol = asyncio.sslproto.SSLProtocol(
+            asyncio.get_running_loop(), asyncio.Protocol(), ssl.create_default_context(), None
+        )
+        return len(protocol.get_buffer(-1))  # what the transport reads into: the whole buffer
+
+    assert read_buffer() == 256 * 1024  # asyncio's own
+    heap.configure()
+    assert read_buffer() == heap.TLS_READ_BUFFER == 32 * 1024
 
 
 def test_configure_lets_generation_0_hold_a_passs_objects(restored_gc: None) -> None:
