@@ -230,8 +230,9 @@ def chunk_rate_control(video: VideoSpec, accelerator: str) -> tuple[VideoSpec, l
     under: +18 % size at 2 s chunks), and without the macroblock tree (`-mbtree 0`): a chunk's last
     frames, which no later frame of the run refers to, got too few bits from it, and with it the
     start still dipped 1.3-2 dB. No extra CPU (no frame is encoded twice). Measured on the test
-    clips at 2 s chunks: within 0.6 dB of the lower of the median and a one-run encode's frame, the
-    output 0-6 % over the bitrate (RUNBOOK).
+    clips at 2 s chunks, veryfast: at most 0.7 dB below the lower of the median and a one-run
+    encode's frame (plain ABR: 2.1-6 dB), the output 2.5-6 % over the bitrate; at medium +15 %
+    (RUNBOOK "Chunked jobs", with what else was tried).
 
     The user's maxrate and bufsize stay a bound: maxrate becomes the lower of theirs and the
     bitrate, bufsize the lower of theirs (default 2 x maxrate) and CHUNK_VBV_SECONDS of the bitrate.
