@@ -221,8 +221,9 @@ def chunk_rate_control(video: VideoSpec, accelerator: str) -> tuple[VideoSpec, l
 
     A chunk is a one-pass x264 run of a few seconds. In plain ABR (`-b:v`, what a single pass
     runs) each run starts with no rate-control history: its first second got too few bits, and
-    every cut of a chunked output dipped (frames within two of a cut 2.3-3.7 dB PSNR below the
-    median at 2 s chunks, the output 10-20 % under the bitrate; RUNBOOK "Chunked jobs"). A chunk
+    every cut of a chunked output dipped (frames within two of a cut 2.1-6 dB PSNR below the
+    median at 2 s chunks, 3.6 dB at 10 s, the output 10-30 % under the bitrate; RUNBOOK "Chunked
+    jobs"). A chunk
     is therefore encoded CBR-like: maxrate = bitrate (x264 then drops the ABR overflow term and
     the VBV buffer's fullness sets the quantizer from the first frame), a buffer of
     CHUNK_VBV_SECONDS of the bitrate that starts CHUNK_VBV_INIT full (`-rc_init_occupancy`, x264's
@@ -232,18 +233,20 @@ def chunk_rate_control(video: VideoSpec, accelerator: str) -> tuple[VideoSpec, l
     start still dipped 1.3-2 dB. No extra CPU (no frame is encoded twice). Measured on the test
     clips at 2 s chunks, veryfast: at most 0.7 dB below the lower of the median and a one-run
     encode's frame (plain ABR: 2.1-6 dB), the output 2.5-6 % over the bitrate; at medium +15 %
-    (RUNBOOK "Chunked jobs", with what else was tried).
+    (+5.6 % at 10 s chunks: each chunk spends down its initial buffer; RUNBOOK "Chunked jobs", with
+    what else was tried).
 
     The user's maxrate and bufsize stay a bound: maxrate becomes the lower of theirs and the
     bitrate, bufsize the lower of theirs (default 2 x maxrate) and CHUNK_VBV_SECONDS of the bitrate.
     A stream that fits a buffer that small, filled that slowly, fits theirs too (a larger buffer
     filled faster only loosens a VBR buffer model), so a capped ladder rendition stays within its
-    cap. A rendition without maxrate gets the same (maxrate = bitrate): chunks are never
-    encoded above the bitrate's peak the single pass would have allowed itself.
+    cap. A rendition without maxrate gets maxrate = bitrate too, a cap its single pass does not
+    have: it is what makes the chunk CBR-like.
 
-    Not libx265 (its x265 has the same knobs, cutree and vbv-init, but was not measured here), nor
-    the hardware encoders (nvenc, qsv, vaapi: their own rate control, not measured): those chunks
-    keep the single pass's options and show the ABR start at every cut."""
+    Not libx265, nor the hardware encoders (nvenc, qsv, vaapi; not measured): those chunks keep the
+    single pass's options and show their rate control's start at every cut (libx265, 2 s chunks:
+    0.7-4.6 dB). The same recipe for x265 (`vbv-init=0.8:cutree=0`) measured 0.2 dB but 21 % over
+    the bitrate, with strict-cbr 1.65 dB."""
     if video.bitrate is None or accelerator != "cpu" or video.codec != "h264":  # libx264
         return None
     bitrate = _bitrate_bps(video.bitrate)
