@@ -11,18 +11,21 @@ from hypothesis import strategies as st
 from test_chunked import NOW, NS, PLAN, SETTINGS, child, creates, decide, parent, parent_patch
 
 from ffrtmp.api.constants import CHUNKED_CONDITION
-from ffrtmp.api.job import AudioSpec, TranscodeJobSpec
+from ffrtmp.api.job import AudioSpec, TranscodeJobSpec, VideoSpec
 from ffrtmp.conditions import condition
 from ffrtmp.controller.chunking import MICROS, choose_mode, plan_chunks
 from ffrtmp.controller.lifecycle import PatchStatus, decide_jobs
 from ffrtmp.controller.state import Store, parse_job
 from ffrtmp.ffmpeg.argv import BASE_ARGS, ROLL_SHIFT_SECONDS, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
+    CHUNK_VBV_INIT,
+    CHUNK_VBV_SECONDS,
     ROLL_AFTER_US,
     ROLL_BEFORE_US,
     TimeRange,
     audio_files,
     audio_plan,
+    chunk_rate_control,
     chunk_roll,
     chunk_video_plan,
     chunking_refusal,
@@ -285,3 +288,39 @@ def test_the_stitch_packages_with_the_single_pass_hls_muxer_options() -> None:
     assert [(o.name, o.kind) for o in stitch.outputs] == [
         ("file", "file"), ("hi", "hls-variant"), ("lo", "hls-variant"), ("master", "hls-master"),
     ]  # fmt: skip
+
+
+def test_a_libx264_chunk_with_a_bitrate_is_encoded_cbr_like_without_the_macroblock_tree() -> None:
+    common: Obj = {"input_url": "/media/film.mp4", "output_dir": "/out/c", "scratch_dir": "/s",
+                   "allowed_protocols": ["file"]}  # fmt: skip
+    chunk = TimeRange(1, 8_000_000, 16_000_000)
+    spec = ladder(outputs=[
+        {"name": "a", "container": "hls", "video": {"bitrate": "800k"}},
+        {"name": "b", "container": "hls", "video": {"bitrate": "2M", "maxrate": "3M"}},  # bufsize 6M: 4M is lower
+        {"name": "c", "container": "hls", "video": {"bitrate": "2M", "maxrate": "3M", "bufsize": "1M"}},
+        {"name": "d", "container": "mp4", "video": {"bitrate": "1M", "maxrate": "500k"}},
+        {"name": "e", "container": "mp4", "video": {"crf": 23, "maxrate": "1M"}},
+        {"name": "f", "container": "mp4", "video": {"codec": "hevc", "bitrate": "1M"}},
+    ])  # fmt: skip
+    (argv,) = chunk_video_plan(spec, chunk, "cpu", **common).passes
+    ends = [k for k, a in enumerate(argv) if a.startswith("/out/c/")]
+    outputs = [argv[i:j] for i, j in zip([argv.index("-map"), *ends[:-1]], ends, strict=True)]
+    rates = [[o[k + 1] for k, a in enumerate(o) if a in ("-b:v", "-maxrate:v", "-bufsize:v", "-rc_init_occupancy:v",
+                                                          "-mbtree:v")] for o in outputs]  # fmt: skip
+    assert rates == [
+        ["800k", "800k", "1600k", "1280000", "0"],
+        ["2M", "2M", "4M", "3200000", "0"],
+        ["2M", "2M", "1M", "800000", "0"],
+        ["1M", "500k", "1M", "800000", "0"],
+        ["1M", "2M"],  # crf: not a bitrate rendition (-crf:v 23, the single pass's maxrate and bufsize)
+        ["1M"],  # libx265: the single pass's rate control
+    ]
+    # The single pass keeps plain ABR; hardware chunks too.
+    single = build_encode_plan(spec, "cpu", **common).passes[0]
+    assert "-mbtree:v" not in single and "-rc_init_occupancy:v" not in single
+    assert chunk_rate_control(VideoSpec(bitrate="1M"), "nvenc") is None
+    assert chunk_rate_control(VideoSpec(bitrate="1M"), "cpu") == (
+        VideoSpec(bitrate="1M", maxrate="1M", bufsize="2M"),
+        [("-rc_init_occupancy", "1600000"), ("-mbtree", "0")],
+    )
+    assert CHUNK_VBV_SECONDS == 2 and CHUNK_VBV_INIT == 0.8

@@ -389,6 +389,7 @@ def build_encode_plan(
     time_range: tuple[int, int] | None = None,
     segment_keyframes: Mapping[str, HlsSpec] | None = None,
     roll_us: tuple[int, int] = (0, 0),
+    encoder_options: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> EncodePlan:
     """The ffmpeg runs that turn `spec` into its outputs on a pool of `accelerator`.
 
@@ -411,7 +412,9 @@ def build_encode_plan(
     also encode the frames that long before the start and after the end, with keyframes forced at
     the start and the end, into a file in `scratch_dir`, and keep exactly the range's frames by a
     stream copy (`roll_remux`): the encoder then sees the frames it sees around a cut in a single
-    pass (see `ffmpeg.chunks`).
+    pass (see `ffmpeg.chunks`). `encoder_options` (output name -> (option, value) pairs,
+    such as ("-mbtree", "0")): added, with the stream's specifier, after that output's own video
+    encoder options (a chunk's rate control, `chunks.chunk_rate_control`).
 
     Raises InvalidSpec for combinations ffmpeg cannot do, InputNotAllowed when the pool does
     not accept the input's protocol.
@@ -557,6 +560,8 @@ def build_encode_plan(
             av1_cpu_encoder=av1_cpu_encoder,
             source=source,
         )
+        for option, value in (encoder_options or {}).get(r.output.name, ()):
+            args += [f"{option}{suffix}", value]
         if rolled and time_range is not None:
             return _rolled_keyframes(args, suffix, time_range[1] - time_range[0], keyframes)
         return args
