@@ -244,13 +244,15 @@ def reads_in_real_time(spec: TranscodeJobSpec) -> bool:
     return not is_live(spec) and any(o.url is not None for o in spec.outputs)
 
 
-def _bitrate_bps(value: str) -> int:
+def bitrate_bps(value: str) -> int:
+    """A spec's bitrate ("800k", "5M", "128000") in bits per second."""
     factor = {"k": 1_000, "M": 1_000_000}.get(value[-1], 1)
     number = value[:-1] if factor != 1 else value
     return round(float(number) * factor)
 
 
-def _format_bps(bps: int) -> str:
+def format_bps(bps: int) -> str:
+    """Bits per second as a spec writes them: "800k" for 800000."""
     if bps % 1_000_000 == 0:
         return f"{bps // 1_000_000}M"
     if bps % 1_000 == 0:
@@ -314,7 +316,7 @@ def _video_args(
     elif v.bitrate is not None:
         args += [f"-b{s}", v.bitrate]
     if v.maxrate is not None:
-        bufsize = v.bufsize if v.bufsize is not None else _format_bps(2 * _bitrate_bps(v.maxrate))
+        bufsize = v.bufsize if v.bufsize is not None else format_bps(2 * bitrate_bps(v.maxrate))
         args += [f"-maxrate{s}", v.maxrate, f"-bufsize{s}", bufsize]
     # keyframes
     if v.gop is not None:

@@ -65,10 +65,10 @@ from ffrtmp.ffmpeg.argv import (
     THUMBS_DIR,
     EncodePlan,
     PlannedOutput,
-    _bitrate_bps,
-    _format_bps,
+    bitrate_bps,
     build_encode_plan,
     default_output_path,
+    format_bps,
 )
 from ffrtmp.ffmpeg.hls import HLS_DIR, hls_muxer
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
@@ -249,11 +249,11 @@ def chunk_rate_control(video: VideoSpec, accelerator: str) -> tuple[VideoSpec, l
     the bitrate, with strict-cbr 1.65 dB."""
     if video.bitrate is None or accelerator != "cpu" or video.codec != "h264":  # libx264
         return None
-    bitrate = _bitrate_bps(video.bitrate)
-    maxrate = bitrate if video.maxrate is None else min(bitrate, _bitrate_bps(video.maxrate))
-    theirs = _bitrate_bps(video.bufsize) if video.bufsize is not None else 2 * maxrate
+    bitrate = bitrate_bps(video.bitrate)
+    maxrate = bitrate if video.maxrate is None else min(bitrate, bitrate_bps(video.maxrate))
+    theirs = bitrate_bps(video.bufsize) if video.bufsize is not None else 2 * maxrate
     bufsize = min(theirs, CHUNK_VBV_SECONDS * bitrate)
-    video = video.model_copy(update={"maxrate": _format_bps(maxrate), "bufsize": _format_bps(bufsize)})
+    video = video.model_copy(update={"maxrate": format_bps(maxrate), "bufsize": format_bps(bufsize)})
     return video, [("-rc_init_occupancy", str(round(CHUNK_VBV_INIT * bufsize))), ("-mbtree", "0")]
 
 
