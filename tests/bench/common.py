@@ -329,14 +329,17 @@ class BenchEnv:
         *extra: str,
         trace: Path | None = None,
         census: Path | None = None,
+        garbage: Path | None = None,
         log_name: str = "operator",
     ) -> Operator:
-        """The operator as users run it; with `trace` or `census`, through tests.bench.traced_operator
-        (the same operator, tracing its allocations, or counting its memory untraced, into that file)."""
+        """The operator as users run it; with `trace`, `census` or `garbage`, through
+        tests.bench.traced_operator (the same operator, tracing its allocations, counting its memory
+        untraced, or tallying what its garbage collector frees and where collections start, into that
+        file)."""
         diagnostics = {
             "FFRTMP_BENCH_TRACEMALLOC": trace,
             "FFRTMP_BENCH_MEMSTATS": census,
-            "FFRTMP_BENCH_GC_GARBAGE": census.with_name(census.name.replace("memstats", "garbage")) if census else None,
+            "FFRTMP_BENCH_GC_GARBAGE": garbage,
         }
         diagnostics_env = {name: str(path) for name, path in diagnostics.items() if path}
         module = ["-m", "tests.bench.traced_operator"] if diagnostics_env else ["-m", "ffrtmp.cli"]

@@ -26,6 +26,10 @@ operator's namespaces. FFRTMP_BENCH_NS_ROUNDS=1,20,50,100 picks other rounds.
 The operator's memory: its RSS and peak RSS once it is ready (every namespace listed, no pool yet)
 and its peak RSS at the round's end; with FFRTMP_BENCH_MEMSTATS=1 also the census of figure 9 (every
 30 s: pymalloc's arenas, live objects by type) in .bench/namespaces-r<round>-ns<N>-memstats.json.
+The garbage collector: its pauses per generation and the event loop's lag in the latency window, in
+every round; with FFRTMP_BENCH_GC_GARBAGE=1 also, in .bench/namespaces-r<round>-ns<N>-garbage.json,
+what it freed by type and the code running when each collection started (who allocates most; the
+collector then keeps what it frees until the tally drops it: diagnostics, not a figure).
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ P99_TARGET = 1.2  # N namespaces' submit -> Running p99 over 1 namespace's
 LABEL = "bench.ffmpeg-rtmp.io/figure"
 BROKEN_WATCH = re.compile(r"watch of \S+ (broke|failed)")
 MEMSTATS = os.environ.get("FFRTMP_BENCH_MEMSTATS") == "1"
+GC_GARBAGE = os.environ.get("FFRTMP_BENCH_GC_GARBAGE") == "1"
 
 
 def workers_needed(scale: str) -> int:
@@ -267,9 +272,10 @@ class Bench:
         flags = [arg for ns in names[1:] for arg in ("--namespace", ns)]
         watches_before = await open_watches(self.env)
         census = RESULTS_DIR / f"namespaces-r{index}-ns{n}-memstats.json" if MEMSTATS else None
+        garbage = RESULTS_DIR / f"namespaces-r{index}-ns{n}-garbage.json" if GC_GARBAGE else None
         op = self.env.start_operator(
             names[0], *flags, "--metrics-port", str(metrics_port), "--ready-port", str(ready_port),
-            log_name=f"operator-r{index}-ns{n}", census=census,
+            log_name=f"operator-r{index}-ns{n}", census=census, garbage=garbage,
         )  # fmt: skip
         conns = Connections(op.pid, self.apiserver_port).start()
         cpu = ProcessSampler(op.pid)
