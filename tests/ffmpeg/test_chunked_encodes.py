@@ -27,13 +27,17 @@ from ffrtmp.ffmpeg.argv import EncodePlan, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
     AUDIO_DIR,
     KEYFRAME_PROBE_ARGS,
+    LEVEL_PROBE_ARGS,
     TimeRange,
     audio_plan,
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
     cuts_on_keyframes,
+    leveled_outputs,
     parse_keyframe_probe,
+    parse_level_probe,
+    stitch_levels,
     stitch_plan,
 )
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
@@ -192,7 +196,14 @@ def encode_chunked(spec: TranscodeJobSpec, source: Path, tmp_path: Path, chunk_s
     audio = audio_plan(spec, output_dir=str(work / AUDIO_DIR), **common)
     if audio is not None:
         run_plan(audio, work / AUDIO_DIR)
-    stitch = stitch_plan(spec, chunks, work_dir=str(work), output_dir=str(out), with_audio=audio is not None)
+    first = work / chunk_dir(chunks[0].index)
+    declared = {name: parse_level_probe(ffprobe_json(*LEVEL_PROBE_ARGS, str(first / f"{name}.mp4")))
+                for name in leveled_outputs(spec, "cpu")}  # fmt: skip
+    assert None not in declared.values(), declared
+    levels = stitch_levels(spec, {name: found for name, found in declared.items() if found is not None})
+    stitch = stitch_plan(
+        spec, chunks, work_dir=str(work), output_dir=str(out), with_audio=audio is not None, levels=levels
+    )
     for name, text in stitch.lists.items():
         (work / name).write_text(text)
     for directory in stitch.directories:

@@ -54,7 +54,7 @@ variable-frame-rate source the two differ; for a constant-rate source they are t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ffrtmp.api.job import AudioSpec, HlsSpec, OutputSpec, TranscodeJobSpec, VideoSpec
@@ -72,6 +72,7 @@ from ffrtmp.ffmpeg.argv import (
 )
 from ffrtmp.ffmpeg.hls import HLS_DIR, hls_muxer
 from ffrtmp.ffmpeg.invalid_spec import InvalidSpec
+from ffrtmp.ffmpeg.levels import single_pass_level
 from ffrtmp.ffmpeg.media import SourceMedia
 from ffrtmp.ffmpeg.rendition import DEFAULT_AUDIO_BITRATE
 from ffrtmp.ffmpeg.timeline import parse_micros, seconds
@@ -241,7 +242,9 @@ def chunk_rate_control(video: VideoSpec, accelerator: str) -> tuple[VideoSpec, l
     A stream that fits a buffer that small, filled that slowly, fits theirs too (a larger buffer
     filled faster only loosens a VBR buffer model), so a capped ladder rendition stays within its
     cap. A rendition without maxrate gets maxrate = bitrate too, a cap its single pass does not
-    have: it is what makes the chunk CBR-like.
+    have: it is what makes the chunk CBR-like. Its chunks may declare a lower H.264 level than the single pass
+    (x264 checks the level against the VBV): the stitch declares the single pass's
+    (`leveled_outputs`, `stitch_levels`, `levels.single_pass_level`).
 
     Not libx265, nor the hardware encoders (nvenc, qsv, vaapi; not measured): those chunks keep the
     single pass's options and show their rate control's start at every cut (libx265, 2 s chunks:
@@ -335,12 +338,21 @@ def concat_list(output_name: str, chunks: Sequence[TimeRange]) -> str:
 
 
 def stitch_plan(
-    spec: TranscodeJobSpec, chunks: Sequence[TimeRange], *, work_dir: str, output_dir: str, with_audio: bool
+    spec: TranscodeJobSpec,
+    chunks: Sequence[TimeRange],
+    *,
+    work_dir: str,
+    output_dir: str,
+    with_audio: bool,
+    levels: Mapping[str, int] | None = None,
 ) -> StitchPlan:
     """Per mp4 output: its chunks by stream copy, its audio beside them, MP4 with faststart; the hls
     outputs: one run packaging every rendition's joined chunks and audio by stream copy with the
     single pass's hls muxer options (`hls.hls_muxer`); the thumbnails copied. Written to the job's
-    output folder. `with_audio`: whether the audio task wrote audio files."""
+    output folder. `with_audio`: whether the audio task wrote audio files. `levels`: output name ->
+    the H.264 level to declare in its copied stream (`levels.single_pass_level`, for the outputs
+    whose chunks declared a lower one: `leveled_outputs`)."""
+    levels = levels or {}
     check_chunkable(spec)
     passes: list[list[str]] = []
     planned: list[PlannedOutput] = []
@@ -357,6 +369,8 @@ def stitch_plan(
         audio = sources.get(output.name)
         argv = [FFMPEG, *BASE_ARGS, *_joined_inputs(output, work_dir, audio)]
         argv += ["-map", "0:v:0", *(["-map", "1:a:0"] if audio else []), "-c", "copy"]
+        if output.name in levels:
+            argv += ["-bsf:v", _level_filter(levels[output.name])]
         argv += ["-movflags", "+faststart"]
         if output.tags is not None:
             for key, value in output.tags.to_api().items():
@@ -365,7 +379,7 @@ def stitch_plan(
         passes.append(argv)
         planned.append(PlannedOutput(output.name, "file", path))
     if ladder:
-        passes.append(_hls_stitch(spec, ladder, work_dir, output_dir, sources))
+        passes.append(_hls_stitch(spec, ladder, work_dir, output_dir, sources, levels))
         planned += [PlannedOutput(o.name, "hls-variant", default_output_path(o)) for o in ladder]
         master = (spec.hls or HlsSpec()).master_playlist
         planned.append(PlannedOutput("master", "hls-master", f"{HLS_DIR}/{master}"))
@@ -391,7 +405,12 @@ def _joined_inputs(output: OutputSpec, work_dir: str, audio: str | None) -> list
 
 
 def _hls_stitch(
-    spec: TranscodeJobSpec, ladder: Sequence[OutputSpec], work_dir: str, output_dir: str, sources: dict[str, str]
+    spec: TranscodeJobSpec,
+    ladder: Sequence[OutputSpec],
+    work_dir: str,
+    output_dir: str,
+    sources: dict[str, str],
+    levels: Mapping[str, int],
 ) -> list[str]:
     """One run: every hls rendition's joined chunks and audio, by stream copy, into the hls muxer as
     the single pass configures it. The streams carry the encodes' target bitrates (bitrate, else
@@ -411,8 +430,11 @@ def _hls_stitch(
         rate = video.bitrate or video.maxrate
         maps += ["-map", f"{first}:v:0", f"-c:v:{video_index}", "copy"]
         maps += [f"-b:v:{video_index}", rate] if rate is not None else []
-        if video.codec in ANNEX_B_FILTERS:
-            maps += [f"-bsf:v:{video_index}", ANNEX_B_FILTERS[video.codec]]
+        filters = [ANNEX_B_FILTERS[video.codec]] if video.codec in ANNEX_B_FILTERS else []
+        if output.name in levels:
+            filters.append(_level_filter(levels[output.name]))
+        if filters:
+            maps += [f"-bsf:v:{video_index}", ",".join(filters)]
         entry = f"v:{video_index}"
         if audio is not None:
             maps += ["-map", f"{first + 1}:a:0", f"-c:a:{audio_index}", "copy"]
@@ -421,6 +443,45 @@ def _hls_stitch(
             audio_index += 1
         variants.append(f"{entry},name:{output.name}")
     return [FFMPEG, *BASE_ARGS, *inputs, *maps, *hls_muxer(spec.hls or HlsSpec(), output_dir, variants)]
+
+
+def _level_filter(level_idc: int) -> str:
+    return f"h264_metadata=level={level_idc}"
+
+
+def leveled_outputs(spec: TranscodeJobSpec, accelerator: str) -> list[str]:
+    """The outputs whose chunks were encoded CBR-like (`chunk_rate_control`): their chunks may declare
+    a lower H.264 level than a single pass would, and the stitch declares the single pass's
+    (`levels.single_pass_level`, from the first chunk's probed level and profile)."""
+    return [o.name for o in spec.outputs if chunk_rate_control(o.video or VideoSpec(), accelerator) is not None]
+
+
+def stitch_levels(spec: TranscodeJobSpec, probed: Mapping[str, tuple[str, int]]) -> dict[str, int]:
+    """The `levels` of `stitch_plan`: per output in `probed` (name -> the profile and level_idc its
+    first chunk declares), the single pass's level where that is higher."""
+    levels: dict[str, int] = {}
+    for output in spec.outputs:
+        if output.name in probed:
+            profile, chunk_level = probed[output.name]
+            wanted = single_pass_level(output.video or VideoSpec(), chunk_level, profile)
+            if wanted > chunk_level:
+                levels[output.name] = wanted
+    return levels
+
+
+LEVEL_PROBE_ARGS = ("-v", "error", "-select_streams", "v:0", "-show_entries", "stream=profile,level", "-of", "json")
+
+
+def parse_level_probe(document: dict[str, object]) -> tuple[str, int] | None:
+    """(profile, level_idc) of the first video stream, from ffprobe's JSON with LEVEL_PROBE_ARGS."""
+    streams = document.get("streams")
+    first = streams[0] if isinstance(streams, list) and streams else None
+    if not isinstance(first, dict):
+        return None
+    profile, level = first.get("profile"), first.get("level")
+    if not isinstance(profile, str) or not isinstance(level, int) or level <= 0:
+        return None
+    return profile, level
 
 
 KEYFRAME_PROBE_ARGS = (

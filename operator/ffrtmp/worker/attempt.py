@@ -48,20 +48,24 @@ from ffrtmp.ffmpeg.argv import (
 from ffrtmp.ffmpeg.chunks import (
     AUDIO_DIR,
     KEYFRAME_PROBE_ARGS,
+    LEVEL_PROBE_ARGS,
     TimeRange,
     audio_plan,
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
     cuts_on_keyframes,
+    leveled_outputs,
     parse_keyframe_probe,
+    parse_level_probe,
+    stitch_levels,
     stitch_plan,
 )
 from ffrtmp.ffmpeg.errors import Failure, classify_failure
 from ffrtmp.ffmpeg.inputs import InputNotAllowed, InputUnavailable, check_input, check_playlist, is_playlist
 from ffrtmp.ffmpeg.loudness import LoudnessMeasurement, LoudnessParseError, apply_measurements, parse_loudnorm_output
 from ffrtmp.ffmpeg.media import SourceMedia
-from ffrtmp.ffmpeg.probe import probe, probe_input, run_ffprobe
+from ffrtmp.ffmpeg.probe import PROBE_TIMEOUT_SECONDS, probe, probe_input, run_ffprobe
 from ffrtmp.ffmpeg.progress import ProgressParser, ProgressSnapshot, percent
 from ffrtmp.redact import redact, secret_values
 from ffrtmp.storage.publish import ManifestHeader
@@ -460,9 +464,11 @@ class Attempt:
         except ValueError as e:
             raise InvalidSpec(f"chunkTask Stitch: {e}") from e
         with_audio = await asyncio.to_thread(lambda: any((work / AUDIO_DIR).glob("*.m4a")))
+        levels = await self._single_pass_levels(work, ranges[0] if ranges else None)
         stitch = stitch_plan(
-            self.spec, ranges, work_dir=str(work), output_dir=str(self.attempt_dir), with_audio=with_audio
-        )
+            self.spec, ranges, work_dir=str(work), output_dir=str(self.attempt_dir), with_audio=with_audio,
+            levels=levels,
+        )  # fmt: skip
         for name, text in stitch.lists.items():
             await asyncio.to_thread((work / name).write_text, text)
         for source_dir, target in stitch.copies.items():
@@ -472,6 +478,23 @@ class Attempt:
             passes=stitch.passes, outputs=stitch.outputs, live=False,
             duration_seconds=ranges[-1].end_us / 1_000_000, directories=stitch.directories,
         )  # fmt: skip
+
+    async def _single_pass_levels(self, work: Path, first: TimeRange | None) -> dict[str, int]:
+        """Per output whose chunks were encoded CBR-like: the H.264 level a single pass declares, where
+        it is above the one its first chunk declares (`ffmpeg.levels`)."""
+        if first is None:
+            return {}
+        probed: dict[str, tuple[str, int]] = {}
+        for name in leveled_outputs(self.spec, self.config.accelerator):
+            chunk = work / chunk_dir(first.index) / f"{name}.mp4"
+            document = await run_ffprobe(
+                [*LEVEL_PROBE_ARGS, str(chunk)], timeout_seconds=PROBE_TIMEOUT_SECONDS, env=self._ffmpeg_env({})
+            )
+            found = parse_level_probe(document or {})
+            if found is None:
+                raise _Failed(Failure("OutputError", f"the first chunk of output {name} cannot be read: {chunk}", True))
+            probed[name] = found
+        return stitch_levels(self.spec, probed)
 
     def _object_storage(self) -> AttemptStorage:
         storage = self.config.object_storage
