@@ -126,6 +126,8 @@ class Round:
     # status.worker set -> Running (the simulated worker's), as the bench's watch saw them.
     to_assigned: dict[str, float | None] = field(default_factory=dict)
     assigned_to_running: dict[str, float | None] = field(default_factory=dict)
+    # The three slowest jobs: (name, submit -> worker set, worker set -> Running), seconds.
+    slowest: list[tuple[str, float | None, float | None]] = field(default_factory=list)
     passes_per_second: float | None = None  # the operator's decision passes in the latency window
     pass_mean_ms: float | None = None
     # In the latency window: the collector's pauses per generation (count, total ms, the bucket
@@ -372,25 +374,28 @@ class Bench:
                 except Exception as e:  # counted, not retried: a retry would skew the rate
                     errors.append(f"{name}: {e}")
 
-            before, t0 = await operator_text(metrics_port), time.monotonic()  # one scrape each side
+            # One scrape each side, parsed only once every job is Running: this process also runs the
+            # simulated workers and the watch that times the jobs, and parsing a scrape of 100
+            # namespaces' series (360 kB) here used to hold them, so the last jobs looked late.
+            before, t0 = await operator_text(metrics_port), time.monotonic()
             await submit_paced(total, rate, create)
             after, elapsed = await operator_text(metrics_port), time.monotonic() - t0
-            passes0, passes1 = histogram_in(before, PASS_SECONDS), histogram_in(after, PASS_SECONDS)
-            r.gc_pauses = {
-                g: pauses_between(
-                    histogram_in(before, GC_PAUSE_SECONDS, {"generation": g}),
-                    histogram_in(after, GC_PAUSE_SECONDS, {"generation": g}),
-                )
-                for g in "012"
-            }
-            lag = (histogram_in(text, LOOP_LAG_SECONDS) for text in (before, after))
-            lag_mean, lag_p99 = histogram_summary(*lag)
-            r.loop_lag_ms = (_ms(lag_mean), _ms(lag_p99))
             expected = total - len(errors)
             with contextlib.suppress(TimeoutError):
                 await watch.wait(lambda: watch.count(lambda t: t.running is not None) >= expected, 120, "all Running")
         finally:
             await watch.stop()
+        passes0, passes1 = histogram_in(before, PASS_SECONDS), histogram_in(after, PASS_SECONDS)
+        r.gc_pauses = {
+            g: pauses_between(
+                histogram_in(before, GC_PAUSE_SECONDS, {"generation": g}),
+                histogram_in(after, GC_PAUSE_SECONDS, {"generation": g}),
+            )
+            for g in "012"
+        }
+        lag = (histogram_in(text, LOOP_LAG_SECONDS) for text in (before, after))
+        lag_mean, lag_p99 = histogram_summary(*lag)
+        r.loop_lag_ms = (_ms(lag_mean), _ms(lag_p99))
         running = {n: watch.jobs[n].running for n in sent if n in watch.jobs}
         lat = [t - sent[n] for n, t in running.items() if t is not None]
         r.submitted, r.running = total - len(errors), len(lat)
@@ -399,6 +404,12 @@ class Bench:
         decided = [t.assigned - sent[n] for n, t in times.items() if t.assigned is not None]
         started = [t.running - t.assigned for t in times.values() if t.running is not None and t.assigned is not None]
         r.to_assigned = {f"p{q}": percentile(decided, q) for q in (50, 99)}
+        by_latency = sorted(((t - sent[n], n) for n, t in running.items() if t is not None), reverse=True)
+        r.slowest = [
+            (n, _round(t.assigned - sent[n]) if t.assigned is not None else None,
+             _round(t.running - t.assigned) if t.assigned is not None and t.running is not None else None)
+            for _, n in by_latency[:3] for t in [times[n]]
+        ]  # fmt: skip
         r.assigned_to_running = {f"p{q}": percentile(started, q) for q in (50, 99)}
         count = passes1.get("count", 0) - passes0.get("count", 0)
         if count > 0:
