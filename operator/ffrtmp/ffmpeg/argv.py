@@ -251,6 +251,14 @@ def bitrate_bps(value: str) -> int:
     return round(float(number) * factor)
 
 
+def vbv_bufsize(v: VideoSpec) -> str | None:
+    """The VBV buffer a single pass of `v` runs with: its bufsize, else 2 x its maxrate; None without
+    a maxrate (no VBV)."""
+    if v.maxrate is None:
+        return None
+    return v.bufsize if v.bufsize is not None else format_bps(2 * bitrate_bps(v.maxrate))
+
+
 def format_bps(bps: int) -> str:
     """Bits per second as a spec writes them: "800k" for 800000."""
     if bps % 1_000_000 == 0:
@@ -315,8 +323,8 @@ def _video_args(
             args += [f"-b{s}", "0"]  # constant quality mode
     elif v.bitrate is not None:
         args += [f"-b{s}", v.bitrate]
-    if v.maxrate is not None:
-        bufsize = v.bufsize if v.bufsize is not None else format_bps(2 * bitrate_bps(v.maxrate))
+    bufsize = vbv_bufsize(v)
+    if v.maxrate is not None and bufsize is not None:
         args += [f"-maxrate{s}", v.maxrate, f"-bufsize{s}", bufsize]
     # keyframes
     if v.gop is not None:

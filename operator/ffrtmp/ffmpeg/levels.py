@@ -16,7 +16,7 @@ parameters need (`single_pass_level`). The stitch writes that level into the str
 from __future__ import annotations
 
 from ffrtmp.api.job import VideoSpec
-from ffrtmp.ffmpeg.argv import bitrate_bps
+from ffrtmp.ffmpeg.argv import bitrate_bps, vbv_bufsize
 
 # (level_idc as x264 writes it, MaxBR kbit/s, MaxCPB kbit) of Table A-1, in x264's order; the limits
 # are for Baseline/Main/Extended, High's are 5/4 of them (x264's cbp_factor). Level 1b is left out:
@@ -44,11 +44,11 @@ def vbv_level(maxrate_bps: int, bufsize_bits: int, profile: str) -> int:
 def single_pass_level(video: VideoSpec, chunk_level: int, profile: str) -> int:
     """The level x264 declares in a single pass of `video`, given the level (and profile) a CBR-like
     chunk of it declared: the higher of that and what the single pass's own VBV parameters need
-    (plain ABR: maxrate 2 x bitrate, no buffer; with the user's maxrate: theirs, and their bufsize or
-    2 x maxrate, as the single pass's argv sets them)."""
-    if video.maxrate is not None:
-        maxrate = bitrate_bps(video.maxrate)
-        bufsize = bitrate_bps(video.bufsize) if video.bufsize is not None else 2 * maxrate
+    (plain ABR: maxrate 2 x bitrate, no buffer; with the user's maxrate: theirs, and the buffer the
+    single pass's argv sets, `argv.vbv_bufsize`)."""
+    bufsize_option = vbv_bufsize(video)
+    if video.maxrate is not None and bufsize_option is not None:
+        maxrate, bufsize = bitrate_bps(video.maxrate), bitrate_bps(bufsize_option)
     elif video.bitrate is not None:
         maxrate, bufsize = 2 * bitrate_bps(video.bitrate), 0
     else:
