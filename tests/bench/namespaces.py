@@ -74,7 +74,7 @@ from .common import (
     wait_until,
 )
 from .sim import SimFarm
-from .write_budget import histogram_in, histogram_summary, operator_text
+from .write_budget import bucket_bound, histogram_in, histogram_summary, operator_text, scrape_samples
 
 NAME = "namespaces"
 PARAMS: dict[str, dict[str, Any]] = {
@@ -385,16 +385,18 @@ class Bench:
                 await watch.wait(lambda: watch.count(lambda t: t.running is not None) >= expected, 120, "all Running")
         finally:
             await watch.stop()
-        passes0, passes1 = histogram_in(before, PASS_SECONDS), histogram_in(after, PASS_SECONDS)
+        first, last = scrape_samples(before), scrape_samples(after)
+        passes0, passes1 = histogram_in(first, PASS_SECONDS), histogram_in(last, PASS_SECONDS)
         r.gc_pauses = {
             g: pauses_between(
-                histogram_in(before, GC_PAUSE_SECONDS, {"generation": g}),
-                histogram_in(after, GC_PAUSE_SECONDS, {"generation": g}),
+                histogram_in(first, GC_PAUSE_SECONDS, {"generation": g}),
+                histogram_in(last, GC_PAUSE_SECONDS, {"generation": g}),
             )
             for g in "012"
         }
-        lag = (histogram_in(text, LOOP_LAG_SECONDS) for text in (before, after))
-        lag_mean, lag_p99 = histogram_summary(*lag)
+        lag_mean, lag_p99 = histogram_summary(
+            histogram_in(first, LOOP_LAG_SECONDS), histogram_in(last, LOOP_LAG_SECONDS)
+        )
         r.loop_lag_ms = (_ms(lag_mean), _ms(lag_p99))
         running = {n: watch.jobs[n].running for n in sent if n in watch.jobs}
         lat = [t - sent[n] for n, t in running.items() if t is not None]
@@ -421,9 +423,7 @@ def pauses_between(before: dict[str, float], after: dict[str, float]) -> tuple[f
     """(collections, total ms, the upper bound of the bucket of the longest) between two scrapes."""
     count = after.get("count", 0) - before.get("count", 0)
     total_ms = 1000 * (after.get("sum", 0) - before.get("sum", 0))
-    bounds = sorted((float(le), n - before.get(le, 0)) for le, n in after.items() if le not in ("sum", "count"))
-    longest = next((le for le, n in bounds if n >= count), None) if count else None
-    return count, round(total_ms, 2), _ms(longest)
+    return count, round(total_ms, 2), _ms(bucket_bound(before, after, 1.0))
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -56,6 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from ffrtmp.api.cadence import ANNOTATION_CADENCE, Cadence
 from ffrtmp.conditions import parse_time
@@ -335,23 +336,36 @@ async def operator_text(port: int) -> str:
 
 async def operator_histogram(port: int, name: str, labels: dict[str, str] | None = None) -> dict[str, float]:
     """{le: cumulative count, "sum": total, "count": n} of a histogram (the series with `labels`)."""
-    return histogram_in(await operator_text(port), name, labels)
+    return histogram_in(scrape_samples(await operator_text(port)), name, labels)
 
 
-def histogram_in(text: str, name: str, labels: dict[str, str] | None = None) -> dict[str, float]:
-    """`operator_histogram` of one scrape's text."""
+def scrape_samples(text: str) -> list[Sample]:
+    """Every sample of one scrape, parsed once (a scrape of 100 namespaces' series takes 60 ms)."""
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def histogram_in(samples: list[Sample], name: str, labels: dict[str, str] | None = None) -> dict[str, float]:
+    """`operator_histogram` of one scrape's samples."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if any(sample.labels.get(k) != v for k, v in (labels or {}).items()):
-                continue
-            if sample.name == f"{name}_bucket":
-                out[sample.labels["le"]] = sample.value
-            elif sample.name == f"{name}_sum":
-                out["sum"] = sample.value
-            elif sample.name == f"{name}_count":
-                out["count"] = sample.value
+    for sample in samples:
+        if any(sample.labels.get(k) != v for k, v in (labels or {}).items()):
+            continue
+        if sample.name == f"{name}_bucket":
+            out[sample.labels["le"]] = sample.value
+        elif sample.name == f"{name}_sum":
+            out["sum"] = sample.value
+        elif sample.name == f"{name}_count":
+            out["count"] = sample.value
     return out
+
+
+def bucket_bound(before: dict[str, float], after: dict[str, float], fraction: float) -> float | None:
+    """The upper bound of the first bucket holding `fraction` of the observations in between."""
+    count = after.get("count", 0) - before.get("count", 0)
+    if count <= 0:
+        return None
+    bounds = sorted((float(le), after[le] - before.get(le, 0)) for le in after if le not in ("sum", "count"))
+    return next((le for le, n in bounds if n >= fraction * count), None)
 
 
 def histogram_summary(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, float | None]:
@@ -360,9 +374,7 @@ def histogram_summary(before: dict[str, float], after: dict[str, float]) -> tupl
     if count <= 0:
         return None, None
     mean = (after.get("sum", 0) - before.get("sum", 0)) / count
-    bounds = sorted((float(le), after[le] - before.get(le, 0)) for le in after if le not in ("sum", "count"))
-    p99 = next((le for le, n in bounds if n >= 0.99 * count), None)
-    return mean, p99
+    return mean, bucket_bound(before, after, 0.99)
 
 
 async def wait_cadence(bare: KubeClient, port: int, ns: str, workers: int) -> Cadence:
