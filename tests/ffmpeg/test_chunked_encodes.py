@@ -26,17 +26,16 @@ from ffrtmp.controller.chunking import MICROS, plan_chunks
 from ffrtmp.ffmpeg.argv import EncodePlan, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
     AUDIO_DIR,
-    KEYFRAME_PROBE_ARGS,
     LEVEL_PROBE_ARGS,
     TimeRange,
     audio_plan,
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
-    cuts_on_keyframes,
     leveled_outputs,
     parse_keyframe_probe,
     parse_level_probe,
+    plan_probe_args,
     stitch_levels,
     stitch_plan,
 )
@@ -179,10 +178,9 @@ class Chunked:
 def encode_chunked(spec: TranscodeJobSpec, source: Path, tmp_path: Path, chunk_seconds: int) -> Chunked:
     """What the chunk, audio and stitch tasks of a chunked job do, one after another."""
     check_chunkable(spec, chunk_seconds)
-    duration, keyframes = parse_keyframe_probe(ffprobe_json(*KEYFRAME_PROBE_ARGS, str(source)))
+    duration, keyframes = parse_keyframe_probe(ffprobe_json(*plan_probe_args(spec), str(source)))
     assert duration is not None
     media = probed(source)
-    keyframes = keyframes if cuts_on_keyframes(spec) else []
     chunks = tuple(TimeRange(c.index, c.start_us, c.end_us) for c in plan_chunks(duration, chunk_seconds, keyframes))
     work, scratch, out = tmp_path / "work", tmp_path / "scratch", tmp_path / "chunked"
     for folder in (work, scratch, out):

@@ -20,6 +20,8 @@ from ffrtmp.ffmpeg.argv import BASE_ARGS, ROLL_SHIFT_SECONDS, build_encode_plan
 from ffrtmp.ffmpeg.chunks import (
     CHUNK_VBV_INIT,
     CHUNK_VBV_SECONDS,
+    DURATION_PROBE_ARGS,
+    KEYFRAME_PROBE_ARGS,
     ROLL_AFTER_US,
     ROLL_BEFORE_US,
     TimeRange,
@@ -30,6 +32,7 @@ from ffrtmp.ffmpeg.chunks import (
     chunk_video_plan,
     chunking_refusal,
     cuts_on_keyframes,
+    plan_probe_args,
     stitch_plan,
 )
 
@@ -177,8 +180,12 @@ def test_hls_chunks_are_cut_on_the_grid_and_keep_the_segment_keyframes() -> None
                         *ladder().model_dump(by_alias=True, exclude_none=True)["outputs"][1:]]  # fmt: skip
     spec = ladder(hls={"segmentSeconds": 4}, outputs=constant_quality)
     assert [o.video.bitrate for o in spec.outputs if o.video] == [None, None, None]
+    mp4 = TranscodeJobSpec.model_validate({"input": {"uri": "/a.mp4"}, "outputs": [{"name": "a"}]})
     assert not cuts_on_keyframes(spec)
-    assert cuts_on_keyframes(TranscodeJobSpec.model_validate({"input": {"uri": "/a.mp4"}, "outputs": [{"name": "a"}]}))
+    assert cuts_on_keyframes(mp4)
+    # the plan reads the keyframes only where a cut may move onto one: an hls plan reads the header alone
+    assert plan_probe_args(spec) == DURATION_PROBE_ARGS and "-skip_frame" not in plan_probe_args(spec)
+    assert plan_probe_args(mp4) == KEYFRAME_PROBE_ARGS and "frame=pts_time" in " ".join(plan_probe_args(mp4))
     keyframes = [3_900_000, 8_100_000]  # where an mp4 plan would move the cuts
     assert [c.start_us for c in plan_chunks(20_000_000, 8, [] if not cuts_on_keyframes(spec) else keyframes)] == [
         0, 8_000_000,

@@ -534,11 +534,12 @@ class ChunkingSpec(ApiModel):
     mode: Literal["Off", "On", "Auto"] = Field(
         default="Off",
         description=(
-            "Off (default): one worker runs the job. On: a planning task probes the input's keyframes and "
-            "cuts it into chunks; child TranscodeJobs (labelled ffmpeg-rtmp.io/parent) encode each chunk's "
-            "video and the whole input's audio (and the thumbnails) once, and a stitch task joins them by "
-            "stream copy (mp4 files, hls ladders). Auto: chunked when the outputs allow it and the planning "
-            "task finds the input at least autoMinSeconds long, else one worker runs the job; the condition "
+            "Off (default): one worker runs the job. On: a planning task probes the input (its keyframes "
+            "too, unless the outputs are an hls ladder, whose cuts are exact) and cuts it into chunks; child "
+            "TranscodeJobs (labelled ffmpeg-rtmp.io/parent) encode each chunk's video and the whole input's "
+            "audio (and the thumbnails) once, and a stitch task joins them by stream copy (mp4 files, hls "
+            "ladders). Auto: chunked when the outputs allow it and the planning task finds the input at least "
+            "autoMinSeconds long, else one worker runs the job; the condition "
             "Chunked says which and why."
         ),
     )

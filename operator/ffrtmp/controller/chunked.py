@@ -3,9 +3,10 @@
 A chunked parent is never assigned to a worker itself. Its work is done by child TranscodeJobs,
 which go through the same queue, priorities, slots, Leases and retries as any job:
 
-1. `<parent>-plan` (chunkTask Plan) probes the input's duration and keyframes on a worker (the
-   operator cannot read media) and reports the chunk plan in its status; the plan is copied into
-   the parent's `status.chunks.plan`, so a restarted operator continues the same plan.
+1. `<parent>-plan` (chunkTask Plan) probes the input's duration (and its keyframes:
+   `chunks.plan_probe_args`) on a worker (the operator cannot read media) and reports the chunk
+   plan in its status; the plan is copied into the parent's `status.chunks.plan`, so a restarted
+   operator continues the same plan.
 2. `<parent>-c<i>` (Video) per chunk, at most `maxChunksInFlight` unfinished at once, and one
    `<parent>-audio` (Audio) for the whole input's audio.
 3. `<parent>-stitch` (Stitch), once every chunk and the audio succeeded: it joins them into the

@@ -83,7 +83,7 @@ class OperatorMetrics:
         self.chunk_seconds = Histogram(
             "ffrtmp_chunk_seconds",
             "Start to finish of a chunked job's tasks that succeeded (status times, whole seconds), by task: "
-            "plan (the keyframe probe), video (one chunk), audio (the whole input's audio), stitch.",
+            "plan (the input probe), video (one chunk), audio (the whole input's audio), stitch.",
             ["task"],
             buckets=CHUNK_BUCKETS,
             registry=r,

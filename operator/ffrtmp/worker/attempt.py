@@ -47,17 +47,16 @@ from ffrtmp.ffmpeg.argv import (
 )
 from ffrtmp.ffmpeg.chunks import (
     AUDIO_DIR,
-    KEYFRAME_PROBE_ARGS,
     LEVEL_PROBE_ARGS,
     TimeRange,
     audio_plan,
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
-    cuts_on_keyframes,
     leveled_outputs,
     parse_keyframe_probe,
     parse_level_probe,
+    plan_probe_args,
     stitch_levels,
     stitch_plan,
 )
@@ -432,7 +431,7 @@ class Attempt:
         nothing = EncodePlan(passes=[], outputs=[], live=False, duration_seconds=None)
         if task.kind == "Plan":
             document = await run_ffprobe(
-                ["-protocol_whitelist", self._whitelist, *KEYFRAME_PROBE_ARGS, url],
+                ["-protocol_whitelist", self._whitelist, *plan_probe_args(self.spec), url],
                 timeout_seconds=KEYFRAME_PROBE_TIMEOUT_SECONDS, env=self._ffmpeg_env({}),
             )  # fmt: skip
             duration, keyframes = parse_keyframe_probe(document or {})
@@ -441,7 +440,6 @@ class Attempt:
                     Failure("InvalidInput", "the input's duration cannot be read: it cannot be chunked", False)
                 )
             check_chunkable(self.spec, task.chunk_seconds)
-            keyframes = keyframes if cuts_on_keyframes(self.spec) else []
             chunks = plan_chunks(duration, task.chunk_seconds or 10, keyframes)
             plan = encode_boundaries(chunks)
             too_long = plan_too_long(plan, task.chunk_seconds or 10)
