@@ -144,14 +144,14 @@ class GaugeSampler:
         self._thread.join(10)
 
 
-def chunk_metrics(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """The operator's ffrtmp_chunk* samples: name -> {sorted labels: value}."""
+def chunk_metrics(port: int, prefix: str = "ffrtmp_chunk") -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The `prefix`* samples of the operator's (or a worker's) metrics: name -> {sorted labels: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name.startswith("ffrtmp_chunk"):
+            if s.name.startswith(prefix):
                 out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
 
@@ -204,6 +204,13 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
 
     # Every task's run time was observed once, by task; chunks were seen in flight on the two workers.
     ns_pool = (("namespace", farm.namespace), ("pool", "cpu"))
+    # The workers counted the part of the input each task read: the plan's keyframe probe, the chunks
+    # together and the audio the whole input once each, the stitch none (not the input once per task).
+    read = sum(
+        chunk_metrics(int(w["env"]["FFRTMP_METRICS_PORT"]), "ffrtmp_job_input")["ffrtmp_job_input_bytes_total"][ns_pool]
+        for w in farm.workers_state().values()
+    )
+    assert read == pytest.approx(3 * clip.stat().st_size, rel=0.01), (read, clip.stat().st_size)
     assert in_flight & {1.0, 2.0}, in_flight
     assert max(in_flight) <= 2.0, in_flight
     counts = chunk_metrics(port)["ffrtmp_chunk_seconds_count"]

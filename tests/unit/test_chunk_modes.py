@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from test_chunked import NOW, NS, PLAN, SETTINGS, child, creates, decide, parent, parent_patch
 
 from ffrtmp.api.constants import CHUNKED_CONDITION
-from ffrtmp.api.job import AudioSpec, TranscodeJobSpec, VideoSpec
+from ffrtmp.api.job import AudioSpec, ChunkTask, TranscodeJobSpec, VideoSpec
 from ffrtmp.conditions import condition
 from ffrtmp.controller.chunking import MICROS, choose_mode, plan_chunks
 from ffrtmp.controller.lifecycle import PatchStatus, decide_jobs
@@ -32,6 +32,7 @@ from ffrtmp.ffmpeg.chunks import (
     chunk_video_plan,
     chunking_refusal,
     cuts_on_keyframes,
+    input_share,
     plan_probe_args,
     stitch_plan,
 )
@@ -331,3 +332,21 @@ def test_a_libx264_chunk_with_a_bitrate_is_encoded_cbr_like_without_the_macroblo
         [("-rc_init_occupancy", "1600000"), ("-mbtree", "0")],
     )
     assert CHUNK_VBV_SECONDS == 2 and CHUNK_VBV_INIT == 0.8
+
+
+def test_a_chunked_jobs_tasks_count_the_part_of_the_input_they_read() -> None:
+    hls = ladder(hls={"segmentSeconds": 2})
+    mp4 = TranscodeJobSpec.model_validate({"input": {"uri": "/a.mp4"}, "outputs": [{"name": "a"}]})
+    chunks = [ChunkTask(kind="Video", parent="p", index=i, start_micros=i * 10**7, end_micros=(i + 1) * 10**7)
+              for i in range(12)]  # fmt: skip
+    # the chunks of a 120 s input add up to the input once; the audio reads all of it, the stitch none
+    assert sum(input_share(c, hls, 120.0) for c in chunks) == pytest.approx(1.0)
+    assert input_share(chunks[3], hls, 120.0) == pytest.approx(1 / 12)
+    assert input_share(ChunkTask(kind="Audio", parent="p"), hls, 120.0) == 1.0
+    assert input_share(ChunkTask(kind="Stitch", parent="p", plan="0-1"), hls, None) == 0.0
+    # the plan reads the keyframes (the whole input) for mp4 outputs, the header alone for an hls ladder
+    assert input_share(ChunkTask(kind="Plan", parent="p"), mp4, 120.0) == 1.0
+    assert input_share(ChunkTask(kind="Plan", parent="p"), hls, 120.0) == 0.0
+    # a chunk past a shorter probed duration, or without one, counts at most the whole input
+    assert input_share(chunks[0], hls, 5.0) == 1.0
+    assert input_share(chunks[0], hls, None) == 1.0

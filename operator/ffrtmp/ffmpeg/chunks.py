@@ -57,7 +57,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ffrtmp.api.job import AudioSpec, HlsSpec, OutputSpec, TranscodeJobSpec, VideoSpec
+from ffrtmp.api.job import AudioSpec, ChunkTask, HlsSpec, OutputSpec, TranscodeJobSpec, VideoSpec
 from ffrtmp.api.pool import DEFAULT_RENDER_DEVICE
 from ffrtmp.ffmpeg.argv import (
     BASE_ARGS,
@@ -156,6 +156,19 @@ def cuts_on_keyframes(spec: TranscodeJobSpec) -> bool:
     start exactly at multiples of chunkSeconds, i.e. at segment boundaries, so that each chunk's
     forced keyframes (and the segments the stitch cuts there) fall where a single pass puts them."""
     return hls_segment_seconds(spec) is None
+
+
+def input_share(task: ChunkTask, spec: TranscodeJobSpec, input_seconds: float | None) -> float:
+    """The part of the input one task of a chunked job reads (its `ffrtmp_job_input_bytes_total`
+    counts that part of the input's size, so that a chunked job's tasks add up to what the farm
+    read, not to the input's size once per task): a chunk its share of the input's length, the
+    audio the whole input, the plan the whole input where it finds the keyframes (else the
+    header: nothing), the stitch nothing (it reads the chunks)."""
+    if task.kind == "Stitch" or (task.kind == "Plan" and not cuts_on_keyframes(spec)):
+        return 0.0
+    if task.kind == "Video" and task.start_micros is not None and task.end_micros is not None and input_seconds:
+        return min(1.0, (task.end_micros - task.start_micros) / 1_000_000 / input_seconds)
+    return 1.0
 
 
 def chunk_video_plan(

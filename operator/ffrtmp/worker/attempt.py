@@ -53,6 +53,7 @@ from ffrtmp.ffmpeg.chunks import (
     check_chunkable,
     chunk_dir,
     chunk_video_plan,
+    input_share,
     leveled_outputs,
     parse_keyframe_probe,
     parse_level_probe,
@@ -862,6 +863,7 @@ class Attempt:
                 await task
 
     async def _succeed(self, plan: EncodePlan, restarts: int) -> None:
+        task = self.spec.chunk_task
         if self._uploaded is not None:
             outputs = self._uploaded
         else:
@@ -869,12 +871,14 @@ class Attempt:
             # partitioned away (its job reassigned) must not publish over the current attempt.
             await self.client_status.update_until({"message": f"publishing outputs of attempt {self.number}"})
             self._publish_to_volume()
-            task = self.spec.chunk_task
             if task is not None and task.kind == "Stitch":
                 await asyncio.to_thread(shutil.rmtree, self.job_dir / WORK_DIR, True)
             outputs = await self._results(plan, self.job_dir)
-        # An s3:// object's or an input file's size; else what the input's servers sent through the egress proxy.
-        input_bytes = self._input_bytes or _input_size(self._input_url) or self._network_bytes
+        # An s3:// object's or an input file's size (a chunked job's task: the part it reads); else what the
+        # input's servers sent through the egress proxy.
+        size = self._input_bytes or _input_size(self._input_url)
+        share = 1.0 if task is None else input_share(task, self.spec, self._input_duration)
+        input_bytes = round(size * share) if size else self._network_bytes
         self.metrics.input_bytes.labels(self.namespace, self.config.pool).inc(input_bytes)
         self.metrics.output_bytes.labels(self.namespace, self.config.pool).inc(self._output_bytes)
         now = time.time()
