@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +40,9 @@ from typing import Any
 import psutil
 import yaml
 
-from ffrtmp.api.job import ChunkingSpec
+from ffrtmp.api.job import ChunkingSpec, TranscodeJobSpec
+from ffrtmp.ffmpeg.chunks import TimeRange, chunk_video_plan
+from ffrtmp.ffmpeg.probe import probe_input
 from ffrtmp.kube.client import KubeClient
 
 from .common import BenchEnv, JobWatch, Report, job_path, main, pool_manifest, pool_path, wait_pool_ready
@@ -126,6 +130,43 @@ def children_cpu(kubelet: psutil.Process) -> float:
     return total
 
 
+PAIRS = 5
+
+
+async def machine_pair_factor(clip: Path, work: Path, outputs: list[dict[str, Any]], chunk_seconds: int) -> list[float]:
+    """How much slower two copies of one chunk's ffmpeg (its second chunk, as the worker runs it) take at
+    once than one alone, PAIRS times, before the control plane has work: what running k=2 on this
+    machine's cores costs any two encodes (1.0: two independent cores)."""
+    spec = TranscodeJobSpec.model_validate({
+        "input": {"uri": str(clip)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT_SECONDS},
+        "resources": {"limits": {"cpu": "1"}},
+    })  # fmt: skip
+    info = await probe_input(str(clip), "file")
+    chunk = TimeRange(1, chunk_seconds * 1_000_000, 2 * chunk_seconds * 1_000_000)
+
+    def argv(copy: int) -> list[str]:
+        folder = work / f"pair-{copy}"
+        folder.mkdir(parents=True, exist_ok=True)
+        plan = chunk_video_plan(
+            spec, chunk, "cpu", input_url=str(clip), output_dir=str(folder), scratch_dir=str(folder),
+            allowed_protocols=["file"], threads=1, source=info.media if info else None,
+        )  # fmt: skip
+        return plan.passes[0]
+
+    def timed(copies: int) -> float:
+        t0 = time.monotonic()
+        procs = [subprocess.Popen(argv(i), stdout=subprocess.DEVNULL) for i in range(copies)]
+        if any(proc.wait() != 0 for proc in procs):
+            raise RuntimeError("a chunk's ffmpeg failed")
+        return time.monotonic() - t0
+
+    factors = []
+    for _ in range(PAIRS):
+        alone = await asyncio.to_thread(timed, 1)
+        factors.append(await asyncio.to_thread(timed, 2) / alone)
+    return factors
+
+
 async def run(env: BenchEnv, scale: str) -> Report:
     p = PARAMS[scale]
     report = Report(NAME, scale)
@@ -139,10 +180,12 @@ async def run(env: BenchEnv, scale: str) -> Report:
             ))  # fmt: skip
         for pool, workers in (("one", 1), ("two", 2)):
             await wait_pool_ready(client, ns, pool, workers, limit=300, strict=True)
+        chunk_seconds, shorter = p["chunk_seconds"], p["shorter"]
+        pairs = await machine_pair_factor(farm.clip, farm.work / "pairs", ladder(p), chunk_seconds)
+        print(f"chunking: two chunk encodes at once took {statistics.median(pairs):.3f} x one alone", flush=True)
         watch.start()
         await watch.synced.wait()
         parent = psutil.Process(farm.kubelet.pid)
-        chunk_seconds, shorter = p["chunk_seconds"], p["shorter"]
         plan = [("single", "one", None), ("k1", "one", chunk_seconds), ("k2", "two", chunk_seconds)]
         if shorter is not None:
             plan.append((f"k2-{shorter}s", "two", shorter))
@@ -157,11 +200,17 @@ async def run(env: BenchEnv, scale: str) -> Report:
         "segment_seconds": SEGMENT_SECONDS,
     }  # fmt: skip
     report.add("wall_single", single["wall"], "s", **common, note="one worker, one thread, single-pass")
+    report.add("machine_pair_factor", statistics.median(pairs), "ratio", **common,
+               note=f"two of one chunk's ffmpeg at once / one alone, median of {PAIRS}: this machine's cost of k=2 "
+                    "to any two encodes (1.0: independent cores)")  # fmt: skip
     outside = chunked_figures(report, single, runs, common, chunk_seconds, "")
     if shorter is not None:
         chunked_figures(report, single, runs, common, shorter, f"_{shorter}s")
     same = {k: r["master_playlist"] == single["master_playlist"] for k, r in runs.items() if k != "single"}
-    report.details.update({"runs": runs, "outside_model_k2_s": round(outside, 2), "master_as_single_pass": same})
+    report.details.update({
+        "runs": runs, "outside_model_k2_s": round(outside, 2), "master_as_single_pass": same,
+        "machine_pair_factors": [round(f, 3) for f in pairs],
+    })  # fmt: skip
     return report
 
 
