@@ -133,14 +133,19 @@ def children_cpu(kubelet: psutil.Process) -> float:
 PAIRS = 5
 
 
+def job_spec(clip: Path, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What every run's job asks for, whichever pool and chunking: the ladder, one encoding thread."""
+    return {
+        "input": {"uri": str(clip)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT_SECONDS},
+        "resources": {"limits": {"cpu": "1"}},
+    }  # fmt: skip
+
+
 async def machine_pair_factor(clip: Path, work: Path, outputs: list[dict[str, Any]], chunk_seconds: int) -> list[float]:
     """How much slower two copies of one chunk's ffmpeg (its second chunk, as the worker runs it) take at
     once than one alone, PAIRS times, before the control plane has work: what running k=2 on this
     machine's cores costs any two encodes (1.0: two independent cores)."""
-    spec = TranscodeJobSpec.model_validate({
-        "input": {"uri": str(clip)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT_SECONDS},
-        "resources": {"limits": {"cpu": "1"}},
-    })  # fmt: skip
+    spec = TranscodeJobSpec.model_validate(job_spec(clip, outputs))
     info = await probe_input(str(clip), "file")
     chunk = TimeRange(1, chunk_seconds * 1_000_000, 2 * chunk_seconds * 1_000_000)
 
@@ -153,9 +158,11 @@ async def machine_pair_factor(clip: Path, work: Path, outputs: list[dict[str, An
         )  # fmt: skip
         return plan.passes[0]
 
+    argvs = [argv(0), argv(1)]
+
     def timed(copies: int) -> float:
         t0 = time.monotonic()
-        procs = [subprocess.Popen(argv(i), stdout=subprocess.DEVNULL) for i in range(copies)]
+        procs = [subprocess.Popen(argvs[i], stdout=subprocess.DEVNULL) for i in range(copies)]
         if any(proc.wait() != 0 for proc in procs):
             raise RuntimeError("a chunk's ffmpeg failed")
         return time.monotonic() - t0
@@ -253,10 +260,7 @@ async def one_run(
     env: BenchEnv, client: KubeClient, watch: JobWatch, kubelet: psutil.Process, ns: str, name: str, clip: Path,
     outputs: list[dict[str, Any]], pool: str, chunk_seconds: int | None,
 ) -> dict[str, Any]:  # fmt: skip
-    spec: dict[str, Any] = {
-        "input": {"uri": str(clip)}, "outputs": outputs, "hls": {"segmentSeconds": SEGMENT_SECONDS},
-        "poolRef": {"name": pool}, "resources": {"limits": {"cpu": "1"}},
-    }  # fmt: skip
+    spec = {**job_spec(clip, outputs), "poolRef": {"name": pool}}
     if chunk_seconds is not None:
         spec["chunking"] = {"mode": "On", "chunkSeconds": chunk_seconds}
     doc = {"apiVersion": "ffmpeg-rtmp.io/v1alpha1", "kind": "TranscodeJob", "metadata": {"name": name}, "spec": spec}

@@ -133,7 +133,7 @@ class GaugeSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             with contextlib.suppress(OSError):
-                self.values.update((chunk_metrics(self.port).get("ffrtmp_chunks_in_flight") or {}).values())
+                self.values.update((metric_samples(self.port).get("ffrtmp_chunks_in_flight") or {}).values())
 
     def __enter__(self) -> GaugeSampler:
         self._thread.start()
@@ -144,7 +144,7 @@ class GaugeSampler:
         self._thread.join(10)
 
 
-def chunk_metrics(port: int, prefix: str = "ffrtmp_chunk") -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def metric_samples(port: int, prefix: str = "ffrtmp_chunk") -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """The `prefix`* samples of the operator's (or a worker's) metrics: name -> {sorted labels: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
@@ -207,13 +207,15 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
     # The workers counted the part of the input each task read: the plan's keyframe probe, the chunks
     # together and the audio the whole input once each, the stitch none (not the input once per task).
     read = sum(
-        chunk_metrics(int(w["env"]["FFRTMP_METRICS_PORT"]), "ffrtmp_job_input")["ffrtmp_job_input_bytes_total"][ns_pool]
-        for w in farm.workers_state().values()
+        metric_samples(int(worker["env"]["FFRTMP_METRICS_PORT"]), "ffrtmp_job_input_bytes")[
+            "ffrtmp_job_input_bytes_total"
+        ][ns_pool]
+        for worker in farm.workers_state().values()
     )
     assert read == pytest.approx(3 * clip.stat().st_size, rel=0.01), (read, clip.stat().st_size)
     assert in_flight & {1.0, 2.0}, in_flight
     assert max(in_flight) <= 2.0, in_flight
-    counts = chunk_metrics(port)["ffrtmp_chunk_seconds_count"]
+    counts = metric_samples(port)["ffrtmp_chunk_seconds_count"]
     assert counts == {
         (("task", "plan"),): 1,
         (("task", "video"),): 6,
@@ -223,7 +225,7 @@ def test_a_chunked_job_runs_on_two_workers_and_cleans_up(farm: Farm) -> None:
     # None left in flight: the gauges are refreshed at most once a second, by a pass (one at least
     # every resync period, 2 s), so the last change shows within about 3 s.
     wait_for(
-        lambda: ns_pool not in (chunk_metrics(port).get("ffrtmp_chunks_in_flight") or {}),
+        lambda: ns_pool not in (metric_samples(port).get("ffrtmp_chunks_in_flight") or {}),
         10,
         "no chunk left in flight in the metrics",
     )
